@@ -1,0 +1,154 @@
+// backend_uv.cc — the portable Backend on libuv.
+//
+// One uv_loop_t per reactor, with three kinds of handle:
+//   - uv_async_t   the cross-thread wakeup (uv_async_send coalesces by itself);
+//   - uv_timer_t   the poll timeout: armed just before uv_run(UV_RUN_ONCE),
+//                  because uvpy keeps its own timer heap and only needs
+//                  libuv to stop waiting at the next deadline;
+//   - uv_poll_t    one per watched fd (libuv allows one poll handle per fd),
+//                  allocated here and freed only in its close callback, as
+//                  libuv requires; the IoWatcher may die before that.
+//
+// libuv stops a poll handle when the fd reports POLLERR and passes a negative
+// status. asyncio's selectors treat an error as "readable and writable" and
+// keep watching (level-triggered), so the callback re-arms the handle and
+// reports both directions of interest.
+#include <uv.h>
+
+#include <cerrno>
+
+#include "backend.h"
+#include "reactor.h"
+
+namespace uvpy::loop {
+namespace {
+
+struct PollSlot {
+  uv_poll_t handle;
+  IoWatcher* watcher;  // nullptr once closed
+  Backend::Sink* sink;
+  int events;
+};
+
+int to_uv(int events) {
+  return ((events & kReadable) ? UV_READABLE : 0) | ((events & kWritable) ? UV_WRITABLE : 0);
+}
+
+void on_poll(uv_poll_t* h, int status, int uv_events) {
+  auto* slot = static_cast<PollSlot*>(h->data);
+  if (slot->watcher == nullptr) return;
+  int events = 0;
+  if (status < 0) {
+    events = slot->events;
+    uv_poll_start(h, to_uv(slot->events), on_poll);
+  } else {
+    if (uv_events & (UV_READABLE | UV_DISCONNECT)) events |= kReadable;
+    if (uv_events & UV_WRITABLE) events |= kWritable;
+  }
+  if (events) slot->sink->on_io(slot->watcher, events & slot->events);
+}
+
+void free_on_close(uv_handle_t* h) { delete static_cast<PollSlot*>(h->data); }
+void noop_timer(uv_timer_t*) {}
+void noop_async(uv_async_t*) {}
+
+class UvBackend final : public Backend {
+ public:
+  int init() {
+    int rc = uv_loop_init(&loop_);
+    if (rc < 0) return rc;
+    uv_async_init(&loop_, &async_, noop_async);
+    uv_timer_init(&loop_, &timer_);
+    uv_unref(reinterpret_cast<uv_handle_t*>(&timer_));
+    open_ = true;
+    return 0;
+  }
+  ~UvBackend() override { close(); }
+
+  const char* name() const override { return "libuv"; }
+
+  int poll(int timeout_ms) override {
+    if (timeout_ms == 0) {
+      uv_run(&loop_, UV_RUN_NOWAIT);
+      return 0;
+    }
+    if (timeout_ms > 0) {
+      uv_update_time(&loop_);
+      uv_timer_start(&timer_, noop_timer, static_cast<uint64_t>(timeout_ms), 0);
+      uv_ref(reinterpret_cast<uv_handle_t*>(&timer_));
+    }
+    uv_run(&loop_, UV_RUN_ONCE);
+    if (timeout_ms > 0) {
+      uv_timer_stop(&timer_);
+      uv_unref(reinterpret_cast<uv_handle_t*>(&timer_));
+    }
+    return 0;
+  }
+
+  void wakeup() override { uv_async_send(&async_); }
+
+  int io_update(IoWatcher* w, int events) override {
+    auto* slot = static_cast<PollSlot*>(w->backend_data);
+    if (slot == nullptr) {
+      slot = new PollSlot{};
+      int rc = uv_poll_init(&loop_, &slot->handle, w->fd);
+      if (rc < 0) {
+        delete slot;
+        return rc;
+      }
+      slot->handle.data = slot;
+      slot->watcher = w;
+      slot->sink = sink_;
+      w->backend_data = slot;
+    }
+    slot->events = events;
+    if (events == 0) return uv_poll_stop(&slot->handle);
+    return uv_poll_start(&slot->handle, to_uv(events), on_poll);
+  }
+
+  void io_close(IoWatcher* w) override {
+    auto* slot = static_cast<PollSlot*>(w->backend_data);
+    if (slot == nullptr) return;
+    w->backend_data = nullptr;
+    slot->watcher = nullptr;
+    uv_poll_stop(&slot->handle);
+    uv_close(reinterpret_cast<uv_handle_t*>(&slot->handle), free_on_close);
+  }
+
+  void close() override {
+    if (!open_) return;
+    open_ = false;
+    uv_close(reinterpret_cast<uv_handle_t*>(&async_), nullptr);
+    uv_close(reinterpret_cast<uv_handle_t*>(&timer_), nullptr);
+    // Poll handles still open belong to watchers the reactor closes first;
+    // close any straggler so uv_loop_close can succeed.
+    uv_walk(
+        &loop_,
+        [](uv_handle_t* h, void*) {
+          if (!uv_is_closing(h)) uv_close(h, h->type == UV_POLL ? free_on_close : nullptr);
+        },
+        nullptr);
+    uv_run(&loop_, UV_RUN_DEFAULT);  // runs the close callbacks
+    uv_loop_close(&loop_);
+  }
+
+ private:
+  uv_loop_t loop_{};
+  uv_async_t async_{};
+  uv_timer_t timer_{};
+  bool open_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_uv_backend(std::string* err) {
+  auto b = std::make_unique<UvBackend>();
+  int rc = b->init();
+  if (rc < 0) {
+    if (err) *err = std::string("uv_loop_init failed: ") + uv_strerror(rc);
+    return nullptr;
+  }
+  return b;
+}
+
+}  // namespace uvpy::loop

@@ -1,0 +1,162 @@
+// reactor.cc — see reactor.h for the phases and the ownership rules.
+#include "reactor.h"
+
+#include <cerrno>
+#include <cmath>
+
+#include "clock.h"
+
+namespace uvpy::loop {
+
+namespace {
+// asyncio caps one select() at 24 hours (base_events.MAXIMUM_SELECT_TIMEOUT).
+constexpr double kMaxTimeoutSeconds = 24 * 3600;
+}  // namespace
+
+Reactor::Reactor(std::unique_ptr<Backend> backend)
+    : backend_(std::move(backend)), resolution_(monotonic_resolution()) {
+  backend_->set_sink(this);
+}
+
+Reactor::~Reactor() { close(); }
+
+double Reactor::time() const { return monotonic_now(); }
+
+int Reactor::set_io(int fd, int which, Callback cb, Callback* old) {
+  IoWatcher* w;
+  auto it = watchers_.find(fd);
+  bool fresh = it == watchers_.end();
+  if (fresh) {
+    w = new IoWatcher;
+    w->fd = fd;
+  } else {
+    w = it->second;
+  }
+  Callback& slot = which == kReadable ? w->reader : w->writer;
+  Callback prev = slot;
+  slot = cb;
+  int rc = backend_->io_update(w, w->interest());
+  if (rc < 0) {
+    slot = prev;
+    if (fresh) {
+      backend_->io_close(w);
+      delete w;
+    } else {
+      backend_->io_update(w, w->interest());
+    }
+    return rc;
+  }
+  cb.retain();
+  if (fresh) watchers_.emplace(fd, w);
+  *old = prev;
+  return 0;
+}
+
+void Reactor::clear_io(int fd, int which, Callback* old) {
+  *old = Callback{};
+  auto it = watchers_.find(fd);
+  if (it == watchers_.end()) return;
+  IoWatcher* w = it->second;
+  Callback& slot = which == kReadable ? w->reader : w->writer;
+  *old = slot;
+  slot = Callback{};
+  if (w->interest() == 0) {
+    watchers_.erase(it);
+    backend_->io_close(w);
+    delete w;
+  } else {
+    backend_->io_update(w, w->interest());
+  }
+}
+
+bool Reactor::has_io(int fd, int which) const {
+  auto it = watchers_.find(fd);
+  if (it == watchers_.end()) return false;
+  return static_cast<bool>(which == kReadable ? it->second->reader : it->second->writer);
+}
+
+void Reactor::on_io(IoWatcher* w, int events) { io_pending_.push_back({w, events}); }
+
+void Reactor::post(Callback cb) {
+  {
+    std::lock_guard<std::mutex> lock(inbox_mu_);
+    inbox_.push_back(cb);
+  }
+  // Only the first post after the loop last drained pays for a wakeup.
+  if (!armed_.exchange(true, std::memory_order_acq_rel)) backend_->wakeup();
+}
+
+void Reactor::drain_inbox() {
+  if (!armed_.load(std::memory_order_acquire)) return;
+  // Disarm before taking the batch: a post racing with us either lands in
+  // this batch or re-arms and wakes the next poll; none is ever stranded.
+  armed_.store(false, std::memory_order_release);
+  {
+    std::lock_guard<std::mutex> lock(inbox_mu_);
+    inbox_swap_.swap(inbox_);
+  }
+  for (const Callback& cb : inbox_swap_) ready_.push_owned(cb);
+  inbox_swap_.clear();
+}
+
+int Reactor::compute_timeout() {
+  if (!ready_.empty() || stopping_ || armed_.load(std::memory_order_acquire)) return 0;
+  if (timers_.empty()) return -1;
+  double delay = timers_.next_when() - time();
+  if (delay <= 0) return 0;
+  if (delay > kMaxTimeoutSeconds) delay = kMaxTimeoutSeconds;
+  // Round up: waking a little late is correct, waking early only spins.
+  return static_cast<int>(std::ceil(delay * 1000.0));
+}
+
+int Reactor::run_once(BlockingScope* scope) {
+  // 1-2. Wait. Only this phase may run without the GIL.
+  int timeout = compute_timeout();
+  if (timeout != 0 && scope != nullptr) {
+    scope->enter();
+    backend_->poll(timeout);
+    scope->leave();
+  } else {
+    backend_->poll(timeout);
+  }
+
+  // 3. I/O: readers before writers, as asyncio's selector loop does.
+  for (const Pending& p : io_pending_) {
+    if ((p.events & kReadable) && p.w->reader) ready_.push(p.w->reader);
+    if ((p.events & kWritable) && p.w->writer) ready_.push(p.w->writer);
+  }
+  io_pending_.clear();
+
+  // 4. Timers due within the clock's resolution, like asyncio's end_time.
+  const double limit = time() + resolution_;
+  while (TimerNode* n = timers_.pop_due(limit)) ready_.push_owned(n->cb);
+
+  // 5. Work from other threads.
+  drain_inbox();
+
+  // 6. Callbacks ready at this point; new ones wait for the next iteration.
+  return ready_.drain();
+}
+
+void Reactor::close() {
+  if (closed_) return;
+  closed_ = true;
+  ready_.clear();
+  timers_.clear();
+  for (auto& [fd, w] : watchers_) {
+    backend_->io_close(w);
+    if (w->reader) w->reader.release();
+    if (w->writer) w->writer.release();
+    delete w;
+  }
+  watchers_.clear();
+  {
+    std::lock_guard<std::mutex> lock(inbox_mu_);
+    inbox_swap_.swap(inbox_);
+  }
+  for (const Callback& cb : inbox_swap_) cb.release();
+  inbox_swap_.clear();
+  backend_->close();
+}
+
+}  // namespace uvpy::loop

@@ -1,0 +1,122 @@
+// reactor.h — the event loop core: one iteration is a fixed list of phases.
+//
+//   run_once():
+//     1. timeout  0 if anything is ready, a stop is pending or another
+//                 thread posted work; else until the next timer; else forever
+//     2. poll     the backend waits (the caller may drop the GIL around this
+//                 phase only, via BlockingScope) and records ready fds
+//     3. io       ready fds queue their reader, then their writer callback
+//     4. timers   every timer due by now + clock resolution moves to ready
+//     5. inbox    work posted by other threads moves to ready
+//     6. ready    run what was ready when this phase began (ReadyQueue::drain)
+//
+// Threads: everything is loop-thread only, except post() and wakeup(), which
+// are the single way in from other threads: a mutex-guarded inbox plus one
+// coalesced backend wakeup per batch (the `armed_` flag).
+//
+// Ownership: the ready queue, the timer heap, fd watchers and the inbox each
+// hold one reference to every callback they contain (see callback.h).
+// close() releases all of them, so a closed reactor holds nothing.
+#pragma once
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "backend.h"
+#include "callback.h"
+#include "ready_queue.h"
+#include "timer_heap.h"
+
+namespace uvpy::loop {
+
+// One per watched fd; owned by the reactor.
+struct IoWatcher {
+  int fd = -1;
+  Callback reader;
+  Callback writer;
+  void* backend_data = nullptr;  // the backend's private per-fd state
+
+  int interest() const { return (reader ? kReadable : 0) | (writer ? kWritable : 0); }
+};
+
+// Lets the caller drop and retake a lock (the GIL) around the blocking poll.
+struct BlockingScope {
+  virtual void enter() = 0;
+  virtual void leave() = 0;
+  virtual ~BlockingScope() = default;
+};
+
+class Reactor final : private Backend::Sink {
+ public:
+  explicit Reactor(std::unique_ptr<Backend> backend);
+  ~Reactor() override;
+  Reactor(const Reactor&) = delete;
+  Reactor& operator=(const Reactor&) = delete;
+
+  const char* backend_name() const { return backend_->name(); }
+  double time() const;
+  double clock_resolution() const { return resolution_; }
+
+  // --- loop thread ---------------------------------------------------------
+  void call_soon(Callback cb) { ready_.push(cb); }
+  void call_soon_owned(Callback cb) { ready_.push_owned(cb); }
+  void add_timer(TimerNode* n) { timers_.insert(n); }
+  bool cancel_timer(TimerNode* n) { return timers_.remove(n); }
+
+  // Installs cb as the fd's reader (or writer). Returns 0 or -errno. The
+  // previous callback, if any, is handed back in *old with its reference.
+  int set_io(int fd, int which, Callback cb, Callback* old);
+  // Removes the fd's reader (or writer); the callback is handed back in *old
+  // with its reference (empty if there was none).
+  void clear_io(int fd, int which, Callback* old);
+  bool has_io(int fd, int which) const;
+  size_t watcher_count() const { return watchers_.size(); }
+
+  void stop() { stopping_ = true; }
+  bool stopping() const { return stopping_; }
+  void clear_stop() { stopping_ = false; }
+
+  // One iteration (see the header comment). Returns 0, or -1 when a ready
+  // callback asked to abort (the rest stay queued).
+  int run_once(BlockingScope* scope);
+
+  size_t ready_count() const { return ready_.size(); }
+  size_t timer_count() const { return timers_.size(); }
+
+  // Drops every queued callback, timer and watcher, then the backend.
+  void close();
+  bool closed() const { return closed_; }
+
+  // --- any thread ----------------------------------------------------------
+  // Queues cb (the caller's reference is handed over) and wakes the loop.
+  void post(Callback cb);
+  void wakeup() { backend_->wakeup(); }
+
+ private:
+  void on_io(IoWatcher* w, int events) override;
+  int compute_timeout();
+  void drain_inbox();
+  void forget_if_idle(IoWatcher* w);
+
+  std::unique_ptr<Backend> backend_;
+  ReadyQueue ready_;
+  TimerHeap timers_;
+  std::unordered_map<int, IoWatcher*> watchers_;
+  struct Pending {
+    IoWatcher* w;
+    int events;
+  };
+  std::vector<Pending> io_pending_;
+  double resolution_;
+  bool stopping_ = false;
+  bool closed_ = false;
+
+  std::mutex inbox_mu_;
+  std::vector<Callback> inbox_;     // guarded by inbox_mu_
+  std::vector<Callback> inbox_swap_;  // loop thread only
+  std::atomic<bool> armed_{false};  // true: a wakeup is already on its way
+};
+
+}  // namespace uvpy::loop

@@ -1,0 +1,42 @@
+// support.h — plain C++ callbacks for driving the reactor without Python.
+//
+// A Probe is a refcounted callback object. Tests assert that every retain is
+// matched by a release (`refs == 0` at the end), the C++ analogue of
+// libuv's MAKE_VALGRIND_HAPPY: a closed reactor holds nothing.
+#pragma once
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "reactor.h"
+
+namespace uvpy::test {
+
+struct Probe {
+  std::function<int()> fn;
+  int refs = 0;
+  int runs = 0;
+  loop::TimerNode node;
+
+  explicit Probe(std::function<int()> f = [] { return 0; }) : fn(std::move(f)) { node.cb = cb(); }
+
+  static void retain(void* p) { ++static_cast<Probe*>(p)->refs; }
+  static int run(void* p) {
+    auto* self = static_cast<Probe*>(p);
+    ++self->runs;
+    return self->fn();
+  }
+  static void release(void* p) { --static_cast<Probe*>(p)->refs; }
+  static constexpr loop::CallbackOps kOps{retain, run, release};
+
+  loop::Callback cb() { return loop::Callback{&kOps, this}; }
+};
+
+inline std::unique_ptr<loop::Reactor> make_reactor() {
+  std::string err;
+  auto backend = loop::make_uv_backend(&err);
+  if (!backend) throw std::runtime_error(err);
+  return std::make_unique<loop::Reactor>(std::move(backend));
+}
+
+}  // namespace uvpy::test

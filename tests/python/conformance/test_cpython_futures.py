@@ -1,0 +1,7 @@
+"""CPython's test.test_asyncio.test_futures, bound to every loop (see _binding)."""
+
+from test.test_asyncio import test_futures as cpython
+
+from ._binding import bind_module
+
+globals().update(bind_module(cpython))

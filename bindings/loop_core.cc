@@ -1,0 +1,429 @@
+// loop_core.cc — LoopCore, the native base of uvpy.Loop.
+//
+// It owns the Reactor and implements the methods on asyncio's hot paths
+// (call_soon, call_later, call_at, call_soon_threadsafe, time, get_debug)
+// with METH_FASTCALL, plus the run loop itself. Everything with policy in
+// it (run_until_complete, exception handlers, executors, signals) lives in
+// uvpy/_loop.py, which subclasses this type together with
+// asyncio.AbstractEventLoop.
+//
+// Rules:
+//  1. Every scheduling entry point checks is_closed first and raises
+//     RuntimeError('Event loop is closed') as asyncio does.
+//  2. In debug mode the Python-level _check_thread/_check_callback run, so
+//     their messages are asyncio's own.
+//  3. The GIL is released only inside Reactor::run_once's poll phase.
+//  4. The reactor object lives as long as the LoopCore; close() empties it.
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "py.h"
+
+namespace uvpy::py {
+namespace {
+
+PyObject* str_context;  // interned "context"
+
+int as_int(PyObject* o) {
+  long v = PyLong_AsLong(o);
+  if (v > INT32_MAX || v < INT32_MIN) {
+    PyErr_SetString(PyExc_OverflowError, "fd out of range");
+    return -1;
+  }
+  return static_cast<int>(v);
+}
+
+bool check_open(LoopCore* self) {
+  if (self->reactor->closed()) {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return false;
+  }
+  return true;
+}
+
+bool debug_checks(LoopCore* self, PyObject* callback, const char* method, bool thread) {
+  PyObject* s = reinterpret_cast<PyObject*>(self);
+  if (thread) {
+    PyObject* r = PyObject_CallMethod(s, "_check_thread", nullptr);
+    if (r == nullptr) return false;
+    Py_DECREF(r);
+  }
+  PyObject* r = PyObject_CallMethod(s, "_check_callback", "Os", callback, method);
+  if (r == nullptr) return false;
+  Py_DECREF(r);
+  return true;
+}
+
+// Parses (callback, *args, context=None) starting at args[first].
+bool parse_callback(const char* method, PyObject* const* args, Py_ssize_t nargs,
+                    PyObject* kwnames, Py_ssize_t first, PyObject** callback,
+                    PyObject** cargs, PyObject** context) {
+  *context = Py_None;
+  if (kwnames) {
+    Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nkw; ++i) {
+      PyObject* key = PyTuple_GET_ITEM(kwnames, i);
+      if (key == str_context || PyUnicode_Compare(key, str_context) == 0) {
+        *context = args[nargs + i];
+      } else {
+        PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", method, key);
+        return false;
+      }
+    }
+  }
+  if (nargs <= first) {
+    PyErr_Format(PyExc_TypeError, "%s() missing required positional argument: 'callback'", method);
+    return false;
+  }
+  *callback = args[first];
+  Py_ssize_t n = nargs - first - 1;
+  *cargs = PyTuple_New(n);
+  if (*cargs == nullptr) return false;
+  for (Py_ssize_t i = 0; i < n; ++i)
+    PyTuple_SET_ITEM(*cargs, i, Py_NewRef(args[first + 1 + i]));
+  return true;
+}
+
+PyObject* schedule_soon(LoopCore* self, PyObject* const* args, Py_ssize_t nargs,
+                        PyObject* kwnames, const char* method, bool threadsafe) {
+  PyObject *callback, *cargs, *context;
+  if (!parse_callback(method, args, nargs, kwnames, 0, &callback, &cargs, &context)) return nullptr;
+  Handle* h = nullptr;
+  if (check_open(self) && (!self->debug || debug_checks(self, callback, method, !threadsafe)))
+    h = new_handle(&HandleType, callback, cargs, self, context);
+  Py_DECREF(cargs);
+  if (h == nullptr) return nullptr;
+  if (threadsafe) {
+    Py_INCREF(h);  // handed over to the reactor's inbox
+    self->reactor->post(as_callback(h));
+  } else {
+    self->reactor->call_soon(as_callback(h));
+  }
+  return reinterpret_cast<PyObject*>(h);
+}
+
+PyObject* schedule_at(LoopCore* self, double when, PyObject* const* args, Py_ssize_t nargs,
+                      PyObject* kwnames, const char* method) {
+  PyObject *callback, *cargs, *context;
+  if (!parse_callback(method, args, nargs, kwnames, 1, &callback, &cargs, &context)) return nullptr;
+  Handle* h = nullptr;
+  if (check_open(self) && (!self->debug || debug_checks(self, callback, "call_at", true)))
+    h = new_handle(&TimerHandleType, callback, cargs, self, context);
+  Py_DECREF(cargs);
+  if (h == nullptr) return nullptr;
+  auto* t = reinterpret_cast<TimerHandle*>(h);
+  t->node.when = when;
+  self->reactor->add_timer(&t->node);
+  return reinterpret_cast<PyObject*>(h);
+}
+
+// asyncio computes `self.time() + delay` in Python; a non-number delay gets
+// exactly the TypeError that expression raises.
+bool to_seconds(PyObject* obj, double base, double* out) {
+  if (PyFloat_CheckExact(obj)) {
+    *out = base + PyFloat_AS_DOUBLE(obj);
+    return true;
+  }
+  PyObject* b = PyFloat_FromDouble(base);
+  if (b == nullptr) return false;
+  PyObject* sum = PyNumber_Add(b, obj);
+  Py_DECREF(b);
+  if (sum == nullptr) return false;
+  *out = PyFloat_AsDouble(sum);
+  Py_DECREF(sum);
+  return !(*out == -1.0 && PyErr_Occurred());
+}
+
+// ---------------------------------------------------------------------------
+// Methods
+
+PyObject* LoopCore_call_soon(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                             PyObject* kwnames) {
+  return schedule_soon(reinterpret_cast<LoopCore*>(self), args, nargs, kwnames, "call_soon", false);
+}
+
+PyObject* LoopCore_call_soon_threadsafe(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                                        PyObject* kwnames) {
+  return schedule_soon(reinterpret_cast<LoopCore*>(self), args, nargs, kwnames,
+                       "call_soon_threadsafe", true);
+}
+
+PyObject* LoopCore_call_later(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                              PyObject* kwnames) {
+  auto* loop = reinterpret_cast<LoopCore*>(self);
+  if (nargs < 1) {
+    PyErr_SetString(PyExc_TypeError, "call_later() missing required positional argument: 'delay'");
+    return nullptr;
+  }
+  if (args[0] == Py_None) {
+    PyErr_SetString(PyExc_TypeError, "delay must not be None");
+    return nullptr;
+  }
+  double when;
+  if (!to_seconds(args[0], loop->reactor->time(), &when)) return nullptr;
+  return schedule_at(loop, when, args, nargs, kwnames, "call_later");
+}
+
+PyObject* LoopCore_call_at(PyObject* self, PyObject* const* args, Py_ssize_t nargs,
+                           PyObject* kwnames) {
+  if (nargs < 1) {
+    PyErr_SetString(PyExc_TypeError, "call_at() missing required positional argument: 'when'");
+    return nullptr;
+  }
+  if (args[0] == Py_None) {
+    PyErr_SetString(PyExc_TypeError, "when cannot be None");
+    return nullptr;
+  }
+  double when;
+  if (!to_seconds(args[0], 0.0, &when)) return nullptr;
+  return schedule_at(reinterpret_cast<LoopCore*>(self), when, args, nargs, kwnames, "call_at");
+}
+
+PyObject* LoopCore_time(PyObject* self, PyObject*) {
+  return PyFloat_FromDouble(reinterpret_cast<LoopCore*>(self)->reactor->time());
+}
+
+PyObject* LoopCore_get_debug(PyObject* self, PyObject*) {
+  return PyBool_FromLong(reinterpret_cast<LoopCore*>(self)->debug);
+}
+
+PyObject* LoopCore_set_debug_flag(PyObject* self, PyObject* arg) {
+  int v = PyObject_IsTrue(arg);
+  if (v < 0) return nullptr;
+  reinterpret_cast<LoopCore*>(self)->debug = v;
+  Py_RETURN_NONE;
+}
+
+PyObject* LoopCore_is_running(PyObject* self, PyObject*) {
+  return PyBool_FromLong(reinterpret_cast<LoopCore*>(self)->running);
+}
+
+PyObject* LoopCore_is_closed(PyObject* self, PyObject*) {
+  return PyBool_FromLong(reinterpret_cast<LoopCore*>(self)->reactor->closed());
+}
+
+PyObject* LoopCore_stop(PyObject* self, PyObject*) {
+  auto* loop = reinterpret_cast<LoopCore*>(self);
+  loop->reactor->stop();
+  Py_RETURN_NONE;
+}
+
+// Drops the GIL around the blocking poll, and only there.
+struct GilRelease final : loop::BlockingScope {
+  PyThreadState* state = nullptr;
+  void enter() override { state = PyEval_SaveThread(); }
+  void leave() override { PyEval_RestoreThread(state); }
+};
+
+// The loop proper. uvpy/_loop.py's run_forever() wraps it with asyncio's
+// bookkeeping (running-loop registration, asyncgen hooks, origin tracking).
+PyObject* LoopCore_run_forever_native(PyObject* self, PyObject*) {
+  auto* loop = reinterpret_cast<LoopCore*>(self);
+  if (!check_open(loop)) return nullptr;
+  if (loop->running) {
+    PyErr_SetString(PyExc_RuntimeError, "This event loop is already running");
+    return nullptr;
+  }
+  loop->running = true;
+  loop->thread_id = PyThread_get_thread_ident();
+  const bool main_thread = _PyOS_IsMainThread();
+  GilRelease gil;
+  PyObject* result = Py_None;
+  for (;;) {
+    if (loop->reactor->run_once(&gil) < 0) {
+      result = nullptr;
+      break;
+    }
+    // Python-level signal handlers (Ctrl-C) run here; the signal's wakeup
+    // fd is what interrupted the poll.
+    if (main_thread && PyErr_CheckSignals() < 0) {
+      result = nullptr;
+      break;
+    }
+    if (loop->reactor->stopping()) break;
+  }
+  loop->reactor->clear_stop();
+  loop->running = false;
+  loop->thread_id = 0;
+  return Py_XNewRef(result);
+}
+
+PyObject* LoopCore_close_native(PyObject* self, PyObject*) {
+  reinterpret_cast<LoopCore*>(self)->reactor->close();
+  Py_RETURN_NONE;
+}
+
+// _io_set(fd, which, handle) -> previous handle or None
+PyObject* LoopCore_io_set(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  auto* loop = reinterpret_cast<LoopCore*>(self);
+  if (nargs != 3 || !PyObject_TypeCheck(args[2], &HandleType)) {
+    PyErr_SetString(PyExc_TypeError, "_io_set(fd, which, handle)");
+    return nullptr;
+  }
+  if (!check_open(loop)) return nullptr;
+  int fd = as_int(args[0]);
+  int which = as_int(args[1]);
+  if (PyErr_Occurred()) return nullptr;
+  loop::Callback old;
+  int rc = loop->reactor->set_io(fd, which, as_callback(reinterpret_cast<Handle*>(args[2])), &old);
+  if (rc < 0) {
+    errno = -rc;
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  if (!old) Py_RETURN_NONE;
+  return static_cast<PyObject*>(old.obj);  // the watcher's reference becomes ours
+}
+
+// _io_clear(fd, which) -> removed handle or None
+PyObject* LoopCore_io_clear(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  auto* loop = reinterpret_cast<LoopCore*>(self);
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "_io_clear(fd, which)");
+    return nullptr;
+  }
+  int fd = as_int(args[0]);
+  int which = as_int(args[1]);
+  if (PyErr_Occurred()) return nullptr;
+  if (loop->reactor->closed()) Py_RETURN_NONE;
+  loop::Callback old;
+  loop->reactor->clear_io(fd, which, &old);
+  if (!old) Py_RETURN_NONE;
+  return static_cast<PyObject*>(old.obj);
+}
+
+// _call_handle(handle): queue an existing handle (signal delivery).
+PyObject* LoopCore_call_handle(PyObject* self, PyObject* arg) {
+  auto* loop = reinterpret_cast<LoopCore*>(self);
+  if (!PyObject_TypeCheck(arg, &HandleType)) {
+    PyErr_SetString(PyExc_TypeError, "_call_handle() expects a uvpy Handle");
+    return nullptr;
+  }
+  if (!check_open(loop)) return nullptr;
+  loop->reactor->call_soon(as_callback(reinterpret_cast<Handle*>(arg)));
+  Py_RETURN_NONE;
+}
+
+PyObject* LoopCore_stats(PyObject* self, PyObject*) {
+  auto* r = reinterpret_cast<LoopCore*>(self)->reactor;
+  return Py_BuildValue("{s:n,s:n,s:n}", "ready", static_cast<Py_ssize_t>(r->ready_count()),
+                       "timers", static_cast<Py_ssize_t>(r->timer_count()), "watchers",
+                       static_cast<Py_ssize_t>(r->watcher_count()));
+}
+
+PyObject* LoopCore_get_backend(PyObject* self, void*) {
+  return PyUnicode_FromString(reinterpret_cast<LoopCore*>(self)->reactor->backend_name());
+}
+
+PyObject* LoopCore_get_thread_id(PyObject* self, void*) {
+  auto* loop = reinterpret_cast<LoopCore*>(self);
+  if (loop->thread_id == 0) Py_RETURN_NONE;
+  return PyLong_FromUnsignedLong(loop->thread_id);
+}
+
+PyObject* LoopCore_get_slow(PyObject* self, void*) {
+  return PyFloat_FromDouble(reinterpret_cast<LoopCore*>(self)->slow_callback_duration);
+}
+
+int LoopCore_set_slow(PyObject* self, PyObject* value, void*) {
+  if (value == nullptr) {
+    PyErr_SetString(PyExc_AttributeError, "cannot delete slow_callback_duration");
+    return -1;
+  }
+  double d = PyFloat_AsDouble(value);
+  if (d == -1.0 && PyErr_Occurred()) return -1;
+  reinterpret_cast<LoopCore*>(self)->slow_callback_duration = d;
+  return 0;
+}
+
+PyObject* LoopCore_new(PyTypeObject* type, PyObject*, PyObject*) {
+  std::string err;
+  auto backend = loop::make_uv_backend(&err);
+  if (!backend) {
+    PyErr_Format(PyExc_OSError, "cannot create the libuv backend: %s", err.c_str());
+    return nullptr;
+  }
+  auto* self = reinterpret_cast<LoopCore*>(type->tp_alloc(type, 0));
+  if (self == nullptr) return nullptr;
+  self->reactor = new loop::Reactor(std::move(backend));
+  self->slow_callback_duration = 0.1;
+  return reinterpret_cast<PyObject*>(self);
+}
+
+void LoopCore_dealloc(PyObject* self) {
+  auto* loop = reinterpret_cast<LoopCore*>(self);
+  PyObject_GC_UnTrack(self);
+  if (loop->weakreflist) PyObject_ClearWeakRefs(self);
+  // Closing releases queued handles, which may run arbitrary __del__ code.
+  delete loop->reactor;
+  loop->reactor = nullptr;
+  Py_TYPE(self)->tp_free(self);
+}
+
+// The reactor's queued handles reference the loop, but the reactor is not
+// visible to the GC: an unclosed loop with pending callbacks is kept alive
+// until close(), which asyncio also warns about (ResourceWarning).
+int LoopCore_traverse(PyObject*, visitproc, void*) { return 0; }
+
+#define FASTKW(name, fn, doc) {name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(fn)), METH_FASTCALL | METH_KEYWORDS, doc}
+#define FAST(name, fn, doc) {name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(fn)), METH_FASTCALL, doc}
+
+PyMethodDef LoopCore_methods[] = {
+    FASTKW("call_soon", LoopCore_call_soon, "call_soon(callback, *args, context=None) -> Handle"),
+    FASTKW("call_soon_threadsafe", LoopCore_call_soon_threadsafe,
+           "call_soon_threadsafe(callback, *args, context=None) -> Handle"),
+    FASTKW("call_later", LoopCore_call_later, "call_later(delay, callback, *args, context=None) -> TimerHandle"),
+    FASTKW("call_at", LoopCore_call_at, "call_at(when, callback, *args, context=None) -> TimerHandle"),
+    {"time", LoopCore_time, METH_NOARGS, "The loop's monotonic clock (time.monotonic)."},
+    {"get_debug", LoopCore_get_debug, METH_NOARGS, nullptr},
+    {"_set_debug_flag", LoopCore_set_debug_flag, METH_O, nullptr},
+    {"is_running", LoopCore_is_running, METH_NOARGS, "Return True if the loop is running."},
+    {"is_closed", LoopCore_is_closed, METH_NOARGS, "Return True if the loop was closed."},
+    {"stop", LoopCore_stop, METH_NOARGS, "Stop the loop after the current iteration."},
+    {"_run_forever_native", LoopCore_run_forever_native, METH_NOARGS, nullptr},
+    {"_close_native", LoopCore_close_native, METH_NOARGS, nullptr},
+    FAST("_io_set", LoopCore_io_set, nullptr),
+    FAST("_io_clear", LoopCore_io_clear, nullptr),
+    {"_call_handle", LoopCore_call_handle, METH_O, nullptr},
+    {"_stats", LoopCore_stats, METH_NOARGS, "Counts of ready callbacks, timers and fd watchers."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyGetSetDef LoopCore_getset[] = {
+    {"backend", LoopCore_get_backend, nullptr, "Name of the polling backend in use.", nullptr},
+    {"_thread_id", LoopCore_get_thread_id, nullptr, nullptr, nullptr},
+    {"slow_callback_duration", LoopCore_get_slow, LoopCore_set_slow,
+     "Debug mode logs callbacks that run longer than this many seconds.", nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+}  // namespace
+
+PyTypeObject LoopCoreType = [] {
+  PyTypeObject t{PyVarObject_HEAD_INIT(nullptr, 0)};
+  t.tp_name = "uvpy._uvpy.LoopCore";
+  t.tp_basicsize = sizeof(LoopCore);
+  t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC;
+  t.tp_doc = "Native core of uvpy.Loop: the reactor and the scheduling fast paths.";
+  t.tp_new = LoopCore_new;
+  t.tp_dealloc = LoopCore_dealloc;
+  t.tp_traverse = LoopCore_traverse;
+  t.tp_methods = LoopCore_methods;
+  t.tp_getset = LoopCore_getset;
+  t.tp_weaklistoffset = offsetof(LoopCore, weakreflist);
+  return t;
+}();
+
+bool ready_types(PyObject* module) {
+  str_context = PyUnicode_InternFromString("context");
+  if (str_context == nullptr) return false;
+  for (PyTypeObject* t : {&HandleType, &TimerHandleType, &LoopCoreType})
+    if (PyType_Ready(t) < 0) return false;
+  if (PyModule_AddObjectRef(module, "Handle", reinterpret_cast<PyObject*>(&HandleType)) < 0 ||
+      PyModule_AddObjectRef(module, "TimerHandle", reinterpret_cast<PyObject*>(&TimerHandleType)) < 0 ||
+      PyModule_AddObjectRef(module, "LoopCore", reinterpret_cast<PyObject*>(&LoopCoreType)) < 0)
+    return false;
+  return true;
+}
+
+}  // namespace uvpy::py

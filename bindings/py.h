@@ -1,0 +1,70 @@
+// py.h — shared declarations of the bindings layer (the only place that
+// includes Python.h). Types are defined with the raw CPython API where a
+// profile says per-call cost matters (handles, the loop's scheduling
+// methods); pybind11 owns the module itself.
+#pragma once
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "reactor.h"
+
+namespace uvpy::py {
+
+struct LoopCore;
+
+// asyncio.Handle-alike. `loop` is a strong reference, as in asyncio.
+struct Handle {
+  PyObject_HEAD
+  PyObject* callback;
+  PyObject* args;  // a tuple, never NULL while not cancelled
+  PyObject* context;
+  LoopCore* loop;
+  PyObject* source_traceback;  // debug mode only, else NULL
+  PyObject* repr;              // kept on cancel in debug mode
+  PyObject* weakreflist;
+  bool cancelled;
+};
+
+// asyncio.TimerHandle-alike: a Handle plus its place in the timer heap.
+struct TimerHandle {
+  Handle base;
+  uvpy::loop::TimerNode node;
+};
+
+struct LoopCore {
+  PyObject_HEAD
+  uvpy::loop::Reactor* reactor;
+  PyObject* weakreflist;
+  unsigned long thread_id;  // of the thread running the loop, 0 if none
+  double slow_callback_duration;
+  bool debug;
+  bool running;
+};
+
+extern PyTypeObject HandleType;
+extern PyTypeObject TimerHandleType;
+extern PyTypeObject LoopCoreType;
+extern const uvpy::loop::CallbackOps kHandleOps;
+
+// Creates a handle. `args` must be a tuple; `context` may be NULL/None
+// (then the current context is copied, as asyncio does).
+Handle* new_handle(PyTypeObject* type, PyObject* callback, PyObject* args, LoopCore* loop,
+                   PyObject* context);
+
+// Python-level helpers registered by uvpy/_loop.py through _set_hooks():
+// formatting and logging code that is not worth duplicating in C++.
+struct Hooks {
+  PyObject* extract_stack = nullptr;    // () -> list, the caller's stack
+  PyObject* handle_repr = nullptr;      // (handle) -> str
+  PyObject* callback_repr = nullptr;    // (callback, args) -> str
+  PyObject* slow_callback = nullptr;    // (handle, seconds) -> None
+};
+extern Hooks hooks;
+
+void cancel_handle(Handle* h);
+
+inline loop::Callback as_callback(Handle* h) { return loop::Callback{&kHandleOps, h}; }
+
+bool ready_types(PyObject* module);
+
+}  // namespace uvpy::py

@@ -1,0 +1,540 @@
+"""uvpy.Loop: asyncio's event loop API over the native reactor.
+
+The native base (``_uvpy.LoopCore``) owns the reactor and the hot paths:
+call_soon, call_later, call_at, call_soon_threadsafe, time, the handles and
+the run loop itself. This module adds what asyncio defines as policy around
+them, with asyncio's documented behaviour and error messages: running and
+stopping, futures and tasks, exception handlers, debug mode, async
+generators, the default executor, fd watchers and signal handlers.
+
+Networking (TCP, UDP, Unix sockets, pipes, subprocesses, TLS, sendfile)
+arrives with its own issues; until then those methods raise the
+NotImplementedError of asyncio.AbstractEventLoop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import errno
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import warnings
+import weakref
+from asyncio import base_events, coroutines, events, format_helpers, futures, tasks
+from asyncio.log import logger
+
+from . import _uvpy
+
+__all__ = ("Loop",)
+
+_READ = _uvpy.READABLE
+_WRITE = _uvpy.WRITABLE
+
+
+def _run_until_complete_cb(fut):
+    if not fut.cancelled():
+        exc = fut.exception()
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            # Let the exception propagate out of run_forever instead.
+            return
+    futures._get_loop(fut).stop()
+
+
+def _fileobj_to_fd(fileobj):
+    # selectors' own conversion, so errors match the stock loop's.
+    return selectors._fileobj_to_fd(fileobj)
+
+
+class Loop(_uvpy.LoopCore, asyncio.AbstractEventLoop):
+    """An asyncio event loop on uvpy's native reactor."""
+
+    def __init__(self):
+        self._default_executor = None
+        self._executor_shutdown_called = False
+        self._exception_handler = None
+        self._task_factory = None
+        self._asyncgens = weakref.WeakSet()
+        self._asyncgens_shutdown_called = False
+        self._coroutine_origin_tracking_enabled = False
+        self._coroutine_origin_tracking_saved_depth = None
+        self._signal_handlers = {}
+        self._ssock = self._csock = None
+        self.set_debug(coroutines._is_debug_mode())
+
+    def __repr__(self):
+        return (
+            f"<{type(self).__name__} running={self.is_running()} "
+            f"closed={self.is_closed()} debug={self.get_debug()} backend={self.backend}>"
+        )
+
+    def __del__(self, _warn=warnings.warn):
+        if not self.is_closed():
+            _warn(f"unclosed event loop {self!r}", ResourceWarning, source=self)
+            if not self.is_running():
+                self.close()
+
+    # -- checks (asyncio's messages) -----------------------------------------
+
+    def _check_closed(self):
+        if self.is_closed():
+            raise RuntimeError("Event loop is closed")
+
+    def _check_running(self):
+        if self.is_running():
+            raise RuntimeError("This event loop is already running")
+        if events._get_running_loop() is not None:
+            raise RuntimeError("Cannot run the event loop while another loop is running")
+
+    def _check_thread(self):
+        thread_id = self._thread_id
+        if thread_id is not None and thread_id != threading.get_ident():
+            raise RuntimeError(
+                "Non-thread-safe operation invoked on an event loop other than the current one"
+            )
+
+    def _check_callback(self, callback, method):
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError(f"coroutines cannot be used with {method}()")
+        if not callable(callback):
+            raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
+
+    # -- running ---------------------------------------------------------------
+
+    def run_forever(self):
+        """Run until stop() is called."""
+        self._check_closed()
+        self._check_running()
+        self._set_coroutine_origin_tracking(self.get_debug())
+        old_agen_hooks = sys.get_asyncgen_hooks()
+        old_wakeup_fd = self._install_signal_wakeup()
+        try:
+            sys.set_asyncgen_hooks(
+                firstiter=self._asyncgen_firstiter_hook,
+                finalizer=self._asyncgen_finalizer_hook,
+            )
+            events._set_running_loop(self)
+            self._run_forever_native()
+        finally:
+            events._set_running_loop(None)
+            self._set_coroutine_origin_tracking(False)
+            sys.set_asyncgen_hooks(*old_agen_hooks)
+            self._restore_signal_wakeup(old_wakeup_fd)
+
+    def run_until_complete(self, future):
+        """Run until the future is done; return its result or raise its exception."""
+        self._check_closed()
+        self._check_running()
+        new_task = not futures.isfuture(future)
+        future = tasks.ensure_future(future, loop=self)
+        if new_task:
+            # The caller never sees this task; failures surface through us.
+            future._log_destroy_pending = False
+        future.add_done_callback(_run_until_complete_cb)
+        try:
+            self.run_forever()
+        except BaseException:
+            if new_task and future.done() and not future.cancelled():
+                future.exception()  # consumed: the caller gets it raised
+            raise
+        finally:
+            future.remove_done_callback(_run_until_complete_cb)
+        if not future.done():
+            raise RuntimeError("Event loop stopped before Future completed.")
+        return future.result()
+
+    def close(self):
+        """Close the loop: drop pending callbacks, shut the executor down (no wait)."""
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        if self.get_debug():
+            logger.debug("Close %r", self)
+        for sig in list(self._signal_handlers):
+            self.remove_signal_handler(sig)
+        self._close_signal_pipe()
+        self._close_native()
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is not None:
+            self._default_executor = None
+            executor.shutdown(wait=False)
+
+    # -- debug -------------------------------------------------------------------
+
+    def set_debug(self, enabled):
+        self._set_debug_flag(enabled)
+        if self.is_running():
+            self.call_soon_threadsafe(self._set_coroutine_origin_tracking, enabled)
+
+    def _set_coroutine_origin_tracking(self, enabled):
+        if bool(enabled) == bool(self._coroutine_origin_tracking_enabled):
+            return
+        if enabled:
+            self._coroutine_origin_tracking_saved_depth = sys.get_coroutine_origin_tracking_depth()
+            sys.set_coroutine_origin_tracking_depth(asyncio.constants.DEBUG_STACK_DEPTH)
+        else:
+            sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth)
+        self._coroutine_origin_tracking_enabled = enabled
+
+    # -- futures and tasks -------------------------------------------------------
+
+    def create_future(self):
+        return futures.Future(loop=self)
+
+    def create_task(self, coro, *, name=None, context=None):
+        self._check_closed()
+        if self._task_factory is None:
+            task = tasks.Task(coro, loop=self, name=name, context=context)
+            if task._source_traceback:
+                del task._source_traceback[-1]
+        else:
+            if context is None:
+                task = self._task_factory(self, coro)
+            else:
+                task = self._task_factory(self, coro, context=context)
+            tasks._set_task_name(task, name)
+        return task
+
+    def set_task_factory(self, factory):
+        if factory is not None and not callable(factory):
+            raise TypeError("task factory must be a callable or None")
+        self._task_factory = factory
+
+    def get_task_factory(self):
+        return self._task_factory
+
+    # -- exception handling --------------------------------------------------------
+
+    def get_exception_handler(self):
+        return self._exception_handler
+
+    def set_exception_handler(self, handler):
+        if handler is not None and not callable(handler):
+            raise TypeError(f"A callable object or None is expected, got {handler!r}")
+        self._exception_handler = handler
+
+    def default_exception_handler(self, context):
+        # asyncio's formatting, so logs read the same on both loops.
+        base_events.BaseEventLoop.default_exception_handler(self, context)
+
+    def call_exception_handler(self, context):
+        if self._exception_handler is None:
+            try:
+                self.default_exception_handler(context)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error("Exception in default exception handler", exc_info=True)
+            return
+        try:
+            self._exception_handler(self, context)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            try:
+                self.default_exception_handler(
+                    {
+                        "message": "Unhandled error in exception handler",
+                        "exception": exc,
+                        "context": context,
+                    }
+                )
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException:
+                logger.error(
+                    "Exception in default exception handler while handling an unexpected "
+                    "error in custom exception handler",
+                    exc_info=True,
+                )
+
+    # -- async generators -------------------------------------------------------------
+
+    def _asyncgen_firstiter_hook(self, agen):
+        if self._asyncgens_shutdown_called:
+            warnings.warn(
+                f"asynchronous generator {agen!r} was scheduled after "
+                f"loop.shutdown_asyncgens() call",
+                ResourceWarning,
+                source=self,
+            )
+        self._asyncgens.add(agen)
+
+    def _asyncgen_finalizer_hook(self, agen):
+        self._asyncgens.discard(agen)
+        if not self.is_closed():
+            self.call_soon_threadsafe(self.create_task, agen.aclose())
+
+    async def shutdown_asyncgens(self):
+        """Close every async generator still being iterated on this loop."""
+        self._asyncgens_shutdown_called = True
+        if not len(self._asyncgens):
+            return
+        closing = list(self._asyncgens)
+        self._asyncgens.clear()
+        results = await tasks.gather(*[ag.aclose() for ag in closing], return_exceptions=True)
+        for result, agen in zip(results, closing):
+            if isinstance(result, Exception):
+                self.call_exception_handler(
+                    {
+                        "message": f"an error occurred during closing of "
+                        f"asynchronous generator {agen!r}",
+                        "exception": result,
+                        "asyncgen": agen,
+                    }
+                )
+
+    # -- executor -------------------------------------------------------------------
+
+    def run_in_executor(self, executor, func, *args):
+        self._check_closed()
+        if self.get_debug():
+            self._check_callback(func, "run_in_executor")
+        if executor is None:
+            if self._executor_shutdown_called:
+                raise RuntimeError("Executor shutdown has been called")
+            executor = self._default_executor
+            if executor is None:
+                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="uvpy")
+                self._default_executor = executor
+        return futures.wrap_future(executor.submit(func, *args), loop=self)
+
+    def set_default_executor(self, executor):
+        if not isinstance(executor, concurrent.futures.ThreadPoolExecutor):
+            raise TypeError("executor must be ThreadPoolExecutor instance")
+        self._default_executor = executor
+
+    async def shutdown_default_executor(self, timeout=None):
+        """Wait for the default executor's work to finish and shut it down."""
+        self._executor_shutdown_called = True
+        executor = self._default_executor
+        if executor is None:
+            return
+        future = self.create_future()
+
+        def shutdown():
+            try:
+                executor.shutdown(wait=True)
+                if not self.is_closed():
+                    self.call_soon_threadsafe(futures._set_result_unless_cancelled, future, None)
+            except Exception as ex:
+                if not self.is_closed():
+                    self.call_soon_threadsafe(future.set_exception, ex)
+
+        thread = threading.Thread(target=shutdown, name="uvpy-executor-shutdown")
+        thread.start()
+        try:
+            if timeout is None:
+                await future
+            else:
+                await tasks.wait_for(asyncio.shield(future), timeout)
+        except TimeoutError:
+            warnings.warn(
+                "The executor did not finishing joining its threads within "
+                f"{timeout} seconds.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            executor.shutdown(wait=False)
+        else:
+            thread.join()
+
+    # -- DNS (off the loop thread) ----------------------------------------------------
+
+    async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
+        return await self.run_in_executor(
+            None, socket.getaddrinfo, host, port, family, type, proto, flags
+        )
+
+    async def getnameinfo(self, sockaddr, flags=0):
+        return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
+
+    # -- fd watchers ------------------------------------------------------------------
+
+    def _watch(self, fd, which, callback, args):
+        self._check_closed()
+        fd = _fileobj_to_fd(fd)
+        handle = _uvpy.Handle(callback, args, self, None)
+        old = self._io_set(fd, which, handle)
+        if old is not None:
+            old.cancel()
+        return handle
+
+    def _unwatch(self, fd, which):
+        if self.is_closed():
+            return False
+        fd = _fileobj_to_fd(fd)
+        old = self._io_clear(fd, which)
+        if old is None:
+            return False
+        old.cancel()
+        return True
+
+    def add_reader(self, fd, callback, *args):
+        """Call callback(*args) whenever fd is readable."""
+        self._watch(fd, _READ, callback, args)
+
+    def remove_reader(self, fd):
+        return self._unwatch(fd, _READ)
+
+    def add_writer(self, fd, callback, *args):
+        """Call callback(*args) whenever fd is writable."""
+        self._watch(fd, _WRITE, callback, args)
+
+    def remove_writer(self, fd):
+        return self._unwatch(fd, _WRITE)
+
+    # -- signals ----------------------------------------------------------------------
+    #
+    # Python's C-level signal handler writes the signal number to the wakeup
+    # fd; our end of that socketpair is an ordinary reader on the loop, so a
+    # signal interrupts a blocked poll. Handlers added with
+    # add_signal_handler() run as loop callbacks; Python-level handlers
+    # (signal.signal, e.g. asyncio.Runner's SIGINT handler) run when the
+    # loop checks for signals after each poll.
+
+    def _ensure_signal_pipe(self):
+        if self._ssock is None:
+            self._ssock, self._csock = socket.socketpair()
+            self._ssock.setblocking(False)
+            self._csock.setblocking(False)
+            self.add_reader(self._ssock.fileno(), self._read_signal_pipe)
+        return self._csock.fileno()
+
+    def _close_signal_pipe(self):
+        if self._ssock is None:
+            return
+        self.remove_reader(self._ssock.fileno())
+        self._ssock.close()
+        self._csock.close()
+        self._ssock = self._csock = None
+
+    def _install_signal_wakeup(self):
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        fd = self._ensure_signal_pipe()
+        return signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+
+    def _restore_signal_wakeup(self, old_fd):
+        if old_fd is None:
+            return
+        if self._signal_handlers and not self.is_closed():
+            return  # add_signal_handler() keeps our fd installed
+        try:
+            signal.set_wakeup_fd(old_fd)
+        except (ValueError, OSError) as exc:
+            logger.info("set_wakeup_fd(%s) failed: %s", old_fd, exc)
+
+    def _read_signal_pipe(self):
+        while True:
+            try:
+                data = self._ssock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                return
+            for signum in data:
+                handle = self._signal_handlers.get(signum)
+                if handle is None:
+                    continue
+                if handle.cancelled():
+                    self.remove_signal_handler(signum)
+                else:
+                    self._call_handle(handle)
+
+    def _check_signal(self, sig):
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    def add_signal_handler(self, sig, callback, *args):
+        """Run callback(*args) on the loop when signal sig arrives (main thread only)."""
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        try:
+            # Raises ValueError outside the main thread, before anything changes.
+            signal.set_wakeup_fd(self._ensure_signal_pipe(), warn_on_full_buffer=False)
+        except (ValueError, OSError) as exc:
+            raise RuntimeError(str(exc))
+        handle = _uvpy.Handle(callback, args, self, None)
+        self._signal_handlers[sig] = handle
+        try:
+            signal.signal(sig, _sighandler_noop)
+            signal.siginterrupt(sig, False)
+        except OSError as exc:
+            del self._signal_handlers[sig]
+            if not self._signal_handlers:
+                try:
+                    signal.set_wakeup_fd(-1)
+                except (ValueError, OSError) as nexc:
+                    logger.info("set_wakeup_fd(-1) failed: %s", nexc)
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig} cannot be caught")
+            raise
+
+    def remove_signal_handler(self, sig):
+        """Remove the handler for sig; return whether one was installed."""
+        self._check_signal(sig)
+        try:
+            del self._signal_handlers[sig]
+        except KeyError:
+            return False
+        handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        try:
+            signal.signal(sig, handler)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                raise RuntimeError(f"sig {sig} cannot be caught")
+            raise
+        if not self._signal_handlers and not self.is_running():
+            try:
+                signal.set_wakeup_fd(-1)
+            except (ValueError, OSError) as exc:
+                logger.info("set_wakeup_fd(-1) failed: %s", exc)
+        return True
+
+
+def _sighandler_noop(signum, frame):
+    """Python-level no-op: the wakeup fd carries the signal to the loop."""
+
+
+# -- hooks the native layer formats and logs through ------------------------------
+
+
+def _extract_stack():
+    return format_helpers.extract_stack(sys._getframe(1))
+
+
+def _handle_repr(handle):
+    info = [type(handle).__name__]
+    if handle.cancelled():
+        info.append("cancelled")
+    if isinstance(handle, _uvpy.TimerHandle):
+        info.append(f"when={handle.when()}")
+    if handle._callback is not None and not handle.cancelled():
+        info.append(format_helpers._format_callback_source(handle._callback, handle._args))
+    tb = handle._source_traceback
+    if tb:
+        frame = tb[-1]
+        info.append(f"created at {frame[0]}:{frame[1]}")
+    return "<{}>".format(" ".join(info))
+
+
+def _callback_repr(callback, args):
+    return format_helpers._format_callback_source(callback, args)
+
+
+def _slow_callback(handle, seconds):
+    logger.warning("Executing %s took %.3f seconds", base_events._format_handle(handle), seconds)
+
+
+_uvpy._set_hooks(_extract_stack, _handle_repr, _callback_repr, _slow_callback)

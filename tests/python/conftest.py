@@ -1,0 +1,62 @@
+"""Every test in tests/python runs on uvpy and on stock asyncio.
+
+The stock loop is the oracle: when the two disagree, uvpy is wrong until
+shown otherwise. Sync tests take the ``loop`` fixture; async tests
+(marked ``pytest.mark.asyncio``) get one run per loop through
+pytest-asyncio's ``pytest_asyncio_loop_factories`` hook.
+"""
+
+import asyncio
+import gc
+import os
+
+import pytest
+
+import uvpy
+
+LOOP_FACTORIES = {
+    "uvpy": uvpy.new_event_loop,
+    "asyncio": asyncio.SelectorEventLoop,
+}
+
+
+@pytest.fixture(params=list(LOOP_FACTORIES))
+def loop_name(request):
+    return request.param
+
+
+@pytest.fixture
+def new_loop(loop_name):
+    """A factory for loops of the parametrised kind; all are closed at teardown."""
+    made = []
+
+    def make():
+        loop = LOOP_FACTORIES[loop_name]()
+        made.append(loop)
+        return loop
+
+    yield make
+    for loop in made:
+        if not loop.is_closed():
+            loop.close()
+
+
+@pytest.fixture
+def loop(new_loop):
+    loop = new_loop()
+    yield loop
+    assert not loop.is_running()
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """pytest-asyncio runs every async test once per loop."""
+    return dict(LOOP_FACTORIES)
+
+
+def open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def collect():
+    for _ in range(3):
+        gc.collect()

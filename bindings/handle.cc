@@ -98,9 +98,12 @@ int run(void* obj) {
   if (h->cancelled) return 0;
   if (!h->loop->debug) return call_in_context(h);
   // Debug mode: warn about callbacks slower than slow_callback_duration.
+  PyObject* outer = h->loop->current_handle;
+  h->loop->current_handle = reinterpret_cast<PyObject*>(h);
   double t0 = loop::monotonic_now();
   int rc = call_in_context(h);
   double dt = loop::monotonic_now() - t0;
+  h->loop->current_handle = outer;
   if (rc == 0 && dt >= h->loop->slow_callback_duration && hooks.slow_callback) {
     PyObject* r = PyObject_CallFunction(hooks.slow_callback, "Od", h, dt);
     if (r == nullptr) PyErr_WriteUnraisable(hooks.slow_callback);

@@ -321,6 +321,11 @@ PyObject* LoopCore_get_thread_id(PyObject* self, void*) {
   return PyLong_FromUnsignedLong(loop->thread_id);
 }
 
+PyObject* LoopCore_get_current_handle(PyObject* self, void*) {
+  PyObject* h = reinterpret_cast<LoopCore*>(self)->current_handle;
+  return Py_NewRef(h ? h : Py_None);
+}
+
 PyObject* LoopCore_get_slow(PyObject* self, void*) {
   return PyFloat_FromDouble(reinterpret_cast<LoopCore*>(self)->slow_callback_duration);
 }
@@ -392,6 +397,7 @@ PyMethodDef LoopCore_methods[] = {
 PyGetSetDef LoopCore_getset[] = {
     {"backend", LoopCore_get_backend, nullptr, "Name of the polling backend in use.", nullptr},
     {"_thread_id", LoopCore_get_thread_id, nullptr, nullptr, nullptr},
+    {"_current_handle", LoopCore_get_current_handle, nullptr, nullptr, nullptr},
     {"slow_callback_duration", LoopCore_get_slow, LoopCore_set_slow,
      "Debug mode logs callbacks that run longer than this many seconds.", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},

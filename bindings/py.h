@@ -37,6 +37,7 @@ struct LoopCore {
   PyObject* weakreflist;
   unsigned long thread_id;  // of the thread running the loop, 0 if none
   double slow_callback_duration;
+  PyObject* current_handle;  // borrowed; set while a handle runs in debug mode
   bool debug;
   bool running;
 };

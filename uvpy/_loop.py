@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import threading
+import traceback
 import warnings
 import weakref
 from asyncio import base_events, coroutines, events, format_helpers, futures, tasks
@@ -220,8 +221,28 @@ class Loop(_uvpy.LoopCore, asyncio.AbstractEventLoop):
         self._exception_handler = handler
 
     def default_exception_handler(self, context):
-        # asyncio's formatting, so logs read the same on both loops.
-        base_events.BaseEventLoop.default_exception_handler(self, context)
+        """Log the context at ERROR level on the "asyncio" logger, as asyncio does."""
+        message = context.get("message") or "Unhandled exception in event loop"
+        exception = context.get("exception")
+        exc_info = (type(exception), exception, exception.__traceback__) if exception else False
+        current = self._current_handle
+        if "source_traceback" not in context and current is not None and current._source_traceback:
+            context["handle_traceback"] = current._source_traceback
+        lines = [message]
+        for key in sorted(context):
+            if key in {"message", "exception"}:
+                continue
+            value = context[key]
+            if key == "source_traceback":
+                tb = "".join(traceback.format_list(value))
+                value = "Object created at (most recent call last):\n" + tb.rstrip()
+            elif key == "handle_traceback":
+                tb = "".join(traceback.format_list(value))
+                value = "Handle created at (most recent call last):\n" + tb.rstrip()
+            else:
+                value = repr(value)
+            lines.append(f"{key}: {value}")
+        logger.error("\n".join(lines), exc_info=exc_info)
 
     def call_exception_handler(self, context):
         if self._exception_handler is None:

@@ -52,8 +52,10 @@ def test_is_running_and_get_running_loop(loop):
 
 def test_nested_run_is_refused(loop):
     async def main():
+        coro = asyncio.sleep(0)
         with pytest.raises(RuntimeError, match="This event loop is already running"):
-            loop.run_until_complete(asyncio.sleep(0))
+            loop.run_until_complete(coro)
+        coro.close()
         with pytest.raises(RuntimeError, match="already running"):
             loop.run_forever()
 

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Sets everything up, then runs every test: the C++ core under Catch2 (plain
+# and with ASan+UBSan), then the Python suite (our tests on uvpy and stock
+# asyncio, and CPython's own asyncio tests bound to both loops).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+export PATH="$PWD/.venv/bin:$PATH"
+JOBS="$(nproc)"
+
+echo "== C++ core: Catch2"
+cmake -S . -B build/cpp -G Ninja -DUVPY_BUILD_PYTHON=OFF -DUVPY_BUILD_TESTS=ON >/dev/null
+cmake --build build/cpp -j "$JOBS"
+ctest --test-dir build/cpp --output-on-failure
+
+echo "== C++ core: Catch2 under ASan+UBSan"
+cmake -S . -B build/asan -G Ninja -DUVPY_BUILD_PYTHON=OFF -DUVPY_BUILD_TESTS=ON -DUVPY_SANITIZE=ON \
+  -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build/asan -j "$JOBS"
+ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/asan --output-on-failure
+
+echo "== Python: pytest (uvpy and stock asyncio)"
+# pytest exits 5 when it collected no tests; set -e turns that into a failure.
+python -m pytest tests/python -q -p no:cacheprovider -rs "$@"

@@ -66,6 +66,12 @@ class Loop(_uvpy.LoopCore, asyncio.AbstractEventLoop):
         self._signal_handlers = {}
         self._ssock = self._csock = None
         self.set_debug(coroutines._is_debug_mode())
+        # CPython's C Task and Future look up loop.call_soon on every step
+        # and every done-callback; a bound method cached in the instance
+        # dict saves allocating a new one each time. Skipped when a subclass
+        # overrides call_soon, so the override still wins.
+        if type(self).call_soon is _uvpy.LoopCore.call_soon:
+            self.call_soon = self.call_soon
 
     def __repr__(self):
         return (

@@ -120,19 +120,19 @@ int Reactor::run_once(BlockingScope* scope) {
     backend_->poll(timeout);
   }
 
-  // 3. I/O: readers before writers, as asyncio's selector loop does.
+  // 3. Work from other threads, ahead of this iteration's I/O and timers.
+  drain_inbox();
+
+  // 4. I/O: readers before writers, as asyncio's selector loop does.
   for (const Pending& p : io_pending_) {
     if ((p.events & kReadable) && p.w->reader) ready_.push(p.w->reader);
     if ((p.events & kWritable) && p.w->writer) ready_.push(p.w->writer);
   }
   io_pending_.clear();
 
-  // 4. Timers due within the clock's resolution, like asyncio's end_time.
+  // 5. Timers due within the clock's resolution, like asyncio's end_time.
   const double limit = time() + resolution_;
   while (TimerNode* n = timers_.pop_due(limit)) ready_.push_owned(n->cb);
-
-  // 5. Work from other threads.
-  drain_inbox();
 
   // 6. Callbacks ready at this point; new ones wait for the next iteration.
   return ready_.drain();

@@ -5,10 +5,16 @@
 //                 thread posted work; else until the next timer; else forever
 //     2. poll     the backend waits (the caller may drop the GIL around this
 //                 phase only, via BlockingScope) and records ready fds
-//     3. io       ready fds queue their reader, then their writer callback
-//     4. timers   every timer due by now + clock resolution moves to ready
-//     5. inbox    work posted by other threads moves to ready
+//     3. inbox    work posted by other threads moves to ready
+//     4. io       ready fds queue their reader, then their writer callback
+//     5. timers   every timer due by now + clock resolution moves to ready
 //     6. ready    run what was ready when this phase began (ReadyQueue::drain)
+//
+// Order: asyncio has one FIFO for call_soon and call_soon_threadsafe. Here
+// posted work waits in the inbox, so call_soon() first moves any posted work
+// into the ready queue: a post that happened before a call_soon runs before
+// it, and posted work runs ahead of the next iteration's I/O and timers, as
+// in asyncio.
 //
 // Threads: everything is loop-thread only, except post() and wakeup(), which
 // are the single way in from other threads: a mutex-guarded inbox plus one
@@ -60,8 +66,10 @@ class Reactor final : private Backend::Sink {
   double clock_resolution() const { return resolution_; }
 
   // --- loop thread ---------------------------------------------------------
-  void call_soon(Callback cb) { ready_.push(cb); }
-  void call_soon_owned(Callback cb) { ready_.push_owned(cb); }
+  void call_soon(Callback cb) {
+    drain_inbox();
+    ready_.push(cb);
+  }
   void add_timer(TimerNode* n) { timers_.insert(n); }
   bool cancel_timer(TimerNode* n) { return timers_.remove(n); }
 

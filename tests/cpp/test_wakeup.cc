@@ -69,3 +69,20 @@ TEST_CASE("work posted but never run is released on close", "[wakeup][close]") {
   REQUIRE(p.refs == 0);
   REQUIRE(p.runs == 0);
 }
+
+TEST_CASE("posted work keeps FIFO order with a later call_soon", "[wakeup][ready]") {
+  auto r = make_reactor();
+  std::vector<int> order;
+  Probe posted([&] { order.push_back(1); return 0; });
+  Probe soon([&] { order.push_back(2); return 0; });
+  std::thread t([&] {
+    posted.retain(&posted);
+    r->post(posted.cb());
+  });
+  t.join();  // the post happens-before the call_soon below
+  r->call_soon(soon.cb());
+  REQUIRE(r->run_once(nullptr) == 0);
+  REQUIRE(order == std::vector<int>{1, 2});
+  r->close();
+  REQUIRE(posted.refs + soon.refs == 0);
+}

@@ -261,3 +261,21 @@ def test_debug_repr_names_the_creation_site(loop):
     h.cancel()
     # asyncio keeps the live repr after cancel in debug mode.
     assert "print" in repr(h)
+
+
+def test_threadsafe_and_call_soon_share_one_fifo(loop):
+    out = []
+    done = threading.Event()
+
+    def other():
+        loop.call_soon_threadsafe(out.append, "threadsafe first")
+        done.set()
+
+    threading.Thread(target=other).start()
+    done.wait()
+    loop.call_soon(out.append, "call_soon second")
+    loop.call_soon_threadsafe(out.append, "threadsafe third")
+    loop.call_soon(out.append, "call_soon fourth")
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert out == ["threadsafe first", "call_soon second", "threadsafe third", "call_soon fourth"]

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
+import inspect
 import os
 import unittest
 from dataclasses import dataclass, field
@@ -37,10 +39,10 @@ from typing import Callable
 
 import pytest
 
-from .skips import STOCK_SKIPS, UVPY_SKIPS
+from .skips import STOCK_SKIPS, UVPY_SKIPS, UVPY_XFAILS
 
-# Set to 1 in CI once uvpy is built: a failing `import uvpy` then errors
-# instead of skipping every uvpy-bound test.
+# Set to 1 to make a failing `import uvpy` an error instead of skipping every
+# uvpy-bound test (only matters when this directory is run on its own).
 REQUIRE_UVPY_ENV = "UVPY_CONFORMANCE_REQUIRE"
 
 # Every (loop_name, test_id) this process has bound; used by test_skiplist.
@@ -53,6 +55,7 @@ class LoopSpec:
     policy_factory: Callable[[], asyncio.AbstractEventLoopPolicy]
     loop_factory: Callable[[], asyncio.AbstractEventLoop]
     skips: dict[str, str]
+    xfails: dict[str, str] = field(default_factory=dict)
     # Whether test_events' EventLoopTests get CPython's UnixEventLoopTestsMixin
     # fixture (installs an asyncio.SafeChildWatcher on the loop via
     # add_signal_handler(SIGCHLD)).  CPython uses it for its selector loops;
@@ -60,7 +63,7 @@ class LoopSpec:
     child_watcher: bool = False
     # Why the loop cannot be used at all (e.g. uvpy not built); None if usable.
     unavailable: str | None = None
-    marker: pytest.MarkDecorator = field(default=None)
+    marker: pytest.MarkDecorator | None = None
 
 
 def _uvpy_spec() -> LoopSpec:
@@ -86,7 +89,7 @@ def _uvpy_spec() -> LoopSpec:
         import uvpy
         return uvpy.new_event_loop()
 
-    return LoopSpec("uvpy", policy, new_loop, UVPY_SKIPS,
+    return LoopSpec("uvpy", policy, new_loop, UVPY_SKIPS, UVPY_XFAILS,
                     child_watcher=False, unavailable=unavailable,
                     marker=pytest.mark.uvpy_loop)
 
@@ -105,7 +108,7 @@ LOOPS: dict[str, LoopSpec] = {
 # skip lists
 
 def match_skip(skips: dict[str, str], test_id: str) -> str | None:
-    """Return the reason if ``test_id`` ("mod.Class.method") is skipped.
+    """Return the reason if ``test_id`` ("mod.Class.method") is listed.
 
     Keys without a dot match the bare method name; dotted keys match the
     full id (or "mod.Class").  Keys may use fnmatch wildcards.
@@ -125,6 +128,19 @@ def _skipped(reason: str):
     @unittest.skip(reason)
     def test(self):  # pragma: no cover - never called
         pass
+    return test
+
+
+def _xfail(func, reason: str):
+    """A copy of ``func`` marked strict-xfail (never mutate CPython's)."""
+    if inspect.iscoroutinefunction(func):
+        async def test(self, *args, **kwargs):
+            return await func(self, *args, **kwargs)
+    else:
+        def test(self, *args, **kwargs):
+            return func(self, *args, **kwargs)
+    test = functools.wraps(func)(test)
+    test.pytestmark = [pytest.mark.xfail(reason=reason, strict=True)]
     return test
 
 
@@ -149,6 +165,11 @@ def _finish(cls: type, spec: LoopSpec, module_short: str, class_id: str,
         reason = match_skip(spec.skips, test_id)
         if reason:
             setattr(cls, method, _skipped(f"[{spec.name}] {reason}"))
+            continue
+        reason = match_skip(spec.xfails, test_id)
+        if reason:
+            setattr(cls, method,
+                    _xfail(getattr(cls, method), f"[{spec.name}] {reason}"))
     return cls
 
 

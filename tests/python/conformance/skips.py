@@ -38,7 +38,7 @@ _TLS = ("networking: TLS (ssl= on create_connection/create_server/"
         "a later issue (after #3, TCP)")
 _SOCK = ("networking: the loop.sock_* API (sock_recv/sock_sendall/"
          "sock_connect/sock_accept/...) is not implemented in uvpy yet; lands "
-         "with the TCP transports issue")
+         "with issue #3 (TCP)")
 _PIPES = ("pipes: loop.connect_read_pipe / connect_write_pipe (incl. on "
           "ptys) are not implemented in uvpy yet; lands with a later issue (after #3)")
 _SUBPROCESS = ("subprocess: loop.subprocess_exec / subprocess_shell are not "

@@ -1,0 +1,62 @@
+import asyncio
+import contextvars
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar, TypeVarTuple, Unpack
+
+_T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
+
+__version__: str
+
+class Handle:
+    def __init__(
+        self,
+        callback: Callable[..., object],
+        args: tuple[Any, ...] | None,
+        loop: Loop,
+        context: contextvars.Context | None = ...,
+    ) -> None: ...
+    def cancel(self) -> None: ...
+    def cancelled(self) -> bool: ...
+    def get_context(self) -> contextvars.Context: ...
+    def _run(self) -> None: ...
+
+class TimerHandle(Handle):
+    def when(self) -> float: ...
+
+class Loop(asyncio.AbstractEventLoop):  # type: ignore[misc]  # networking methods land with #3 and later
+    # uvpy's handles are native types with asyncio.Handle's API, not subclasses.
+    """An asyncio event loop on uvpy's native reactor."""
+
+    slow_callback_duration: float
+    @property
+    def backend(self) -> str: ...
+    def __init__(self) -> None: ...
+    def call_soon(  # type: ignore[override]
+        self, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts], context: contextvars.Context | None = None
+    ) -> Handle: ...
+    def call_soon_threadsafe(  # type: ignore[override]
+        self, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts], context: contextvars.Context | None = None
+    ) -> Handle: ...
+    def call_later(  # type: ignore[override]
+        self,
+        delay: float,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: Unpack[_Ts],
+        context: contextvars.Context | None = None,
+    ) -> TimerHandle: ...
+    def call_at(  # type: ignore[override]
+        self,
+        when: float,
+        callback: Callable[[Unpack[_Ts]], object],
+        *args: Unpack[_Ts],
+        context: contextvars.Context | None = None,
+    ) -> TimerHandle: ...
+    def time(self) -> float: ...
+    def _stats(self) -> dict[str, int]: ...
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy): ...
+
+def new_event_loop() -> Loop: ...
+def install() -> None: ...
+def run(main: Coroutine[Any, Any, _T], *, debug: bool | None = None) -> _T: ...

@@ -254,6 +254,16 @@ PyObject* LoopCore_close_native(PyObject* self, PyObject*) {
   Py_RETURN_NONE;
 }
 
+// A callback handed back by the reactor, as what _io_set/_io_clear return.
+// Only Handles are Python objects: another owner's callback (a transport's
+// stream, once its transport is closing) is released, and None returned.
+PyObject* handle_or_none(loop::Callback old) {
+  if (!old) Py_RETURN_NONE;
+  if (old.ops == &kHandleOps) return static_cast<PyObject*>(old.obj);
+  old.release();
+  Py_RETURN_NONE;
+}
+
 // _io_set(fd, which, handle) -> previous handle or None
 PyObject* LoopCore_io_set(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   auto* loop = reinterpret_cast<LoopCore*>(self);
@@ -271,8 +281,7 @@ PyObject* LoopCore_io_set(PyObject* self, PyObject* const* args, Py_ssize_t narg
     errno = -rc;
     return PyErr_SetFromErrno(PyExc_OSError);
   }
-  if (!old) Py_RETURN_NONE;
-  return static_cast<PyObject*>(old.obj);  // the watcher's reference becomes ours
+  return handle_or_none(old);  // the watcher's reference becomes ours
 }
 
 // _io_clear(fd, which) -> removed handle or None
@@ -288,8 +297,7 @@ PyObject* LoopCore_io_clear(PyObject* self, PyObject* const* args, Py_ssize_t na
   if (loop->reactor->closed()) Py_RETURN_NONE;
   loop::Callback old;
   loop->reactor->clear_io(fd, which, &old);
-  if (!old) Py_RETURN_NONE;
-  return static_cast<PyObject*>(old.obj);
+  return handle_or_none(old);
 }
 
 // _call_handle(handle): queue an existing handle (signal delivery).

@@ -67,5 +67,7 @@ void cancel_handle(Handle* h);
 inline loop::Callback as_callback(Handle* h) { return loop::Callback{&kHandleOps, h}; }
 
 bool ready_types(PyObject* module);
+// Creates TransportCore (transport.cc), a subclass of asyncio.Transport.
+bool ready_transport(PyObject* module);
 
 }  // namespace uvpy::py

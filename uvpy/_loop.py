@@ -7,9 +7,11 @@ them, with asyncio's documented behaviour and error messages: running and
 stopping, futures and tasks, exception handlers, debug mode, async
 generators, the default executor, fd watchers and signal handlers.
 
-Networking (TCP, UDP, Unix sockets, pipes, subprocesses, TLS, sendfile)
-arrives with its own issues; until then those methods raise the
-NotImplementedError of asyncio.AbstractEventLoop.
+The sock_* coroutines come from _sock.SockMixin, TCP (create_connection,
+create_server, connect_accepted_socket) from _tcp.TCPMixin. UDP, Unix
+sockets, pipes, subprocesses, TLS and sendfile arrive with their own
+issues; until then those methods raise the NotImplementedError of
+asyncio.AbstractEventLoop.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from asyncio.log import logger
 
 from . import _uvpy
 from ._sock import SockMixin
+from ._tcp import TCPMixin
 
 __all__ = ("Loop",)
 
@@ -52,7 +55,7 @@ def _fileobj_to_fd(fileobj):
     return selectors._fileobj_to_fd(fileobj)
 
 
-class Loop(SockMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
+class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop on uvpy's native reactor."""
 
     def __init__(self):
@@ -406,16 +409,20 @@ class Loop(SockMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
 
     def add_reader(self, fd, callback, *args):
         """Call callback(*args) whenever fd is readable."""
+        self._ensure_fd_no_transport(fd)
         self._watch(fd, _READ, callback, args)
 
     def remove_reader(self, fd):
+        self._ensure_fd_no_transport(fd)
         return self._unwatch(fd, _READ)
 
     def add_writer(self, fd, callback, *args):
         """Call callback(*args) whenever fd is writable."""
+        self._ensure_fd_no_transport(fd)
         self._watch(fd, _WRITE, callback, args)
 
     def remove_writer(self, fd):
+        self._ensure_fd_no_transport(fd)
         return self._unwatch(fd, _WRITE)
 
     # -- signals ----------------------------------------------------------------------

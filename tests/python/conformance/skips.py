@@ -46,16 +46,6 @@ _SENDFILE = ("networking: loop.sendfile / sock_sendfile need TCP transports "
 
 UVPY_SKIPS: dict[str, str] = {
     # --- test_events.EventLoopTests (EventLoopTestsMixin + SubprocessTestsMixin)
-    "test_events.EventLoopTests.test_create_connection*": _TCP,
-    "test_events.EventLoopTests.test_create_server": _TCP,
-    "test_events.EventLoopTests.test_create_server_addr_in_use": _TCP,
-    "test_events.EventLoopTests.test_create_server_dual_stack": _TCP,
-    "test_events.EventLoopTests.test_create_server_multiple_hosts_*": _TCP,
-    "test_events.EventLoopTests.test_create_server_reuse_port": _TCP,
-    "test_events.EventLoopTests.test_create_server_sock": _TCP,
-    "test_events.EventLoopTests.test_server_close": _TCP,
-    "test_events.EventLoopTests.test_connect_accepted_socket": _TCP,
-    "test_events.TestServer.test_get_loop": _TCP,
     "test_events.EventLoopTests.test_create_server_ssl*": _TLS,
     "test_events.EventLoopTests.test_create_ssl_connection": _TLS,
     "test_events.EventLoopTests.test_create_ssl_unix_connection": _TLS,
@@ -68,10 +58,6 @@ UVPY_SKIPS: dict[str, str] = {
     "test_events.EventLoopTests.test_create_unix_server": _UNIX,
     "test_events.EventLoopTests.test_create_unix_server_path_socket_error":
         _UNIX,
-    "test_events.EventLoopTests.test_prompt_cancellation":
-        "sock_recv cancellation itself passes; the test then calls the "
-        "selector loop's private loop._stop_serving(sock), which arrives "
-        "with create_server (issue #3, step 3)",
     "test_events.EventLoopTests.test_read_pipe": _PIPES,
     "test_events.EventLoopTests.test_write_pipe*": _PIPES,
     "test_events.EventLoopTests.test_unclosed_pipe_transport": _PIPES,
@@ -79,18 +65,27 @@ UVPY_SKIPS: dict[str, str] = {
     "test_events.EventLoopTests.test_write_pty": _PIPES,
     "test_events.EventLoopTests.test_bidirectional_pty": _PIPES,
     "test_events.EventLoopTests.test_subprocess_*": _SUBPROCESS,
+    "test_events.EventLoopTests.test_create_server_multiple_hosts_*":
+        "white-box test of BaseEventLoop.create_server: it patches "
+        "asyncio.base_events.socket so that binding to 1.2.3.4 / ::2 "
+        "succeeds; uvpy's create_server (uvpy/_tcp.py) creates real sockets "
+        "and gets EADDRNOTAVAIL",
     "test_events.EventLoopTests.test_timeout_rounding":
         "white-box test of the selector loop: it patches "
         "BaseEventLoop._run_once to count iterations; uvpy's run loop is "
         "native and has no _run_once (uvloop skips it too)",
 
     # --- networking mixins, bound now so they switch on with their issues
-    "test_sock_lowlevel.SockTests.test_create_connection_sock": _TCP,
-    "test_server.StartServerTests": _TCP + " (and _UNIX for "
-                                    "test_start_unix_server_1)",
-    "test_buffered_proto.BufferedProtocolTests":
-        _TCP + " (asyncio.BufferedProtocol over TCP transports)",
+    "test_server.StartServerTests.test_start_unix_server_1": _UNIX,
     "test_sendfile.SendfileTests": _SENDFILE,
+
+    # --- test_streams (asyncio.StreamReader/Writer over uvpy's transports)
+    "test_streams.StreamTests.test_open_connection_no_loop_ssl": _TLS,
+    "test_streams.StreamTests.test_start_tls":
+        _TLS + " (loop.start_tls / StreamWriter.start_tls)",
+    "test_streams.StreamTests.test_open_unix_connection*": _UNIX,
+    "test_streams.StreamTests.test_start_unix_server": _UNIX,
+    "test_streams.StreamTests.test_read_all_from_pipe_reader": _PIPES,
 }
 
 UVPY_XFAILS: dict[str, str] = {}

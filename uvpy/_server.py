@@ -1,0 +1,126 @@
+"""uvpy's asyncio.AbstractServer: the listening sockets of create_server().
+
+A Server owns its listening sockets; the loop accepts on them (see
+_tcp.TCPMixin._start_serving) and every transport made from an accepted
+connection is attached to the server until its connection_lost.
+
+Invariants (Python 3.11's asyncio.Server behaves the same way):
+
+1. _sockets is None exactly when the server is closed. close() stops
+   accepting and closes the listening sockets at once; connections already
+   accepted are left alone.
+2. _active_count counts attached transports. When the server is closed and
+   the count is zero, the wait_closed() waiters are woken once and _waiters
+   becomes None.
+3. As in 3.11, wait_closed() returns at once when the server is already
+   closed (or its waiters already woken); otherwise it waits for (2).
+4. serve_forever() is exclusive: a second concurrent call raises. Cancelling
+   it closes the server and waits as wait_closed() does.
+"""
+
+from __future__ import annotations
+
+from asyncio import events, exceptions, tasks, trsock
+
+__all__ = ("Server",)
+
+
+class Server(events.AbstractServer):
+    """A TCP server created by uvpy.Loop.create_server()."""
+
+    def __init__(self, loop, sockets, protocol_factory, backlog):
+        self._loop = loop
+        self._sockets = sockets
+        self._protocol_factory = protocol_factory
+        self._backlog = backlog
+        self._active_count = 0
+        self._waiters = []
+        self._serving = False
+        self._serving_forever_fut = None
+
+    def __repr__(self):
+        return f"<{type(self).__name__} sockets={self.sockets!r}>"
+
+    # -- transports come and go (called by TCPTransport) ------------------------
+
+    def _attach(self):
+        assert self._sockets is not None
+        self._active_count += 1
+
+    def _detach(self):
+        assert self._active_count > 0
+        self._active_count -= 1
+        if self._active_count == 0 and self._sockets is None:
+            self._wakeup()
+
+    def _wakeup(self):
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(waiter)
+
+    def _start_serving(self):
+        if self._serving:
+            return
+        self._serving = True
+        for sock in self._sockets:
+            sock.listen(self._backlog)
+            self._loop._start_serving(self._protocol_factory, sock, self, self._backlog)
+
+    # -- asyncio.AbstractServer ------------------------------------------------------
+
+    def get_loop(self):
+        return self._loop
+
+    def is_serving(self):
+        return self._serving
+
+    @property
+    def sockets(self):
+        if self._sockets is None:
+            return ()
+        return tuple(trsock.TransportSocket(sock) for sock in self._sockets)
+
+    def close(self):
+        sockets = self._sockets
+        if sockets is None:
+            return
+        self._sockets = None
+        for sock in sockets:
+            self._loop._stop_serving(sock)
+        self._serving = False
+        fut, self._serving_forever_fut = self._serving_forever_fut, None
+        if fut is not None and not fut.done():
+            fut.cancel()
+        if self._active_count == 0:
+            self._wakeup()
+
+    async def start_serving(self):
+        self._start_serving()
+        # One iteration, so the accept watchers are in place on return.
+        await tasks.sleep(0)
+
+    async def serve_forever(self):
+        if self._serving_forever_fut is not None:
+            raise RuntimeError(f"server {self!r} is already being awaited on serve_forever()")
+        if self._sockets is None:
+            raise RuntimeError(f"server {self!r} is closed")
+        self._start_serving()
+        self._serving_forever_fut = self._loop.create_future()
+        try:
+            await self._serving_forever_fut
+        except exceptions.CancelledError:
+            try:
+                self.close()
+                await self.wait_closed()
+            finally:
+                raise
+        finally:
+            self._serving_forever_fut = None
+
+    async def wait_closed(self):
+        if self._sockets is None or self._waiters is None:
+            return
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
+        await waiter

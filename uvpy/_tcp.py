@@ -1,0 +1,421 @@
+"""TCP on uvpy: TCPTransport and the loop's create_connection /
+create_server / connect_accepted_socket.
+
+TCPTransport's I/O and flow control are native (_uvpy.TransportCore over
+loop/stream.h, see bindings/transport.cc); this module adds the cold
+parts: construction, repr, the unclosed-transport warning and error
+reporting. TransportCore already derives from asyncio.Transport.
+
+Invariants:
+
+1. A transport is registered in loop._transports under its fd from
+   construction on, so add_reader()/sock_*() refuse that fd while the
+   transport is open (asyncio's rule). The registry holds weak references.
+2. connection_made() runs before the first data_received(), and a
+   create_connection() waiter completes only after connection_made(): all
+   three are call_soon'd in that order at construction.
+3. Accepted connections are made into transports synchronously in the
+   accept callback (asyncio goes through a task); protocol_factory() errors
+   close the accepted socket and are reported in debug mode, as asyncio
+   reports them.
+4. ssl= is validated exactly as asyncio does, then refused with
+   NotImplementedError: TLS is a later issue.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import errno
+import functools
+import itertools
+import os
+import socket
+import sys
+import warnings
+import weakref
+from asyncio import base_events, constants, futures, staggered, tasks, trsock
+from asyncio.log import logger
+
+from . import _uvpy
+from ._server import Server
+
+__all__ = ("TCPTransport", "TCPMixin")
+
+_READ = _uvpy.READABLE
+
+_NO_TLS = "TLS (ssl=) is not implemented in uvpy yet"
+
+
+class TCPTransport(_uvpy.TransportCore):
+    """A TCP connection as an asyncio.Transport (native I/O path)."""
+
+    # asyncio's loop.sendfile() falls back to plain writes for us.
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    _start_tls_compatible = False
+
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
+        if extra is None:
+            extra = {}
+        extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            extra["sockname"] = sock.getsockname()
+        except OSError:
+            extra["sockname"] = None
+        if "peername" not in extra:
+            try:
+                extra["peername"] = sock.getpeername()
+            except OSError:
+                extra["peername"] = None
+        super().__init__(loop, sock, protocol, extra, server)
+        if server is not None:
+            server._attach()
+        loop._transports[sock.fileno()] = self
+        base_events._set_nodelay(sock)
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        info = [type(self).__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            info.append("read=polling" if self._read_active else "read=idle")
+            state = "polling" if self._write_active else "idle"
+            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        sock = self._sock
+        if sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            sock.close()
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        # Called by the native core for I/O errors and failing protocol
+        # callbacks; OSErrors are the peer's doing and only logged in debug.
+        loop = self._loop
+        if isinstance(exc, OSError):
+            if loop is not None and loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        elif loop is not None:
+            loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        self._force_close(exc)
+
+
+def _check_ssl_timeouts(ssl, handshake_timeout, shutdown_timeout):
+    if handshake_timeout is not None and not ssl:
+        raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+    if shutdown_timeout is not None and not ssl:
+        raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+
+
+def _stream_socket_required(sock):
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+
+
+class TCPMixin:
+    """create_connection / create_server / connect_accepted_socket."""
+
+    @functools.cached_property
+    def _transports(self):
+        return weakref.WeakValueDictionary()
+
+    # -- connecting -------------------------------------------------------------------
+
+    async def create_connection(self, protocol_factory, host=None, port=None, *, ssl=None,
+                                family=0, proto=0, flags=0, sock=None, local_addr=None,
+                                server_hostname=None, ssl_handshake_timeout=None,
+                                ssl_shutdown_timeout=None, happy_eyeballs_delay=None,
+                                interleave=None):
+        """Connect to host:port (or use sock); return (transport, protocol)."""
+        if server_hostname is not None and not ssl:
+            raise ValueError("server_hostname is only meaningful with ssl")
+        if server_hostname is None and ssl and not host:
+            raise ValueError("You must set server_hostname when using ssl without a host")
+        _check_ssl_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+        if sock is not None:
+            base_events._check_ssl_socket(sock)
+        if happy_eyeballs_delay is not None and interleave is None:
+            interleave = 1  # alternate address families, RFC 8305
+        if ssl:
+            raise NotImplementedError(_NO_TLS)
+
+        if host is not None or port is not None:
+            if sock is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+            sock = await self._connect_any(host, port, family, proto, flags, local_addr,
+                                           happy_eyeballs_delay, interleave)
+        elif sock is None:
+            raise ValueError("host and port was not specified and no sock specified")
+        else:
+            _stream_socket_required(sock)
+
+        transport, protocol = await self._create_connection_transport(sock, protocol_factory)
+        if self.get_debug():
+            logger.debug("%r connected to %s:%r: (%r, %r)",
+                         transport.get_extra_info("socket"), host, port, transport, protocol)
+        return transport, protocol
+
+    async def _connect_any(self, host, port, family, proto, flags, local_addr, delay,
+                           interleave):
+        """A socket connected to the first address of host:port that answers."""
+        infos = await self._ensure_resolved((host, port), family=family,
+                                            type=socket.SOCK_STREAM, proto=proto, flags=flags)
+        if not infos:
+            raise OSError("getaddrinfo() returned empty list")
+        local_infos = None
+        if local_addr is not None:
+            local_infos = await self._ensure_resolved(local_addr, family=family,
+                                                      type=socket.SOCK_STREAM, proto=proto,
+                                                      flags=flags)
+            if not local_infos:
+                raise OSError("getaddrinfo() returned empty list")
+        if interleave:
+            infos = base_events._interleave_addrinfos(infos, interleave)
+
+        errors = []  # one list per attempt, so staggered attempts don't mix
+        sock = None
+        if delay is None:
+            for info in infos:
+                try:
+                    sock = await self._connect_one(errors, info, local_infos)
+                    break
+                except OSError:
+                    continue
+        else:
+            attempts = (functools.partial(self._connect_one, errors, info, local_infos)
+                        for info in infos)
+            sock, _, _ = await staggered.staggered_race(attempts, delay, loop=self)
+        if sock is not None:
+            return sock
+
+        flat = [exc for attempt in errors for exc in attempt]
+        try:
+            if len(flat) == 1 or all(str(exc) == str(flat[0]) for exc in flat):
+                raise flat[0]
+            raise OSError("Multiple exceptions: {}".format(", ".join(str(e) for e in flat)))
+        finally:
+            flat = errors = None  # the tracebacks reference this frame
+
+    async def _connect_one(self, errors, info, local_infos):
+        """Create, bind (to a local address of the same family) and connect."""
+        mine = []
+        errors.append(mine)
+        family, type_, proto, _, address = info
+        sock = None
+        try:
+            sock = socket.socket(family=family, type=type_, proto=proto)
+            sock.setblocking(False)
+            if local_infos is not None:
+                self._bind_local(sock, family, local_infos, mine)
+            await self.sock_connect(sock, address)
+            return sock
+        except OSError as exc:
+            mine.append(exc)
+            if sock is not None:
+                sock.close()
+            raise
+        except BaseException:
+            if sock is not None:
+                sock.close()
+            raise
+        finally:
+            errors = mine = None
+
+    @staticmethod
+    def _bind_local(sock, family, local_infos, mine):
+        for lfamily, _, _, _, laddr in local_infos:
+            if lfamily != family:
+                continue
+            try:
+                sock.bind(laddr)
+                return
+            except OSError as exc:
+                mine.append(OSError(exc.errno, f"error while attempting to bind on address "
+                                               f"{laddr!r}: {exc.strerror.lower()}"))
+        if mine:
+            raise mine.pop()
+        raise OSError(f"no matching local address with {family=} found")
+
+    async def _create_connection_transport(self, sock, protocol_factory, server=None,
+                                           extra=None):
+        sock.setblocking(False)
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = TCPTransport(self, sock, protocol, waiter, extra, server)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+        return transport, protocol
+
+    async def connect_accepted_socket(self, protocol_factory, sock, *, ssl=None,
+                                      ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
+        """Wrap an already accepted connection; return (transport, protocol)."""
+        _stream_socket_required(sock)
+        _check_ssl_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
+        base_events._check_ssl_socket(sock)
+        if ssl:
+            raise NotImplementedError(_NO_TLS)
+        transport, protocol = await self._create_connection_transport(sock, protocol_factory)
+        if self.get_debug():
+            logger.debug("%r handled: (%r, %r)", transport.get_extra_info("socket"),
+                         transport, protocol)
+        return transport, protocol
+
+    # -- serving ------------------------------------------------------------------------
+
+    async def create_server(self, protocol_factory, host=None, port=None, *,
+                            family=socket.AF_UNSPEC, flags=socket.AI_PASSIVE, sock=None,
+                            backlog=100, ssl=None, reuse_address=None, reuse_port=None,
+                            keep_alive=None, ssl_handshake_timeout=None,
+                            ssl_shutdown_timeout=None, start_serving=True):
+        """Listen on host:port (a name, a list of names, or all interfaces)."""
+        if isinstance(ssl, bool):
+            raise TypeError("ssl argument must be an SSLContext or None")
+        if ssl_handshake_timeout is not None and ssl is None:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout is not None and ssl is None:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        if sock is not None:
+            base_events._check_ssl_socket(sock)
+        if ssl is not None:
+            raise NotImplementedError(_NO_TLS)
+
+        if host is not None or port is not None:
+            if sock is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+            if reuse_address is None:
+                reuse_address = os.name == "posix" and sys.platform != "cygwin"
+            sockets = await self._bind_listeners(host, port, family, flags, reuse_address,
+                                                 reuse_port)
+        elif sock is None:
+            raise ValueError("Neither host/port nor sock were specified")
+        else:
+            _stream_socket_required(sock)
+            sockets = [sock]
+
+        for sock in sockets:
+            sock.setblocking(False)
+            if keep_alive:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
+        server = Server(self, sockets, protocol_factory, backlog)
+        if start_serving:
+            server._start_serving()
+            await tasks.sleep(0)  # let the accept watchers settle, as asyncio
+        if self.get_debug():
+            logger.info("%r is serving", server)
+        return server
+
+    async def _bind_listeners(self, host, port, family, flags, reuse_address, reuse_port):
+        if host == "":
+            hosts = [None]
+        elif isinstance(host, str) or not isinstance(host, collections.abc.Iterable):
+            hosts = [host]
+        else:
+            hosts = host
+
+        async def resolve(h):
+            infos = await self._ensure_resolved((h, port), family=family,
+                                                type=socket.SOCK_STREAM, flags=flags)
+            if not infos:
+                raise OSError(f"getaddrinfo({h!r}) returned empty list")
+            return infos
+
+        resolved = await tasks.gather(*[resolve(h) for h in hosts])
+        # Each address once, even when several names resolve to it.
+        infos = set(itertools.chain.from_iterable(resolved))
+        sockets = []
+        try:
+            for af, socktype, proto, _, sa in infos:
+                try:
+                    sock = socket.socket(af, socktype, proto)
+                except OSError:
+                    if self.get_debug():
+                        logger.warning("create_server() failed to create socket.socket(%r, %r, %r)",
+                                       af, socktype, proto, exc_info=True)
+                    continue
+                sockets.append(sock)
+                if reuse_address:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, True)
+                if reuse_port:
+                    base_events._set_reuseport(sock)
+                if af == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    # One socket per family: no IPv4-mapped dual stack.
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, True)
+                try:
+                    sock.bind(sa)
+                except OSError as err:
+                    raise OSError(err.errno, "error while attempting to bind on address "
+                                             f"{sa!r}: {err.strerror.lower()}") from None
+        except BaseException:
+            for sock in sockets:
+                sock.close()
+            raise
+        return sockets
+
+    def _start_serving(self, protocol_factory, sock, server, backlog=100):
+        self._watch(sock.fileno(), _READ, self._accept_connection,
+                    (protocol_factory, sock, server, backlog))
+
+    def _stop_serving(self, sock):
+        self._unwatch(sock.fileno(), _READ)
+        sock.close()
+
+    def _accept_connection(self, protocol_factory, sock, server, backlog):
+        # One wakeup may find several connections queued; take up to backlog.
+        for _ in range(backlog):
+            try:
+                conn, addr = sock.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise  # reported by the loop's exception handler
+                # Out of resources: Linux keeps reporting the listener as
+                # readable, so stop watching it for a while.
+                self.call_exception_handler({
+                    "message": "socket.accept() out of system resource",
+                    "exception": exc,
+                    "socket": trsock.TransportSocket(sock),
+                })
+                self._unwatch(sock.fileno(), _READ)
+                self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving,
+                                protocol_factory, sock, server, backlog)
+                return
+            if self.get_debug():
+                logger.debug("%r got a new connection from %r: %r", server, addr, conn)
+            self._serve_connection(protocol_factory, conn, addr, server)
+
+    def _serve_connection(self, protocol_factory, conn, addr, server):
+        protocol = None
+        try:
+            conn.setblocking(False)
+            protocol = protocol_factory()
+            TCPTransport(self, conn, protocol, None, {"peername": addr}, server)
+        except (SystemExit, KeyboardInterrupt):
+            conn.close()
+            raise
+        except BaseException as exc:
+            conn.close()
+            if self.get_debug():
+                context = {
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                }
+                if protocol is not None:
+                    context["protocol"] = protocol
+                self.call_exception_handler(context)

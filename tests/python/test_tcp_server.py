@@ -1,0 +1,534 @@
+"""create_server, create_connection, connect_accepted_socket and the
+asyncio streams API over them, on both loops."""
+
+import asyncio
+import gc
+import socket
+import sys
+
+import pytest
+
+from conftest import collect, open_fds
+
+
+def run(loop, coro):
+    return loop.run_until_complete(coro)
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+    def eof_received(self):
+        self.transport.close()
+
+
+class Client(asyncio.Protocol):
+    def __init__(self, loop):
+        self.data = bytearray()
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.data += data
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def has_ipv6():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+async def echo_roundtrip(loop, addr, payload=b"ping"):
+    tr, proto = await loop.create_connection(lambda: Client(loop), *addr[:2])
+    tr.write(payload)
+    tr.write_eof()
+    await proto.lost
+    return bytes(proto.data)
+
+
+# -- create_server ----------------------------------------------------------------
+
+
+def test_server_basics(loop):
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        assert isinstance(server, asyncio.AbstractServer)
+        assert server.get_loop() is loop
+        assert server.is_serving()
+        (sock,) = server.sockets
+        assert sock.family == socket.AF_INET
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+        assert "sockets=" in repr(server)
+        assert await echo_roundtrip(loop, sock.getsockname()) == b"ping"
+        server.close()
+        assert not server.is_serving()
+        assert server.sockets == ()
+        await server.wait_closed()
+        server.close()  # idempotent
+
+    run(loop, main())
+
+
+def test_server_as_async_context_manager(loop):
+    async def main():
+        async with await loop.create_server(Echo, "127.0.0.1", 0) as server:
+            addr = server.sockets[0].getsockname()
+            assert await echo_roundtrip(loop, addr) == b"ping"
+        assert not server.is_serving()
+        with pytest.raises(ConnectionRefusedError):
+            await loop.create_connection(lambda: Client(loop), *addr)
+
+    run(loop, main())
+
+
+def test_start_serving_false_then_start_serving(loop):
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0, start_serving=False)
+        assert not server.is_serving()
+        await server.start_serving()
+        assert server.is_serving()
+        await server.start_serving()  # idempotent
+        assert await echo_roundtrip(loop, server.sockets[0].getsockname()) == b"ping"
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_serve_forever(loop):
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0, start_serving=False)
+        task = loop.create_task(server.serve_forever())
+        await asyncio.sleep(0)
+        assert server.is_serving()
+        with pytest.raises(RuntimeError, match="already being awaited"):
+            await server.serve_forever()
+        assert await echo_roundtrip(loop, server.sockets[0].getsockname()) == b"ping"
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not server.is_serving()
+        with pytest.raises(RuntimeError, match="is closed"):
+            await server.serve_forever()
+
+    run(loop, main())
+
+
+def test_close_stops_serving_but_keeps_accepted_connections(loop):
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        tr, proto = await loop.create_connection(lambda: Client(loop), *addr)
+        tr.write(b"one")
+        while proto.data != b"one":
+            await asyncio.sleep(0)
+        server.close()
+        await server.wait_closed()  # 3.11: returns at once once closed
+        tr.write(b"two")  # the accepted connection still echoes
+        while proto.data != b"onetwo":
+            await asyncio.sleep(0)
+        tr.close()
+        await proto.lost
+
+    run(loop, main())
+
+
+def test_wait_closed_waits_for_attached_connections(loop):
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        tr, proto = await loop.create_connection(lambda: Client(loop), *addr)
+        tr.write(b"x")
+        while not proto.data:
+            await asyncio.sleep(0)
+        waiter = loop.create_task(server.wait_closed())
+        await asyncio.sleep(0)
+        server.close()
+        await asyncio.sleep(0)
+        assert not waiter.done()  # the echo connection is still attached
+        tr.write_eof()
+        await proto.lost
+        await waiter
+
+    run(loop, main())
+
+
+def test_many_connections_at_once(loop):
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=200)
+        addr = server.sockets[0].getsockname()
+        payloads = [b"conn-%d" % i for i in range(100)]
+        got = await asyncio.gather(*[echo_roundtrip(loop, addr, p) for p in payloads])
+        assert got == payloads
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_host_list_and_all_interfaces(loop):
+    async def main():
+        port = free_port()
+        server = await loop.create_server(Echo, ["127.0.0.1", "localhost", "127.0.0.1"], port)
+        families = sorted(s.family for s in server.sockets)
+        # localhost may add ::1; 127.0.0.1 is bound once.
+        assert families.count(socket.AF_INET) == 1
+        for sock in server.sockets:
+            assert await echo_roundtrip(loop, sock.getsockname()) == b"ping"
+            if sock.family == socket.AF_INET6:
+                assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+        server.close()
+
+        for host in (None, ""):
+            server = await loop.create_server(Echo, host, 0)
+            assert {s.family for s in server.sockets} >= {socket.AF_INET}
+            # port 0: each family's socket gets its own port
+            for sock in server.sockets:
+                local = "::1" if sock.family == socket.AF_INET6 else "127.0.0.1"
+                port = sock.getsockname()[1]
+                assert await echo_roundtrip(loop, (local, port)) == b"ping"
+            server.close()
+
+    run(loop, main())
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback on this machine")
+def test_ipv6_server(loop):
+    async def main():
+        server = await loop.create_server(Echo, "::1", 0, family=socket.AF_INET6)
+        (sock,) = server.sockets
+        assert sock.family == socket.AF_INET6
+        assert await echo_roundtrip(loop, sock.getsockname()) == b"ping"
+        server.close()
+
+    run(loop, main())
+
+
+def test_server_on_an_existing_socket(loop):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+
+    async def main():
+        server = await loop.create_server(Echo, sock=sock, backlog=5)
+        assert server.sockets[0].fileno() == sock.fileno()
+        assert sock.gettimeout() == 0
+        assert await echo_roundtrip(loop, sock.getsockname()) == b"ping"
+        server.close()
+        assert sock.fileno() == -1  # the server owns it
+
+    run(loop, main())
+
+
+def test_reuse_port(loop):
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0, reuse_port=True)
+        sock = server.sockets[0]
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+        twin = await loop.create_server(Echo, "127.0.0.1", sock.getsockname()[1],
+                                        reuse_port=True)
+        server.close()
+        twin.close()
+
+    run(loop, main())
+
+
+def test_address_in_use(loop):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    with pytest.raises(OSError, match="error while attempting to bind on address") as info:
+        run(loop, loop.create_server(Echo, "127.0.0.1", taken.getsockname()[1],
+                                     reuse_address=False))
+    assert info.value.errno == 98  # EADDRINUSE
+    taken.close()
+
+
+def test_create_server_bad_arguments(loop):
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tcp = socket.socket()
+    cases = [
+        (dict(sock=udp), ValueError, "A Stream Socket was expected"),
+        (dict(host="127.0.0.1", port=0, sock=tcp), ValueError,
+         "host/port and sock can not be specified at the same time"),
+        (dict(), ValueError, "Neither host/port nor sock were specified"),
+        (dict(host="127.0.0.1", port=0, ssl=True), TypeError,
+         "ssl argument must be an SSLContext or None"),
+        (dict(host="127.0.0.1", port=0, ssl_handshake_timeout=1), ValueError,
+         "ssl_handshake_timeout is only meaningful with ssl"),
+        (dict(host="127.0.0.1", port=0, ssl_shutdown_timeout=1), ValueError,
+         "ssl_shutdown_timeout is only meaningful with ssl"),
+    ]
+    for kwargs, exc, message in cases:
+        with pytest.raises(exc, match=message):
+            run(loop, loop.create_server(Echo, **kwargs))
+    udp.close()
+    tcp.close()
+
+
+@pytest.mark.parametrize("loop_name", ["uvpy"])
+def test_keep_alive(loop):
+    # uvpy extension (asyncio 3.13's keep_alive=): not in 3.11's signature.
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0, keep_alive=True)
+        assert server.sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+        server.close()
+
+    run(loop, main())
+
+
+# -- create_connection -------------------------------------------------------------
+
+
+def test_create_connection_variants(loop):
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        host, port = server.sockets[0].getsockname()
+        local_port = free_port()
+        tr, proto = await loop.create_connection(lambda: Client(loop), host, port,
+                                                 local_addr=("127.0.0.1", local_port))
+        assert tr.get_extra_info("sockname") == ("127.0.0.1", local_port)
+        tr.close()
+        await proto.lost
+        tr, proto = await loop.create_connection(lambda: Client(loop), "localhost", port,
+                                                 family=socket.AF_INET,
+                                                 proto=socket.IPPROTO_TCP)
+        assert tr.get_extra_info("peername") == (host, port)
+        tr.close()
+        await proto.lost
+        # Happy eyeballs: localhost may be ::1 first, where nobody listens.
+        tr, proto = await loop.create_connection(lambda: Client(loop), "localhost", port,
+                                                 happy_eyeballs_delay=0.05)
+        assert tr.get_extra_info("peername") == (host, port)
+        tr.close()
+        await proto.lost
+        tr, proto = await loop.create_connection(lambda: Client(loop), "localhost", port,
+                                                 interleave=2)
+        tr.close()
+        await proto.lost
+        server.close()
+
+    run(loop, main())
+
+
+def test_create_connection_with_a_connected_socket(loop):
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        sock = socket.socket()
+        sock.setblocking(False)
+        await loop.sock_connect(sock, server.sockets[0].getsockname())
+        tr, proto = await loop.create_connection(lambda: Client(loop), sock=sock)
+        assert tr.get_extra_info("socket").fileno() == sock.fileno()
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            loop.add_reader(sock.fileno(), lambda: None)
+        with pytest.raises(RuntimeError, match="is used by transport"):
+            await loop.sock_recv(sock, 1)
+        tr.write(b"via sock")
+        tr.write_eof()
+        await proto.lost
+        assert proto.data == b"via sock"
+        assert sock.fileno() == -1  # the transport closed it
+        server.close()
+
+    run(loop, main())
+
+
+def test_create_connection_bad_arguments(loop):
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tcp = socket.socket()
+    cases = [
+        (dict(sock=udp), ValueError, "A Stream Socket was expected"),
+        (dict(host="127.0.0.1", port=1, sock=tcp), ValueError,
+         "host/port and sock can not be specified at the same time"),
+        (dict(), ValueError, "host and port was not specified and no sock specified"),
+        (dict(host="127.0.0.1", port=1, server_hostname="x"), ValueError,
+         "server_hostname is only meaningful with ssl"),
+        (dict(sock=tcp, ssl=True), ValueError,
+         "You must set server_hostname when using ssl without a host"),
+        (dict(host="127.0.0.1", port=1, ssl_handshake_timeout=1), ValueError,
+         "ssl_handshake_timeout is only meaningful with ssl"),
+        (dict(host="127.0.0.1", port=1, ssl_shutdown_timeout=1), ValueError,
+         "ssl_shutdown_timeout is only meaningful with ssl"),
+    ]
+    for kwargs, exc, message in cases:
+        with pytest.raises(exc, match=message):
+            run(loop, loop.create_connection(lambda: Client(loop), **kwargs))
+    udp.close()
+    tcp.close()
+
+
+def test_create_connection_refused_and_local_addr_errors(loop):
+    port = free_port()
+    with pytest.raises(ConnectionRefusedError):
+        run(loop, loop.create_connection(lambda: Client(loop), "127.0.0.1", port))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    with pytest.raises(OSError, match="error while attempting to bind on address") as info:
+        run(loop, loop.create_connection(lambda: Client(loop), "127.0.0.1", port,
+                                         local_addr=taken.getsockname()))
+    assert info.value.errno == 98
+    with pytest.raises(OSError, match="no matching local address with family="):
+        run(loop, loop.create_connection(lambda: Client(loop), "127.0.0.1", port,
+                                         local_addr=("::1", 0)))
+    taken.close()
+
+
+def test_create_connection_cancelled_while_connecting(loop):
+    # A SYN to a listener with a full backlog stays in progress.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    fillers = []
+
+    async def main():
+        for _ in range(8):  # fill the accept queue
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(srv.getsockname())
+            fillers.append(s)
+        task = loop.create_task(loop.create_connection(lambda: Client(loop),
+                                                       *srv.getsockname()))
+        for _ in range(5):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(loop, main())
+    for s in fillers:
+        s.close()
+    srv.close()
+
+
+# -- connect_accepted_socket ----------------------------------------------------------
+
+
+def test_connect_accepted_socket(loop):
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    client = socket.create_connection(lst.getsockname())
+    conn, _ = lst.accept()
+
+    async def main():
+        tr, proto = await loop.connect_accepted_socket(Echo, conn)
+        assert isinstance(tr, asyncio.Transport)
+        assert tr.get_extra_info("peername") == client.getsockname()
+        client.setblocking(False)
+        await loop.sock_sendall(client, b"accepted")
+        assert await loop.sock_recv(client, 100) == b"accepted"
+        client.shutdown(socket.SHUT_WR)
+        while not tr.is_closing():
+            await asyncio.sleep(0)
+
+    run(loop, main())
+    run(loop, asyncio.sleep(0))
+    assert conn.fileno() == -1
+    with socket.socket(type=socket.SOCK_DGRAM) as udp:
+        with pytest.raises(ValueError, match="A Stream Socket was expected"):
+            run(loop, loop.connect_accepted_socket(Echo, udp))
+    with pytest.raises(ValueError, match="ssl_handshake_timeout is only meaningful"):
+        run(loop, loop.connect_accepted_socket(Echo, client, ssl_handshake_timeout=1))
+    client.close()
+    lst.close()
+
+
+# -- asyncio streams on top -------------------------------------------------------------
+
+
+def test_start_server_and_open_connection(loop):
+    async def handle(reader, writer):
+        while line := await reader.readline():
+            writer.write(line.upper())
+            await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        for word in (b"alpha\n", b"beta\n", b"x" * 50000 + b"\n"):
+            writer.write(word)
+            await writer.drain()
+            assert await reader.readline() == word.upper()
+        writer.write_eof()
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_stream_drain_waits_for_a_slow_reader(loop):
+    got = []
+
+    async def slow(reader, writer):
+        await asyncio.sleep(0)
+        got.append(len(await reader.read()))
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(slow, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        writer.transport.set_write_buffer_limits(high=1024)
+        for _ in range(64):
+            writer.write(b"d" * 65536)
+            await writer.drain()
+            assert writer.transport.get_write_buffer_size() <= 1024 + 65536
+        writer.write_eof()
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+
+    run(loop, main())
+    assert got == [64 * 65536]
+
+
+# -- resources ----------------------------------------------------------------------------
+
+
+def test_fds_and_refcounts_flat_over_many_server_rounds(loop):
+    payload = b"q" * 3000
+
+    async def round_trip():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        for _ in range(5):
+            assert await echo_roundtrip(loop, addr, payload) == payload
+        server.close()
+        await server.wait_closed()
+
+    run(loop, round_trip())
+    collect()
+    fds = open_fds()
+    refs = (sys.getrefcount(payload), sys.getrefcount(Echo))
+    servers = sum(1 for o in gc.get_objects() if isinstance(o, asyncio.AbstractServer))
+    for _ in range(30):
+        run(loop, round_trip())
+    collect()
+    assert open_fds() == fds
+    assert (sys.getrefcount(payload), sys.getrefcount(Echo)) == refs
+    assert sum(1 for o in gc.get_objects() if isinstance(o, asyncio.AbstractServer)) == servers

@@ -24,7 +24,7 @@ class Handle:
 class TimerHandle(Handle):
     def when(self) -> float: ...
 
-class Loop(asyncio.AbstractEventLoop):  # type: ignore[misc]  # networking methods land with #3 and later
+class Loop(asyncio.AbstractEventLoop):  # type: ignore[misc]  # UDP/Unix/pipes/subprocess/TLS land after #3
     # uvpy's handles are native types with asyncio.Handle's API, not subclasses.
     """An asyncio event loop on uvpy's native reactor."""
 

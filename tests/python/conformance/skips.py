@@ -25,9 +25,6 @@ test_skiplist.py fails if a key matches no bound test (stale entry).
 
 # Not implemented in uvpy yet: uvpy.Loop inherits AbstractEventLoop's
 # NotImplementedError for these (see uvpy/_loop.py docstring).
-_TCP = ("networking: TCP (loop.create_connection / create_server / "
-        "connect_accepted_socket, asyncio.Server) is not implemented in uvpy "
-        "yet; lands with issue #3 (TCP)")
 _UDP = ("networking: UDP (loop.create_datagram_endpoint) is not implemented "
         "in uvpy yet; lands with a later networking issue (after #3)")
 _UNIX = ("networking: Unix sockets (loop.create_unix_connection / "
@@ -40,9 +37,9 @@ _PIPES = ("pipes: loop.connect_read_pipe / connect_write_pipe (incl. on "
           "ptys) are not implemented in uvpy yet; lands with a later issue (after #3)")
 _SUBPROCESS = ("subprocess: loop.subprocess_exec / subprocess_shell are not "
                "implemented in uvpy yet; lands with a later issue")
-_SENDFILE = ("networking: loop.sendfile / sock_sendfile need TCP transports "
-             "and sock_* which are not implemented in uvpy yet; lands with "
-             "a later issue (after #3, TCP)")
+_SENDFILE = ("networking: loop.sendfile / loop.sock_sendfile are not "
+             "implemented in uvpy yet (TCP transports and sock_* are: issue #3); "
+             "lands with a later issue")
 
 UVPY_SKIPS: dict[str, str] = {
     # --- test_events.EventLoopTests (EventLoopTestsMixin + SubprocessTestsMixin)
@@ -51,8 +48,6 @@ UVPY_SKIPS: dict[str, str] = {
     "test_events.EventLoopTests.test_create_ssl_unix_connection": _TLS,
     "test_events.EventLoopTests.test_create_unix_server_ssl*": _TLS,
     "test_events.EventLoopTests.test_ssl_connect_accepted_socket": _TLS,
-    "test_events.EventLoopTests."
-    "test_connect_accepted_socket_ssl_timeout_for_plain_socket": _TLS,
     "test_events.EventLoopTests.test_create_datagram_endpoint*": _UDP,
     "test_events.EventLoopTests.test_create_unix_connection": _UNIX,
     "test_events.EventLoopTests.test_create_unix_server": _UNIX,
@@ -75,7 +70,7 @@ UVPY_SKIPS: dict[str, str] = {
         "BaseEventLoop._run_once to count iterations; uvpy's run loop is "
         "native and has no _run_once (uvloop skips it too)",
 
-    # --- networking mixins, bound now so they switch on with their issues
+    # --- networking mixins (test_sock_lowlevel, test_buffered_proto run)
     "test_server.StartServerTests.test_start_unix_server_1": _UNIX,
     "test_sendfile.SendfileTests": _SENDFILE,
 

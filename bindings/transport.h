@@ -1,0 +1,81 @@
+// transport.h — the instance layout of TransportCore and the operations
+// shared by transport.cc (asyncio's transport semantics over loop::Stream)
+// and transport_type.cc (the Python type: methods, attributes, creation).
+// Private to bindings/.
+//
+// Layout: [PyObject_HEAD][BaseTransport's `_extra` slot][fields], checked
+// against asyncio's classes when the type is created.
+#pragma once
+#include "py.h"
+#include "stream.h"
+
+namespace uvpy::py::transport {
+
+struct Transport;
+
+// The stream's view of its transport.
+class Owner final : public loop::StreamOwner {
+ public:
+  explicit Owner(Transport* t) : t_(t) {}
+  void retain() override;
+  void release() override;
+  int read_buffer(char** buf, size_t* len) override;
+  int on_read(ssize_t n) override;
+  int on_write_error(int err) override;
+  int on_pause_writing() override;
+  int on_resume_writing() override;
+  int on_drain() override;
+
+ private:
+  Transport* t_;
+};
+
+struct Transport {
+  PyObject_HEAD
+  PyObject* extra;  // BaseTransport's `_extra` slot: keep first
+  LoopCore* loop;
+  PyObject* protocol;
+  PyObject* sock;
+  PyObject* server;
+  PyObject* context;
+  // The protocol's hot methods, looked up once by set_protocol().
+  PyObject* data_received;
+  PyObject* get_buffer;
+  PyObject* buffer_updated;
+  Owner* owner;
+  loop::Stream* stream;
+  Py_buffer view;  // BufferedProtocol: get_buffer()'s buffer during a recv
+  Py_ssize_t conn_lost;
+  bool have_view;
+  bool buffered;
+  bool closing;
+  bool paused;  // pause_reading() in effect
+  bool eof;     // write_eof() called
+  bool protocol_connected;
+  bool lost;    // connection_lost() called
+};
+
+inline PyObject* as_obj(Transport* t) { return reinterpret_cast<PyObject*>(t); }
+
+// Interned names and asyncio objects; false with an exception set.
+bool init_names();
+
+// asyncio's _SelectorSocketTransport operations (see transport.cc). The
+// bool ones return false with an exception set.
+bool check_ready(Transport* t);
+bool is_reading(Transport* t);
+bool set_protocol(Transport* t, PyObject* protocol);
+bool close_transport(Transport* t);
+bool force_close(Transport* t, PyObject* exc);
+int connection_lost(Transport* t, PyObject* exc);  // -1: the protocol raised
+void release_view(Transport* t);
+// A write after the connection was lost: counted, dropped, logged from the
+// 5th on. False if logging raised.
+bool drop_write(Transport* t);
+// A -errno from a failed send: self._fatal_error(); -1 only for
+// SystemExit/KeyboardInterrupt.
+int fail_errno(Transport* t, int err, const char* message);
+// Raises for a -errno from the stream (the loop's message when closed).
+PyObject* raise_errno(int rc);
+
+}  // namespace uvpy::py::transport

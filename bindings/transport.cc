@@ -105,7 +105,8 @@ int fail(Transport* t, const char* message) {
 
 // loop.call_exception_handler({message, exception, transport, protocol})
 // for the pending exception, as asyncio's flow-control callbacks report.
-int report(Transport* t, const char* message) {
+// `loop` is passed in: connection_lost() has already let go of t->loop.
+int report(Transport* t, LoopCore* loop, const char* message) {
   if (fatal_exception()) return -1;
   PyObject* exc = fetch_exception();
   PyObject* ctx = Py_BuildValue("{s:s,s:O,s:O,s:O}", "message", message, "exception", exc,
@@ -113,9 +114,9 @@ int report(Transport* t, const char* message) {
                                 t->protocol ? t->protocol : Py_None);
   Py_DECREF(exc);
   if (ctx == nullptr) return swallow(as_obj(t));
-  PyObject* r = t->loop ? PyObject_CallMethod(reinterpret_cast<PyObject*>(t->loop),
-                                              "call_exception_handler", "O", ctx)
-                        : Py_NewRef(Py_None);
+  PyObject* r = loop ? PyObject_CallMethod(reinterpret_cast<PyObject*>(loop),
+                                           "call_exception_handler", "O", ctx)
+                     : Py_NewRef(Py_None);
   Py_DECREF(ctx);
   if (r == nullptr) return swallow(as_obj(t));
   Py_DECREF(r);
@@ -380,7 +381,7 @@ int Owner::on_write_error(int err) {
 int Owner::on_pause_writing() {
   if (t_->protocol == nullptr) return 0;
   PyObject* r = PyObject_CallMethodNoArgs(t_->protocol, str_pause_writing);
-  if (r == nullptr) return report(t_, "protocol.pause_writing() failed");
+  if (r == nullptr) return report(t_, t_->loop, "protocol.pause_writing() failed");
   Py_DECREF(r);
   return 0;
 }
@@ -389,7 +390,7 @@ int Owner::on_resume_writing() {
   return in_context(t_, [&] {
     if (t_->protocol == nullptr) return 0;
     PyObject* r = PyObject_CallMethodNoArgs(t_->protocol, str_resume_writing);
-    if (r == nullptr) return report(t_, "protocol.resume_writing() failed");
+    if (r == nullptr) return report(t_, t_->loop, "protocol.resume_writing() failed");
     Py_DECREF(r);
     return 0;
   });
@@ -398,9 +399,12 @@ int Owner::on_resume_writing() {
 int Owner::on_drain() {
   if (!t_->closing) return 0;
   return in_context(t_, [&] {
+    LoopCore* loop = reinterpret_cast<LoopCore*>(Py_XNewRef(reinterpret_cast<PyObject*>(t_->loop)));
+    int rc = 0;
     if (connection_lost(t_, Py_None) < 0)
-      return report(t_, "Fatal error: protocol.connection_lost() call failed.");
-    return 0;
+      rc = report(t_, loop, "Fatal error: protocol.connection_lost() call failed.");
+    Py_XDECREF(reinterpret_cast<PyObject*>(loop));
+    return rc;
   });
 }
 

@@ -575,6 +575,133 @@ def test_closing_the_loop_with_an_open_transport(new_loop):
     assert sock.fileno() == -1
 
 
+# -- re-entrancy: protocol callbacks that act on the transport ------------------------
+
+
+def test_close_inside_data_received(loop):
+    class Proto(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.close()
+
+    tr, proto, peer = connect(loop, lambda: Proto(loop))
+    peer.sendall(b"first")
+    assert run(loop, proto.lost) is None
+    peer.sendall(b"ignored")
+    run(loop, iterations())
+    assert proto.data == b"first"
+    assert proto.events == ["made", ("lost", None)]
+    peer.close()
+
+
+def test_abort_inside_pause_writing(loop):
+    class Proto(Recorder):
+        def pause_writing(self):
+            super().pause_writing()
+            self.transport.abort()
+
+    tr, proto, peer = connect(loop, lambda: Proto(loop), sndbuf=4096)
+    tr.set_write_buffer_limits(high=0)
+    tr.write(pattern(1 << 20))  # pauses, which aborts
+    assert proto.paused == 1
+    assert tr.get_write_buffer_size() == 0
+    assert run(loop, proto.lost) is None
+    tr.write(b"after")  # dropped quietly
+    peer.close()
+
+
+def test_resume_writing_may_write_more(loop):
+    class Proto(Recorder):
+        def resume_writing(self):
+            super().resume_writing()
+            self.transport.write(b"--resumed--")
+            self.transport.close()
+
+    tr, proto, peer = connect(loop, lambda: Proto(loop), sndbuf=4096)
+    payload = pattern(1 << 20)
+    tr.write(payload)
+    assert proto.paused == 1
+    assert run(loop, peer_reads_to_eof(peer)) == payload + b"--resumed--"
+    assert run(loop, proto.lost) is None
+    assert proto.resumed == 1
+    peer.close()
+
+
+def test_set_protocol_inside_data_received(loop):
+    second = Recorder(loop)
+
+    class First(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.set_protocol(second)
+
+    tr, first, peer = connect(loop, lambda: First(loop))
+    peer.sendall(b"one")
+    run(loop, until(lambda: first.data == b"one"))
+    peer.sendall(b"two")
+    run(loop, until(lambda: second.data == b"two"))
+    assert first.data == b"one"
+    tr.close()
+    assert run(loop, second.lost) is None
+    peer.close()
+
+
+def test_exception_in_eof_received(loop):
+    boom = ValueError("eof boom")
+
+    class Proto(Recorder):
+        def eof_received(self):
+            raise boom
+
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    tr, proto, peer = connect(loop, lambda: Proto(loop))
+    peer.shutdown(socket.SHUT_WR)
+    assert run(loop, proto.lost) is boom
+    assert [e["message"] for e in errors] == [
+        "Fatal error: protocol.eof_received() call failed."]
+    peer.close()
+
+
+def test_exception_in_connection_lost_after_a_drain(loop):
+    # close() with buffered data: connection_lost runs when the buffer
+    # drains, and its exception goes to the exception handler.
+    class Proto(Recorder):
+        def connection_lost(self, exc):
+            super().connection_lost(exc)
+            raise ValueError("lost boom")
+
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    tr, proto, peer = connect(loop, lambda: Proto(loop), sndbuf=4096)
+    tr.write(pattern(1 << 20))
+    assert tr.get_write_buffer_size() > 0
+    tr.close()
+    run(loop, peer_reads_to_eof(peer))
+    run(loop, proto.lost)
+    run(loop, iterations())
+    assert len(errors) == 1
+    assert str(errors[0]["exception"]) == "lost boom"
+    assert tr.get_extra_info("socket").fileno() == -1
+    peer.close()
+
+
+@pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt])
+def test_system_exit_in_data_received_propagates(loop, exc_type):
+    class Proto(Recorder):
+        def data_received(self, data):
+            raise exc_type()
+
+    tr, proto, peer = connect(loop, lambda: Proto(loop))
+    peer.sendall(b"x")
+    with pytest.raises(exc_type):
+        run(loop, proto.lost)
+    assert not tr.is_closing()  # not a transport error: nothing was closed
+    tr.close()
+    assert run(loop, proto.lost) is None
+    peer.close()
+
+
 # -- faults -------------------------------------------------------------------------
 
 
@@ -609,6 +736,7 @@ def test_connection_refused(loop):
     port = s.getsockname()[1]
     s.close()
     run(loop, asyncio.sleep(0))  # the loop's own lazily made fds
+    collect()
     fds = open_fds()
     with pytest.raises(ConnectionRefusedError):
         run(loop, loop.create_connection(lambda: Recorder(loop), "127.0.0.1", port))

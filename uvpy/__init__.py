@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio as _asyncio
 
+from . import kernels
+from ._executor import Kernel, KernelError, NativeExecutor, executor_metrics, offload, parallel_for
 from ._loop import Loop
 from ._uvpy import Handle, TimerHandle
 
@@ -21,6 +23,13 @@ __all__ = (
     "new_event_loop",
     "install",
     "run",
+    "offload",
+    "parallel_for",
+    "NativeExecutor",
+    "Kernel",
+    "KernelError",
+    "executor_metrics",
+    "kernels",
 )
 
 __version__ = "0.1.0"

@@ -30,9 +30,21 @@ __all__ = (
     "KernelError",
     "executor_metrics",
     "kernels",
+    "get_include",
 )
 
 __version__ = "0.1.0"
+
+
+def get_include() -> str:
+    """Directory holding uvpy_kernel.h, the C ABI for native kernels."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(here, "include"), os.path.join(here, os.pardir, "executor")):
+        if os.path.exists(os.path.join(candidate, "uvpy_kernel.h")):
+            return os.path.normpath(candidate)
+    raise FileNotFoundError("uvpy_kernel.h is not installed with this uvpy")
 
 
 def new_event_loop() -> Loop:

@@ -38,6 +38,9 @@ namespace {
 
 exec::Executor* g_exec = nullptr;
 PyObject* g_kernel_error = nullptr;  // uvpy.KernelError
+// asyncio.futures._convert_future_exc: concurrent.futures' CancelledError
+// and InvalidStateError become asyncio's, exactly as wrap_future does.
+PyObject* g_convert_exc = nullptr;
 
 struct ExecJob;
 
@@ -221,7 +224,13 @@ void job_complete(exec::Job* job) {
         delete g;
       }
     } else if (ran) {
-      PyObject* err = (j->kind == kKernel && j->rc != 0) ? kernel_error(j->rc) : nullptr;
+      PyObject* err = nullptr;
+      if (j->kind == kKernel && j->rc != 0) {
+        err = kernel_error(j->rc);
+      } else if (j->exc != nullptr) {
+        err = PyObject_CallOneArg(g_convert_exc, j->exc);
+        if (err == nullptr) PyErr_WriteUnraisable(g_convert_exc);
+      }
       resolve(j->future, j->result, err ? err : j->exc);
       Py_XDECREF(err);
     }
@@ -642,6 +651,11 @@ void close_exec_port(LoopCore* loop) {
 
 bool init_executor(PyObject* module) {
   if (PyType_Ready(&ExecJobType) < 0) return false;
+  PyObject* futures = PyImport_ImportModule("asyncio.futures");
+  if (futures == nullptr) return false;
+  g_convert_exc = PyObject_GetAttrString(futures, "_convert_future_exc");
+  Py_DECREF(futures);
+  if (g_convert_exc == nullptr) return false;
   g_kernel_error = PyErr_NewExceptionWithDoc(
       "uvpy.KernelError", "A native kernel returned a non-zero code (see .code).", PyExc_RuntimeError,
       nullptr);

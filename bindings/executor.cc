@@ -554,6 +554,15 @@ PyObject* submit_kernel(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
 
 }  // namespace
 
+// A few jobs in flight and idle cores: a completion is likely within
+// microseconds, so spinning beats two sleeping-thread wakeups. With every
+// worker busy (or many jobs queued) the loop would only steal a core.
+int64_t exec_spin_ns(LoopCore* loop) {
+  auto* p = static_cast<Port*>(loop->exec_port);
+  if (p == nullptr || p->live.empty() || g_exec == nullptr) return 0;
+  return p->live.size() < g_exec->worker_count() ? 100000 : 0;
+}
+
 // loop._exec_pending() -> list of this loop's futures still in the executor
 PyObject* exec_pending(LoopCore* loop) {
   PyObject* out = PyList_New(0);

@@ -231,6 +231,7 @@ PyObject* LoopCore_run_forever_native(PyObject* self, PyObject*) {
   GilRelease gil;
   PyObject* result = Py_None;
   for (;;) {
+    loop->reactor->set_spin_ns(exec_spin_ns(loop));
     if (loop->reactor->run_once(&gil) < 0) {
       result = nullptr;
       break;

@@ -71,5 +71,7 @@ bool ready_types(PyObject* module);
 bool init_executor(PyObject* module);
 void close_exec_port(LoopCore* loop);
 PyObject* exec_pending(LoopCore* loop);
+// How long the loop should spin for completions before blocking (ns).
+int64_t exec_spin_ns(LoopCore* loop);
 
 }  // namespace uvpy::py

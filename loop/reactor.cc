@@ -109,11 +109,25 @@ int Reactor::compute_timeout() {
   return static_cast<int>(std::ceil(delay * 1000.0));
 }
 
+bool Reactor::spin_for_post() {
+  const double deadline = time() + static_cast<double>(spin_ns_) * 1e-9;
+  do {
+    for (int i = 0; i < 64; ++i) {
+      if (armed_.load(std::memory_order_acquire)) return true;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+  } while (time() < deadline);
+  return false;
+}
+
 int Reactor::run_once(BlockingScope* scope) {
   // 1-2. Wait. Only this phase may run without the GIL.
   int timeout = compute_timeout();
   if (timeout != 0 && scope != nullptr) {
     scope->enter();
+    if (spin_ns_ > 0 && spin_for_post()) timeout = 0;
     backend_->poll(timeout);
     scope->leave();
   } else {

@@ -37,6 +37,7 @@ namespace uvpy::py {
 namespace {
 
 exec::Executor* g_exec = nullptr;
+exec::Executor::Options g_options;  // set by configure_executor() before first use
 PyObject* g_kernel_error = nullptr;  // uvpy.KernelError
 // asyncio.futures._convert_future_exc: concurrent.futures' CancelledError
 // and InvalidStateError become asyncio's, exactly as wrap_future does.
@@ -303,7 +304,7 @@ ExecJob* new_job(Kind kind, Port* port, PyObject* future) {
 
 bool ensure_executor() {
   if (g_exec != nullptr) return true;
-  auto* e = new exec::Executor();
+  auto* e = new exec::Executor(g_options);
   int rc = e->start();
   if (rc < 0) {
     delete e;
@@ -603,6 +604,28 @@ PyObject* executor_metrics(PyObject*, PyObject*) {
                        "workers", workers);
 }
 
+// configure_executor(workers, pin): only before the pool has started.
+PyObject* configure_executor(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  if (n != 2) {
+    PyErr_SetString(PyExc_TypeError, "configure_executor(workers, pin)");
+    return nullptr;
+  }
+  long workers = PyLong_AsLong(a[0]);
+  int pin = PyObject_IsTrue(a[1]);
+  if ((workers == -1 && PyErr_Occurred()) || pin < 0) return nullptr;
+  if (workers < 0 || workers > 4096) {
+    PyErr_SetString(PyExc_ValueError, "workers must be between 0 (one per CPU) and 4096");
+    return nullptr;
+  }
+  if (g_exec != nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "the native executor has already started");
+    return nullptr;
+  }
+  g_options.workers = static_cast<unsigned>(workers);
+  g_options.pin = pin;
+  Py_RETURN_NONE;
+}
+
 PyObject* executor_workers(PyObject*, PyObject*) {
   if (!ensure_executor()) return nullptr;
   return PyLong_FromUnsignedLong(g_exec->worker_count());
@@ -630,6 +653,7 @@ PyMethodDef functions[] = {
     FAST("_submit_call", submit_call),
     FAST("_submit_thread", submit_thread),
     FAST("_submit_kernel", submit_kernel),
+    FAST("_configure_executor", configure_executor),
     {"executor_metrics", executor_metrics, METH_NOARGS, "Counters of the native executor."},
     {"executor_workers", executor_workers, METH_NOARGS, "Number of native executor workers."},
     {"_executor_shutdown", executor_shutdown, METH_NOARGS, nullptr},

@@ -11,7 +11,15 @@ from __future__ import annotations
 import asyncio as _asyncio
 
 from . import kernels
-from ._executor import Kernel, KernelError, NativeExecutor, executor_metrics, offload, parallel_for
+from ._executor import (
+    Kernel,
+    KernelError,
+    NativeExecutor,
+    configure_executor,
+    executor_metrics,
+    offload,
+    parallel_for,
+)
 from ._loop import Loop
 from ._uvpy import Handle, TimerHandle
 
@@ -31,6 +39,7 @@ __all__ = (
     "executor_metrics",
     "kernels",
     "get_include",
+    "configure_executor",
 )
 
 __version__ = "0.1.0"

@@ -26,11 +26,47 @@ import threading
 
 from . import _uvpy
 
-__all__ = ("offload", "parallel_for", "NativeExecutor", "Kernel", "KernelError", "executor_metrics")
+__all__ = (
+    "offload",
+    "parallel_for",
+    "NativeExecutor",
+    "Kernel",
+    "KernelError",
+    "executor_metrics",
+    "configure_executor",
+)
 
 KernelError = _uvpy.KernelError
 executor_metrics = _uvpy.executor_metrics
 atexit.register(_uvpy._executor_shutdown)
+
+
+def configure_executor(workers: int = 0, pin: bool = False) -> None:
+    """Size the native pool before its first use.
+
+    workers=0 means one per CPU in the process's affinity mask; pin=True
+    pins worker i to the i-th CPU of that mask. The environment variables
+    UVPY_EXECUTOR_WORKERS and UVPY_EXECUTOR_PIN=1 do the same at import.
+    Raises RuntimeError once the pool has started.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"workers must be an int, not {type(workers).__name__}")
+    _uvpy._configure_executor(workers, bool(pin))
+
+
+def _configure_from_env():
+    import os
+
+    workers = os.environ.get("UVPY_EXECUTOR_WORKERS")
+    pin = os.environ.get("UVPY_EXECUTOR_PIN", "") not in ("", "0")
+    if workers or pin:
+        try:
+            configure_executor(int(workers or 0), pin)
+        except ValueError as exc:
+            raise ValueError(f"UVPY_EXECUTOR_WORKERS={workers!r}: {exc}") from None
+
+
+_configure_from_env()
 
 _CAPSULE_NAME = b"uvpy.kernel"
 _capsule_get = ctypes.pythonapi.PyCapsule_GetPointer

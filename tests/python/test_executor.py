@@ -333,3 +333,30 @@ def test_metrics_shape():
     assert set(m) >= {"submitted", "queued", "running", "completed", "cancelled", "steals", "workers"}
     assert len(m["workers"]) == len(os.sched_getaffinity(0))
     assert all(set(w) == {"busy_s", "completed", "cancelled", "steals"} for w in m["workers"])
+
+
+@pytest.mark.parametrize("workers,pin", [(1, False), (3, True)])
+def test_configure_executor_in_fresh_process(workers, pin):
+    code = (
+        "import uvpy, asyncio\n"
+        f"uvpy.configure_executor({workers}, pin={pin})\n"
+        "assert len(uvpy.executor_metrics()['workers']) == " + str(workers) + "\n"
+        "try:\n    uvpy.configure_executor(2)\nexcept RuntimeError as e:\n    print('refused', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "refused the native executor has already started" in out.stdout
+
+
+def test_configure_executor_validation():
+    with pytest.raises(TypeError):
+        uvpy.configure_executor("2")
+    with pytest.raises((ValueError, RuntimeError)):
+        uvpy.configure_executor(-1)
+
+
+def test_worker_count_from_environment():
+    env = dict(os.environ, UVPY_EXECUTOR_WORKERS="1")
+    code = "import uvpy; print(len(uvpy.executor_metrics()['workers']))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.strip() == "1", out.stderr

@@ -30,6 +30,7 @@ from asyncio import base_events, coroutines, events, format_helpers, futures, ta
 from asyncio.log import logger
 
 from . import _executor, _uvpy
+from ._sock import SockMixin
 
 __all__ = ("Loop",)
 
@@ -51,7 +52,7 @@ def _fileobj_to_fd(fileobj):
     return selectors._fileobj_to_fd(fileobj)
 
 
-class Loop(_uvpy.LoopCore, asyncio.AbstractEventLoop):
+class Loop(SockMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop on uvpy's native reactor."""
 
     def __init__(self):

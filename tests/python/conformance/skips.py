@@ -36,9 +36,6 @@ _UNIX = ("networking: Unix sockets (loop.create_unix_connection / "
 _TLS = ("networking: TLS (ssl= on create_connection/create_server/"
         "connect_accepted_socket) is not implemented in uvpy yet; lands with "
         "a later issue (after #3, TCP)")
-_SOCK = ("networking: the loop.sock_* API (sock_recv/sock_sendall/"
-         "sock_connect/sock_accept/...) is not implemented in uvpy yet; lands "
-         "with issue #3 (TCP)")
 _PIPES = ("pipes: loop.connect_read_pipe / connect_write_pipe (incl. on "
           "ptys) are not implemented in uvpy yet; lands with a later issue (after #3)")
 _SUBPROCESS = ("subprocess: loop.subprocess_exec / subprocess_shell are not "
@@ -72,7 +69,9 @@ UVPY_SKIPS: dict[str, str] = {
     "test_events.EventLoopTests.test_create_unix_server_path_socket_error":
         _UNIX,
     "test_events.EventLoopTests.test_prompt_cancellation":
-        _SOCK + " (the test cancels a pending loop.sock_recv)",
+        "sock_recv cancellation itself passes; the test then calls the "
+        "selector loop's private loop._stop_serving(sock), which arrives "
+        "with create_server (issue #3, step 3)",
     "test_events.EventLoopTests.test_read_pipe": _PIPES,
     "test_events.EventLoopTests.test_write_pipe*": _PIPES,
     "test_events.EventLoopTests.test_unclosed_pipe_transport": _PIPES,
@@ -86,7 +85,7 @@ UVPY_SKIPS: dict[str, str] = {
         "native and has no _run_once (uvloop skips it too)",
 
     # --- networking mixins, bound now so they switch on with their issues
-    "test_sock_lowlevel.SockTests": _SOCK,
+    "test_sock_lowlevel.SockTests.test_create_connection_sock": _TCP,
     "test_server.StartServerTests": _TCP + " (and _UNIX for "
                                     "test_start_unix_server_1)",
     "test_buffered_proto.BufferedProtocolTests":

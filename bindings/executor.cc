@@ -57,6 +57,25 @@ struct Port {
 };
 Port* g_inline_port = nullptr;
 
+// Ports of closed loops whose jobs were still running (GIL-protected). Their
+// completions drain inline; a port is freed by sweep_orphans() once nothing
+// of it is outstanding, never from inside a drain.
+std::vector<Port*> g_orphans;
+
+void sweep_orphans() {
+  for (size_t i = 0; i < g_orphans.size();) {
+    Port* p = g_orphans[i];
+    if (p->live.empty() && p->cp.outstanding() == 0) {
+      delete p;
+      g_orphans[i] = g_orphans.back();
+      g_orphans.pop_back();
+    } else {
+      ++i;
+    }
+  }
+}
+
+
 int drain_run(void* obj) {
   static_cast<Port*>(obj)->cp.drain();
   return 0;
@@ -334,6 +353,7 @@ int submit(ExecJob* j, bool blocking) {
     return -1;
   }
   j->port->live.insert(j);
+  sweep_orphans();
   return 0;
 }
 
@@ -636,6 +656,7 @@ PyObject* executor_shutdown(PyObject*, PyObject*) {
   if (g_exec == nullptr) Py_RETURN_NONE;
   Py_BEGIN_ALLOW_THREADS g_exec->shutdown(false);
   Py_END_ALLOW_THREADS
+  sweep_orphans();
   Py_RETURN_NONE;
 }
 
@@ -663,23 +684,35 @@ PyMethodDef functions[] = {
 
 }  // namespace
 
-// Called by LoopCore close/dealloc with the GIL held.
+// Called by LoopCore close/dealloc with the GIL held. Queued jobs are
+// cancelled and running kernels asked to stop; close waits a little for
+// them (kernels poll should_stop), but never for a Python callable that
+// keeps running: like asyncio's executor.shutdown(wait=False), that one
+// finishes on its own and its port is freed afterwards.
 void close_exec_port(LoopCore* loop) {
   auto* p = static_cast<Port*>(loop->exec_port);
   if (p == nullptr) return;
+  loop->exec_port = nullptr;
   {
     std::lock_guard<std::mutex> lock(p->mu);
     p->open = false;
   }
   for (ExecJob* j : p->live) exec::try_cancel(&j->job);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
   for (;;) {
     p->cp.drain();  // completes (releases) whatever came back
-    if (p->live.empty() && p->cp.outstanding() == 0) break;
+    if (p->live.empty() && p->cp.outstanding() == 0) {
+      delete p;
+      break;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      g_orphans.push_back(p);
+      break;
+    }
     Py_BEGIN_ALLOW_THREADS std::this_thread::sleep_for(std::chrono::microseconds(200));
     Py_END_ALLOW_THREADS
   }
-  delete p;
-  loop->exec_port = nullptr;
+  sweep_orphans();
 }
 
 bool init_executor(PyObject* module) {

@@ -146,6 +146,31 @@ def test_close_with_python_work_in_flight(new_loop):
     assert loop.is_closed()
 
 
+def test_close_does_not_wait_for_a_blocked_callable(new_loop):
+    loop = new_loop()
+    release = threading.Event()
+    finished = threading.Event()
+
+    def blocked():
+        release.wait(30)
+        finished.set()
+
+    async def main():
+        loop.run_in_executor(None, blocked)
+        await asyncio.sleep(0.01)
+
+    run(loop, main())
+    t0 = time.monotonic()
+    loop.close()  # like asyncio: the executor is not waited for
+    closed_in = time.monotonic() - t0
+    release.set()
+    assert finished.wait(10)
+    assert closed_in < 10  # not a timing threshold: "did not wait for the 30 s job"
+    # The pool is healthy afterwards.
+    other = new_loop()
+    assert run(other, other.run_in_executor(None, abs, -3)) == 3
+
+
 # -- NativeExecutor ---------------------------------------------------------------
 
 

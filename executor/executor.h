@@ -48,6 +48,12 @@ class Executor {
     bool pin = false;             // pin worker i to the (i mod n)-th CPU of that mask
     size_t queue_capacity = 4096;  // injection queue bound (backpressure)
     unsigned spin_us = 20;        // how long a searching worker spins before parking
+    // Workers run this much "nicer" than the process (Linux per-thread nice),
+    // so a loop thread competing with busy workers is scheduled first. Off by
+    // default: a nicer worker that holds the GIL (a Python callable) can be
+    // preempted while the loop waits for that GIL, which measured worse p99
+    // loop lag than equal priorities; it helps only GIL-free kernel work.
+    int nice = 0;
   };
 
   struct WorkerMetrics {

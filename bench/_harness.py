@@ -330,6 +330,14 @@ def write_results(report: dict, name: str = "latest") -> list[str]:
             f.write(text)
         os.replace(path + ".tmp", path)
         paths.append(path)
+    try:
+        from charts import make_charts
+    except ImportError:
+        return paths
+    try:
+        paths += make_charts(report, RESULTS_DIR, name)
+    except ImportError as e:  # matplotlib missing: tables only
+        _log(f"charts skipped: {e}")
     return paths
 
 

@@ -128,7 +128,9 @@ class Reactor final : private Backend::Sink {
   double resolution_;
   bool stopping_ = false;
   bool closed_ = false;
-  int64_t spin_ns_ = 0;
+  int64_t spin_ns_ = 0;         // the cap, set by the bindings per iteration
+  int64_t spin_budget_ns_ = 0;  // adaptive, see spin_for_post()
+  uint32_t spin_probe_ = 0;
 
   std::mutex inbox_mu_;
   std::vector<Callback> inbox_;     // guarded by inbox_mu_

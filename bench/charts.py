@@ -30,7 +30,7 @@ def make_charts(report: dict, out_dir: str, prefix: str = "latest") -> list[str]
     for suite, workloads in by_suite.items():
         names = list(workloads)
         contenders = [c for c in COLORS if any(c in workloads[w] for w in names)]
-        fig, ax = plt.subplots(figsize=(8, 0.6 + 0.55 * len(names) * len(contenders) / 2))
+        fig, ax = plt.subplots(figsize=(9, 0.6 + 0.55 * len(names) * len(contenders) / 2))
         height = 0.8 / max(1, len(contenders))
         for k, c in enumerate(contenders):
             ys, xs = [], []
@@ -49,9 +49,10 @@ def make_charts(report: dict, out_dir: str, prefix: str = "latest") -> list[str]
         ax.set_yticklabels(names)
         ax.invert_yaxis()
         ax.axvline(1.0, color="black", linewidth=0.8)
+        ax.set_xlim(0, ax.get_xlim()[1] * 1.12)  # room for the value labels
         ax.set_xlabel("relative to uvloop (higher is better)")
         ax.set_title(f"{suite}: median of {report['config']['rounds']} rounds, commit {commit}")
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
         fig.tight_layout()
         path = os.path.join(out_dir, f"{prefix}-{suite}.png")
         fig.savefig(path, dpi=110)

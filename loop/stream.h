@@ -1,0 +1,144 @@
+// stream.h — the I/O half of a stream transport on one connected fd: no
+// Python, no policy. bindings/transport.cc puts asyncio's semantics on top.
+//
+//   reading   while on, the fd's reader is installed; each readiness event
+//             does one recv() into a buffer the owner lends (the libuv
+//             alloc_cb/read_cb pattern, which also fits BufferedProtocol)
+//             and reports the outcome through on_read().
+//   writing   write() sends at once when nothing is queued; whatever the
+//             kernel does not take is copied into the write queue and the
+//             fd's writer is installed until the queue drains (sendmsg of
+//             up to kMaxIov chunks per wakeup).
+//   flow      the queue crossing the high-water mark upwards reports
+//             on_pause_writing(); draining to the low-water mark reports
+//             on_resume_writing(). Each edge is reported once.
+//   half      shutdown_write() sends FIN now, or once the queue drains.
+//
+// Invariants:
+//  1. The reader is installed iff reading is on and the stream is open; the
+//     writer iff the queue is non-empty and the stream is open.
+//  2. Errors are -errno; nothing throws. A write error drops the queue and
+//     removes the writer before on_write_error(); a read error or EOF turns
+//     reading off before on_read() reports it.
+//  3. The stream never closes its fd. close() removes both watchers and
+//     drops the queue; the owner closes the fd afterwards.
+//  4. Each reactor reference to the stream (an installed watcher, a queued
+//     readiness callback) holds a StreamOwner::retain(), so the owner --
+//     and the stream inside it -- outlives every callback the reactor runs.
+//  5. Owner callbacks return 0, or -1 to abort the reactor's current drain
+//     (the owner keeps the reason). The stream returns at once after a -1,
+//     in a consistent state. Inside write()/set_limits() on_pause_writing()
+//     is the last step, so its result is the owner's own business.
+#pragma once
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include <cstddef>
+#include <deque>
+#include <memory>
+
+#include "callback.h"
+
+namespace uvpy::loop {
+
+class Reactor;
+
+class StreamOwner {
+ public:
+  virtual ~StreamOwner() = default;
+  virtual void retain() = 0;
+  virtual void release() = 0;
+  // Where the next recv() goes: 1 with *buf/*len set, 0 to skip this read
+  // (the owner has dealt with why, e.g. closed the transport), -1 to abort.
+  virtual int read_buffer(char** buf, size_t* len) = 0;
+  // The recv() result: n > 0 bytes, 0 end of stream, -EAGAIN nothing after
+  // all (the owner gets its buffer back), other -errno a read error.
+  virtual int on_read(ssize_t n) = 0;
+  virtual int on_write_error(int err) = 0;
+  virtual int on_pause_writing() = 0;
+  virtual int on_resume_writing() = 0;
+  // The writer drained the queue (not called when write() sent everything
+  // at once).
+  virtual int on_drain() = 0;
+};
+
+class Stream {
+ public:
+  static constexpr size_t kDefaultHigh = 64 * 1024;  // asyncio's defaults
+  static constexpr size_t kDefaultLow = 16 * 1024;
+  static constexpr int kMaxIov = 64;
+
+  Stream(Reactor* reactor, int fd, StreamOwner* owner);
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  int fd() const { return fd_; }
+  bool closed() const { return closed_; }
+
+  // Reading. start_reading() returns 0 or -errno (-ESHUTDOWN when the
+  // reactor is closed).
+  int start_reading();
+  void stop_reading();
+  bool reading() const { return reading_; }
+
+  // Sends what it can now and queues the rest. Returns 0, or -errno with
+  // nothing queued (a send error, or -ESHUTDOWN). May call
+  // on_pause_writing().
+  int write(const void* data, size_t len);
+  // Same for several buffers (one sendmsg when the queue is empty).
+  int writev(const struct iovec* iov, int count);
+  size_t queued() const { return queued_; }
+  // Drops the queue and removes the writer; no callback.
+  void discard_writes();
+
+  // Returns 0 or -errno of shutdown(SHUT_WR) when the queue is empty;
+  // otherwise 0 and the shutdown happens when it drains.
+  int shutdown_write();
+
+  // high >= low. May call on_pause_writing() (never on_resume_writing(),
+  // as asyncio).
+  int set_limits(size_t high, size_t low);
+  size_t high() const { return high_; }
+  size_t low() const { return low_; }
+  bool writing_paused() const { return paused_; }
+
+  // Removes both watchers and drops the queue; the stream is inert after.
+  void close();
+
+ private:
+  struct Chunk {
+    std::unique_ptr<char[]> data;
+    size_t cap, begin, end;
+  };
+  static const CallbackOps kReadOps;
+  static const CallbackOps kWriteOps;
+  static void cb_retain(void* p);
+  static void cb_release(void* p);
+  static int cb_read(void* p);
+  static int cb_write(void* p);
+
+  int on_readable();
+  int on_writable();
+  ssize_t send_iov(const struct iovec* iov, int count);
+  void enqueue(const char* p, size_t n);
+  void consume(size_t n);
+  int watch(int which, bool on);
+  int maybe_pause();
+
+  Reactor* reactor_;
+  StreamOwner* owner_;
+  int fd_;
+  bool reading_ = false;
+  bool writer_on_ = false;
+  bool paused_ = false;        // on_pause_writing() reported, resume not yet
+  bool shut_pending_ = false;  // shutdown(SHUT_WR) once the queue drains
+  bool closed_ = false;
+  bool is_socket_ = true;      // false after ENOTSOCK: plain read()/writev()
+  size_t high_ = kDefaultHigh;
+  size_t low_ = kDefaultLow;
+  size_t queued_ = 0;
+  std::deque<Chunk> chunks_;
+};
+
+}  // namespace uvpy::loop

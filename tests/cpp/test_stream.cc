@@ -1,0 +1,431 @@
+// Stream: reads into lent buffers, writes now-or-queued, water marks,
+// half-close, errors as -errno, and no reference left behind.
+#include <arpa/inet.h>
+#include <catch2/catch.hpp>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "stream.h"
+#include "support.h"
+
+using uvpy::loop::Reactor;
+using uvpy::loop::Stream;
+using uvpy::loop::StreamOwner;
+using uvpy::loop::kReadable;
+using uvpy::loop::kWritable;
+using uvpy::test::make_reactor;
+
+namespace {
+
+// Records every callback; refs must be back to 0 when a test ends.
+struct Recorder final : StreamOwner {
+  int refs = 0;
+  char buf[4096];
+  std::string data;
+  std::vector<ssize_t> reads;  // every on_read() result
+  int write_error = 0;
+  int pauses = 0, resumes = 0, drains = 0;
+  std::function<void()> on_resume;
+
+  void retain() override { ++refs; }
+  void release() override { --refs; }
+  int read_buffer(char** b, size_t* len) override {
+    *b = buf;
+    *len = sizeof buf;
+    return 1;
+  }
+  int on_read(ssize_t n) override {
+    reads.push_back(n);
+    if (n > 0) data.append(buf, static_cast<size_t>(n));
+    return 0;
+  }
+  int on_write_error(int err) override {
+    write_error = err;
+    return 0;
+  }
+  int on_pause_writing() override {
+    ++pauses;
+    return 0;
+  }
+  int on_resume_writing() override {
+    ++resumes;
+    if (on_resume) on_resume();
+    return 0;
+  }
+  int on_drain() override {
+    ++drains;
+    return 0;
+  }
+  bool eof() const { return !reads.empty() && reads.back() == 0; }
+};
+
+void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+// A connected loopback TCP pair: fds[0] non-blocking (the stream's side),
+// fds[1] blocking (the test's peer).
+void tcp_pair(int fds[2]) {
+  int lst = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(bind(lst, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(listen(lst, 1) == 0);
+  socklen_t len = sizeof addr;
+  getsockname(lst, reinterpret_cast<sockaddr*>(&addr), &len);
+  fds[0] = socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(connect(fds[0], reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  fds[1] = accept(lst, nullptr, nullptr);
+  REQUIRE(fds[1] >= 0);
+  close(lst);
+  set_nonblocking(fds[0]);
+}
+
+void reset(int fd) {  // close with RST instead of FIN
+  linger lg{1, 0};
+  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  close(fd);
+}
+
+std::string pattern(size_t n) {
+  std::string s(n, '\0');
+  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + i % 26);
+  return s;
+}
+
+// Drains whatever the peer can read right now (non-blocking).
+std::string slurp(int fd) {
+  std::string out;
+  char tmp[65536];
+  for (;;) {
+    ssize_t n = recv(fd, tmp, sizeof tmp, MSG_DONTWAIT);
+    if (n <= 0) return out;
+    out.append(tmp, static_cast<size_t>(n));
+  }
+}
+
+// One reactor iteration that never blocks: the test's peer lives on this
+// thread too, so a blocking poll could wait for a read only we can do.
+void turn(Reactor& r) {
+  static uvpy::test::Probe nop;
+  r.call_soon(nop.cb());
+  r.run_once(nullptr);
+}
+
+template <class Pred>
+void spin(Reactor& r, Pred done) {
+  for (long i = 0; i < 10000000 && !done(); ++i) turn(r);
+  REQUIRE(done());
+}
+
+}  // namespace
+
+TEST_CASE("reads arrive through the lent buffer; EOF stops reading", "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  Recorder rec;
+  {
+    Stream s(r.get(), fds[0], &rec);
+    REQUIRE(s.start_reading() == 0);
+    REQUIRE(r->has_io(fds[0], kReadable));
+    REQUIRE(send(fds[1], "hello", 5, 0) == 5);
+    spin(*r, [&] { return rec.data == "hello"; });
+    shutdown(fds[1], SHUT_WR);
+    spin(*r, [&] { return rec.eof(); });
+    REQUIRE_FALSE(s.reading());
+    REQUIRE_FALSE(r->has_io(fds[0], kReadable));
+    s.close();
+  }
+  r->close();
+  REQUIRE(rec.refs == 0);
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST_CASE("stop_reading holds data back until start_reading", "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  Recorder rec;
+  Stream s(r.get(), fds[0], &rec);
+  REQUIRE(s.start_reading() == 0);
+  s.stop_reading();
+  REQUIRE(s.start_reading() == 0);  // idempotent pairs
+  s.stop_reading();
+  s.stop_reading();
+  REQUIRE(rec.refs == 0);
+  REQUIRE(send(fds[1], "x", 1, 0) == 1);
+  for (int i = 0; i < 5; ++i) turn(*r);
+  REQUIRE(rec.reads.empty());
+  REQUIRE(s.start_reading() == 0);
+  spin(*r, [&] { return rec.data == "x"; });
+  s.close();
+  REQUIRE(rec.refs == 0);
+  r->close();
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST_CASE("a small write goes out at once and installs nothing", "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  Recorder rec;
+  Stream s(r.get(), fds[0], &rec);
+  REQUIRE(s.write("ping", 4) == 0);
+  REQUIRE(s.queued() == 0);
+  REQUIRE_FALSE(r->has_io(fds[0], kWritable));
+  REQUIRE(rec.refs == 0);
+  char buf[8];
+  REQUIRE(recv(fds[1], buf, sizeof buf, 0) == 4);
+  REQUIRE(std::string(buf, 4) == "ping");
+  s.close();
+  r->close();
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST_CASE("slow reader: the queue pauses at high water, resumes at low water", "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  int small = 4096;
+  setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  setsockopt(fds[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  Recorder rec;
+  Stream s(r.get(), fds[0], &rec);
+  REQUIRE(s.set_limits(64 * 1024, 16 * 1024) == 0);
+
+  // A producer that honours pause_writing(): it stops at the first pause.
+  const std::string chunk = pattern(8192);
+  std::string sent;
+  while (rec.pauses == 0) {
+    REQUIRE(s.write(chunk.data(), chunk.size()) == 0);
+    sent += chunk;
+  }
+  REQUIRE(rec.pauses == 1);
+  REQUIRE(s.writing_paused());
+  REQUIRE(s.queued() > s.high());
+  REQUIRE(s.queued() <= s.high() + chunk.size());  // grew only to the limit
+  REQUIRE(r->has_io(fds[0], kWritable));
+
+  // The peer reads; the queue drains through low water exactly once.
+  std::string got;
+  spin(*r, [&] {
+    got += slurp(fds[1]);
+    return rec.drains == 1;
+  });
+  got += slurp(fds[1]);
+  while (got.size() < sent.size()) {
+    char tmp[65536];
+    ssize_t n = recv(fds[1], tmp, sizeof tmp, 0);
+    REQUIRE(n > 0);
+    got.append(tmp, static_cast<size_t>(n));
+  }
+  REQUIRE(got == sent);
+  REQUIRE(rec.pauses == 1);
+  REQUIRE(rec.resumes == 1);
+  REQUIRE_FALSE(s.writing_paused());
+  REQUIRE(s.queued() == 0);
+  REQUIRE_FALSE(r->has_io(fds[0], kWritable));
+  REQUIRE(rec.refs == 0);
+  s.close();
+  r->close();
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST_CASE("resume_writing may write more; order is kept", "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  Recorder rec;
+  int small = 4096;
+  setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  Stream s(r.get(), fds[0], &rec);
+  REQUIRE(s.set_limits(1, 0) == 0);
+  const std::string a = pattern(3 << 20);
+  const std::string tail = "--tail--";
+  rec.on_resume = [&] { REQUIRE(s.write(tail.data(), tail.size()) == 0); };
+  REQUIRE(s.write(a.data(), a.size()) == 0);
+  REQUIRE(rec.pauses == 1);
+  std::string got;
+  spin(*r, [&] {
+    got += slurp(fds[1]);
+    return rec.drains == 1;
+  });
+  got += slurp(fds[1]);
+  REQUIRE(got == a + tail);
+  s.close();
+  r->close();
+  REQUIRE(rec.refs == 0);
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST_CASE("writev queues the unsent tail of several buffers in order", "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  Recorder rec;
+  Stream s(r.get(), fds[0], &rec);
+  std::vector<std::string> parts;
+  for (int i = 0; i < 200; ++i) parts.push_back(pattern(1000 + 37 * i) + std::to_string(i));
+  std::string want;
+  std::vector<iovec> iov;
+  for (auto& p : parts) {
+    iov.push_back({p.data(), p.size()});
+    want += p;
+  }
+  REQUIRE(s.writev(iov.data(), static_cast<int>(iov.size())) == 0);
+  REQUIRE(s.writev(iov.data(), static_cast<int>(iov.size())) == 0);  // behind a queue
+  want += want;
+  std::string got;
+  spin(*r, [&] {
+    got += slurp(fds[1]);
+    return s.queued() == 0;
+  });
+  while (got.size() < want.size()) got += slurp(fds[1]);
+  REQUIRE(got == want);
+  s.close();
+  r->close();
+  REQUIRE(rec.refs == 0);
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST_CASE("half-close: FIN follows the queued data", "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  Recorder rec;
+  Stream s(r.get(), fds[0], &rec);
+  const std::string big = pattern(4 << 20);
+  REQUIRE(s.write(big.data(), big.size()) == 0);
+  REQUIRE(s.queued() > 0);
+  REQUIRE(s.shutdown_write() == 0);  // deferred
+  REQUIRE(s.start_reading() == 0);   // the read side stays open
+  std::string got;
+  bool eof = false;
+  spin(*r, [&] {
+    char tmp[65536];
+    ssize_t n;
+    while ((n = recv(fds[1], tmp, sizeof tmp, MSG_DONTWAIT)) > 0) got.append(tmp, n);
+    eof = n == 0;
+    return eof;
+  });
+  REQUIRE(got == big);
+  REQUIRE(send(fds[1], "back", 4, 0) == 4);
+  spin(*r, [&] { return rec.data == "back"; });
+  REQUIRE(s.shutdown_write() == 0);  // again, now immediate: harmless
+  s.close();
+  r->close();
+  REQUIRE(rec.refs == 0);
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST_CASE("peer reset mid-write: the queue is dropped, the error reported", "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  Recorder rec;
+  Stream s(r.get(), fds[0], &rec);
+  const std::string big = pattern(8 << 20);
+  REQUIRE(s.write(big.data(), big.size()) == 0);
+  REQUIRE(s.queued() > 0);
+  reset(fds[1]);
+  spin(*r, [&] { return rec.write_error != 0; });
+  REQUIRE((rec.write_error == ECONNRESET || rec.write_error == EPIPE));
+  REQUIRE(s.queued() == 0);
+  REQUIRE_FALSE(r->has_io(fds[0], kWritable));
+  REQUIRE(rec.drains == 0);
+  // Writing again fails at once with nothing queued.
+  int rc = s.write("x", 1);
+  REQUIRE((rc == -EPIPE || rc == -ECONNRESET));
+  REQUIRE(s.queued() == 0);
+  s.close();
+  r->close();
+  REQUIRE(rec.refs == 0);
+  close(fds[0]);
+}
+
+TEST_CASE("peer reset while reading: a read error, reading stops", "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  Recorder rec;
+  Stream s(r.get(), fds[0], &rec);
+  REQUIRE(s.start_reading() == 0);
+  reset(fds[1]);
+  spin(*r, [&] { return !rec.reads.empty(); });
+  REQUIRE(rec.reads.back() == -ECONNRESET);
+  REQUIRE_FALSE(s.reading());
+  REQUIRE_FALSE(r->has_io(fds[0], kReadable));
+  s.close();
+  r->close();
+  REQUIRE(rec.refs == 0);
+  close(fds[0]);
+}
+
+TEST_CASE("lowering the limits below the queue pauses at once", "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  Recorder rec;
+  Stream s(r.get(), fds[0], &rec);
+  const std::string big = pattern(8 << 20);
+  REQUIRE(s.write(big.data(), big.size()) == 0);
+  size_t q = s.queued();
+  REQUIRE(q > 0);
+  REQUIRE(rec.pauses == (q > Stream::kDefaultHigh ? 1 : 0));
+  if (rec.pauses == 0) {
+    REQUIRE(s.set_limits(q - 1, 0) == 0);
+    REQUIRE(rec.pauses == 1);
+  }
+  REQUIRE(s.set_limits(0, 0) == 0);  // already paused: no second report
+  REQUIRE(rec.pauses == 1);
+  s.close();
+  REQUIRE(s.queued() == 0);
+  REQUIRE(rec.refs == 0);
+  r->close();
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST_CASE("close() removes both watchers; a closed reactor refuses new ones", "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  Recorder rec;
+  Stream s(r.get(), fds[0], &rec);
+  REQUIRE(s.start_reading() == 0);
+  const std::string big = pattern(8 << 20);
+  REQUIRE(s.write(big.data(), big.size()) == 0);
+  REQUIRE(rec.refs == 2);
+  s.close();
+  REQUIRE(s.closed());
+  REQUIRE(rec.refs == 0);
+  REQUIRE(r->watcher_count() == 0);
+  REQUIRE(s.write("x", 1) == -EBADF);
+  REQUIRE(s.start_reading() == -EBADF);
+
+  Stream t(r.get(), fds[0], &rec);
+  REQUIRE(t.start_reading() == 0);
+  r->close();  // the reactor lets go of its references
+  REQUIRE(rec.refs == 0);
+  t.stop_reading();  // stale registration: harmless
+  REQUIRE(t.start_reading() == -ESHUTDOWN);
+  REQUIRE(rec.refs == 0);
+  close(fds[0]);
+  close(fds[1]);
+}

@@ -156,15 +156,22 @@ def offload(kernel, *args, signature=None):
     loop = _uvpy_loop()
     address, keep, signature = _split(kernel, signature)
     fut = loop.create_future()
-    if _uvpy._submit_kernel(loop, fut, address, keep, args, signature, -1, 1):
-        return fut
+    _submit_or_wait(loop, fut, lambda: _uvpy._submit_kernel(loop, fut, address, keep, args, signature, -1, 1))
+    return fut
+
+
+def _submit_or_wait(loop, fut, submit):
+    """Submit now; while the pool's queue is full (submit() returns False),
+    retry with backoff on the loop, leaving fut pending: the queue never grows
+    past its bound and the loop never blocks."""
+    if submit():
+        return
 
     def retry(delay):
-        if not fut.done() and not _uvpy._submit_kernel(loop, fut, address, keep, args, signature, -1, 1):
+        if not fut.done() and not submit():
             loop.call_later(delay, retry, min(delay * 2, 0.01))
 
     loop.call_later(0.0002, retry, 0.0004)
-    return fut
 
 
 async def parallel_for(kernel, n, *args, grain=None, signature=None):
@@ -190,17 +197,7 @@ async def parallel_for(kernel, n, *args, grain=None, signature=None):
 def _submit_from_loop(loop, func, args):
     """run_in_executor(None, ...) on a uvpy loop: the native default executor."""
     fut = loop.create_future()
-    if _uvpy._submit_call(loop, fut, func, args):
-        return fut
-    # Queue full: wait for room (the future stays pending), don't grow.
-
-    def retry(delay):
-        if fut.done():
-            return
-        if not _uvpy._submit_call(loop, fut, func, args):
-            loop.call_later(delay, retry, min(delay * 2, 0.01))
-
-    loop.call_later(0.0002, retry, 0.0004)  # queue full: wait for room, don't grow
+    _submit_or_wait(loop, fut, lambda: _uvpy._submit_call(loop, fut, func, args))
     return fut
 
 

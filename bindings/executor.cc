@@ -65,7 +65,7 @@ std::vector<Port*> g_orphans;
 void sweep_orphans() {
   for (size_t i = 0; i < g_orphans.size();) {
     Port* p = g_orphans[i];
-    if (p->live.empty() && p->cp.outstanding() == 0) {
+    if (p->live.empty() && p->cp.quiescent()) {
       delete p;
       g_orphans[i] = g_orphans.back();
       g_orphans.pop_back();
@@ -699,9 +699,11 @@ void close_exec_port(LoopCore* loop) {
   }
   for (ExecJob* j : p->live) exec::try_cancel(&j->job);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+  // Never delete (or wait in ~CompletionPort) while holding the GIL with a
+  // push in flight: that push's wake() may be waiting for this very GIL.
   for (;;) {
     p->cp.drain();  // completes (releases) whatever came back
-    if (p->live.empty() && p->cp.outstanding() == 0) {
+    if (p->live.empty() && p->cp.quiescent()) {
       delete p;
       break;
     }

@@ -81,6 +81,11 @@ class CompletionPort {
   int64_t outstanding() const { return outstanding_.load(std::memory_order_acquire); }
   bool empty() const { return head_.load(std::memory_order_acquire) == nullptr; }
   bool armed() const { return armed_.load(std::memory_order_acquire); }
+  // Nothing outstanding and no push in flight (a push may still be running
+  // wake()): destroying the port now cannot wait, and no wake can follow.
+  bool quiescent() const {
+    return outstanding() == 0 && pushers_.load(std::memory_order_acquire) == 0;
+  }
 
  private:
   friend class Executor;  // counts accepted submissions in outstanding_

@@ -335,10 +335,17 @@ bool ensure_executor() {
   return true;
 }
 
-// Submits j (taking over the caller's reference on success). Returns 0, or
+// Submits j. On success the executor holds its own reference (released by
+// job_complete); the caller keeps and later drops its own. Returns 0, or
 // -EAGAIN (queue full, nothing submitted), or -1 with an exception set.
+//
+// Everything about j is recorded before the job is visible to workers: with
+// blocking=true the GIL is released, and an inline port may complete (and
+// free) the job before submit() returns.
 int submit(ExecJob* j, bool blocking) {
   if (!ensure_executor()) return -1;
+  j->port->live.insert(j);
+  Py_INCREF(j);  // the executor's reference
   int rc;
   if (blocking) {
     Py_BEGIN_ALLOW_THREADS rc = g_exec->submit(&j->job, true);
@@ -346,13 +353,14 @@ int submit(ExecJob* j, bool blocking) {
   } else {
     rc = g_exec->submit(&j->job, false);
   }
-  if (rc == -EAGAIN) return -EAGAIN;
   if (rc < 0) {
+    j->port->live.erase(j);
+    Py_DECREF(j);
+    if (rc == -EAGAIN) return -EAGAIN;
     PyErr_SetString(PyExc_RuntimeError, rc == -ESHUTDOWN ? "the native executor has been shut down"
                                                          : "cannot submit to the native executor");
     return -1;
   }
-  j->port->live.insert(j);
   sweep_orphans();
   return 0;
 }
@@ -393,6 +401,7 @@ PyObject* submit_call(PyObject*, PyObject* const* a, Py_ssize_t n) {
     return nullptr;
   }
   PyObject* r = call_method1(a[1], "add_done_callback", reinterpret_cast<PyObject*>(j));
+  Py_DECREF(j);
   if (r == nullptr) return nullptr;
   Py_DECREF(r);
   Py_RETURN_TRUE;
@@ -410,10 +419,9 @@ PyObject* submit_thread(PyObject*, PyObject* const* a, Py_ssize_t n) {
   j->fn = Py_NewRef(a[1]);
   j->args = Py_NewRef(a[2]);
   j->kwargs = PyDict_GET_SIZE(a[3]) ? Py_NewRef(a[3]) : nullptr;
-  if (submit(j, true) != 0) {
-    Py_DECREF(j);
-    return nullptr;
-  }
+  int rc = submit(j, true);
+  Py_DECREF(j);
+  if (rc != 0) return nullptr;
   Py_RETURN_NONE;
 }
 
@@ -518,6 +526,7 @@ PyObject* submit_kernel(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
       return nullptr;
     }
     PyObject* r = call_method1(a[1], "add_done_callback", reinterpret_cast<PyObject*>(j));
+    Py_DECREF(j);
     if (r == nullptr) return nullptr;
     Py_DECREF(r);
     Py_RETURN_TRUE;
@@ -567,6 +576,7 @@ PyObject* submit_kernel(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
       return nullptr;
     }
     PyObject* r = call_method1(a[1], "add_done_callback", reinterpret_cast<PyObject*>(j));
+    Py_DECREF(j);
     if (r == nullptr) return nullptr;
     Py_DECREF(r);
   }

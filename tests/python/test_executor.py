@@ -248,12 +248,17 @@ def test_parallel_for_covers_every_index_once(loop, loop_name, lib):
         assert min(marks) == 1 and max(marks) == 1
 
 
+async def wait_started(flag):
+    while not flag[2]:  # the kernel sets flag[2] once a worker runs it
+        await asyncio.sleep(0.001)
+
+
 def test_cancel_reaches_a_running_kernel(loop, loop_name, lib):
-    flag = array("i", [0, 0])
+    flag = array("i", [0, 0, 0])
 
     async def main():
         task = asyncio.ensure_future(uvpy.offload(lib.spin_until, flag))
-        await asyncio.sleep(0.05)  # let a worker pick it up
+        await wait_started(flag)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -268,7 +273,7 @@ def test_cancel_reaches_a_running_kernel(loop, loop_name, lib):
 
 
 def test_backpressure_full_queue_waits_instead_of_growing(loop, loop_name, lib):
-    flag = array("i", [0, 0])
+    flag = array("i", [0, 0, 0])
     marks = array("q", bytes(8 * 5000))
     slots = memoryview(marks)
 
@@ -290,13 +295,13 @@ def test_backpressure_full_queue_waits_instead_of_growing(loop, loop_name, lib):
 
 def test_close_loop_with_kernel_running(new_loop, loop_name, lib):
     loop = new_loop()
-    flag = array("i", [0, 0])
+    flag = array("i", [0, 0, 0])
     if loop_name != "uvpy":
         return needs_uvpy(loop_name, loop, lambda: uvpy.offload(lib.spin_until, flag))
 
     async def main():
         uvpy.offload(lib.spin_until, flag)
-        await asyncio.sleep(0.02)
+        await wait_started(flag)
 
     run(loop, main())
     loop.close()  # cancels: the running kernel sees should_stop and returns
@@ -387,3 +392,29 @@ def test_worker_count_from_environment():
     code = "import uvpy; print(len(uvpy.executor_metrics()['workers']))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.stdout.strip() == "1", out.stderr
+
+
+def test_refcounts_flat_over_many_jobs(loop, loop_name):
+    import gc
+
+    payload = object()
+    x = array("d", [1.0] * 1000)
+
+    def echo(p):
+        return p
+
+    async def rounds():
+        for _ in range(3):
+            await asyncio.gather(*(loop.run_in_executor(None, echo, payload) for _ in range(500)))
+            if loop_name == "uvpy":
+                await asyncio.gather(*(uvpy.offload(uvpy.kernels.NOOP) for _ in range(500)))
+                await uvpy.kernels.sum(x)
+
+    run(loop, rounds())
+    gc.collect()
+    before = (sys.getrefcount(payload), sys.getrefcount(x))
+    run(loop, rounds())
+    with uvpy.NativeExecutor() as ex:
+        assert list(ex.map(echo, [payload] * 200)) == [payload] * 200
+    gc.collect()
+    assert (sys.getrefcount(payload), sys.getrefcount(x)) == before

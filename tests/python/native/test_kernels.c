@@ -13,9 +13,11 @@ int mark_range(const uvpy_ctx_t* c) {
 /* Returns its int argument: non-zero becomes uvpy.KernelError. */
 int fail_with(const uvpy_ctx_t* c) { return (int)c->args[0].i; }
 
-/* Spins until flag[0] is set; if asked to stop first, sets flag[1]. */
+/* Sets flag[2] when it starts, then spins until flag[0] is set; if asked to
+ * stop first, sets flag[1]. */
 int spin_until(const uvpy_ctx_t* c) {
   volatile int32_t* flag = (volatile int32_t*)c->args[0].ptr;
+  flag[2] = 1;
   while (!flag[0]) {
     if (c->should_stop(c)) {
       flag[1] = 1;

@@ -105,11 +105,17 @@ def workload_main(workloads: list[Workload], argv: list[str] | None = None) -> i
         c0, t0 = time.process_time(), time.perf_counter()
         ops = loop.run_until_complete(measured)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        extra = {}
+        if isinstance(ops, tuple):  # (ops, {"p50_us": ...}): extra metrics for the JSON
+            ops, extra = ops
     finally:
         asyncio.set_event_loop(None)
         loop.close()
-    print(json.dumps({**out, "ops": ops, "unit": w.unit, "ops_per_s": ops / wall,
-                      "cpu_s": cpu, "wall_s": wall}))
+    # A workload may report its own headline value (e.g. a latency, where
+    # lower is better: its unit says so) instead of ops/s.
+    value = extra.pop("value", ops / wall)
+    print(json.dumps({**out, "ops": ops, "unit": w.unit, "ops_per_s": value,
+                      "cpu_s": cpu, "wall_s": wall, **extra}))
     return 0
 
 
@@ -229,8 +235,8 @@ def run_benchmarks(jobs: list[Job], contenders: list[str], rounds: int,
                     continue
                 _log(f"{_fmt_ops(r['ops_per_s'])} {job.unit}")
                 if rnd != "warm-up":
-                    cells[c]["runs"].append({"round": rnd, **{k: r[k] for k in
-                                             ("ops_per_s", "cpu_s", "wall_s", "ops")}})
+                    cells[c]["runs"].append({"round": rnd, **{k: v for k, v in r.items()
+                                             if k not in ("workload", "loop", "n", "unit")}})
         results.extend(_summarize(job, cells))
     return {"machine": machine_info(), "loops": loops, "skipped": skipped,
             "config": {"rounds": rounds, "warmup": warmup, "contenders": contenders,
@@ -324,6 +330,14 @@ def write_results(report: dict, name: str = "latest") -> list[str]:
             f.write(text)
         os.replace(path + ".tmp", path)
         paths.append(path)
+    try:
+        from charts import make_charts
+    except ImportError:
+        return paths
+    try:
+        paths += make_charts(report, RESULTS_DIR, name)
+    except ImportError as e:  # matplotlib missing: tables only
+        _log(f"charts skipped: {e}")
     return paths
 
 

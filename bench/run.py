@@ -17,7 +17,7 @@ import sys
 
 import _harness
 
-SUITES = ("call_soon", "timers")
+SUITES = ("call_soon", "timers", "executor")
 
 
 def main(argv=None) -> int:

@@ -231,6 +231,7 @@ PyObject* LoopCore_run_forever_native(PyObject* self, PyObject*) {
   GilRelease gil;
   PyObject* result = Py_None;
   for (;;) {
+    loop->reactor->set_spin_ns(exec_spin_ns(loop));
     if (loop->reactor->run_once(&gil) < 0) {
       result = nullptr;
       break;
@@ -250,6 +251,7 @@ PyObject* LoopCore_run_forever_native(PyObject* self, PyObject*) {
 }
 
 PyObject* LoopCore_close_native(PyObject* self, PyObject*) {
+  close_exec_port(reinterpret_cast<LoopCore*>(self));
   reinterpret_cast<LoopCore*>(self)->reactor->close();
   Py_RETURN_NONE;
 }
@@ -312,6 +314,10 @@ PyObject* LoopCore_call_handle(PyObject* self, PyObject* arg) {
   Py_RETURN_NONE;
 }
 
+PyObject* LoopCore_exec_pending(PyObject* self, PyObject*) {
+  return exec_pending(reinterpret_cast<LoopCore*>(self));
+}
+
 PyObject* LoopCore_stats(PyObject* self, PyObject*) {
   auto* r = reinterpret_cast<LoopCore*>(self)->reactor;
   return Py_BuildValue("{s:n,s:n,s:n}", "ready", static_cast<Py_ssize_t>(r->ready_count()),
@@ -368,6 +374,7 @@ void LoopCore_dealloc(PyObject* self) {
   PyObject_GC_UnTrack(self);
   if (loop->weakreflist) PyObject_ClearWeakRefs(self);
   // Closing releases queued handles, which may run arbitrary __del__ code.
+  close_exec_port(loop);
   delete loop->reactor;
   loop->reactor = nullptr;
   Py_TYPE(self)->tp_free(self);
@@ -398,6 +405,7 @@ PyMethodDef LoopCore_methods[] = {
     FAST("_io_set", LoopCore_io_set, nullptr),
     FAST("_io_clear", LoopCore_io_clear, nullptr),
     {"_call_handle", LoopCore_call_handle, METH_O, nullptr},
+    {"_exec_pending", LoopCore_exec_pending, METH_NOARGS, nullptr},
     {"_stats", LoopCore_stats, METH_NOARGS, "Counts of ready callbacks, timers and fd watchers."},
     {nullptr, nullptr, 0, nullptr},
 };

@@ -38,6 +38,7 @@ struct LoopCore {
   unsigned long thread_id;  // of the thread running the loop, 0 if none
   double slow_callback_duration;
   PyObject* current_handle;  // borrowed; set while a handle runs in debug mode
+  void* exec_port;           // executor.cc's per-loop completion port, lazily made
   bool debug;
   bool running;
 };
@@ -67,6 +68,11 @@ void cancel_handle(Handle* h);
 inline loop::Callback as_callback(Handle* h) { return loop::Callback{&kHandleOps, h}; }
 
 bool ready_types(PyObject* module);
+bool init_executor(PyObject* module);
+void close_exec_port(LoopCore* loop);
+PyObject* exec_pending(LoopCore* loop);
+// How long the loop should spin for completions before blocking (ns).
+int64_t exec_spin_ns(LoopCore* loop);
 // Creates TransportCore (transport.cc), a subclass of asyncio.Transport.
 bool ready_transport(PyObject* module);
 

@@ -109,11 +109,39 @@ int Reactor::compute_timeout() {
   return static_cast<int>(std::ceil(delay * 1000.0));
 }
 
+// Adaptive, like an adaptive mutex: a spin that ends in a post doubles the
+// budget (up to spin_ns_), one that times out halves it. On an idle machine
+// completions land within the window and the budget stays full; on an
+// oversubscribed one (the spinning loop would steal the worker's core) it
+// decays to nothing, then a cheap probe every 64 polls tries again.
+bool Reactor::spin_for_post() {
+  if (spin_budget_ns_ < 1000) {
+    if (++spin_probe_ % 64 != 0) return false;
+    spin_budget_ns_ = spin_ns_ / 4;
+  }
+  if (spin_budget_ns_ > spin_ns_) spin_budget_ns_ = spin_ns_;
+  const double deadline = time() + static_cast<double>(spin_budget_ns_) * 1e-9;
+  do {
+    for (int i = 0; i < 64; ++i) {
+      if (armed_.load(std::memory_order_acquire)) {
+        spin_budget_ns_ = spin_budget_ns_ * 2 > spin_ns_ ? spin_ns_ : spin_budget_ns_ * 2;
+        return true;
+      }
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+  } while (time() < deadline);
+  spin_budget_ns_ /= 2;
+  return false;
+}
+
 int Reactor::run_once(BlockingScope* scope) {
   // 1-2. Wait. Only this phase may run without the GIL.
   int timeout = compute_timeout();
   if (timeout != 0 && scope != nullptr) {
     scope->enter();
+    if (spin_ns_ > 0 && spin_for_post()) timeout = 0;
     backend_->poll(timeout);
     scope->leave();
   } else {

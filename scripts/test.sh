@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Sets everything up, then runs every test: the C++ core under Catch2 (plain
-# and with ASan+UBSan), then the Python suite (our tests on uvpy and stock
+# Sets everything up, then runs every test: the C++ core under Catch2 (plain,
+# with ASan+UBSan, and with TSan), then the Python suite (our tests on uvpy and stock
 # asyncio, and CPython's own asyncio tests bound to both loops).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,12 @@ cmake -S . -B build/asan -G Ninja -DUVPY_BUILD_PYTHON=OFF -DUVPY_BUILD_TESTS=ON 
   -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build/asan -j "$JOBS"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/asan --output-on-failure
+
+echo "== C++ core: Catch2 under ThreadSanitizer (reactor wakeups, executor queues)"
+cmake -S . -B build/tsan -G Ninja -DUVPY_BUILD_PYTHON=OFF -DUVPY_BUILD_TESTS=ON -DUVPY_TSAN=ON \
+  -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build build/tsan -j "$JOBS"
+TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/tsan --output-on-failure
 
 echo "== Python: pytest (uvpy and stock asyncio)"
 # pytest exits 5 when it collected no tests; set -e turns that into a failure.

@@ -10,6 +10,16 @@ from __future__ import annotations
 
 import asyncio as _asyncio
 
+from . import kernels
+from ._executor import (
+    Kernel,
+    KernelError,
+    NativeExecutor,
+    configure_executor,
+    executor_metrics,
+    offload,
+    parallel_for,
+)
 from ._loop import Loop
 from ._uvpy import Handle, TimerHandle
 
@@ -21,9 +31,29 @@ __all__ = (
     "new_event_loop",
     "install",
     "run",
+    "offload",
+    "parallel_for",
+    "NativeExecutor",
+    "Kernel",
+    "KernelError",
+    "executor_metrics",
+    "kernels",
+    "get_include",
+    "configure_executor",
 )
 
 __version__ = "0.1.0"
+
+
+def get_include() -> str:
+    """Directory holding uvpy_kernel.h, the C ABI for native kernels."""
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    for candidate in (os.path.join(here, "include"), os.path.join(here, os.pardir, "executor")):
+        if os.path.exists(os.path.join(candidate, "uvpy_kernel.h")):
+            return os.path.normpath(candidate)
+    raise FileNotFoundError("uvpy_kernel.h is not installed with this uvpy")
 
 
 def new_event_loop() -> Loop:

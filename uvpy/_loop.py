@@ -31,7 +31,7 @@ import weakref
 from asyncio import base_events, coroutines, events, format_helpers, futures, tasks
 from asyncio.log import logger
 
-from . import _uvpy
+from . import _executor, _uvpy
 from ._sock import SockMixin
 from ._tcp import TCPMixin
 
@@ -324,6 +324,11 @@ class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
     # -- executor -------------------------------------------------------------------
 
     def run_in_executor(self, executor, func, *args):
+        """Run func(*args) in executor; None means uvpy's native executor.
+
+        The native default resolves the returned asyncio future straight from
+        the worker pool's completion port (no concurrent.futures layer).
+        """
         self._check_closed()
         if self.get_debug():
             self._check_callback(func, "run_in_executor")
@@ -332,8 +337,7 @@ class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
                 raise RuntimeError("Executor shutdown has been called")
             executor = self._default_executor
             if executor is None:
-                executor = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="uvpy")
-                self._default_executor = executor
+                return _executor._submit_from_loop(self, func, args)
         return futures.wrap_future(executor.submit(func, *args), loop=self)
 
     def set_default_executor(self, executor):
@@ -342,10 +346,17 @@ class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
         self._default_executor = executor
 
     async def shutdown_default_executor(self, timeout=None):
-        """Wait for the default executor's work to finish and shut it down."""
+        """Wait for the default executor's work to finish and shut it down.
+
+        With the native default, this waits for this loop's work in flight
+        (the worker pool itself is shared by every loop and lives on).
+        """
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is None:
+            pending = self._exec_pending()
+            if pending:
+                await tasks.wait(pending, timeout=timeout)
             return
         future = self.create_future()
 
@@ -378,13 +389,16 @@ class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
 
     # -- DNS (off the loop thread) ----------------------------------------------------
 
+    # DNS can block for seconds: it gets its own small thread pool rather
+    # than occupying the native workers meant for CPU-bound work.
+
     async def getaddrinfo(self, host, port, *, family=0, type=0, proto=0, flags=0):
         return await self.run_in_executor(
-            None, socket.getaddrinfo, host, port, family, type, proto, flags
+            _dns_pool(), socket.getaddrinfo, host, port, family, type, proto, flags
         )
 
     async def getnameinfo(self, sockaddr, flags=0):
-        return await self.run_in_executor(None, socket.getnameinfo, sockaddr, flags)
+        return await self.run_in_executor(_dns_pool(), socket.getnameinfo, sockaddr, flags)
 
     # -- fd watchers ------------------------------------------------------------------
 
@@ -536,6 +550,18 @@ class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
             except (ValueError, OSError) as exc:
                 logger.info("set_wakeup_fd(-1) failed: %s", exc)
         return True
+
+
+_DNS_POOL = None
+_DNS_POOL_LOCK = threading.Lock()
+
+
+def _dns_pool():
+    global _DNS_POOL
+    with _DNS_POOL_LOCK:
+        if _DNS_POOL is None:
+            _DNS_POOL = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="uvpy-dns")
+        return _DNS_POOL
 
 
 def _sighandler_noop(signum, frame):

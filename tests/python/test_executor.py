@@ -1,0 +1,420 @@
+"""The native executor: run_in_executor(None), offload, parallel_for,
+NativeExecutor, built-in kernels, cancellation, backpressure, bad input.
+
+Every test runs on both loops. uvpy.offload/parallel_for need a uvpy loop:
+on stock asyncio they must refuse clearly, and that is what those tests
+assert there; NativeExecutor and run_in_executor work on both.
+"""
+
+import asyncio
+import concurrent.futures
+import ctypes
+import os
+import subprocess
+import sys
+import threading
+import time
+from array import array
+
+import pytest
+
+import uvpy
+
+HERE = os.path.dirname(__file__)
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    """tests/python/native/test_kernels.c, compiled against uvpy_kernel.h."""
+    out = tmp_path_factory.mktemp("kernels") / "libtestkernels.so"
+    src = os.path.join(HERE, "native", "test_kernels.c")
+    cc = os.environ.get("CC", "cc")
+    subprocess.run([cc, "-O2", "-shared", "-fPIC", "-I", uvpy.get_include(), src, "-o", str(out)], check=True)
+    return ctypes.CDLL(str(out))
+
+
+def run(loop, coro):
+    return loop.run_until_complete(coro)
+
+
+def needs_uvpy(loop_name, loop, factory):
+    """Runs factory() (an offload future or a coroutine) on the loop.
+
+    On asyncio, uvpy.offload/parallel_for must refuse with a clear
+    RuntimeError instead; returns None there.
+    """
+
+    async def go():
+        return await factory()
+
+    if loop_name == "uvpy":
+        return run(loop, go())
+
+    async def refused():
+        with pytest.raises(RuntimeError, match="need a running uvpy loop"):
+            await go()
+
+    run(loop, refused())
+    return None
+
+
+# -- run_in_executor(None) ------------------------------------------------------
+
+
+def test_run_in_executor_default_runs_off_loop_thread(loop, loop_name):
+    before = uvpy.executor_metrics()["completed"]
+
+    async def main():
+        return await loop.run_in_executor(None, threading.get_ident)
+
+    assert run(loop, main()) != threading.get_ident()
+    if loop_name == "uvpy":  # the native pool ran it, not a ThreadPoolExecutor
+        assert uvpy.executor_metrics()["completed"] > before
+
+
+def test_exception_keeps_traceback(loop):
+    def inner():
+        raise ValueError("deep")
+
+    def outer():
+        inner()
+
+    async def main():
+        with pytest.raises(ValueError, match="deep") as info:
+            await loop.run_in_executor(None, outer)
+        names = [entry.name for entry in info.traceback]
+        assert "outer" in names and "inner" in names
+
+    run(loop, main())
+
+
+def test_many_callables_under_gather(loop):
+    async def main():
+        return await asyncio.gather(*(loop.run_in_executor(None, pow, i, 2) for i in range(2000)))
+
+    assert run(loop, main()) == [i * i for i in range(2000)]
+
+
+def test_gil_releasing_work_runs_in_parallel_and_correctly(loop):
+    import hashlib
+
+    data = [os.urandom(1 << 16) for _ in range(8)]
+
+    async def main():
+        return await asyncio.gather(*(loop.run_in_executor(None, lambda d=d: hashlib.sha256(d).hexdigest()) for d in data))
+
+    assert run(loop, main()) == [hashlib.sha256(d).hexdigest() for d in data]
+
+
+def test_cancelling_queued_python_work(loop):
+    started = threading.Event()
+    release = threading.Event()
+
+    async def main():
+        n = uvpy.executor_metrics()["workers"].__len__()
+        blockers = [loop.run_in_executor(None, release.wait) for _ in range(n)]
+        victim = loop.run_in_executor(None, started.set)
+        victim.cancel()
+        release.set()
+        await asyncio.gather(*blockers)
+        with pytest.raises(asyncio.CancelledError):
+            await victim
+
+    run(loop, main())
+
+
+def test_shutdown_default_executor_waits_for_work(loop):
+    done = []
+
+    async def main():
+        loop.run_in_executor(None, lambda: (time.sleep(0.05), done.append(1)))
+        await loop.shutdown_default_executor()
+        assert done == [1]
+
+    run(loop, main())
+
+
+def test_close_with_python_work_in_flight(new_loop):
+    loop = new_loop()
+
+    async def main():
+        loop.run_in_executor(None, time.sleep, 0.05)
+        await asyncio.sleep(0)
+
+    run(loop, main())
+    loop.close()  # must neither crash nor hang
+    assert loop.is_closed()
+
+
+def test_close_does_not_wait_for_a_blocked_callable(new_loop):
+    loop = new_loop()
+    release = threading.Event()
+    finished = threading.Event()
+
+    def blocked():
+        release.wait(30)
+        finished.set()
+
+    async def main():
+        loop.run_in_executor(None, blocked)
+        await asyncio.sleep(0.01)
+
+    run(loop, main())
+    t0 = time.monotonic()
+    loop.close()  # like asyncio: the executor is not waited for
+    closed_in = time.monotonic() - t0
+    release.set()
+    assert finished.wait(10)
+    assert closed_in < 10  # not a timing threshold: "did not wait for the 30 s job"
+    # The pool is healthy afterwards.
+    other = new_loop()
+    assert run(other, other.run_in_executor(None, abs, -3)) == 3
+
+
+# -- NativeExecutor ---------------------------------------------------------------
+
+
+def test_native_executor_from_threads_and_any_loop(loop):
+    with uvpy.NativeExecutor() as ex:
+        assert list(ex.map(abs, [-1, -2, 3])) == [1, 2, 3]
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(ex.submit(sum, [1, 2]).result())) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [3] * 4
+
+        async def main():
+            return await loop.run_in_executor(ex, divmod, 7, 2)
+
+        assert run(loop, main()) == (3, 1)
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        ex.submit(abs, 1)
+
+
+def test_native_executor_exceptions_and_validation():
+    ex = uvpy.NativeExecutor()
+    fut = ex.submit(int, "x")
+    with pytest.raises(ValueError):
+        fut.result(timeout=10)
+    with pytest.raises(TypeError):
+        ex.submit(42)
+    ex.shutdown()
+    assert isinstance(ex, concurrent.futures.Executor)
+
+
+# -- offload / parallel_for -----------------------------------------------------------
+
+
+def test_offload_ctypes_kernel_with_scalars(loop, loop_name, lib):
+    out = array("d", [0.0])
+    needs_uvpy(loop_name, loop, lambda: uvpy.offload(lib.add_scalars, 2, 0.5, out))
+    if loop_name == "uvpy":
+        assert out[0] == 2.5
+
+
+def test_offload_accepts_capsule_cffi_and_int(loop, loop_name, lib):
+    address = ctypes.cast(lib.add_scalars, ctypes.c_void_p).value
+    new_capsule = ctypes.pythonapi.PyCapsule_New
+    new_capsule.restype = ctypes.py_object
+    new_capsule.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    capsule = new_capsule(address, b"uvpy.kernel", None)
+    cffi = pytest.importorskip("cffi")
+    ffi = cffi.FFI()
+    ffi.cdef("typedef struct uvpy_ctx uvpy_ctx_t; int add_scalars(const uvpy_ctx_t*);")
+    clib = ffi.dlopen(lib._name)
+    for kernel in (address, capsule, clib.add_scalars, uvpy.Kernel(lib.add_scalars, "idw")):
+        out = array("d", [0.0])
+        needs_uvpy(loop_name, loop, lambda: uvpy.offload(kernel, 1, 1.25, out))
+        if loop_name == "uvpy":
+            assert out[0] == 2.25, kernel
+
+
+def test_kernel_failure_becomes_kernel_error(loop, loop_name, lib):
+    async def main():
+        with pytest.raises(uvpy.KernelError) as info:
+            await uvpy.offload(lib.fail_with, 7)
+        assert info.value.code == 7
+
+    needs_uvpy(loop_name, loop, main)
+
+
+def test_parallel_for_covers_every_index_once(loop, loop_name, lib):
+    n = 100_003
+    marks = array("q", bytes(8 * n))
+    needs_uvpy(loop_name, loop, lambda: uvpy.parallel_for(lib.mark_range, n, marks, grain=997))
+    if loop_name == "uvpy":
+        assert min(marks) == 1 and max(marks) == 1
+
+
+async def wait_started(flag):
+    while not flag[2]:  # the kernel sets flag[2] once a worker runs it
+        await asyncio.sleep(0.001)
+
+
+def test_cancel_reaches_a_running_kernel(loop, loop_name, lib):
+    flag = array("i", [0, 0, 0])
+
+    async def main():
+        task = asyncio.ensure_future(uvpy.offload(lib.spin_until, flag))
+        await wait_started(flag)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        for _ in range(1000):  # the kernel notices should_stop() and returns
+            if flag[1]:
+                break
+            await asyncio.sleep(0.005)
+        flag[0] = 1
+        assert flag[1] == 1
+
+    needs_uvpy(loop_name, loop, main)
+
+
+def test_backpressure_full_queue_waits_instead_of_growing(loop, loop_name, lib):
+    flag = array("i", [0, 0, 0])
+    marks = array("q", bytes(8 * 5000))
+    slots = memoryview(marks)
+
+    async def main():
+        workers = uvpy.executor_metrics()["workers"].__len__()
+        spinners = [uvpy.offload(lib.spin_until, flag) for _ in range(workers)]
+        await asyncio.sleep(0.02)
+        # More than the queue holds (4096): the extra ones must wait. Each
+        # job marks its own slot (jobs run concurrently on several workers).
+        many = [uvpy.offload(lib.mark_range, slots[i : i + 1]) for i in range(5000)]
+        await asyncio.sleep(0.01)
+        assert uvpy.executor_metrics()["queued"] <= 4096
+        flag[0] = 1
+        await asyncio.gather(*spinners, *many)
+        assert list(marks) == [1] * 5000
+
+    needs_uvpy(loop_name, loop, main)
+
+
+def test_close_loop_with_kernel_running(new_loop, loop_name, lib):
+    loop = new_loop()
+    flag = array("i", [0, 0, 0])
+    if loop_name != "uvpy":
+        return needs_uvpy(loop_name, loop, lambda: uvpy.offload(lib.spin_until, flag))
+
+    async def main():
+        uvpy.offload(lib.spin_until, flag)
+        await wait_started(flag)
+
+    run(loop, main())
+    loop.close()  # cancels: the running kernel sees should_stop and returns
+    assert flag[1] == 1
+
+
+@pytest.mark.parametrize(
+    "call,exc,match",
+    [
+        (lambda lib: uvpy.offload("not a kernel"), TypeError, "C function pointer"),
+        (lambda lib: uvpy.offload(0), ValueError, "NULL"),
+        (lambda lib: uvpy.offload(lib.add_scalars, object()), TypeError, "argument 0"),
+        (lambda lib: uvpy.offload(lib.add_scalars, 1, 2.0, b"ro", signature="idw"), TypeError, "writable"),
+        (lambda lib: uvpy.offload(lib.add_scalars, 1, 2.0, signature="xyz"), ValueError, "signature"),
+        (lambda lib: uvpy.Kernel(lib.add_scalars, "q"), ValueError, "signature"),
+        (lambda lib: uvpy.parallel_for(lib.mark_range, -1), ValueError, "non-negative"),
+    ],
+)
+def test_bad_input_raises_clear_errors(loop, loop_name, lib, call, exc, match):
+    # On asyncio the missing uvpy loop may be reported first (RuntimeError).
+    expected = exc if loop_name == "uvpy" else (exc, RuntimeError)
+
+    async def main():
+        with pytest.raises(expected, match=match if loop_name == "uvpy" else None):
+            result = call(lib)
+            if asyncio.iscoroutine(result) or asyncio.isfuture(result):
+                await result
+
+    run(loop, main())
+
+
+# -- built-in kernels -----------------------------------------------------------------
+
+
+def test_builtin_kernels(loop, loop_name):
+    x = array("d", (float(i) for i in range(200_001)))
+    y = array("d", [1.0]) * len(x)
+
+    async def main():
+        assert await uvpy.kernels.sum(x) == sum(x)
+        assert await uvpy.kernels.dot(x, y) == pytest.approx(sum(x))
+        await uvpy.kernels.axpy(2.0, x, y)
+        assert y[10] == 21.0 and y[-1] == 2.0 * x[-1] + 1.0
+        z = array("d", [3.0, -1.0, 2.5])
+        await uvpy.kernels.sort(z)
+        assert list(z) == [-1.0, 2.5, 3.0]
+        assert await uvpy.kernels.fnv1a64(b"hello") == 0xA430D84680AABD0B
+        assert await uvpy.kernels.fnv1a64(b"") == 0xCBF29CE484222325
+        with pytest.raises(ValueError, match="too short"):
+            await uvpy.kernels.axpy(1.0, x, array("d", [0.0]))
+        with pytest.raises(TypeError, match="float64"):
+            await uvpy.kernels.sum(array("i", [1]))
+        with pytest.raises(TypeError, match="writable"):
+            await uvpy.kernels.sort(memoryview(array("d", [2.0, 1.0])).toreadonly())
+
+    needs_uvpy(loop_name, loop, main)
+
+
+def test_metrics_shape():
+    m = uvpy.executor_metrics()
+    assert set(m) >= {"submitted", "queued", "running", "completed", "cancelled", "steals", "workers"}
+    assert len(m["workers"]) == len(os.sched_getaffinity(0))
+    assert all(set(w) == {"busy_s", "completed", "cancelled", "steals"} for w in m["workers"])
+
+
+@pytest.mark.parametrize("workers,pin", [(1, False), (3, True)])
+def test_configure_executor_in_fresh_process(workers, pin):
+    code = (
+        "import uvpy, asyncio\n"
+        f"uvpy.configure_executor({workers}, pin={pin})\n"
+        "assert len(uvpy.executor_metrics()['workers']) == " + str(workers) + "\n"
+        "try:\n    uvpy.configure_executor(2)\nexcept RuntimeError as e:\n    print('refused', e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "refused the native executor has already started" in out.stdout
+
+
+def test_configure_executor_validation():
+    with pytest.raises(TypeError):
+        uvpy.configure_executor("2")
+    with pytest.raises((ValueError, RuntimeError)):
+        uvpy.configure_executor(-1)
+
+
+def test_worker_count_from_environment():
+    env = dict(os.environ, UVPY_EXECUTOR_WORKERS="1")
+    code = "import uvpy; print(len(uvpy.executor_metrics()['workers']))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.strip() == "1", out.stderr
+
+
+def test_refcounts_flat_over_many_jobs(loop, loop_name):
+    import gc
+
+    payload = object()
+    x = array("d", [1.0] * 1000)
+
+    def echo(p):
+        return p
+
+    async def rounds():
+        for _ in range(3):
+            await asyncio.gather(*(loop.run_in_executor(None, echo, payload) for _ in range(500)))
+            if loop_name == "uvpy":
+                await asyncio.gather(*(uvpy.offload(uvpy.kernels.NOOP) for _ in range(500)))
+                await uvpy.kernels.sum(x)
+
+    run(loop, rounds())
+    gc.collect()
+    before = (sys.getrefcount(payload), sys.getrefcount(x))
+    run(loop, rounds())
+    with uvpy.NativeExecutor() as ex:
+        assert list(ex.map(echo, [payload] * 200)) == [payload] * 200
+    gc.collect()
+    assert (sys.getrefcount(payload), sys.getrefcount(x)) == before

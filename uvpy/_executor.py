@@ -1,0 +1,243 @@
+"""The native executor's Python API: offload, parallel_for, NativeExecutor, kernels.
+
+One process-wide pool of native workers (one per CPU in the affinity mask)
+serves every uvpy loop. Completions reach a loop through its completion port:
+one wakeup per batch, every future of the batch resolved in one pass on the
+loop thread.
+
+- ``loop.run_in_executor(None, fn, *args)`` on a uvpy loop runs ``fn`` on a
+  native worker, which takes the GIL to call it: code that releases the GIL
+  (numpy, hashlib, zlib) runs in parallel.
+- ``await uvpy.offload(kernel, *args)`` runs a C function pointer (C ABI in
+  ``uvpy/include/uvpy_kernel.h``) without ever taking the GIL.
+- ``await uvpy.parallel_for(kernel, n, *args, grain=...)`` splits ``[0, n)``
+  into chunks across all workers and resumes once, when all are done.
+- ``uvpy.NativeExecutor`` is a ``concurrent.futures.Executor`` over the same
+  pool, for plain threads and other loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import ctypes
+import threading
+
+from . import _uvpy
+
+__all__ = (
+    "offload",
+    "parallel_for",
+    "NativeExecutor",
+    "Kernel",
+    "KernelError",
+    "executor_metrics",
+    "configure_executor",
+)
+
+KernelError = _uvpy.KernelError
+executor_metrics = _uvpy.executor_metrics
+atexit.register(_uvpy._executor_shutdown)
+
+
+def configure_executor(workers: int = 0, pin: bool = False) -> None:
+    """Size the native pool before its first use.
+
+    workers=0 means one per CPU in the process's affinity mask; pin=True
+    pins worker i to the i-th CPU of that mask. The environment variables
+    UVPY_EXECUTOR_WORKERS and UVPY_EXECUTOR_PIN=1 do the same at import.
+    Raises RuntimeError once the pool has started.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int):
+        raise TypeError(f"workers must be an int, not {type(workers).__name__}")
+    _uvpy._configure_executor(workers, bool(pin))
+
+
+def _configure_from_env():
+    import os
+
+    workers = os.environ.get("UVPY_EXECUTOR_WORKERS")
+    pin = os.environ.get("UVPY_EXECUTOR_PIN", "") not in ("", "0")
+    if workers or pin:
+        try:
+            configure_executor(int(workers or 0), pin)
+        except ValueError as exc:
+            raise ValueError(f"UVPY_EXECUTOR_WORKERS={workers!r}: {exc}") from None
+
+
+_configure_from_env()
+
+_CAPSULE_NAME = b"uvpy.kernel"
+_capsule_get = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_get.restype = ctypes.c_void_p
+_capsule_get.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_capsule_name = ctypes.pythonapi.PyCapsule_GetName
+_capsule_name.restype = ctypes.c_char_p
+_capsule_name.argtypes = [ctypes.py_object]
+
+
+class Kernel:
+    """A native kernel: a C function pointer with an optional signature.
+
+    ``signature`` has one letter per argument: ``r`` buffer, ``w`` writable
+    buffer, ``i`` int, ``d`` float. Arguments are checked against it before
+    anything runs.
+    """
+
+    __slots__ = ("address", "signature", "name", "_keep")
+
+    def __init__(self, fn, signature=None, name=None):
+        self.address = _address_of(fn)
+        self._keep = fn
+        if signature is not None and (not isinstance(signature, str) or set(signature) - set("rwid")):
+            raise ValueError(f"invalid kernel signature {signature!r}: use the letters r, w, i, d")
+        self.signature = signature
+        self.name = name or getattr(fn, "__name__", None) or hex(self.address)
+
+    def __repr__(self):
+        return f"<uvpy.Kernel {self.name} at {self.address:#x} signature={self.signature!r}>"
+
+
+def _address_of(fn) -> int:
+    """The C address of a kernel given as ctypes, cffi, numba, capsule or int."""
+    if isinstance(fn, Kernel):
+        return fn.address
+    if isinstance(fn, bool):
+        raise TypeError("a kernel must be a C function pointer, not bool")
+    if isinstance(fn, int):
+        address = fn
+    elif isinstance(fn, ctypes._CFuncPtr):  # CFUNCTYPE objects and CDLL functions
+        address = ctypes.cast(fn, ctypes.c_void_p).value or 0
+    elif type(fn).__name__ == "PyCapsule":
+        name = _capsule_name(fn)
+        if name != _CAPSULE_NAME:
+            raise TypeError(f"capsule named {name!r} is not a uvpy kernel (expected {_CAPSULE_NAME.decode()!r})")
+        address = _capsule_get(fn, _CAPSULE_NAME) or 0
+    elif hasattr(fn, "function") and type(fn).__name__ == "LowLevelCallable":  # scipy
+        return _address_of(fn.function)
+    elif isinstance(getattr(fn, "address", None), int):  # numba @cfunc
+        address = fn.address
+    elif type(fn).__module__ == "_cffi_backend":
+        import _cffi_backend
+
+        address = int(_cffi_backend.FFI().cast("uintptr_t", fn))
+    else:
+        raise TypeError(
+            f"a kernel must be a C function pointer (ctypes, cffi, numba cfunc, "
+            f"uvpy.kernel capsule or int address), not {type(fn).__name__}"
+        )
+    if address == 0:
+        raise ValueError("kernel is a NULL function pointer")
+    return address
+
+
+def _uvpy_loop():
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, _uvpy.LoopCore):
+        raise RuntimeError("uvpy.offload and uvpy.parallel_for need a running uvpy loop")
+    return loop
+
+
+def _split(fn, signature):
+    if isinstance(fn, Kernel):
+        return fn.address, fn, signature if signature is not None else fn.signature
+    return _address_of(fn), fn, signature
+
+
+def offload(kernel, *args, signature=None):
+    """Run a native kernel once on a worker, without the GIL.
+
+    Returns an asyncio future to await (result None); it fails with
+    KernelError if the kernel returns non-zero. Bad arguments raise at once.
+    While the pool's queue is full the submission waits (the future stays
+    pending) instead of growing the queue.
+    """
+    loop = _uvpy_loop()
+    address, keep, signature = _split(kernel, signature)
+    fut = loop.create_future()
+    _submit_or_wait(loop, fut, lambda: _uvpy._submit_kernel(loop, fut, address, keep, args, signature, -1, 1))
+    return fut
+
+
+def _submit_or_wait(loop, fut, submit):
+    """Submit now; while the pool's queue is full (submit() returns False),
+    retry with backoff on the loop, leaving fut pending: the queue never grows
+    past its bound and the loop never blocks."""
+    if submit():
+        return
+
+    def retry(delay):
+        if not fut.done() and not submit():
+            loop.call_later(delay, retry, min(delay * 2, 0.01))
+
+    loop.call_later(0.0002, retry, 0.0004)
+
+
+async def parallel_for(kernel, n, *args, grain=None, signature=None):
+    """Run kernel over [0, n) split into chunks of `grain` across all workers.
+
+    Each chunk is one call with ctx->begin/end set; chunks may run
+    concurrently and must write disjoint memory. Resumes once, when every
+    chunk is done. Cancelling the awaiting task cancels queued chunks.
+    """
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    loop = _uvpy_loop()
+    address, keep, signature = _split(kernel, signature)
+    if grain is None:
+        grain = max(1, -(-n // (4 * _uvpy.executor_workers())))
+    if not isinstance(grain, int) or grain <= 0:
+        raise ValueError(f"grain must be a positive int, got {grain!r}")
+    fut = loop.create_future()
+    _uvpy._submit_kernel(loop, fut, address, keep, args, signature, n, grain)
+    return await fut
+
+
+def _submit_from_loop(loop, func, args):
+    """run_in_executor(None, ...) on a uvpy loop: the native default executor."""
+    fut = loop.create_future()
+    _submit_or_wait(loop, fut, lambda: _uvpy._submit_call(loop, fut, func, args))
+    return fut
+
+
+class NativeExecutor(concurrent.futures.Executor):
+    """A concurrent.futures.Executor on uvpy's native worker pool.
+
+    Usable from plain threads, from uvpy and from stock asyncio loops
+    (``loop.run_in_executor(uvpy.NativeExecutor(), fn)``). ``submit`` blocks
+    while the pool's queue is full. All instances share the process-wide
+    pool; ``shutdown`` stops this instance from accepting work and, with
+    ``wait=True``, waits for its own futures.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._shutdown = False
+        self._pending = set()
+
+    def submit(self, fn, /, *args, **kwargs):
+        if not callable(fn):
+            raise TypeError(f"{fn!r} is not callable")
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            fut = concurrent.futures.Future()
+            self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+        _uvpy._submit_thread(fut, fn, args, kwargs)
+        return fut
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        with self._lock:
+            self._shutdown = True
+            pending = list(self._pending)
+        if cancel_futures:
+            for f in pending:
+                f.cancel()
+        if wait:
+            concurrent.futures.wait(pending)
+
+    @property
+    def workers(self) -> int:
+        return _uvpy.executor_workers()

@@ -368,6 +368,8 @@ class TCPMixin:
         return sockets
 
     def _start_serving(self, protocol_factory, sock, server, backlog=100):
+        if sock.fileno() < 0:
+            return  # an accept retry (EMFILE) outlived server.close()
         self._watch(sock.fileno(), _READ, self._accept_connection,
                     (protocol_factory, sock, server, backlog))
 

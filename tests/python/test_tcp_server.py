@@ -2,6 +2,7 @@
 asyncio streams API over them, on both loops."""
 
 import asyncio
+import errno
 import gc
 import socket
 import sys
@@ -532,3 +533,115 @@ def test_fds_and_refcounts_flat_over_many_server_rounds(loop):
     assert open_fds() == fds
     assert (sys.getrefcount(payload), sys.getrefcount(Echo)) == refs
     assert sum(1 for o in gc.get_objects() if isinstance(o, asyncio.AbstractServer)) == servers
+
+
+# -- EMFILE on accept ------------------------------------------------------------------
+
+
+def _exhaust_fds():
+    """Lower the soft fd limit close to what is open now and fill the rest with
+    /dev/null, so the next accept() fails with EMFILE. Returns a restore()."""
+    import os
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fds = sorted(int(n) for n in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(fds) + 16, hard))
+    fillers = []
+    try:
+        while True:
+            fillers.append(os.open("/dev/null", os.O_RDONLY))
+    except OSError:
+        pass
+
+    def restore():
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+    return restore
+
+
+def test_emfile_on_accept_keeps_serving_and_retries(loop):
+    run(loop, asyncio.sleep(0))  # lazily created loop fds (signal wakeup) are not leaks
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    payload = b"still here"
+
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        # The handshake completes in the kernel's backlog, before any accept().
+        client = socket.socket()
+        client.connect(addr)
+        client.setblocking(False)
+        restore = _exhaust_fds()
+        try:
+            for _ in range(20):  # the accept attempt fails with EMFILE
+                await asyncio.sleep(0.01)
+                if contexts:
+                    break
+        finally:
+            restore()
+        # uvpy reports once per wakeup; asyncio 3.11 once per backlog slot.
+        assert contexts
+        assert {c["message"] for c in contexts} == {"socket.accept() out of system resource"}
+        assert {c["exception"].errno for c in contexts} == {errno.EMFILE}
+        assert server.is_serving()
+        # After asyncio's ACCEPT_RETRY_DELAY the listener is watched again and
+        # the queued connection is served.
+        await loop.sock_sendall(client, payload)
+        got = await asyncio.wait_for(loop.sock_recv(client, 100), 10)
+        assert got == payload
+        # New connections are served too.
+        assert await echo_roundtrip(loop, addr, payload) == payload
+        client.shutdown(socket.SHUT_WR)  # Echo closes its side on EOF
+        assert await asyncio.wait_for(loop.sock_recv(client, 100), 10) == b""
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+    fds = open_fds()
+    run(loop, main())
+    collect()
+    assert open_fds() == fds
+
+
+def test_server_closed_during_accept_retry_delay(loop, loop_name):
+    run(loop, asyncio.sleep(0))
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        client = socket.socket()
+        client.connect(addr)
+        restore = _exhaust_fds()
+        try:
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+                if contexts:
+                    break
+        finally:
+            restore()
+        assert contexts
+        assert {c["message"] for c in contexts} == {"socket.accept() out of system resource"}
+        del contexts[:]
+        server.close()
+        await server.wait_closed()
+        client.close()
+        # The retry fires after the listener is closed.
+        await asyncio.sleep(asyncio.constants.ACCEPT_RETRY_DELAY + 0.2)
+
+    fds = open_fds()
+    run(loop, main())
+    collect()
+    assert open_fds() == fds
+    if loop_name == "asyncio":
+        # asyncio 3.11 re-adds a reader for the closed listener's fd -1 and
+        # reports the ValueError; uvpy drops the stale retry instead.
+        assert contexts
+        assert all(isinstance(c["exception"], ValueError) for c in contexts)
+    else:
+        assert contexts == [], contexts

@@ -383,6 +383,23 @@ bool check_loop(PyObject* obj, LoopCore** out) {
   return true;
 }
 
+// Submits j without blocking and makes cancelling `future` cancel the job.
+// Consumes the caller's reference to j. Returns True, False when the queue is
+// full (nothing submitted; the caller waits and retries), or nullptr.
+PyObject* submit_and_watch(ExecJob* j, PyObject* future) {
+  int rc = submit(j, false);
+  if (rc != 0) {
+    Py_DECREF(j);
+    if (rc == -EAGAIN) Py_RETURN_FALSE;
+    return nullptr;
+  }
+  PyObject* r = call_method1(future, "add_done_callback", reinterpret_cast<PyObject*>(j));
+  Py_DECREF(j);
+  if (r == nullptr) return nullptr;
+  Py_DECREF(r);
+  Py_RETURN_TRUE;
+}
+
 // _submit_call(loop, future, fn, args) -> True, or False if the queue is full
 PyObject* submit_call(PyObject*, PyObject* const* a, Py_ssize_t n) {
   LoopCore* loop;
@@ -394,17 +411,7 @@ PyObject* submit_call(PyObject*, PyObject* const* a, Py_ssize_t n) {
   if (j == nullptr) return nullptr;
   j->fn = Py_NewRef(a[2]);
   j->args = Py_NewRef(a[3]);
-  int rc = submit(j, false);
-  if (rc != 0) {
-    Py_DECREF(j);
-    if (rc == -EAGAIN) Py_RETURN_FALSE;
-    return nullptr;
-  }
-  PyObject* r = call_method1(a[1], "add_done_callback", reinterpret_cast<PyObject*>(j));
-  Py_DECREF(j);
-  if (r == nullptr) return nullptr;
-  Py_DECREF(r);
-  Py_RETURN_TRUE;
+  return submit_and_watch(j, a[1]);
 }
 
 // _submit_thread(cf_future, fn, args, kwargs): NativeExecutor.submit
@@ -519,17 +526,7 @@ PyObject* submit_kernel(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
       Py_DECREF(j);
       return nullptr;
     }
-    int rc = submit(j, false);
-    if (rc != 0) {
-      Py_DECREF(j);
-      if (rc == -EAGAIN) Py_RETURN_FALSE;
-      return nullptr;
-    }
-    PyObject* r = call_method1(a[1], "add_done_callback", reinterpret_cast<PyObject*>(j));
-    Py_DECREF(j);
-    if (r == nullptr) return nullptr;
-    Py_DECREF(r);
-    Py_RETURN_TRUE;
+    return submit_and_watch(j, a[1]);
   }
   if (grain <= 0) {
     PyErr_SetString(PyExc_ValueError, "grain must be positive");

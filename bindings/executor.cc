@@ -158,6 +158,29 @@ PyObject* call_method1(PyObject* obj, const char* name, PyObject* arg) {
   return r;
 }
 
+// Interned method and attribute names of the hot paths (immortal for the
+// life of the process, like CPython's own _Py_ID strings).
+struct Names {
+  PyObject *done, *set_result, *set_exception, *add_done_callback, *job;
+};
+Names* names() {
+  static Names n = [] {
+    Names x{};
+    x.done = PyUnicode_InternFromString("done");
+    x.set_result = PyUnicode_InternFromString("set_result");
+    x.set_exception = PyUnicode_InternFromString("set_exception");
+    x.add_done_callback = PyUnicode_InternFromString("add_done_callback");
+    x.job = PyUnicode_InternFromString("_job");
+    return x;
+  }();
+  return &n;
+}
+
+// uvpy._executor._JobFuture: an asyncio.Future whose cancel() cancels its
+// job. Futures of that exact type carry their job in the `_job` slot, so
+// completion schedules no extra done-callback. Set once at import.
+PyObject* g_job_future_type = nullptr;
+
 void store_exception(ExecJob* j) {
   PyObject *type, *value, *tb;
   PyErr_Fetch(&type, &value, &tb);
@@ -213,10 +236,11 @@ PyObject* kernel_error(int rc) {
 
 // Resolves an asyncio future unless it is already done (cancelled).
 void resolve(PyObject* future, PyObject* result, PyObject* exc) {
-  PyObject* done = PyObject_CallMethod(future, "done", nullptr);
+  Names* n = names();
+  PyObject* done = PyObject_CallMethodNoArgs(future, n->done);
   if (done == Py_False) {
-    PyObject* r = exc ? call_method1(future, "set_exception", exc)
-                      : call_method1(future, "set_result", result ? result : Py_None);
+    PyObject* r = exc ? PyObject_CallMethodOneArg(future, n->set_exception, exc)
+                      : PyObject_CallMethodOneArg(future, n->set_result, result ? result : Py_None);
     if (r == nullptr) PyErr_WriteUnraisable(future);
     Py_XDECREF(r);
   } else if (done == nullptr) {
@@ -259,6 +283,7 @@ void job_complete(exec::Job* job) {
     delete j->group;
   }
   j->group = nullptr;
+  if (j->kind != kThread) Py_CLEAR(j->future);  // a _JobFuture holds j in its _job slot
   Py_DECREF(reinterpret_cast<PyObject*>(j));  // the executor's reference
 }
 
@@ -393,11 +418,26 @@ PyObject* submit_and_watch(ExecJob* j, PyObject* future) {
     if (rc == -EAGAIN) Py_RETURN_FALSE;
     return nullptr;
   }
-  PyObject* r = call_method1(future, "add_done_callback", reinterpret_cast<PyObject*>(j));
+  PyObject* r;
+  if (g_job_future_type != nullptr && reinterpret_cast<PyObject*>(Py_TYPE(future)) == g_job_future_type) {
+    r = PyObject_SetAttr(future, names()->job, reinterpret_cast<PyObject*>(j)) < 0 ? nullptr : Py_NewRef(Py_None);
+  } else {
+    r = PyObject_CallMethodOneArg(future, names()->add_done_callback, reinterpret_cast<PyObject*>(j));
+  }
   Py_DECREF(j);
   if (r == nullptr) return nullptr;
   Py_DECREF(r);
   Py_RETURN_TRUE;
+}
+
+// _set_job_future_type(cls)
+PyObject* set_job_future_type(PyObject*, PyObject* cls) {
+  if (!PyType_Check(cls)) {
+    PyErr_SetString(PyExc_TypeError, "expected a type");
+    return nullptr;
+  }
+  Py_XSETREF(g_job_future_type, Py_NewRef(cls));
+  Py_RETURN_NONE;
 }
 
 // _submit_call(loop, future, fn, args) -> True, or False if the queue is full
@@ -676,12 +716,59 @@ PyObject* builtin_kernels(PyObject*, PyObject*) {
                        PyLong_FromVoidPtr((void*)&k::fnv1a64), "noop", PyLong_FromVoidPtr((void*)&k::noop));
 }
 
+// _offload(ptr, keep, args, sig) -> a _JobFuture of the running uvpy loop,
+// or None when the pool's queue is full (nothing submitted: the caller
+// waits for room). uvpy.offload's fast path, one call from Python.
+PyObject* offload_fast(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
+  if (nargs != 4 || !PyTuple_Check(a[2])) {
+    PyErr_SetString(PyExc_TypeError, "_offload(ptr, keep, args, sig)");
+    return nullptr;
+  }
+  LoopCore* loop = t_running_loop;
+  if (loop == nullptr || g_job_future_type == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "uvpy.offload and uvpy.parallel_for need a running uvpy loop");
+    return nullptr;
+  }
+  void* ptr = PyLong_AsVoidPtr(a[0]);
+  if (ptr == nullptr) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "kernel is a NULL function pointer");
+    return nullptr;
+  }
+  static PyObject* loop_kw = Py_BuildValue("(s)", "loop");
+  PyObject* loop_arg = reinterpret_cast<PyObject*>(loop);
+  PyObject* fut = PyObject_Vectorcall(g_job_future_type, &loop_arg, 0, loop_kw);
+  if (fut == nullptr) return nullptr;
+  ExecJob* j = new_job(kKernel, loop_port(loop), fut);
+  if (j == nullptr) {
+    Py_DECREF(fut);
+    return nullptr;
+  }
+  j->kernel = reinterpret_cast<uvpy_kernel_fn>(ptr);
+  j->keepalive = Py_NewRef(a[1]);
+  if (!convert_args(j, a[2], a[3])) {
+    Py_DECREF(j);
+    Py_DECREF(fut);
+    return nullptr;
+  }
+  PyObject* ok = submit_and_watch(j, fut);
+  if (ok != Py_True) {
+    Py_DECREF(fut);
+    if (ok == nullptr) return nullptr;
+    Py_DECREF(ok);
+    Py_RETURN_NONE;
+  }
+  Py_DECREF(ok);
+  return fut;
+}
+
 #define FAST(name, fn) {name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(fn)), METH_FASTCALL, nullptr}
 PyMethodDef functions[] = {
     FAST("_submit_call", submit_call),
     FAST("_submit_thread", submit_thread),
     FAST("_submit_kernel", submit_kernel),
     FAST("_configure_executor", configure_executor),
+    {"_set_job_future_type", set_job_future_type, METH_O, nullptr},
+    FAST("_offload", offload_fast),
     {"executor_metrics", executor_metrics, METH_NOARGS, "Counters of the native executor."},
     {"executor_workers", executor_workers, METH_NOARGS, "Number of native executor workers."},
     {"_executor_shutdown", executor_shutdown, METH_NOARGS, nullptr},

@@ -21,6 +21,9 @@
 #include "py.h"
 
 namespace uvpy::py {
+
+thread_local LoopCore* t_running_loop = nullptr;
+
 namespace {
 
 PyObject* str_context;  // interned "context"
@@ -228,6 +231,8 @@ PyObject* LoopCore_run_forever_native(PyObject* self, PyObject*) {
   loop->running = true;
   loop->thread_id = PyThread_get_thread_ident();
   const bool main_thread = _PyOS_IsMainThread();
+  LoopCore* const outer = t_running_loop;
+  t_running_loop = loop;
   GilRelease gil;
   PyObject* result = Py_None;
   for (;;) {
@@ -244,6 +249,7 @@ PyObject* LoopCore_run_forever_native(PyObject* self, PyObject*) {
     }
     if (loop->reactor->stopping()) break;
   }
+  t_running_loop = outer;
   loop->reactor->clear_stop();
   loop->running = false;
   loop->thread_id = 0;

@@ -43,6 +43,10 @@ struct LoopCore {
   bool running;
 };
 
+// The uvpy loop running on this thread (set by _run_forever_native), or
+// NULL: asyncio.get_running_loop() without the getpid() check.
+extern thread_local LoopCore* t_running_loop;
+
 extern PyTypeObject HandleType;
 extern PyTypeObject TimerHandleType;
 extern PyTypeObject LoopCoreType;

@@ -132,6 +132,32 @@ def _address_of(fn) -> int:
     return address
 
 
+class _JobFuture(asyncio.Future):
+    """The future of one native job: cancelling it cancels the job.
+
+    The job sits in the ``_job`` slot (set by the submit call), so a normal
+    completion resolves the future with no extra done-callback to schedule.
+    """
+
+    __slots__ = ("_job",)
+
+    def cancel(self, msg=None):
+        if not asyncio.Future.cancel(self, msg):
+            return False
+        try:
+            job = self._job
+        except AttributeError:  # not submitted (yet): the retry sees done()
+            return True
+        job(self)
+        return True
+
+
+_uvpy._set_job_future_type(_JobFuture)
+_submit_kernel = _uvpy._submit_kernel
+_submit_call = _uvpy._submit_call
+_offload = _uvpy._offload
+
+
 def _uvpy_loop():
     loop = asyncio.get_running_loop()
     if not isinstance(loop, _uvpy.LoopCore):
@@ -153,22 +179,26 @@ def offload(kernel, *args, signature=None):
     While the pool's queue is full the submission waits (the future stays
     pending) instead of growing the queue.
     """
-    loop = _uvpy_loop()
-    address, keep, signature = _split(kernel, signature)
-    fut = loop.create_future()
-    _submit_or_wait(loop, fut, lambda: _uvpy._submit_kernel(loop, fut, address, keep, args, signature, -1, 1))
+    if signature is None and type(kernel) is Kernel:
+        address, keep, signature = kernel.address, kernel, kernel.signature
+    else:
+        address, keep, signature = _split(kernel, signature)
+    fut = _offload(address, keep, args, signature)
+    if fut is None:  # the pool's queue is full
+        loop = _uvpy_loop()
+        fut = _JobFuture(loop=loop)
+        _wait_for_room(loop, fut, _submit_kernel, (loop, fut, address, keep, args, signature, -1, 1))
     return fut
 
 
-def _submit_or_wait(loop, fut, submit):
-    """Submit now; while the pool's queue is full (submit() returns False),
-    retry with backoff on the loop, leaving fut pending: the queue never grows
-    past its bound and the loop never blocks."""
-    if submit():
-        return
+def _wait_for_room(loop, fut, submit, args):
+    """The pool's queue is full (submit(*args) returned False): retry with
+    backoff on the loop, leaving fut pending, so the queue never grows past
+    its bound and the loop never blocks. The fast path (room in the queue)
+    never gets here and allocates nothing for it."""
 
     def retry(delay):
-        if not fut.done() and not submit():
+        if not fut.done() and not submit(*args):
             loop.call_later(delay, retry, min(delay * 2, 0.01))
 
     loop.call_later(0.0002, retry, 0.0004)
@@ -196,8 +226,9 @@ async def parallel_for(kernel, n, *args, grain=None, signature=None):
 
 def _submit_from_loop(loop, func, args):
     """run_in_executor(None, ...) on a uvpy loop: the native default executor."""
-    fut = loop.create_future()
-    _submit_or_wait(loop, fut, lambda: _uvpy._submit_call(loop, fut, func, args))
+    fut = _JobFuture(loop=loop)
+    if not _submit_call(loop, fut, func, args):
+        _wait_for_room(loop, fut, _submit_call, (loop, fut, func, args))
     return fut
 
 

@@ -133,6 +133,8 @@ def loop_info(name: str, loop: asyncio.AbstractEventLoop | None = None) -> dict:
     version = getattr(mod, "__version__", None)
     if version is None and c.dist:
         version = _dist_version(c.dist)
+    if version is None and c.module == "asyncio":
+        version = f"Python {sys.version.split()[0]}"
     info = {"module_file": getattr(mod, "__file__", None), "version": version,
             "loop_type": f"{type(loop).__module__}.{type(loop).__qualname__}" if loop else None}
     backend = getattr(loop, "backend", None) if loop is not None else None

@@ -285,7 +285,7 @@ def format_markdown(report: dict, charts: dict[str, list[str]] | None = None) ->
     ]
     notes = machine_notes(m)
     if notes:
-        out += [""] + [f"> {n}" for n in notes]
+        out += [""] + "\n>\n".join(f"> {n}" for n in notes).split("\n")
     out += ["", f"{rounds}" + (" + 1 discarded warm-up round" if cfg["warmup"] else "")
             + ", one fresh process per (workload, contender, round), contender order rotated "
             "every round. `median` and `min-max` are over the measured rounds, in the "

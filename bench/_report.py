@@ -93,7 +93,9 @@ def _git(*args: str) -> str:
 
 def _git_commit() -> str | None:
     try:
-        return _git("rev-parse", "--short", "HEAD") + ("+dirty" if _git("status", "--porcelain") else "")
+        # results files are outputs, not code: a run after a run is not "dirty"
+        dirty = _git("status", "--porcelain", "--", ".", ":(exclude)bench/results")
+        return _git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
     except Exception:
         return None
 

@@ -172,23 +172,30 @@ def extra_keys(rows: list[dict]) -> list[str]:
     return [k for k in EXTRA_COLUMNS if k in present]
 
 
+def refs_present(rows: list[dict]) -> list[str]:
+    """The references that have a median somewhere in these rows (a ratio
+    column against a contender that did not run would be all n/a)."""
+    have = {r["contender"] for r in rows if r.get("median") is not None}
+    return [ref for ref in REFERENCES if ref in have]
+
+
 def suite_headers(rows: list[dict]) -> list[str]:
-    refs = [f"vs {ref}" for ref in REFERENCES]
+    refs = [f"vs {ref}" for ref in refs_present(rows)]
     return (["workload", "contender", "median", "min-max", *refs]
             + [EXTRA_COLUMNS[k][0] for k in extra_keys(rows)])
 
 
 def suite_rows(rows: list[dict]) -> list[list[str]]:
-    keys = extra_keys(rows)
+    keys, refs = extra_keys(rows), refs_present(rows)
     out = []
     for r in rows:
         name = r["workload"].partition("/")[2] or r["workload"]
         if r.get("median") is None:
             status = r.get("status") if r.get("status") in ("skipped", "failed") else "failed"
             out.append([name, r["contender"], status, r.get("error") or "no runs"]
-                       + [""] * (len(REFERENCES) + len(keys)))
+                       + [""] * (len(refs) + len(keys)))
             continue
-        ratios = [f"{r[f'vs_{ref}']:.2f}x" if r.get(f"vs_{ref}") else "n/a" for ref in REFERENCES]
+        ratios = [f"{r[f'vs_{ref}']:.2f}x" if r.get(f"vs_{ref}") else "n/a" for ref in refs]
         extras = r.get("extras") or {}
         cols = [EXTRA_COLUMNS[k][1](extras[k]) if k in extras else "" for k in keys]
         out.append([name, r["contender"], _fmt_value(r["median"]),

@@ -420,3 +420,9 @@ def test_uvpy_contender_backend_check(monkeypatch):
 
     monkeypatch.setattr(uvpy, "new_event_loop", with_backend)
     assert _harness.CONTENDERS["uvpy-uring"].make().backend == "io_uring"
+
+
+def test_ratio_columns_only_for_references_that_ran():
+    rows = _harness.summarize(_job("s/a", "ops/s"), {"uvpy": _ok([2.0]), "asyncio": _ok([1.0])})
+    assert _report.suite_headers(rows) == ["workload", "contender", "median", "min-max", "vs asyncio"]
+    assert _report.suite_rows(rows)[0][-1] == "2.00x"

@@ -9,6 +9,7 @@ pytest-asyncio's ``pytest_asyncio_loop_factories`` hook.
 import asyncio
 import gc
 import os
+import socket
 
 import pytest
 
@@ -60,3 +61,12 @@ def open_fds():
 def collect():
     for _ in range(3):
         gc.collect()
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port

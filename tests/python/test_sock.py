@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from conftest import collect, open_fds
+from conftest import collect, free_port, open_fds
 
 
 def run(loop, coro):
@@ -32,14 +32,6 @@ def listener():
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
     return srv
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def fill(sock):

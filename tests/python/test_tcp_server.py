@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import collect, open_fds
+from conftest import collect, free_port, open_fds
 
 
 def run(loop, coro):
@@ -40,14 +40,6 @@ class Client(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.lost.set_result(exc)
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def has_ipv6():

@@ -4,7 +4,8 @@
 //   - uv_async_t   the cross-thread wakeup (uv_async_send coalesces by itself);
 //   - uv_timer_t   the poll timeout: armed just before uv_run(UV_RUN_ONCE),
 //                  because uvpy keeps its own timer heap and only needs
-//                  libuv to stop waiting at the next deadline;
+//                  libuv to stop waiting at the next deadline (its callback
+//                  calls uv_stop(), see on_poll_timeout for why);
 //   - uv_poll_t    one per watched fd (libuv allows one poll handle per fd),
 //                  allocated here and freed only in its close callback, as
 //                  libuv requires; the IoWatcher may die before that.
@@ -49,7 +50,16 @@ void on_poll(uv_poll_t* h, int status, int uv_events) {
 }
 
 void free_on_close(uv_handle_t* h) { delete static_cast<PollSlot*>(h->data); }
-void noop_timer(uv_timer_t*) {}
+
+// The poll timeout fired. libuv before 1.45 runs due timers at the top of
+// uv_run(), before it computes how long to block: when the clock passes the
+// deadline between uv_timer_start() and that point (a 1 ms timeout and a
+// millisecond tick in between, or a preemption on a busy machine), the timer
+// fires there, no timer is left armed, and epoll_wait blocks with no timeout
+// at all -- the loop hangs with its timers due. uv_stop() turns that poll
+// into a non-blocking one. When the timer fires after the poll, as it
+// normally does, uv_run(UV_RUN_ONCE) is returning anyway and clears the flag.
+void on_poll_timeout(uv_timer_t* t) { uv_stop(t->loop); }
 void noop_async(uv_async_t*) {}
 
 class UvBackend final : public Backend {
@@ -74,7 +84,7 @@ class UvBackend final : public Backend {
     }
     if (timeout_ms > 0) {
       uv_update_time(&loop_);
-      uv_timer_start(&timer_, noop_timer, static_cast<uint64_t>(timeout_ms), 0);
+      uv_timer_start(&timer_, on_poll_timeout, static_cast<uint64_t>(timeout_ms), 0);
       uv_ref(reinterpret_cast<uv_handle_t*>(&timer_));
     }
     uv_run(&loop_, UV_RUN_ONCE);

@@ -103,7 +103,9 @@ int Reactor::compute_timeout() {
   if (!ready_.empty() || stopping_ || armed_.load(std::memory_order_acquire)) return 0;
   if (timers_.empty()) return -1;
   double delay = timers_.next_when() - time();
-  if (delay <= 0) return 0;
+  // Written so a NaN deadline counts as due, as in asyncio (max(0, nan) is
+  // 0): cast to int, NaN would become a negative timeout, i.e. "forever".
+  if (!(delay > 0)) return 0;
   if (delay > kMaxTimeoutSeconds) delay = kMaxTimeoutSeconds;
   // Round up: waking a little late is correct, waking early only spins.
   return static_cast<int>(std::ceil(delay * 1000.0));

@@ -130,6 +130,29 @@ def test_call_later_accepts_int_and_float_like(loop):
     assert out == ["int", "bool"]
 
 
+def test_nan_deadline_is_due_at_once_and_never_blocks_the_loop(loop):
+    # asyncio runs it at once (its poll timeout is max(0, nan) == 0); the
+    # loop must not take a NaN timeout for "block until an event".
+    out, rescued = [], []
+
+    def rescue():
+        rescued.append(True)
+        loop.call_soon_threadsafe(loop.stop)
+
+    guard = threading.Timer(5, rescue)
+    guard.start()
+    try:
+        loop.call_later(float("nan"), out.append, "nan")
+        loop.call_later(0.01, out.append, "later")
+        loop.call_later(0.02, loop.stop)
+        loop.run_forever()
+    finally:
+        guard.cancel()
+        guard.join()
+    assert rescued == []
+    assert out == ["nan", "later"]
+
+
 def test_time_is_monotonic_clock(loop):
     before = time.monotonic()
     t = loop.time()

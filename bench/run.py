@@ -17,7 +17,7 @@ import sys
 
 import _harness
 
-SUITES = ("call_soon", "timers", "executor")
+SUITES = ("call_soon", "timers", "executor", "echo", "http")
 
 
 def main(argv=None) -> int:

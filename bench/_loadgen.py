@@ -1,0 +1,265 @@
+"""Server-side machinery for the network suites (echo.py, http.py).
+
+* `binary()`: the native load generator, bench/loadgen/loadgen.c, compiled
+  on first use with `cc -O2` into build/bench/loadgen (the repository's
+  ignored build/ directory) and recompiled whenever the source is newer than
+  the binary. `$CC` picks the compiler; `$UVPY_LOADGEN` names a prebuilt
+  binary instead. Concurrent workload processes serialize the build on a
+  lock file.
+* `pin_server()` / `client_cpus()`: on a machine with 2+ CPUs the server
+  process is pinned to CPU 0 and its load generator to the others, so the two
+  never share a core and the server is not migrated mid-run.
+  `UVPY_BENCH_PIN=0` turns pinning off.
+* `CpuWindow`: the server process's own CPU time (getrusage RUSAGE_SELF,
+  user and system) between two marks.
+* `drive_echo()`: runs the load generator against a server already listening
+  on this loop and returns its numbers, with the server's CPU time taken over
+  exactly the generator's measured window (it prints "start"/"stop"; the
+  marks are taken when the loop sees those lines).
+* `skip(reason)`: the harness's skip contract (exit status 3 with
+  {"skipped": reason}), for a workload that cannot run here.
+
+Nothing here imports a loop: the workload process chose one already.
+"""
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+SOURCE = os.path.join(BENCH_DIR, "loadgen", "loadgen.c")
+BUILD_DIR = os.path.join(REPO_ROOT, "build", "bench")
+BACKLOG = 4096  # every server in these suites listens with this backlog
+
+
+class Skipped(Exception):
+    """This workload cannot run here (a tool is missing, the fd limit is too low)."""
+
+
+def skip(reason: str):
+    """Raise the harness's own Skip when it has one; otherwise Skipped (the
+    suites' workload_main wrapper turns that into exit status 3 +
+    {"skipped": reason})."""
+    try:
+        from _harness import Skip  # newer harness
+    except ImportError:
+        raise Skipped(reason) from None
+    raise Skip(reason)
+
+
+def binary() -> str:
+    """Path of the load generator, built (or rebuilt) when needed."""
+    prebuilt = os.environ.get("UVPY_LOADGEN")
+    if prebuilt:
+        return prebuilt
+    out = os.path.join(BUILD_DIR, "loadgen")
+    if _fresh(out):
+        return out
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc:
+        skip("no C compiler (cc) to build bench/loadgen/loadgen.c")
+    os.makedirs(BUILD_DIR, exist_ok=True)
+    with open(os.path.join(BUILD_DIR, "loadgen.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _fresh(out):  # another process built it while we waited
+            return out
+        tmp = f"{out}.{os.getpid()}.tmp"
+        p = subprocess.run([cc, "-O2", "-pthread", "-o", tmp, SOURCE],
+                           capture_output=True, text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"building the load generator failed:\n{p.stderr}")
+        os.replace(tmp, out)
+    return out
+
+
+def _fresh(path: str) -> bool:
+    try:
+        return os.path.getmtime(path) >= os.path.getmtime(SOURCE)
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------ pinning
+
+def _allowed_cpus() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(os.cpu_count() or 1))
+
+
+_ALLOWED = _allowed_cpus()  # read at import, before pin_server() narrows it
+
+
+def _pinning() -> bool:
+    return os.environ.get("UVPY_BENCH_PIN", "1") != "0" and len(_ALLOWED) >= 2
+
+
+def pin_server() -> int | None:
+    """Pins this process to its first allowed CPU; returns it (None: not pinned)."""
+    if not _pinning():
+        return None
+    os.sched_setaffinity(0, {_ALLOWED[0]})
+    return _ALLOWED[0]
+
+
+def client_cpus() -> list[int] | None:
+    """CPUs for the load generator: the allowed ones but the server's."""
+    return _ALLOWED[1:] if _pinning() else None
+
+
+def raise_nofile(need: int) -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit; skip when even that is short."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        skip(f"needs {need} file descriptors, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+# ---------------------------------------------------------------- CPU time
+
+class CpuWindow:
+    """This process's user/system CPU seconds between start() and stop()."""
+
+    def start(self) -> None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        self._u0, self._s0, self._t0 = r.ru_utime, r.ru_stime, time.perf_counter()
+
+    def stop(self) -> None:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        self.user_s = r.ru_utime - self._u0
+        self.sys_s = r.ru_stime - self._s0
+        self.wall_s = time.perf_counter() - self._t0
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.sys_s
+
+    def extras(self, ops: int) -> dict:
+        """The per-op CPU metrics every network workload reports."""
+        return {
+            "cpu_us_per_op": self.cpu_s / ops * 1e6 if ops else None,
+            "user_s": self.user_s,
+            "sys_s": self.sys_s,
+            "server_util": self.cpu_s / self.wall_s if self.wall_s else None,
+            "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        }
+
+
+# ------------------------------------------------------------ child process
+
+def _preexec(cpus):
+    if cpus:
+        return lambda: os.sched_setaffinity(0, cpus)
+    return None
+
+
+class LineReader:
+    """Reads a child's stdout on the loop (add_reader: every contender has
+    it) and hands each line to on_line; `done` resolves at end of file."""
+
+    def __init__(self, loop, proc: subprocess.Popen, on_line):
+        self.loop, self.proc, self.on_line = loop, proc, on_line
+        self.fd = proc.stdout.fileno()
+        os.set_blocking(self.fd, False)
+        self.buf = b""
+        self.done = loop.create_future()
+        loop.add_reader(self.fd, self._readable)
+
+    def _readable(self):
+        try:
+            data = os.read(self.fd, 65536)
+        except BlockingIOError:
+            return
+        if not data:
+            self.loop.remove_reader(self.fd)
+            if self.buf:
+                self.on_line(self.buf.decode(errors="replace"))
+            if not self.done.done():
+                self.done.set_result(None)
+            return
+        self.buf += data
+        *lines, self.buf = self.buf.split(b"\n")
+        for line in lines:
+            self.on_line(line.decode(errors="replace"))
+
+
+def wait_rusage(proc: subprocess.Popen) -> float:
+    """Reaps the child; returns its CPU seconds (user + system)."""
+    _, status, ru = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return ru.ru_utime + ru.ru_stime
+
+
+async def drive_echo(loop, port: int, conns: int, size: int, duration: float,
+                     warmup: float) -> tuple[int, dict]:
+    """Runs the load generator against 127.0.0.1:port; returns (round trips,
+    extras) with the headline "value" = round trips/s over the window."""
+    cmd = [binary(), "-p", str(port), "-c", str(conns), "-s", str(size),
+           "-d", f"{duration:.3f}", "-w", f"{warmup:.3f}"]
+    cpus = client_cpus()
+    if cpus:
+        cmd += ["-a", ",".join(map(str, cpus))]
+    window = CpuWindow()
+    result: dict = {}
+
+    def on_line(line: str) -> None:
+        line = line.strip()
+        if line == "start":
+            window.start()
+        elif line == "stop":
+            window.stop()
+        elif line.startswith("{"):
+            result.update(json.loads(line))
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    reader = LineReader(loop, proc, on_line)
+    try:
+        await reader.done
+    finally:
+        proc.stdout.close()
+        client_cpu = wait_rusage(proc)
+    if proc.returncode != 0 or "round_trips" not in result:
+        raise RuntimeError(f"load generator exited {proc.returncode} without a result")
+    rts = result["round_trips"]
+    if rts == 0:
+        raise RuntimeError("no round trip completed in the measured window")
+    extras = window.extras(rts)
+    extras.update({
+        "value": result["round_trips_per_s"],
+        "p50_us": result["p50_us"],
+        "p99_us": result["p99_us"],
+        "p999_us": result["p999_us"],
+        "conns": conns,
+        "size": size,
+        "errors": result["errors"] + result["connect_errors"],
+        "window_s": result["duration_s"],
+        # The generator's share of one CPU over its whole run (warm-up
+        # included): near 1.0 would mean it, not the server, was the limit.
+        "client_util": client_cpu / (duration + warmup),
+        "pinned": cpus is not None,
+    })
+    return rts, extras
+
+
+def main_with_skips(workload_main, workloads) -> int:
+    """workload_main, with Skipped turned into the skip contract on a harness
+    that does not know Skip yet (exit status 3 and {"skipped": reason})."""
+    try:
+        return workload_main(workloads)
+    except Skipped as e:
+        args = sys.argv
+        name = args[args.index("--workload") + 1] if "--workload" in args else None
+        loop = args[args.index("--loop") + 1] if "--loop" in args else None
+        print(json.dumps({"workload": name, "loop": loop, "skipped": str(e)}))
+        return 3

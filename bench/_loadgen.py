@@ -5,7 +5,7 @@
   ignored build/ directory) and recompiled whenever the source is newer than
   the binary. `$CC` picks the compiler; `$UVPY_LOADGEN` names a prebuilt
   binary instead. Concurrent workload processes serialize the build on a
-  lock file.
+  lock file. `binary("echod")` builds the C echo server the same way.
 * `pin_server()` / `client_cpus()`: on a machine with 2+ CPUs the server
   process is pinned to CPU 0 and its load generator to the others, so the two
   never share a core and the server is not migrated mid-run.
@@ -35,7 +35,7 @@ import time
 
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_ROOT = os.path.dirname(BENCH_DIR)
-SOURCE = os.path.join(BENCH_DIR, "loadgen", "loadgen.c")
+SOURCE_DIR = os.path.join(BENCH_DIR, "loadgen")
 BUILD_DIR = os.path.join(REPO_ROOT, "build", "bench")
 BACKLOG = 4096  # every server in these suites listens with this backlog
 
@@ -55,34 +55,35 @@ def skip(reason: str):
     raise Skip(reason)
 
 
-def binary() -> str:
-    """Path of the load generator, built (or rebuilt) when needed."""
-    prebuilt = os.environ.get("UVPY_LOADGEN")
+def binary(name: str = "loadgen") -> str:
+    """Path of bench/loadgen/<name>.c's program, built (or rebuilt) when needed."""
+    prebuilt = os.environ.get("UVPY_" + name.upper())
     if prebuilt:
         return prebuilt
-    out = os.path.join(BUILD_DIR, "loadgen")
-    if _fresh(out):
+    source = os.path.join(SOURCE_DIR, f"{name}.c")
+    out = os.path.join(BUILD_DIR, name)
+    if _fresh(out, source):
         return out
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
     if not cc:
-        skip("no C compiler (cc) to build bench/loadgen/loadgen.c")
+        skip(f"no C compiler (cc) to build {os.path.relpath(source, REPO_ROOT)}")
     os.makedirs(BUILD_DIR, exist_ok=True)
-    with open(os.path.join(BUILD_DIR, "loadgen.lock"), "w") as lock:
+    with open(os.path.join(BUILD_DIR, f"{name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _fresh(out):  # another process built it while we waited
+        if _fresh(out, source):  # another process built it while we waited
             return out
         tmp = f"{out}.{os.getpid()}.tmp"
-        p = subprocess.run([cc, "-O2", "-pthread", "-o", tmp, SOURCE],
+        p = subprocess.run([cc, "-O2", "-pthread", "-o", tmp, source],
                            capture_output=True, text=True)
         if p.returncode != 0:
-            raise RuntimeError(f"building the load generator failed:\n{p.stderr}")
+            raise RuntimeError(f"building {source} failed:\n{p.stderr}")
         os.replace(tmp, out)
     return out
 
 
-def _fresh(path: str) -> bool:
+def _fresh(path: str, source: str) -> bool:
     try:
-        return os.path.getmtime(path) >= os.path.getmtime(SOURCE)
+        return os.path.getmtime(path) >= os.path.getmtime(source)
     except OSError:
         return False
 
@@ -147,8 +148,14 @@ class CpuWindow:
 
     def extras(self, ops: int) -> dict:
         """The per-op CPU metrics every network workload reports."""
+        per_op = (lambda s: s / ops * 1e6) if ops else (lambda s: None)
         return {
-            "cpu_us_per_op": self.cpu_s / ops * 1e6 if ops else None,
+            "cpu_us_per_op": per_op(self.cpu_s),
+            # The split: user time is the loop's (and Python's) own work;
+            # system time is mostly the kernel's TCP path, the same for
+            # every loop making the same calls.
+            "user_us_per_op": per_op(self.user_s),
+            "sys_us_per_op": per_op(self.sys_s),
             "user_s": self.user_s,
             "sys_s": self.sys_s,
             "server_util": self.cpu_s / self.wall_s if self.wall_s else None,

@@ -22,10 +22,15 @@ n is the measured window in milliseconds (default 2000, --quick 300), after
 a warm-up of n/4 ms (0.1-0.5 s) that is not counted. Headline: round trips/s
 in the window (higher is better). The JSON line also carries, over exactly
 that window: cpu_us_per_op (the server process's user+system CPU per round
-trip, from getrusage), user_s, sys_s, server_util (server CPU / window:
-~1.0 = the server is the bottleneck), p50_us/p99_us/p999_us (round-trip
-latency seen by the client), peak_rss_kb, errors, and client_util (the load
-generator's CPU share; well under 1.0 when it is not the limit).
+trip, from getrusage; user_us_per_op/sys_us_per_op split it), user_s,
+sys_s, server_util (server CPU / window: ~1.0 = the server is the
+bottleneck), p50_us/p99_us/p999_us (round-trip latency seen by the client),
+peak_rss_kb, errors, and client_util (the load generator's CPU share over
+its run; near 1.0 it may be the limit).
+
+On loopback the kernel's TCP path is most of the server's CPU per round
+trip (85-90% on the 2-core dev VM): bench/echo_floor.py measures a plain C
+epoll echo server under the same load, the floor no loop can go below.
 
 On 2+ CPUs the server is pinned to the first CPU and the client to the
 others (UVPY_BENCH_PIN=0: no pinning). Every server listens on 127.0.0.1

@@ -74,7 +74,24 @@ class EchoBufferedProtocol(asyncio.BufferedProtocol):
         self.transport.write(_SHARED[:nbytes])
 
 
+async def _finish(tasks, timeout=5.0):
+    """Lets handler tasks end on their own (the client has closed every
+    connection), then cancels what is left, so no task outlives the loop."""
+    if tasks:
+        await asyncio.wait(list(tasks), timeout=timeout)
+    for t in list(tasks):
+        t.cancel()
+    if tasks:
+        await asyncio.wait(list(tasks))
+
+
+_stream_tasks = set()
+
+
 async def _stream_handler(reader, writer):
+    task = asyncio.current_task()
+    _stream_tasks.add(task)
+    task.add_done_callback(_stream_tasks.discard)
     try:
         while True:
             data = await reader.read(READ_SIZE)
@@ -90,13 +107,22 @@ async def _stream_handler(reader, writer):
 
 async def _start_protocol(loop, factory):
     server = await loop.create_server(factory, "127.0.0.1", 0, backlog=_loadgen.BACKLOG)
-    return server.sockets[0].getsockname()[1], server.close
+
+    async def close():
+        server.close()
+
+    return server.sockets[0].getsockname()[1], close
 
 
 async def _start_streams(loop):
     server = await asyncio.start_server(_stream_handler, "127.0.0.1", 0,
                                         backlog=_loadgen.BACKLOG)
-    return server.sockets[0].getsockname()[1], server.close
+
+    async def close():
+        server.close()
+        await _finish(_stream_tasks)
+
+    return server.sockets[0].getsockname()[1], close
 
 
 async def _start_sock(loop):
@@ -127,11 +153,11 @@ async def _start_sock(loop):
 
     acceptor = loop.create_task(accept())
 
-    def close():
+    async def close():
         acceptor.cancel()
+        await asyncio.wait([acceptor])
         listener.close()
-        for t in list(handlers):
-            t.cancel()
+        await _finish(handlers)
 
     return listener.getsockname()[1], close
 
@@ -156,8 +182,8 @@ def _make(kind: str, size: int, conns: int):
             try:
                 return await _loadgen.drive_echo(loop, port, conns, size, duration, warmup)
             finally:
-                close()
-                for _ in range(3):  # let connection_lost/handlers finish
+                await close()
+                for _ in range(3):  # let connection_lost() callbacks run
                     await asyncio.sleep(0)
 
         return main()

@@ -15,7 +15,9 @@
  *    "p50_us", "p90_us", "p99_us", "p999_us", "max_us", "mean_us"}
  *
  * "start"/"stop" let the server under test read its own CPU time over
- * exactly the measured window. A round trip counts when its last byte
+ * exactly the measured window. The warm-up starts once every connection
+ * has completed one round trip (the server has accepted them all; at most
+ * 30 s). A round trip counts when its last byte
  * arrives inside the window; its latency is from the first send() call to
  * that arrival. Latencies go into a log-linear histogram (64 sub-buckets
  * per power of two: under 1.6% error), merged over the threads.
@@ -57,11 +59,13 @@
 enum { kSub = 64, kBuckets = 64 * kSub, kMaxEvents = 512, kConnectBatch = 256 };
 enum { PHASE_WARMUP = 0, PHASE_MEASURE = 1, PHASE_STOP = 2 };
 static const uint64_t kDrainNs = 2000000000u;
+static const uint64_t kReadyWaitNs = 30000000000u;
 
 struct conn {
   int fd;
   int out_armed;      /* EPOLLOUT in the interest set */
   int busy;           /* a message is in flight */
+  int seen;           /* completed (or lost) its first round trip */
   size_t sent, recvd; /* of the current message */
   uint64_t t0;        /* first send() of the current message, ns */
 };
@@ -82,6 +86,7 @@ static int g_verify;
 static char* g_msg;
 static size_t g_scratch = 256 * 1024;
 static atomic_int g_phase;
+static atomic_int g_ready; /* connections that completed a round trip or failed */
 
 static uint64_t now_ns(void) {
   struct timespec ts;
@@ -136,6 +141,10 @@ static void drop(struct worker* w, struct conn* c) {
   if (c->fd < 0) return;
   if (c->busy) w->inflight--;
   c->busy = 0;
+  if (!c->seen) {
+    c->seen = 1;
+    atomic_fetch_add_explicit(&g_ready, 1, memory_order_relaxed);
+  }
   epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
   close(c->fd);
   c->fd = -1;
@@ -206,6 +215,10 @@ static void on_readable(struct worker* w, struct conn* c) {
     }
     w->inflight--;
     c->busy = 0;
+    if (!c->seen) {
+      c->seen = 1;
+      atomic_fetch_add_explicit(&g_ready, 1, memory_order_relaxed);
+    }
     uint64_t t = now_ns();
     int phase = atomic_load_explicit(&g_phase, memory_order_relaxed);
     if (phase == PHASE_MEASURE) {
@@ -431,9 +444,18 @@ int main(int argc, char** argv) {
   }
 
   atomic_store(&g_phase, PHASE_WARMUP);
-  uint64_t t_begin = now_ns();
   for (int i = 0; i < nthreads; ++i)
     if (pthread_create(&ws[i].tid, NULL, worker_main, &ws[i]) != 0) die("pthread_create");
+  /* The warm-up starts once every connection has been served once: a
+   * server may still be accepting long after the kernel completed the
+   * handshakes (at most kReadyWaitNs). */
+  int live = nconns - connect_errors;
+  uint64_t t_connected = now_ns();
+  while (atomic_load(&g_ready) < live && now_ns() - t_connected < kReadyWaitNs) {
+    struct timespec ms = {0, 1000000};
+    nanosleep(&ms, NULL);
+  }
+  uint64_t t_begin = now_ns();
   sleep_until(t_begin + (uint64_t)(warmup * 1e9));
   uint64_t t_start = now_ns();
   atomic_store(&g_phase, PHASE_MEASURE);

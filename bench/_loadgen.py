@@ -104,12 +104,17 @@ def _pinning() -> bool:
     return os.environ.get("UVPY_BENCH_PIN", "1") != "0" and len(_ALLOWED) >= 2
 
 
+def server_cpu() -> int | None:
+    """The server's CPU: the first allowed one (None: no pinning)."""
+    return _ALLOWED[0] if _pinning() else None
+
+
 def pin_server() -> int | None:
-    """Pins this process to its first allowed CPU; returns it (None: not pinned)."""
-    if not _pinning():
-        return None
-    os.sched_setaffinity(0, {_ALLOWED[0]})
-    return _ALLOWED[0]
+    """Pins this process to server_cpu(); returns it (None: not pinned)."""
+    cpu = server_cpu()
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    return cpu
 
 
 def client_cpus() -> list[int] | None:
@@ -165,7 +170,8 @@ class CpuWindow:
 
 # ------------------------------------------------------------ child process
 
-def _preexec(cpus):
+def preexec_pin(cpus):
+    """A Popen preexec_fn that pins the child to cpus (None: no pinning)."""
     if cpus:
         return lambda: os.sched_setaffinity(0, cpus)
     return None
@@ -208,15 +214,22 @@ def wait_rusage(proc: subprocess.Popen) -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-async def drive_echo(loop, port: int, conns: int, size: int, duration: float,
-                     warmup: float) -> tuple[int, dict]:
-    """Runs the load generator against 127.0.0.1:port; returns (round trips,
-    extras) with the headline "value" = round trips/s over the window."""
+def loadgen_command(port: int, conns: int, size: int, duration: float,
+                    warmup: float) -> list[str]:
+    """The load generator's command line, pinned to client_cpus()."""
     cmd = [binary(), "-p", str(port), "-c", str(conns), "-s", str(size),
            "-d", f"{duration:.3f}", "-w", f"{warmup:.3f}"]
     cpus = client_cpus()
     if cpus:
         cmd += ["-a", ",".join(map(str, cpus))]
+    return cmd
+
+
+async def drive_echo(loop, port: int, conns: int, size: int, duration: float,
+                     warmup: float) -> tuple[int, dict]:
+    """Runs the load generator against 127.0.0.1:port; returns (round trips,
+    extras) with the headline "value" = round trips/s over the window."""
+    cmd = loadgen_command(port, conns, size, duration, warmup)
     window = CpuWindow()
     result: dict = {}
 
@@ -254,7 +267,7 @@ async def drive_echo(loop, port: int, conns: int, size: int, duration: float,
         # The generator's share of one CPU over its whole run (warm-up
         # included): near 1.0 would mean it, not the server, was the limit.
         "client_util": client_cpu / (duration + warmup),
-        "pinned": cpus is not None,
+        "pinned": client_cpus() is not None,
     })
     return rts, extras
 

@@ -23,18 +23,15 @@ import _loadgen
 
 
 def run_once(size: int, conns: int, duration: float, warmup: float) -> dict:
-    cpus = _loadgen.client_cpus()
     server_cmd = [_loadgen.binary("echod")]
-    if cpus:
-        server_cmd += ["-a", str(_loadgen._ALLOWED[0])]
+    cpu = _loadgen.server_cpu()
+    if cpu is not None:
+        server_cmd += ["-a", str(cpu)]
     server = subprocess.Popen(server_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline())
-        cmd = [_loadgen.binary(), "-p", str(port), "-c", str(conns), "-s", str(size),
-               "-d", f"{duration:.3f}", "-w", f"{warmup:.3f}"]
-        if cpus:
-            cmd += ["-a", ",".join(map(str, cpus))]
-        client = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        client = subprocess.Popen(_loadgen.loadgen_command(port, conns, size, duration, warmup),
+                                  stdout=subprocess.PIPE, text=True)
         result, cpu = {}, {}
         for line in client.stdout:  # forward start/stop to the server
             line = line.strip()

@@ -167,7 +167,7 @@ async def _run_wrk(loop, port: int, seconds: int, window: _loadgen.CpuWindow | N
     if window:
         window.start()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
+                            preexec_fn=_loadgen.preexec_pin(cpus))
     reader = _loadgen.LineReader(loop, proc, lines.append)
     try:
         await reader.done  # end of file: wrk has exited

@@ -23,7 +23,6 @@ Nothing here imports a loop: the workload process chose one already.
 """
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import json
 import os

@@ -32,8 +32,8 @@ On loopback the kernel's TCP path is most of the server's CPU per round
 trip (85-90% on the 2-core dev VM): bench/echo_floor.py measures a plain C
 epoll echo server under the same load, the floor no loop can go below.
 
-On 2+ CPUs the server is pinned to the first CPU and the client to the
-others (UVPY_BENCH_PIN=0: no pinning). Every server listens on 127.0.0.1
+UVPY_BENCH_PIN=1 pins the server to the first CPU and the client to the
+others (off by default, see _loadgen.py). Every server listens on 127.0.0.1
 with backlog 4096.
 
 Run one directly:  python bench/echo.py --loop uvpy --workload protocol_1k_c10

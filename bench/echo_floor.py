@@ -18,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 import _loadgen
 
@@ -30,6 +31,7 @@ def run_once(size: int, conns: int, duration: float, warmup: float) -> dict:
     server = subprocess.Popen(server_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline())
+        t0 = time.perf_counter()
         client = subprocess.Popen(_loadgen.loadgen_command(port, conns, size, duration, warmup),
                                   stdout=subprocess.PIPE, text=True)
         result, cpu = {}, {}
@@ -43,6 +45,7 @@ def run_once(size: int, conns: int, duration: float, warmup: float) -> dict:
             elif line.startswith("{"):
                 result = json.loads(line)
         client_cpu = _loadgen.wait_rusage(client)
+        client_wall = time.perf_counter() - t0
     finally:
         server.stdin.close()
         server.wait(timeout=10)
@@ -52,7 +55,7 @@ def run_once(size: int, conns: int, duration: float, warmup: float) -> dict:
             "user_us_per_op": cpu["user_s"] / rts * 1e6,
             "sys_us_per_op": cpu["sys_s"] / rts * 1e6,
             "server_util": (cpu["user_s"] + cpu["sys_s"]) / result["duration_s"],
-            "client_util": client_cpu / (duration + warmup),
+            "client_util": client_cpu / client_wall,
             "p50_us": result["p50_us"], "p99_us": result["p99_us"]}
 
 

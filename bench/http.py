@@ -1,8 +1,8 @@
 """HTTP/1.1 "Hello, World!" servers on each loop, driven by wrk.
 
 The workload process serves on the loop under test; `wrk -t1 -c100
---latency` runs as a child (pinned to the other CPUs on a 2+ CPU machine,
-like the echo client). Servers:
+--latency` runs as a child (UVPY_BENCH_PIN=1 pins it and the server apart,
+as for the echo client). Servers:
 
   aiohttp    an aiohttp.web application, one GET route returning
              "Hello, World!" (access log off)

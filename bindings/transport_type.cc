@@ -255,8 +255,8 @@ int Transport_init(PyObject* self, PyObject* args, PyObject* kwargs) {
   t->loop = reinterpret_cast<LoopCore*>(Py_NewRef(loop));
   t->sock = Py_NewRef(sock);
   t->server = server == Py_None ? nullptr : Py_NewRef(server);
-  t->owner = new Owner(t);
-  t->stream = new loop::Stream(t->loop->reactor, static_cast<int>(fd), t->owner);
+  t->owner = new (t->owner_storage) Owner(t);
+  t->stream = new (t->stream_storage) loop::Stream(t->loop->reactor, static_cast<int>(fd), t->owner);
   return 0;
 }
 
@@ -335,8 +335,10 @@ void Transport_dealloc(PyObject* self) {
   Transport_clear(self);
   // No watcher is left: each would hold a reference to us (a closed
   // reactor dropped its own), so the stream goes without touching it.
-  delete t->stream;
-  delete t->owner;
+  if (t->stream) {
+    t->stream->~Stream();
+    t->owner->~Owner();
+  }
   Py_CLEAR(t->sock);
   Py_CLEAR(t->loop);
   tp->tp_free(self);

@@ -121,7 +121,7 @@ ssize_t Stream::send_iov(const struct iovec* iov, int count) {
 void Stream::enqueue(const char* p, size_t n) {
   if (n == 0) return;
   queued_ += n;
-  if (!chunks_.empty()) {
+  if (head_ < chunks_.size()) {
     Chunk& last = chunks_.back();
     size_t take = std::min(n, last.cap - last.end);
     std::memcpy(last.data.get() + last.end, p, take);
@@ -131,6 +131,11 @@ void Stream::enqueue(const char* p, size_t n) {
   }
   if (n == 0) return;
   size_t cap = std::max(n, kChunkMin);
+  if (head_ > 0 && chunks_.size() == chunks_.capacity()) {
+    // Full with consumed chunks in front: reuse their slots before growing.
+    chunks_.erase(chunks_.begin(), chunks_.begin() + static_cast<std::ptrdiff_t>(head_));
+    head_ = 0;
+  }
   Chunk c{std::unique_ptr<char[]>(new char[cap]), cap, 0, n};
   std::memcpy(c.data.get(), p, n);
   chunks_.push_back(std::move(c));
@@ -139,11 +144,18 @@ void Stream::enqueue(const char* p, size_t n) {
 void Stream::consume(size_t n) {
   queued_ -= n;
   while (n > 0) {
-    Chunk& c = chunks_.front();
+    Chunk& c = chunks_[head_];
     size_t take = std::min(n, c.end - c.begin);
     c.begin += take;
     n -= take;
-    if (c.begin == c.end) chunks_.pop_front();
+    if (c.begin == c.end) {
+      c.data.reset();
+      ++head_;
+    }
+  }
+  if (head_ == chunks_.size()) {  // drained: keep the slots, not the chunks
+    chunks_.clear();
+    head_ = 0;
   }
 }
 
@@ -194,8 +206,8 @@ int Stream::on_writable() {
   if (queued_ > 0) {
     struct iovec iov[kMaxIov];
     int count = 0;
-    for (const Chunk& c : chunks_) {
-      if (count == kMaxIov) break;
+    for (size_t i = head_; i < chunks_.size() && count < kMaxIov; ++i) {
+      const Chunk& c = chunks_[i];
       iov[count++] = {c.data.get() + c.begin, c.end - c.begin};
     }
     ssize_t n = send_iov(iov, count);
@@ -223,6 +235,7 @@ int Stream::on_writable() {
 
 void Stream::discard_writes() {
   chunks_.clear();
+  head_ = 0;
   queued_ = 0;
   if (writer_on_) {
     writer_on_ = false;

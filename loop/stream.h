@@ -34,8 +34,8 @@
 #include <sys/uio.h>
 
 #include <cstddef>
-#include <deque>
 #include <memory>
+#include <vector>
 
 #include "callback.h"
 
@@ -138,7 +138,11 @@ class Stream {
   size_t high_ = kDefaultHigh;
   size_t low_ = kDefaultLow;
   size_t queued_ = 0;
-  std::deque<Chunk> chunks_;
+  // The write queue: chunks_[head_..] are live. A vector (no allocation
+  // until the first queued write; std::deque allocates ~600 bytes up front,
+  // paid by every idle connection) that is reset once it drains.
+  std::vector<Chunk> chunks_;
+  size_t head_ = 0;
 };
 
 }  // namespace uvpy::loop

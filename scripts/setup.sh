@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(build-essential pkg-config libuv1-dev liburing-dev catch2 libssl-dev git)
+APT_PACKAGES=(build-essential pkg-config libuv1-dev liburing-dev catch2 libssl-dev git wrk)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

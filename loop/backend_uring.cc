@@ -86,11 +86,12 @@ int from_poll(unsigned mask, int want) {
   return ev & want;
 }
 
-// The kernel support checked once per process: opcodes and features.
-const char* missing_support() {
-  static const char* const reason = []() -> const char* {
-    io_uring_probe* probe = io_uring_get_probe();
-    if (probe == nullptr) return "io_uring_get_probe failed (kernel older than 5.6?)";
+// The opcodes this backend needs, probed on the first ring made in this
+// process (the answer cannot change while it runs).
+const char* missing_opcodes(io_uring* ring) {
+  static const char* const reason = [ring]() -> const char* {
+    io_uring_probe* probe = io_uring_get_probe_ring(ring);
+    if (probe == nullptr) return "io_uring_get_probe_ring failed";
     const char* r = nullptr;
     if (!io_uring_opcode_supported(probe, IORING_OP_POLL_ADD) ||
         !io_uring_opcode_supported(probe, IORING_OP_POLL_REMOVE))
@@ -109,16 +110,17 @@ class UringBackend final : public Backend {
   ~UringBackend() override { close(); }
 
   int init(std::string* err) {
-    if (const char* why = missing_support()) {
-      *err = why;
-      return -ENOSYS;
-    }
     int rc = setup(&ring_, err);
     if (rc < 0) return rc;
     ring_open_ = true;
+    // RSRC_TAGS stands in for "5.13+", where poll update arrived.
     constexpr unsigned kNeed = IORING_FEAT_NODROP | IORING_FEAT_EXT_ARG | IORING_FEAT_RSRC_TAGS;
     if ((features_ & kNeed) != kNeed) {
       *err = "the kernel's io_uring lacks NODROP/EXT_ARG/poll update (Linux 5.13+ needed)";
+      return -ENOSYS;
+    }
+    if (const char* why = missing_opcodes(&ring_)) {
+      *err = why;
       return -ENOSYS;
     }
     efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

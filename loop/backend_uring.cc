@@ -17,7 +17,7 @@
 // user_data, 64 bits:
 //   bits 0-1   tag: 0 the poll of an FdState, 1 a poll remove/update (its
 //              CQE, if any, only reports a lost race and is ignored),
-//              2 the wakeup eventfd's read
+//              2 the wakeup eventfd's multishot poll
 //   bits 2-63  tag 0 only: the FdState's address (heap objects, 8-aligned)
 //
 // Invariants:
@@ -36,6 +36,12 @@
 //  4. A poll that fails (-EBADF: the fd was closed under its watcher) parks
 //     its FdState, reporting nothing, as epoll drops a closed file; the next
 //     io_update() unparks it. Re-arming it would spin.
+//  5. No request ever points into user memory: the ring is torn down
+//     asynchronously by the kernel after close(), so an in-flight read into
+//     a buffer of ours could land after we freed it. Hence the wakeup is a
+//     multishot poll on an eventfd that is never read: each write wakes the
+//     poll (edge-triggered is right for an event), and the 64-bit counter
+//     cannot overflow in practice.
 #include <liburing.h>
 #include <poll.h>
 #include <pthread.h>
@@ -96,8 +102,6 @@ const char* missing_opcodes(io_uring* ring) {
     if (!io_uring_opcode_supported(probe, IORING_OP_POLL_ADD) ||
         !io_uring_opcode_supported(probe, IORING_OP_POLL_REMOVE))
       r = "the kernel lacks IORING_OP_POLL_ADD/POLL_REMOVE";
-    else if (!io_uring_opcode_supported(probe, IORING_OP_READ))
-      r = "the kernel lacks IORING_OP_READ";
     io_uring_free_probe(probe);
     return r;
   }();
@@ -161,8 +165,6 @@ class UringBackend final : public Backend {
 
   void wakeup() override {
     uint64_t one = 1;
-    // EAGAIN only if the counter is about to overflow: it is nonzero then,
-    // so the loop is woken anyway.
     while (::write(efd_, &one, sizeof one) < 0 && errno == EINTR) {
     }
   }
@@ -329,9 +331,11 @@ class UringBackend final : public Backend {
     if (features_ & IORING_FEAT_CQE_SKIP) io_uring_sqe_set_flags(sqe, IOSQE_CQE_SKIP_SUCCESS);
   }
 
+  // Re-armed only when the kernel ends the multishot (a CQE without
+  // IORING_CQE_F_MORE: CQ overflow, or the ring was rebuilt).
   void arm_wakeup() {
     io_uring_sqe* sqe = get_sqe();
-    io_uring_prep_read(sqe, efd_, &wake_buf_, sizeof wake_buf_, 0);
+    io_uring_prep_poll_multishot(sqe, efd_, POLLIN);
     io_uring_sqe_set_data64(sqe, kTagWake);
     wake_armed_ = true;
   }
@@ -367,7 +371,7 @@ class UringBackend final : public Backend {
             on_poll(reinterpret_cast<FdState*>(ud & ~kTagMask), cqe->res);
             break;
           case kTagWake:
-            wake_armed_ = false;  // the read consumed the count: coalesced
+            if (!(cqe->flags & IORING_CQE_F_MORE)) wake_armed_ = false;
             break;
           default:
             // A removal or update that lost the race with its poll firing
@@ -430,7 +434,6 @@ class UringBackend final : public Backend {
   bool enabled_ = false;
   pthread_t owner_{};
   int efd_ = -1;
-  uint64_t wake_buf_ = 0;  // the in-flight eventfd read lands here
   bool wake_armed_ = false;
   std::vector<FdState*> pending_;
   FdState* all_ = nullptr;  // every FdState, for close() and rebuild()

@@ -35,9 +35,11 @@ TEST_CASE("each io_uring setup of the fallback ladder runs the reactor", "[uring
     });
     Callback old;
     REQUIRE(r.set_io(sv[0], kReadable, reader.cb(), &old) == 0);
-    std::thread t([&] { REQUIRE(write(sv[1], "x", 1) == 1); });
+    ssize_t wrote = 0;  // Catch2's REQUIRE is not thread-safe: check after join
+    std::thread t([&] { wrote = write(sv[1], "x", 1); });
     while (reader.runs == 0) REQUIRE(r.run_once(nullptr) == 0);  // blocks: no timers
     t.join();
+    REQUIRE(wrote == 1);
     Probe posted;
     std::thread p([&] {
       posted.retain(&posted);

@@ -363,10 +363,17 @@ int LoopCore_set_slow(PyObject* self, PyObject* value, void*) {
   return 0;
 }
 
+// "auto" means the backend uvpy recommends here. With this flag set it is
+// io_uring where io_uring can run, else libuv (the first failure is
+// remembered, so later loops skip the attempt). It is off: the io_uring
+// backend is a readiness backend too and measured no faster than libuv
+// (README, "Backends"), so io_uring is opt-in by name until a completion
+// fast path makes it win.
+constexpr bool kAutoPrefersUring = false;
+
 // The backend for a new loop: the `backend` keyword, else $UVPY_BACKEND,
-// else "auto". "auto" is io_uring where it can run, libuv otherwise (the
-// first failure is remembered, so later loops skip the attempt); an
-// explicit "io_uring" that cannot run raises OSError with the reason.
+// else "auto". An explicit "io_uring" that cannot run raises OSError with
+// the reason.
 std::unique_ptr<loop::Backend> make_backend(PyObject* kwds) {
   static std::atomic<bool> uring_failed{false};
   std::string choice = "auto";
@@ -400,7 +407,7 @@ std::unique_ptr<loop::Backend> make_backend(PyObject* kwds) {
                  choice.c_str());
     return nullptr;
   }
-  if (!uring_failed.load(std::memory_order_relaxed)) {
+  if (kAutoPrefersUring && !uring_failed.load(std::memory_order_relaxed)) {
     if (auto b = loop::make_uring_backend(&err)) return b;
     uring_failed.store(true, std::memory_order_relaxed);
   }

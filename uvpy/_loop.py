@@ -60,9 +60,10 @@ class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
 
     ``backend`` picks how the reactor waits for I/O: ``"libuv"`` (portable),
     ``"io_uring"`` (Linux 5.13+; OSError saying why where it cannot run) or
-    ``"auto"`` (io_uring where it runs, else libuv). ``None`` means the
-    UVPY_BACKEND environment variable, else ``"auto"``. The native base reads
-    it when the object is created; ``self.backend`` names the one in use.
+    ``"auto"`` (the recommended one: libuv for now, as io_uring measured no
+    faster). ``None`` means the UVPY_BACKEND environment variable, else
+    ``"auto"``. The native base reads it when the object is created;
+    ``self.backend`` names the one in use.
     """
 
     def __init__(self, backend=None):

@@ -30,9 +30,12 @@
 //     Polls are one-shot, so re-arming every wanted fd on the new ring
 //     loses no readiness. wakeup() only writes the eventfd.
 //  3. A poll in flight holds a reference to the fd's file, so io_close()
-//     submits the removal at once (and runs deferred task work), on the
-//     owner thread: the caller usually closes the fd next, and the peer
-//     must see the FIN then, not at the next loop iteration.
+//     on the owner thread submits the removal at once and enters the ring
+//     until the poll's completion is out (DEFER_TASKRUN runs only a bounded
+//     batch of task work per enter): the caller usually closes the fd next,
+//     and the peer must see the FIN then, not at the next loop iteration.
+//     Completions taken off the ring there wait in stash_ for poll(), since
+//     the sink may be called only from poll().
 //  4. A poll that fails (-EBADF: the fd was closed under its watcher) parks
 //     its FdState, reporting nothing, as epoll drops a closed file; the next
 //     io_update() unparks it. Re-arming it would spin.
@@ -51,6 +54,7 @@
 
 #include <cassert>
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -75,6 +79,12 @@ struct FdState {
   bool parked = false; // its last poll failed; wait for io_update
   FdState* prev = nullptr;
   FdState* next = nullptr;
+};
+
+struct Completion {
+  uint64_t user_data;
+  int res;
+  unsigned flags;
 };
 
 unsigned to_poll(int events) {
@@ -195,10 +205,12 @@ class UringBackend final : public Backend {
     s->watcher = nullptr;
     s->want = 0;
     if (s->armed && s->armed_mask != 0) {
-      prep_remove(s);
-      // Off the owner thread the removal waits in the SQ for the next
-      // poll() (or dies with the ring); see invariant 3.
-      if (on_owner_thread()) io_uring_submit_and_get_events(&ring_);
+      // Off the owner thread (or with the SQ full) the next flush() removes
+      // it; see invariant 3.
+      if (on_owner_thread() && prep_remove(s))
+        release_now(s);
+      else
+        enqueue(s);
     }
     maybe_free(s);
   }
@@ -216,6 +228,7 @@ class UringBackend final : public Backend {
       delete s;
     }
     pending_.clear();
+    stash_.clear();
     if (efd_ >= 0) ::close(efd_);
     efd_ = -1;
   }
@@ -277,6 +290,7 @@ class UringBackend final : public Backend {
     io_uring_queue_exit(&ring_);
     ring_ = fresh;
     wake_armed_ = false;
+    stash_.clear();  // the old ring's news: every state is reset below
     for (FdState* s = all_; s != nullptr;) {
       FdState* next = s->next;
       s->armed = false;
@@ -290,40 +304,45 @@ class UringBackend final : public Backend {
     return ensure_owner();
   }
 
+  // Only on the owner thread. nullptr: the SQ is full and the kernel would
+  // not take it (the caller retries in the next flush).
   io_uring_sqe* get_sqe() {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-    while (sqe == nullptr) {  // SQ full: hand what we have to the kernel
-      io_uring_submit(&ring_);
-      sqe = io_uring_get_sqe(&ring_);
-    }
+    if (sqe == nullptr && io_uring_submit(&ring_) >= 0) sqe = io_uring_get_sqe(&ring_);
     return sqe;
   }
 
-  void prep_poll(FdState* s) {
+  bool prep_poll(FdState* s) {
     io_uring_sqe* sqe = get_sqe();
+    if (sqe == nullptr) return false;
     io_uring_prep_poll_add(sqe, s->fd, to_poll(s->want));
     io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(s) | kTagPoll);
     s->armed = true;
     s->armed_mask = s->want;
+    return true;
   }
 
   // Updates the poll in flight in place; if it already fired, the update
   // fails (ENOENT/EALREADY) and the poll's own CQE brings the old result.
-  void prep_update(FdState* s) {
+  bool prep_update(FdState* s) {
     io_uring_sqe* sqe = get_sqe();
+    if (sqe == nullptr) return false;
     uint64_t ud = reinterpret_cast<uint64_t>(s) | kTagPoll;
     // new_user_data must be 0 unless IORING_POLL_UPDATE_USER_DATA (EINVAL).
     io_uring_prep_poll_update(sqe, ud, 0, to_poll(s->want), IORING_POLL_UPDATE_EVENTS);
     ctl_flags(sqe);
     s->armed_mask = s->want;
+    return true;
   }
 
   // The poll ends with -ECANCELED (or its result, if it fired first).
-  void prep_remove(FdState* s) {
+  bool prep_remove(FdState* s) {
     io_uring_sqe* sqe = get_sqe();
+    if (sqe == nullptr) return false;
     io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(s) | kTagPoll);
     ctl_flags(sqe);
     s->armed_mask = 0;
+    return true;
   }
 
   void ctl_flags(io_uring_sqe* sqe) {
@@ -335,55 +354,91 @@ class UringBackend final : public Backend {
   // IORING_CQE_F_MORE: CQ overflow, or the ring was rebuilt).
   void arm_wakeup() {
     io_uring_sqe* sqe = get_sqe();
+    if (sqe == nullptr) return;
     io_uring_prep_poll_multishot(sqe, efd_, POLLIN);
     io_uring_sqe_set_data64(sqe, kTagWake);
     wake_armed_ = true;
   }
 
-  // Turns what changed since the last iteration into SQEs.
+  // Turns what changed since the last iteration into SQEs. If the SQ
+  // cannot take more, the rest stays queued for the next iteration.
   void flush() {
     if (!wake_armed_) arm_wakeup();
-    for (FdState* s : pending_) {
-      s->queued = false;
-      if (s->watcher == nullptr) {
-        maybe_free(s);
-      } else if (s->parked) {
+    size_t done = 0;
+    for (; done < pending_.size(); ++done) {
+      FdState* s = pending_[done];
+      bool ok = true;
+      if (s->parked) {
       } else if (!s->armed) {
-        if (s->want) prep_poll(s);
-      } else if (s->want == 0) {
-        if (s->armed_mask != 0) prep_remove(s);
+        if (s->want) ok = prep_poll(s);
+      } else if (s->want == 0) {  // idle, or dead (io_close'd off the owner thread)
+        if (s->armed_mask != 0) ok = prep_remove(s);
       } else if (s->want != s->armed_mask) {
-        prep_update(s);
+        ok = prep_update(s);
       }
+      if (!ok) break;
+      s->queued = false;
+      maybe_free(s);
     }
-    pending_.clear();
+    pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(done));
   }
 
+  // Invariant 3: enter the ring until the removed poll's completion (after
+  // which the kernel has dropped its file) is off the ring. Each round makes
+  // progress or finds nothing left to run; the bound is only a safety net.
+  void release_now(FdState* s) {
+    const uint64_t ud = reinterpret_cast<uint64_t>(s) | kTagPoll;
+    for (int round = 0; round < 64; ++round) {
+      io_uring_submit_and_get_events(&ring_);
+      size_t before = stash_.size();
+      harvest();
+      for (size_t i = before; i < stash_.size(); ++i)
+        if (stash_[i].user_data == ud) return;
+      if (stash_.size() == before && !io_uring_cq_has_overflow(&ring_)) return;
+    }
+  }
+
+  // Moves every CQE off the ring into stash_, unprocessed.
+  void harvest() {
+    unsigned head, n = 0;
+    io_uring_cqe* cqe;
+    io_uring_for_each_cqe(&ring_, head, cqe) {
+      ++n;
+      stash_.push_back({cqe->user_data, cqe->res, cqe->flags});
+    }
+    io_uring_cq_advance(&ring_, n);
+  }
+
+  // Stashed completions first: they are older than those still on the ring.
   void reap() {
+    for (const Completion& c : stash_) handle(c);
+    stash_.clear();
     for (;;) {
       unsigned head, n = 0;
       io_uring_cqe* cqe;
       io_uring_for_each_cqe(&ring_, head, cqe) {
         ++n;
-        uint64_t ud = cqe->user_data;
-        switch (ud & kTagMask) {
-          case kTagPoll:
-            on_poll(reinterpret_cast<FdState*>(ud & ~kTagMask), cqe->res);
-            break;
-          case kTagWake:
-            if (!(cqe->flags & IORING_CQE_F_MORE)) wake_armed_ = false;
-            break;
-          default:
-            // A removal or update that lost the race with its poll firing
-            // (ENOENT, EALREADY); anything else is a bug here.
-            assert(cqe->res >= 0 || cqe->res == -ENOENT || cqe->res == -EALREADY ||
-                   cqe->res == -ECANCELED);
-            break;
-        }
+        handle({cqe->user_data, cqe->res, cqe->flags});
       }
       io_uring_cq_advance(&ring_, n);
       if (!io_uring_cq_has_overflow(&ring_)) return;
       io_uring_get_events(&ring_);  // moves the kernel's overflow list in
+    }
+  }
+
+  void handle(const Completion& c) {
+    switch (c.user_data & kTagMask) {
+      case kTagPoll:
+        on_poll(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
+        break;
+      case kTagWake:
+        if (!(c.flags & IORING_CQE_F_MORE)) wake_armed_ = false;
+        break;
+      default:
+        // A removal or update that lost the race with its poll firing
+        // (ENOENT, EALREADY); anything else is a bug here.
+        assert(c.res >= 0 || c.res == -ENOENT || c.res == -EALREADY || c.res == -ECANCELED);
+        break;
     }
   }
 
@@ -436,6 +491,7 @@ class UringBackend final : public Backend {
   int efd_ = -1;
   bool wake_armed_ = false;
   std::vector<FdState*> pending_;
+  std::vector<Completion> stash_;  // taken off the ring outside poll()
   FdState* all_ = nullptr;  // every FdState, for close() and rebuild()
 };
 

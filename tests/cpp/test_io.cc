@@ -323,3 +323,79 @@ TEST_CASE("thousands of fds ready at once are all reported", "[io]") {
   r->close();
   for (auto& p : readers) REQUIRE(p->refs == 0);
 }
+
+TEST_CASE("watchers removed on another thread are let go at the next iteration", "[io]") {
+  auto r = make_reactor();
+  constexpr int kPairs = 300;  // more removals than the io_uring SQ holds
+  std::vector<std::array<int, 2>> pairs(kPairs);
+  Probe reader;
+  for (auto& sv : pairs) {
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv.data()) == 0);
+    Callback old;
+    REQUIRE(r->set_io(sv[0], kReadable, reader.cb(), &old) == 0);
+  }
+  turn(*r);  // every poll armed, on this thread
+  std::thread([&] {  // the loop is not running: another thread may edit it
+    for (auto& sv : pairs) {
+      Callback old;
+      r->clear_io(sv[0], kReadable, &old);
+      release(old);
+    }
+  }).join();
+  REQUIRE(r->watcher_count() == 0);
+  for (auto& sv : pairs) close(sv[0]);
+  // io_uring lets go once the loop runs on its own thread again (DEFER_TASKRUN
+  // runs the removals' task work in batches over a few iterations).
+  auto eofs = [&] {
+    int n = 0;
+    char c;
+    for (auto& sv : pairs) n += recv(sv[1], &c, 1, MSG_DONTWAIT) == 0;
+    return n;
+  };
+  for (int i = 0; i < 100 && eofs() < kPairs; ++i) turn(*r);
+  REQUIRE(eofs() == kPairs);
+  for (auto& sv : pairs) close(sv[1]);
+  REQUIRE(reader.runs == 0);
+  r->close();
+  REQUIRE(reader.refs == 0);
+}
+
+TEST_CASE("a watcher cleared while many completions are pending lets go at once", "[io]") {
+  auto r = make_reactor();
+  constexpr int kPairs = 100;  // more than DEFER_TASKRUN's task-work batch
+  std::vector<std::array<int, 2>> pairs(kPairs);
+  std::vector<std::unique_ptr<Probe>> readers;
+  for (auto& sv : pairs) {
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv.data()) == 0);
+    const int fd = sv[0];
+    readers.push_back(std::make_unique<Probe>([fd] {
+      char c;
+      return read(fd, &c, 1) == 1 ? 0 : 0;
+    }));
+    Callback old;
+    REQUIRE(r->set_io(fd, kReadable, readers.back()->cb(), &old) == 0);
+  }
+  turn(*r);
+  for (int i = 0; i < kPairs - 1; ++i) REQUIRE(write(pairs[i][1], "x", 1) == 1);  // they fire
+  Callback old;
+  r->clear_io(pairs[kPairs - 1][0], kReadable, &old);  // its removal queues behind them
+  release(old);
+  close(pairs[kPairs - 1][0]);
+  char c;
+  REQUIRE(recv(pairs[kPairs - 1][1], &c, 1, MSG_DONTWAIT) == 0);  // EOF, not EAGAIN
+  // The other completions are not lost on the way.
+  spin(*r, [&] {
+    for (int i = 0; i < kPairs - 1; ++i)
+      if (readers[i]->runs == 0) return false;
+    return true;
+  });
+  REQUIRE(readers[kPairs - 1]->runs == 0);
+  for (int i = 0; i < kPairs - 1; ++i) {
+    r->clear_io(pairs[i][0], kReadable, &old);
+    release(old);
+    close(pairs[i][0]);
+  }
+  for (auto& sv : pairs) close(sv[1]);
+  r->close();
+  for (auto& p : readers) REQUIRE(p->refs == 0);
+}

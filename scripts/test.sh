@@ -10,31 +10,33 @@ bash scripts/setup.sh
 
 export PATH="$PWD/.venv/bin:$PATH"
 JOBS="$(nproc)"
+stage() { echo "== $* [${SECONDS}s]"; }
 
-echo "== C++ core: Catch2"
+stage "C++ core: Catch2"
 cmake -S . -B build/cpp -G Ninja -DUVPY_BUILD_PYTHON=OFF -DUVPY_BUILD_TESTS=ON >/dev/null
 cmake --build build/cpp -j "$JOBS"
 ctest --test-dir build/cpp --output-on-failure
 
-echo "== C++ core: Catch2 under ASan+UBSan"
+stage "C++ core: Catch2 under ASan+UBSan"
 cmake -S . -B build/asan -G Ninja -DUVPY_BUILD_PYTHON=OFF -DUVPY_BUILD_TESTS=ON -DUVPY_SANITIZE=ON \
   -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build/asan -j "$JOBS"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/asan --output-on-failure
 
-echo "== C++ core: Catch2 under ThreadSanitizer (reactor wakeups, executor queues)"
+stage "C++ core: Catch2 under ThreadSanitizer (reactor wakeups, executor queues)"
 cmake -S . -B build/tsan -G Ninja -DUVPY_BUILD_PYTHON=OFF -DUVPY_BUILD_TESTS=ON -DUVPY_TSAN=ON \
   -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build build/tsan -j "$JOBS"
 TSAN_OPTIONS=halt_on_error=1 ctest --test-dir build/tsan --output-on-failure
 
-echo "== Python: pytest on libuv (uvpy and stock asyncio)"
+stage "Python: pytest on libuv (uvpy and stock asyncio)"
 # pytest exits 5 when it collected no tests; set -e turns that into a failure.
 UVPY_BACKEND=libuv python -m pytest tests/python -q -p no:cacheprovider -rs "$@"
 
-echo "== Python: pytest on io_uring (the uvpy half; the stock loop already ran)"
+stage "Python: pytest on io_uring (the uvpy half; the stock loop already ran)"
 if why="$(python -c 'import uvpy; uvpy.new_event_loop("io_uring").close()' 2>&1)"; then
   UVPY_BACKEND=io_uring python -m pytest tests/python -q -p no:cacheprovider --uvpy-only "$@"
 else
   echo "SKIPPED: io_uring cannot run here: ${why##*$'\n'}"
 fi
+stage "done"

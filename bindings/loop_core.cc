@@ -14,7 +14,9 @@
 //     their messages are asyncio's own.
 //  3. The GIL is released only inside Reactor::run_once's poll phase.
 //  4. The reactor object lives as long as the LoopCore; close() empties it.
+#include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -361,13 +363,64 @@ int LoopCore_set_slow(PyObject* self, PyObject* value, void*) {
   return 0;
 }
 
-PyObject* LoopCore_new(PyTypeObject* type, PyObject*, PyObject*) {
+// "auto" means the backend uvpy recommends here. With this flag set it is
+// io_uring where io_uring can run, else libuv (the first failure is
+// remembered, so later loops skip the attempt). It is off: the io_uring
+// backend is a readiness backend too and measured no faster than libuv
+// (README, "Backends"), so io_uring is opt-in by name until a completion
+// fast path makes it win.
+constexpr bool kAutoPrefersUring = false;
+
+// The backend for a new loop: the `backend` keyword, else $UVPY_BACKEND,
+// else "auto". An explicit "io_uring" that cannot run raises OSError with
+// the reason.
+std::unique_ptr<loop::Backend> make_backend(PyObject* kwds) {
+  static std::atomic<bool> uring_failed{false};
+  std::string choice = "auto";
+  const char* source = "backend";
+  PyObject* arg = kwds ? PyDict_GetItemString(kwds, "backend") : nullptr;
+  if (arg != nullptr && arg != Py_None) {
+    const char* s = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : nullptr;
+    if (s == nullptr) {
+      if (!PyErr_Occurred())
+        PyErr_Format(PyExc_TypeError, "backend must be a str or None, not %.100s", Py_TYPE(arg)->tp_name);
+      return nullptr;
+    }
+    choice = s;
+  } else if (const char* env = std::getenv("UVPY_BACKEND"); env != nullptr && *env) {
+    choice = env;
+    source = "UVPY_BACKEND";
+  }
   std::string err;
-  auto backend = loop::make_uv_backend(&err);
-  if (!backend) {
+  if (choice == "libuv") {
+    if (auto b = loop::make_uv_backend(&err)) return b;
     PyErr_Format(PyExc_OSError, "cannot create the libuv backend: %s", err.c_str());
     return nullptr;
   }
+  if (choice == "io_uring") {
+    if (auto b = loop::make_uring_backend(&err)) return b;
+    PyErr_Format(PyExc_OSError, "the io_uring backend is unavailable: %s", err.c_str());
+    return nullptr;
+  }
+  if (choice != "auto") {
+    PyErr_Format(PyExc_ValueError, "%s must be 'auto', 'io_uring' or 'libuv', not '%s'", source,
+                 choice.c_str());
+    return nullptr;
+  }
+  if (kAutoPrefersUring && !uring_failed.load(std::memory_order_relaxed)) {
+    if (auto b = loop::make_uring_backend(&err)) return b;
+    uring_failed.store(true, std::memory_order_relaxed);
+  }
+  if (auto b = loop::make_uv_backend(&err)) return b;
+  PyErr_Format(PyExc_OSError, "cannot create the libuv backend: %s", err.c_str());
+  return nullptr;
+}
+
+// Positional arguments and other keywords belong to __init__ (a subclass
+// may have its own); only `backend` matters here.
+PyObject* LoopCore_new(PyTypeObject* type, PyObject*, PyObject* kwds) {
+  auto backend = make_backend(kwds);
+  if (!backend) return nullptr;
   auto* self = reinterpret_cast<LoopCore*>(type->tp_alloc(type, 0));
   if (self == nullptr) return nullptr;
   self->reactor = new loop::Reactor(std::move(backend));

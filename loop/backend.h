@@ -57,4 +57,18 @@ class Backend {
 // cannot run here.
 std::unique_ptr<Backend> make_uv_backend(std::string* err);
 
+// io_uring setups, strongest first; the factory starts at `strongest` and
+// falls back down the list while the kernel rejects a flag (EINVAL).
+enum class UringSetup {
+  kDeferTaskrun,  // SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1+)
+  kCoopTaskrun,   // SINGLE_ISSUER | COOP_TASKRUN (5.19+ / 6.0+)
+  kCoop,          // COOP_TASKRUN alone
+  kPlain,         // no flags
+};
+// nullptr (with the reason) when io_uring cannot run here: no kernel
+// support, disabled by seccomp or sysctl, no memory, or uvpy built without
+// liburing.
+std::unique_ptr<Backend> make_uring_backend(std::string* err,
+                                            UringSetup strongest = UringSetup::kDeferTaskrun);
+
 }  // namespace uvpy::loop

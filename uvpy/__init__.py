@@ -56,31 +56,41 @@ def get_include() -> str:
     raise FileNotFoundError("uvpy_kernel.h is not installed with this uvpy")
 
 
-def new_event_loop() -> Loop:
-    """Return a new uvpy event loop."""
-    return Loop()
+def new_event_loop(backend: str | None = None) -> Loop:
+    """Return a new uvpy event loop.
+
+    ``backend`` is ``"auto"``, ``"io_uring"`` or ``"libuv"``; ``None`` means
+    the UVPY_BACKEND environment variable, else ``"auto"`` (see ``Loop``).
+    """
+    return Loop(backend=backend)
 
 
 class EventLoopPolicy(_asyncio.DefaultEventLoopPolicy):
     """asyncio's default policy, creating uvpy loops.
 
     ``asyncio.set_event_loop_policy(uvpy.EventLoopPolicy())`` makes every
-    ``asyncio.new_event_loop()`` (and so ``asyncio.run``) use uvpy.
+    ``asyncio.new_event_loop()`` (and so ``asyncio.run``) use uvpy, on
+    ``backend`` (see ``new_event_loop``).
     """
 
+    def __init__(self, backend: str | None = None) -> None:
+        super().__init__()
+        self._backend = backend
+
     def _loop_factory(self) -> Loop:  # type: ignore[override]
-        return new_event_loop()
+        return new_event_loop(self._backend)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}>"
 
 
-def install() -> None:
+def install(backend: str | None = None) -> None:
     """Install uvpy's policy as asyncio's event loop policy."""
-    _asyncio.set_event_loop_policy(EventLoopPolicy())
+    _asyncio.set_event_loop_policy(EventLoopPolicy(backend))
 
 
-def run(main, *, debug=None):
+def run(main, *, debug=None, backend=None):
     """Run the coroutine ``main`` on a new uvpy loop, like ``asyncio.run``."""
-    with _asyncio.Runner(debug=debug, loop_factory=new_event_loop) as runner:
+    factory = new_event_loop if backend is None else (lambda: new_event_loop(backend))
+    with _asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)

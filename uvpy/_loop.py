@@ -56,9 +56,17 @@ def _fileobj_to_fd(fileobj):
 
 
 class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
-    """An asyncio event loop on uvpy's native reactor."""
+    """An asyncio event loop on uvpy's native reactor.
 
-    def __init__(self):
+    ``backend`` picks how the reactor waits for I/O: ``"libuv"`` (portable),
+    ``"io_uring"`` (Linux 5.13+; OSError saying why where it cannot run) or
+    ``"auto"`` (the recommended one: libuv for now, as io_uring measured no
+    faster). ``None`` means the UVPY_BACKEND environment variable, else
+    ``"auto"``. The native base reads it when the object is created;
+    ``self.backend`` names the one in use.
+    """
+
+    def __init__(self, backend=None):
         self._default_executor = None
         self._executor_shutdown_called = False
         self._exception_handler = None

@@ -3,9 +3,14 @@
 // A Probe is a refcounted callback object. Tests assert that every retain is
 // matched by a release (`refs == 0` at the end), the C++ analogue of
 // libuv's MAKE_VALGRIND_HAPPY: a closed reactor holds nothing.
+//
+// make_reactor() builds on the backend named by UVPY_BACKEND (libuv when
+// unset); ctest runs the reactor tests once per backend (see main.cc).
 #pragma once
+#include <cstdlib>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 #include "reactor.h"
@@ -32,9 +37,22 @@ struct Probe {
   loop::Callback cb() { return loop::Callback{&kOps, this}; }
 };
 
+inline std::string backend_under_test() {
+  const char* b = std::getenv("UVPY_BACKEND");
+  return b && *b ? b : "libuv";
+}
+
+inline std::unique_ptr<loop::Backend> make_backend(std::string* err) {
+  const std::string name = backend_under_test();
+  if (name == "libuv") return loop::make_uv_backend(err);
+  if (name == "io_uring") return loop::make_uring_backend(err);
+  *err = "UVPY_BACKEND must be libuv or io_uring, not " + name;
+  return nullptr;
+}
+
 inline std::unique_ptr<loop::Reactor> make_reactor() {
   std::string err;
-  auto backend = loop::make_uv_backend(&err);
+  auto backend = make_backend(&err);
   if (!backend) throw std::runtime_error(err);
   return std::make_unique<loop::Reactor>(std::move(backend));
 }

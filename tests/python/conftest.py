@@ -4,6 +4,9 @@ The stock loop is the oracle: when the two disagree, uvpy is wrong until
 shown otherwise. Sync tests take the ``loop`` fixture; async tests
 (marked ``pytest.mark.asyncio``) get one run per loop through
 pytest-asyncio's ``pytest_asyncio_loop_factories`` hook.
+
+The uvpy loops use the backend UVPY_BACKEND names ("auto" when unset);
+scripts/test.sh runs the suite once with libuv and once with io_uring.
 """
 
 import asyncio
@@ -19,6 +22,37 @@ LOOP_FACTORIES = {
     "uvpy": uvpy.new_event_loop,
     "asyncio": asyncio.SelectorEventLoop,
 }
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--uvpy-only",
+        action="store_true",
+        help="deselect the stock-asyncio (oracle) runs: for a second pass on another uvpy backend",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("--uvpy-only"):
+        return
+    keep, drop = [], []
+    for item in items:
+        spec = getattr(item, "callspec", None)
+        stock = item.get_closest_marker("stock_loop") is not None or (
+            spec is not None and "asyncio" in spec.id.split("-")
+        )
+        (drop if stock else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def pytest_report_header(config):
+    loop = uvpy.new_event_loop()
+    try:
+        return f"uvpy backend: {loop.backend} (UVPY_BACKEND={os.environ.get('UVPY_BACKEND', '')!r})"
+    finally:
+        loop.close()
 
 
 @pytest.fixture(params=list(LOOP_FACTORIES))

@@ -1,0 +1,12 @@
+// backend_uring_stub.cc — make_uring_backend() where uvpy was built without
+// liburing: the io_uring backend is simply never available.
+#include "backend.h"
+
+namespace uvpy::loop {
+
+std::unique_ptr<Backend> make_uring_backend(std::string* err, UringSetup) {
+  if (err) *err = "uvpy was built without liburing";
+  return nullptr;
+}
+
+}  // namespace uvpy::loop

@@ -168,6 +168,7 @@ class Workload:
     quick_n: int
     unit: str
     lower_is_better: bool | None = None
+    in_quick: bool = True  # False: only full runs (keeps --quick near a minute)
 
     @property
     def lower(self) -> bool:
@@ -238,7 +239,8 @@ class Job:
 
 def jobs_from_module(suite: str, module, quick: bool) -> list[Job]:
     return [Job(f"{suite}/{w.name}", os.path.abspath(module.__file__), w.name,
-                w.quick_n if quick else w.n, w.unit, w.lower) for w in module.WORKLOADS]
+                w.quick_n if quick else w.n, w.unit, w.lower) for w in module.WORKLOADS
+            if w.in_quick or not quick]
 
 
 class RunError(Exception):

@@ -181,15 +181,7 @@ Names* names() {
 // completion schedules no extra done-callback. Set once at import.
 PyObject* g_job_future_type = nullptr;
 
-void store_exception(ExecJob* j) {
-  PyObject *type, *value, *tb;
-  PyErr_Fetch(&type, &value, &tb);
-  PyErr_NormalizeException(&type, &value, &tb);
-  if (tb) PyException_SetTraceback(value, tb);
-  Py_XDECREF(type);
-  Py_XDECREF(tb);
-  j->exc = value;
-}
+void store_exception(ExecJob* j) { j->exc = fetch_exception(); }
 
 int kernel_should_stop(const uvpy_ctx_t* ctx) {
   return static_cast<const exec::Job*>(ctx->reserved)->should_stop() ? 1 : 0;

@@ -44,12 +44,7 @@ void release(void* obj) { Py_DECREF(static_cast<PyObject*>(obj)); }
 int report_exception(Handle* h, PyObject* callback, PyObject* args) {
   if (PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
     return -1;
-  PyObject *type, *exc, *tb;
-  PyErr_Fetch(&type, &exc, &tb);
-  PyErr_NormalizeException(&type, &exc, &tb);
-  if (tb) PyException_SetTraceback(exc, tb);
-  Py_XDECREF(type);
-  Py_XDECREF(tb);
+  PyObject* exc = fetch_exception();
   PyObject* ctx = nullptr;
   PyObject* msg = nullptr;
   PyObject* cb_repr = PyObject_CallFunctionObjArgs(hooks.callback_repr, callback, args, nullptr);
@@ -409,5 +404,15 @@ PyTypeObject TimerHandleType = [] {
 }();
 
 void cancel_handle(Handle* h) { handle_cancel(h); }
+
+PyObject* fetch_exception() {
+  PyObject *type, *exc, *tb;
+  PyErr_Fetch(&type, &exc, &tb);
+  PyErr_NormalizeException(&type, &exc, &tb);
+  if (tb) PyException_SetTraceback(exc, tb);
+  Py_XDECREF(type);
+  Py_XDECREF(tb);
+  return exc;
+}
 
 }  // namespace uvpy::py

@@ -47,6 +47,10 @@ struct LoopCore {
 // NULL: asyncio.get_running_loop() without the getpid() check.
 extern thread_local LoopCore* t_running_loop;
 
+// Takes the pending exception: normalized, with its traceback attached.
+// Returns a new reference (the caller checked PyErr_Occurred()).
+PyObject* fetch_exception();
+
 extern PyTypeObject HandleType;
 extern PyTypeObject TimerHandleType;
 extern PyTypeObject LoopCoreType;

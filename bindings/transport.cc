@@ -61,16 +61,6 @@ bool fatal_exception() {
   return PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
 }
 
-PyObject* fetch_exception() {
-  PyObject *type, *exc, *tb;
-  PyErr_Fetch(&type, &exc, &tb);
-  PyErr_NormalizeException(&type, &exc, &tb);
-  if (tb) PyException_SetTraceback(exc, tb);
-  Py_XDECREF(type);
-  Py_XDECREF(tb);
-  return exc;
-}
-
 PyObject* errno_exception(int err) {
   return PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
 }

@@ -656,10 +656,11 @@ PyObject* executor_metrics(PyObject*, PyObject*) {
     }
     Py_DECREF(d);
   }
-  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:N}", "submitted", (unsigned long long)m.submitted,
-                       "queued", (unsigned long long)m.queued, "running", (unsigned long long)m.running,
-                       "completed", (unsigned long long)m.completed, "cancelled",
-                       (unsigned long long)m.cancelled, "steals", (unsigned long long)m.steals,
+  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:N}", "submitted",
+                       (unsigned long long)m.submitted, "queued", (unsigned long long)m.queued,
+                       "running", (unsigned long long)m.running, "completed",
+                       (unsigned long long)m.completed, "cancelled", (unsigned long long)m.cancelled,
+                       "steals", (unsigned long long)m.steals, "wakes", (unsigned long long)m.wakes,
                        "workers", workers);
 }
 

@@ -178,7 +178,9 @@ int Executor::submit(Job* j, bool blocking) {
 void Executor::notify_parked() {
   if (!idle_.should_wake()) return;
   int id = idle_.pop_sleeper();
-  if (id >= 0) workers_[id].parker.unpark();
+  if (id < 0) return;
+  wakes_.fetch_add(1, std::memory_order_relaxed);
+  workers_[id].parker.unpark();
 }
 
 // --- shutdown -----------------------------------------------------------------
@@ -251,6 +253,7 @@ Executor::Metrics Executor::metrics() const {
     m.steals += wm.steals;
   }
   m.cancelled = cancelled_by_shutdown_.load(std::memory_order_relaxed);
+  m.wakes = wakes_.load(std::memory_order_relaxed);
   for (unsigned i = 0; i < n_; ++i) {
     const Worker& w = workers_[i];
     started += w.started.load(std::memory_order_relaxed);

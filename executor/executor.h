@@ -75,6 +75,7 @@ class Executor {
     uint64_t completed = 0;  // ran to the end (state done)
     uint64_t cancelled = 0;  // handed back without running (state cancelled)
     uint64_t steals = 0;     // sum over workers
+    uint64_t wakes = 0;      // parked workers woken to look for work (idle.h)
     std::vector<WorkerMetrics> workers;
   };
 
@@ -140,6 +141,7 @@ class Executor {
   std::atomic<bool> stopping_{false};  // shutdown began: refuse work, don't park
   std::atomic<bool> abort_{false};     // shutdown(false): cancel instead of run
   std::atomic<uint64_t> submitted_{0};           // external submissions
+  std::atomic<uint64_t> wakes_{0};               // unparks by notify_parked()
   std::atomic<uint64_t> cancelled_by_shutdown_{0};
   std::mutex state_mu_;  // start/shutdown transitions
   std::mutex join_mu_;   // one joiner at a time

@@ -11,9 +11,15 @@
 //     runs, so further submissions during its wake-up latency wake nobody.
 //  2. At most half the workers search at once (at least one); the others park
 //     straight away. This caps the CPU burnt on spinning.
-//  3. Ramp-up by relay: a searcher that finds work and was the last searcher
-//     wakes one more worker (Executor::notify_parked), so a backlog pulls in
-//     workers one at a time, each waking the next only if it found work.
+//  3. Ramp-up by relay: a searcher that finds work, was the last searcher
+//     and still sees work queued wakes one more worker
+//     (Executor::notify_parked), so a backlog pulls in workers one at a
+//     time, each waking the next only if it found work. (Tokio relays even
+//     with nothing queued; for a stream of single jobs that is one futex
+//     wake and one wasted spin per job.) The re-check cannot lose a job: it
+//     is rule 4's argument, with end_search() as the seq_cst RMW -- a
+//     submitter that saw this searcher and so woke nobody published its job
+//     before the RMW, so the re-check sees it.
 //  4. No lost wakeup. A submitter makes its job visible (a seq_cst store of a
 //     queue's length or tail) and then reads the state word (seq_cst); a worker
 //     going to sleep updates the state word (seq_cst RMW) and then re-reads

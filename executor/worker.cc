@@ -36,10 +36,13 @@ void Executor::worker_main(Worker* w) {
     if (j == nullptr) j = search(w, &searching);
     if (j != nullptr) {
       // A searcher that found work hands the role on, so a backlog keeps
-      // pulling in parked workers (idle.h rule 3).
+      // pulling in parked workers (idle.h rule 3) -- but only if there is a
+      // backlog: with nothing else queued, the woken worker would only spin
+      // and park again, costing a futex wake per job and, on a busy core, a
+      // preemption of the very job it was woken for.
       if (searching) {
         searching = false;
-        if (idle_.end_search()) notify_parked();
+        if (idle_.end_search() && work_pending()) notify_parked();
       }
       execute(w, j);
       continue;

@@ -362,7 +362,7 @@ def test_builtin_kernels(loop, loop_name):
 
 def test_metrics_shape():
     m = uvpy.executor_metrics()
-    assert set(m) >= {"submitted", "queued", "running", "completed", "cancelled", "steals", "workers"}
+    assert set(m) >= {"submitted", "queued", "running", "completed", "cancelled", "steals", "wakes", "workers"}
     assert len(m["workers"]) == len(os.sched_getaffinity(0))
     assert all(set(w) == {"busy_s", "completed", "cancelled", "steals"} for w in m["workers"])
 

@@ -12,6 +12,14 @@
 //     costs nothing afterwards.
 //  4. run() holds its own references to callback and args, because the
 //     callback may cancel its own handle.
+//  5. A TimerHandle is untracked by the cyclic GC while it sits in the timer
+//     heap (schedule_at untracks it; whatever takes it out -- cancel(), the
+//     run or the release of its reactor reference -- tracks it again). While
+//     the heap holds it, it is reachable from the reactor and so can never be
+//     garbage, but 100k pending timeouts would otherwise be walked by every
+//     full collection (rloop's handles are never tracked at all). Everything
+//     it references stays alive through the untracked handle, exactly as
+//     through any reference the GC cannot see.
 #include <cstring>
 
 #include "clock.h"
@@ -36,8 +44,16 @@ constexpr int kTimerFreeListMax = 512;
 TimerHandle* timer_free_list[kTimerFreeListMax];
 int timer_free_count = 0;
 
+// Rule 5: every way out of the timer heap passes through one of these.
+inline void ensure_tracked(PyObject* obj) {
+  if (!PyObject_GC_IsTracked(obj)) PyObject_GC_Track(obj);
+}
+
 void retain(void* obj) { Py_INCREF(static_cast<PyObject*>(obj)); }
-void release(void* obj) { Py_DECREF(static_cast<PyObject*>(obj)); }
+void release(void* obj) {
+  ensure_tracked(static_cast<PyObject*>(obj));
+  Py_DECREF(static_cast<PyObject*>(obj));
+}
 
 // Reports the pending exception the way asyncio's Handle._run does. Returns
 // -1 when it must propagate (SystemExit/KeyboardInterrupt), else 0.
@@ -102,6 +118,7 @@ int call_in_context(Handle* h) {
 }
 
 int run(void* obj) {
+  ensure_tracked(static_cast<PyObject*>(obj));
   auto* h = static_cast<Handle*>(obj);
   if (h->cancelled) return 0;
   if (!h->loop->debug) return call_in_context(h);
@@ -123,6 +140,7 @@ int run(void* obj) {
 void handle_cancel(Handle* h) {
   if (h->cancelled) return;
   h->cancelled = true;
+  ensure_tracked(reinterpret_cast<PyObject*>(h));
   if (Py_TYPE(h) == &TimerHandleType || PyType_IsSubtype(Py_TYPE(h), &TimerHandleType)) {
     auto* t = reinterpret_cast<TimerHandle*>(h);
     // The heap's reference goes away here; our caller still holds one.

@@ -120,6 +120,8 @@ PyObject* schedule_at(LoopCore* self, double when, PyObject* const* args, Py_ssi
   auto* t = reinterpret_cast<TimerHandle*>(h);
   t->node.when = when;
   self->reactor->add_timer(&t->node);
+  // handle.cc rule 5: out of the GC's sight while the heap holds it.
+  PyObject_GC_UnTrack(h);
   return reinterpret_cast<PyObject*>(h);
 }
 

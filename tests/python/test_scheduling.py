@@ -302,3 +302,48 @@ def test_threadsafe_and_call_soon_share_one_fifo(loop):
     loop.call_soon(loop.stop)
     loop.run_forever()
     assert out == ["threadsafe first", "call_soon second", "threadsafe third", "call_soon fourth"]
+
+
+class _Owner:
+    """Holds its own timer handle, whose callback is a bound method: a
+    reference cycle owner -> handle -> bound method -> owner."""
+
+    def __init__(self, loop, delay):
+        self.handle = loop.call_later(delay, self.on_timer)
+        self.fired = False
+
+    def on_timer(self):
+        self.fired = True
+
+
+@pytest.mark.parametrize("how", ["fired", "cancelled", "loop_closed"])
+def test_cycle_through_a_timer_handle_is_collected(loop, how):
+    # uvpy keeps pending TimerHandles out of the GC's sight; each way out of
+    # the timer heap must hand them back, or such cycles would leak.
+    import gc
+    import weakref
+
+    owner = _Owner(loop, 0.001 if how == "fired" else 60)
+    ref = weakref.ref(owner)
+    if how == "fired":
+        run_briefly(loop, 0.02)
+        assert owner.fired
+    elif how == "cancelled":
+        owner.handle.cancel()
+    else:
+        loop.close()
+    del owner
+    for _ in range(3):
+        gc.collect()
+    assert ref() is None
+
+
+def test_pending_timer_handles_are_not_walked_by_the_gc(loop, loop_name):
+    import gc
+
+    h = loop.call_later(60, lambda: None)
+    if loop_name.startswith("uvpy"):
+        assert not gc.is_tracked(h)  # in the heap: reachable from the reactor
+    h.cancel()
+    assert gc.is_tracked(h)
+    assert h.cancelled()

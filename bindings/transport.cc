@@ -49,6 +49,8 @@ PyObject* str_pause_writing;
 PyObject* str_resume_writing;
 PyObject* str_close;
 PyObject* str_detach;
+PyObject* str_socket;
+PyObject* str_materialize_extra;
 
 char* shared_read_buffer() {
   static thread_local std::unique_ptr<char[]> buf;
@@ -236,6 +238,17 @@ int connection_lost(Transport* t, PyObject* exc) {
   if (t->stream) t->stream->close();
   release_view(t);
   if (t->sock) {
+    // The extras a subclass computes lazily (TCPTransport: socket,
+    // sockname) must outlive the socket, as asyncio's eager ones do.
+    if (t->extra && PyDict_Check(t->extra) && PyDict_Contains(t->extra, str_socket) == 0) {
+      if (PyObject* m = PyObject_GetAttr(as_obj(t), str_materialize_extra)) {
+        PyObject* r = PyObject_CallNoArgs(m);
+        if (r == nullptr) PyErr_WriteUnraisable(m);
+        Py_XDECREF(r);
+        Py_DECREF(m);
+      }
+    }
+    PyErr_Clear();  // a missing hook (AttributeError), or Contains failing
     PyObject* r = PyObject_CallMethodNoArgs(t->sock, str_close);
     if (r == nullptr) PyErr_WriteUnraisable(t->sock);
     Py_XDECREF(r);
@@ -423,7 +436,8 @@ bool init_names() {
          intern(&str_call_connection_lost, "_call_connection_lost") &&
          intern(&str_pause_writing, "pause_writing") &&
          intern(&str_resume_writing, "resume_writing") && intern(&str_close, "close") &&
-         intern(&str_detach, "_detach") && (minus_one = PyLong_FromLong(-1)) != nullptr &&
+         intern(&str_detach, "_detach") && intern(&str_socket, "socket") &&
+         intern(&str_materialize_extra, "_materialize_extra") && (minus_one = PyLong_FromLong(-1)) != nullptr &&
          (buffered_protocol_type = import_attr("asyncio.protocols", "BufferedProtocol")) &&
          (logger = import_attr("asyncio.log", "logger"));
 }

@@ -45,6 +45,8 @@ _READ = _uvpy.READABLE
 
 _NO_TLS = "TLS (ssl=) is not implemented in uvpy yet"
 
+_LAZY_EXTRA = frozenset({"socket", "sockname"})
+
 
 class TCPTransport(_uvpy.TransportCore):
     """A TCP connection as an asyncio.Transport (native I/O path)."""
@@ -56,11 +58,10 @@ class TCPTransport(_uvpy.TransportCore):
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
         if extra is None:
             extra = {}
-        extra["socket"] = trsock.TransportSocket(sock)
-        try:
-            extra["sockname"] = sock.getsockname()
-        except OSError:
-            extra["sockname"] = None
+        # "socket" and "sockname" are made on first use (_materialize_extra):
+        # an idle connection of a big server never asks, and the two objects
+        # and the syscall are a tenth of its memory. The peer's address
+        # comes with accept() anyway.
         if "peername" not in extra:
             try:
                 extra["peername"] = sock.getpeername()
@@ -89,6 +90,28 @@ class TCPTransport(_uvpy.TransportCore):
             state = "polling" if self._write_active else "idle"
             info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
+
+    def get_extra_info(self, name, default=None):
+        extra = self._extra
+        if name in extra:
+            return extra[name]
+        if name in _LAZY_EXTRA:
+            self._materialize_extra()
+            return extra.get(name, default)
+        return default
+
+    def _materialize_extra(self):
+        # Also called by the native core just before it closes the socket,
+        # so the values outlive it as asyncio's eager ones do.
+        sock = self._sock
+        extra = self._extra
+        if sock is None or "socket" in extra:
+            return
+        extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            extra["sockname"] = sock.getsockname()
+        except OSError:
+            extra["sockname"] = None
 
     def __del__(self, _warn=warnings.warn):
         sock = self._sock

@@ -11,6 +11,7 @@ import contextvars
 import gc
 import logging
 import socket
+import struct
 import sys
 
 import pytest
@@ -179,6 +180,30 @@ def test_is_an_asyncio_transport_with_extra_info(loop):
     tr.close()
     run(loop, proto.lost)
     peer.close()
+
+
+@pytest.mark.parametrize("close", ["close", "abort", "peer_reset"])
+def test_extra_info_never_asked_survives_the_close(loop, close):
+    # uvpy makes "socket" and "sockname" on first use; a transport that never
+    # asked before closing must still answer afterwards, as asyncio does.
+    tr, proto, peer = connect(loop)
+    expected_sockname = peer.getpeername()
+    expected_peername = peer.getsockname()
+    if close == "close":
+        tr.close()
+    elif close == "abort":
+        tr.abort()
+    else:
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+    run(loop, proto.lost)
+    assert tr.is_closing()
+    assert tr.get_extra_info("sockname") == expected_sockname
+    assert tr.get_extra_info("peername") == expected_peername
+    assert tr.get_extra_info("socket").fileno() == -1
+    assert tr.get_extra_info("nope") is None
+    if close != "peer_reset":
+        peer.close()
 
 
 def test_set_protocol_switches_the_receiver(loop):

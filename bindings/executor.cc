@@ -664,17 +664,23 @@ PyObject* executor_metrics(PyObject*, PyObject*) {
                        "workers", workers);
 }
 
-// configure_executor(workers, pin): only before the pool has started.
+// configure_executor(workers, pin, nice): only before the pool has started.
 PyObject* configure_executor(PyObject*, PyObject* const* a, Py_ssize_t n) {
-  if (n != 2) {
-    PyErr_SetString(PyExc_TypeError, "configure_executor(workers, pin)");
+  if (n != 3) {
+    PyErr_SetString(PyExc_TypeError, "configure_executor(workers, pin, nice)");
     return nullptr;
   }
   long workers = PyLong_AsLong(a[0]);
   int pin = PyObject_IsTrue(a[1]);
-  if ((workers == -1 && PyErr_Occurred()) || pin < 0) return nullptr;
+  long nice = PyLong_AsLong(a[2]);
+  if ((workers == -1 && PyErr_Occurred()) || pin < 0 || (nice == -1 && PyErr_Occurred()))
+    return nullptr;
   if (workers < 0 || workers > 4096) {
     PyErr_SetString(PyExc_ValueError, "workers must be between 0 (one per CPU) and 4096");
+    return nullptr;
+  }
+  if (nice < 0 || nice > 19) {
+    PyErr_SetString(PyExc_ValueError, "nice must be between 0 and 19");
     return nullptr;
   }
   if (g_exec != nullptr) {
@@ -683,6 +689,7 @@ PyObject* configure_executor(PyObject*, PyObject* const* a, Py_ssize_t n) {
   }
   g_options.workers = static_cast<unsigned>(workers);
   g_options.pin = pin;
+  g_options.nice = static_cast<int>(nice);
   Py_RETURN_NONE;
 }
 

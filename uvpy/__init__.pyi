@@ -1,7 +1,10 @@
 import asyncio
+import concurrent.futures
 import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeAlias, TypeVar, TypeVarTuple, Unpack
+
+from . import kernels as kernels
 
 _T = TypeVar("_T")
 _Ts = TypeVarTuple("_Ts")
@@ -64,3 +67,31 @@ def install(backend: _BackendName | None = None) -> None: ...
 def run(
     main: Coroutine[Any, Any, _T], *, debug: bool | None = None, backend: _BackendName | None = None
 ) -> _T: ...
+
+# --- the native executor (uvpy/_executor.py) ----------------------------------
+
+class KernelError(RuntimeError):
+    code: int
+
+class Kernel:
+    """A native kernel: a C function pointer with an optional signature
+    (one letter per argument: r buffer, w writable buffer, i int, d float)."""
+
+    address: int
+    signature: str | None
+    name: str
+    def __init__(self, fn: object, signature: str | None = None, name: str | None = None) -> None: ...
+
+def offload(kernel: Kernel | object, *args: object, signature: str | None = None) -> asyncio.Future[None]: ...
+async def parallel_for(
+    kernel: Kernel | object, n: int, *args: object, grain: int | None = None, signature: str | None = None
+) -> None: ...
+
+class NativeExecutor(concurrent.futures.Executor):
+    def __init__(self) -> None: ...
+    @property
+    def workers(self) -> int: ...
+
+def executor_metrics() -> dict[str, Any]: ...
+def configure_executor(workers: int = 0, pin: bool = False, nice: int = 0) -> None: ...
+def get_include() -> str: ...

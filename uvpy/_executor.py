@@ -41,17 +41,23 @@ executor_metrics = _uvpy.executor_metrics
 atexit.register(_uvpy._executor_shutdown)
 
 
-def configure_executor(workers: int = 0, pin: bool = False) -> None:
+def configure_executor(workers: int = 0, pin: bool = False, nice: int = 0) -> None:
     """Size the native pool before its first use.
 
     workers=0 means one per CPU in the process's affinity mask; pin=True
-    pins worker i to the i-th CPU of that mask. The environment variables
-    UVPY_EXECUTOR_WORKERS and UVPY_EXECUTOR_PIN=1 do the same at import.
-    Raises RuntimeError once the pool has started.
+    pins worker i to the i-th CPU of that mask; nice=N (0-19) runs the
+    workers N steps nicer than the process (Linux, per thread), so a loop
+    thread that competes with busy workers for the CPUs is scheduled first.
+    That helps GIL-free work (native kernels, numpy, hashlib); a nicer
+    worker that is preempted while it holds the GIL makes the loop wait for
+    it. The environment variables UVPY_EXECUTOR_WORKERS, UVPY_EXECUTOR_PIN=1
+    and UVPY_EXECUTOR_NICE do the same at import. Raises RuntimeError once
+    the pool has started.
     """
-    if isinstance(workers, bool) or not isinstance(workers, int):
-        raise TypeError(f"workers must be an int, not {type(workers).__name__}")
-    _uvpy._configure_executor(workers, bool(pin))
+    for name, value in (("workers", workers), ("nice", nice)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    _uvpy._configure_executor(workers, bool(pin), nice)
 
 
 def _configure_from_env():
@@ -59,11 +65,13 @@ def _configure_from_env():
 
     workers = os.environ.get("UVPY_EXECUTOR_WORKERS")
     pin = os.environ.get("UVPY_EXECUTOR_PIN", "") not in ("", "0")
-    if workers or pin:
+    nice = os.environ.get("UVPY_EXECUTOR_NICE")
+    if workers or pin or nice:
         try:
-            configure_executor(int(workers or 0), pin)
+            configure_executor(int(workers or 0), pin, int(nice or 0))
         except ValueError as exc:
-            raise ValueError(f"UVPY_EXECUTOR_WORKERS={workers!r}: {exc}") from None
+            raise ValueError(f"UVPY_EXECUTOR_WORKERS={workers!r}, UVPY_EXECUTOR_NICE={nice!r}: "
+                             f"{exc}") from None
 
 
 _configure_from_env()

@@ -13,13 +13,20 @@
 //  4. run() holds its own references to callback and args, because the
 //     callback may cancel its own handle.
 //  5. A TimerHandle is untracked by the cyclic GC while it sits in the timer
-//     heap (schedule_at untracks it; whatever takes it out -- cancel(), the
-//     run or the release of its reactor reference -- tracks it again). While
-//     the heap holds it, it is reachable from the reactor and so can never be
-//     garbage, but 100k pending timeouts would otherwise be walked by every
-//     full collection (rloop's handles are never tracked at all). Everything
-//     it references stays alive through the untracked handle, exactly as
-//     through any reference the GC cannot see.
+//     heap, and so is the context it holds if that was tracked (schedule_at;
+//     `context_untracked` remembers it). Whatever takes the handle out --
+//     cancel(), the run or the release of its reactor reference -- tracks
+//     both again (ensure_tracked). While the heap holds the handle it is
+//     reachable from the reactor and so can never be garbage, but 100k
+//     pending timeouts and their context copies would otherwise be walked by
+//     every full collection, and would trigger more of them (rloop's handles
+//     are never tracked at all). Everything they reference stays alive
+//     through them, exactly as through any reference the GC cannot see;
+//     tracking an object again is always safe. The order matters: CPython's
+//     context dealloc untracks without checking (a crash if untracked), so
+//     the context is tracked again before the handle can let go of it --
+//     which is why every exit from the heap passes through ensure_tracked()
+//     before any reference is dropped.
 #include <cstring>
 
 #include "clock.h"
@@ -46,7 +53,13 @@ int timer_free_count = 0;
 
 // Rule 5: every way out of the timer heap passes through one of these.
 inline void ensure_tracked(PyObject* obj) {
-  if (!PyObject_GC_IsTracked(obj)) PyObject_GC_Track(obj);
+  if (PyObject_GC_IsTracked(obj)) return;
+  PyObject_GC_Track(obj);
+  auto* h = reinterpret_cast<Handle*>(obj);
+  if (h->context_untracked) {
+    h->context_untracked = false;
+    if (h->context && !PyObject_GC_IsTracked(h->context)) PyObject_GC_Track(h->context);
+  }
 }
 
 void retain(void* obj) { Py_INCREF(static_cast<PyObject*>(obj)); }
@@ -363,6 +376,7 @@ Handle* new_handle(PyTypeObject* type, PyObject* callback, PyObject* args, LoopC
   h->repr = nullptr;
   h->weakreflist = nullptr;
   h->cancelled = false;
+  h->context_untracked = false;
   if (context == nullptr || context == Py_None) {
     h->context = PyContext_CopyCurrent();
     if (h->context == nullptr) {

@@ -122,6 +122,10 @@ PyObject* schedule_at(LoopCore* self, double when, PyObject* const* args, Py_ssi
   self->reactor->add_timer(&t->node);
   // handle.cc rule 5: out of the GC's sight while the heap holds it.
   PyObject_GC_UnTrack(h);
+  if (h->context && PyObject_GC_IsTracked(h->context)) {
+    PyObject_GC_UnTrack(h->context);
+    h->context_untracked = true;
+  }
   return reinterpret_cast<PyObject*>(h);
 }
 

@@ -23,6 +23,7 @@ struct Handle {
   PyObject* repr;              // kept on cancel in debug mode
   PyObject* weakreflist;
   bool cancelled;
+  bool context_untracked;  // handle.cc rule 5: we untracked `context`
 };
 
 // asyncio.TimerHandle-alike: a Handle plus its place in the timer heap.

@@ -1,5 +1,9 @@
 // Timers: ordering by deadline, FIFO among ties, cancellation, expiry.
 #include <catch2/catch.hpp>
+#include <algorithm>
+#include <random>
+#include <set>
+#include <utility>
 #include <vector>
 
 #include "support.h"
@@ -47,6 +51,54 @@ TEST_CASE("timer heap cancel removes from anywhere and releases", "[timers]") {
     ++popped;
   }
   REQUIRE(popped == 100 - 34);
+  for (auto& p : probes) REQUIRE(p->refs == 0);
+}
+
+TEST_CASE("timer heap agrees with a sorted reference under random inserts, cancels and pops",
+          "[timers]") {
+  // Interleaves the three operations at random on a few thousand timers with
+  // many equal deadlines, checking every pop against an ordered set of
+  // (deadline, insertion number): exercises sift-up from removals in the
+  // middle, partial sibling groups at the end of the array, and ties.
+  std::mt19937 rng(12345);
+  uvpy::loop::TimerHeap heap;
+  std::vector<std::unique_ptr<Probe>> probes;
+  std::set<std::pair<double, size_t>> ref;
+  std::vector<size_t> live;
+  size_t pops = 0;
+  for (int step = 0; step < 20000; ++step) {
+    int op = static_cast<int>(rng() % 10);
+    if (op < 5 || live.empty()) {
+      size_t id = probes.size();
+      probes.push_back(std::make_unique<Probe>());
+      probes.back()->node.when = static_cast<double>(rng() % 200);
+      heap.insert(&probes.back()->node);
+      ref.emplace(probes.back()->node.when, id);
+      live.push_back(id);
+    } else if (op < 8) {
+      size_t k = rng() % live.size();
+      size_t id = live[k];
+      live[k] = live.back();
+      live.pop_back();
+      REQUIRE(heap.remove(&probes[id]->node));
+      ref.erase({probes[id]->node.when, id});
+      REQUIRE(probes[id]->refs == 0);
+    } else {
+      auto* n = heap.pop_due(1e9);
+      REQUIRE(n != nullptr);
+      auto expect = *ref.begin();
+      ref.erase(ref.begin());
+      REQUIRE(n == &probes[expect.second]->node);
+      REQUIRE_FALSE(n->scheduled());
+      live.erase(std::find(live.begin(), live.end(), expect.second));
+      n->cb.release();
+      ++pops;
+    }
+    REQUIRE(heap.size() == ref.size());
+    if (!ref.empty()) REQUIRE(heap.next_when() == ref.begin()->first);
+  }
+  REQUIRE(pops > 1000);
+  heap.clear();
   for (auto& p : probes) REQUIRE(p->refs == 0);
 }
 

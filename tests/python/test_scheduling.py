@@ -343,7 +343,44 @@ def test_pending_timer_handles_are_not_walked_by_the_gc(loop, loop_name):
 
     h = loop.call_later(60, lambda: None)
     if loop_name.startswith("uvpy"):
-        assert not gc.is_tracked(h)  # in the heap: reachable from the reactor
+        # In the heap: reachable from the reactor, and so is its context copy.
+        assert not gc.is_tracked(h)
+        assert not gc.is_tracked(h.get_context())
     h.cancel()
     assert gc.is_tracked(h)
+    # asyncio 3.11's handles have no get_context() (3.12 added it)
+    assert gc.is_tracked(h.get_context() if hasattr(h, "get_context") else h._context)
     assert h.cancelled()
+
+
+_owner_var = contextvars.ContextVar("owner")
+
+
+@pytest.mark.parametrize("how", ["fired", "cancelled", "loop_closed"])
+def test_cycle_through_a_timer_handles_context_is_collected(loop, how):
+    # owner -> handle -> its context copy -> owner (a context variable's
+    # value): collectable once the handle has left the timer heap.
+    import gc
+    import weakref
+
+    class Owner:
+        pass
+
+    def schedule():
+        owner = Owner()
+        _owner_var.set(owner)
+        owner.handle = loop.call_later(0.001 if how == "fired" else 60, lambda: None)
+        return weakref.ref(owner)
+
+    ref = contextvars.copy_context().run(schedule)
+    if how == "fired":
+        run_briefly(loop, 0.02)
+    elif how == "cancelled":
+        ref().handle.cancel()
+        loop.call_soon(loop.stop)  # asyncio drops a cancelled timer lazily,
+        loop.run_forever()  # when it reaches the head of its heap: here
+    else:
+        loop.close()
+    for _ in range(3):
+        gc.collect()
+    assert ref() is None

@@ -52,33 +52,56 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
 #include "backend.h"
 #include "reactor.h"
+#include "uring_buf_ring.h"
 
 namespace uvpy::loop {
 namespace {
 
-constexpr uint64_t kTagPoll = 0, kTagCtl = 1, kTagWake = 2, kTagMask = 3;
+constexpr uint64_t kTagPoll = 0, kTagCtl = 1, kTagWake = 2, kTagRecv = 3, kTagMask = 7;
+constexpr int kNoEnd = 1;  // FdState::end: nothing after the data
 constexpr unsigned kSqEntries = 256;
 constexpr unsigned kCqEntries = 1024;  // overflow is kept by the kernel (FEAT_NODROP)
 
 struct FdState {
-  IoWatcher* watcher;  // nullptr once io_close()d: dead
-  int fd;
+  IoWatcher* watcher = nullptr;  // nullptr once io_close()d: dead
+  int fd = -1;
   int want = 0;        // the interest the reactor asked for
   int armed_mask = 0;  // the interest of the poll in flight (0: being removed)
   bool armed = false;  // a poll is in flight
   bool queued = false; // in pending_: look at it in the next flush
   bool parked = false; // its last poll failed; wait for io_update
+  // Completion reads (invariant 6).
+  struct Held {
+    char* heap;  // nullptr: the data is in provided buffer `bid`
+    uint32_t bid, off, len;
+  };
+  bool consume = false;     // the watcher's reader reads through recv()
+  bool recv_armed = false;  // a multishot recv in flight
+  bool recv_cancel = false; // ... and its cancel submitted
+  bool recv_paused = false; // recv_stop()ped: not re-armed until the reader is back
+  bool recv_off = false;    // this fd cannot multishot recv (not a socket): readiness
+  bool starved = false;     // its recv ended with -ENOBUFS: readiness until buffers return
+  bool in_ready = false;    // in ready_recv_
+  bool in_starved = false;  // in starved_
+  bool pinned = false;      // release_now() still looks at it
+  int end = kNoEnd;         // after the held data: 0 EOF, -errno an error
+  std::vector<Held> held;   // read ahead, not yet recv()'d: held[held_head..]
+  size_t held_head = 0;
   FdState* prev = nullptr;
   FdState* next = nullptr;
+
+  bool has_data() const { return held_head < held.size() || end != kNoEnd; }
 };
 
 struct Completion {
@@ -118,9 +141,24 @@ const char* missing_opcodes(io_uring* ring) {
   return reason;
 }
 
+// Whether this kernel has what completion reads need (multishot recv itself
+// is 6.0+: an older kernel fails the first one with -EINVAL, which turns
+// completion reads off, see on_recv).
+bool have_recv_opcodes(io_uring* ring) {
+  static const bool ok = [ring] {
+    io_uring_probe* probe = io_uring_get_probe_ring(ring);
+    if (probe == nullptr) return false;
+    bool r = io_uring_opcode_supported(probe, IORING_OP_RECV) &&
+             io_uring_opcode_supported(probe, IORING_OP_ASYNC_CANCEL);
+    io_uring_free_probe(probe);
+    return r;
+  }();
+  return ok;
+}
+
 class UringBackend final : public Backend {
  public:
-  explicit UringBackend(UringSetup strongest) : strongest_(strongest) {}
+  explicit UringBackend(const UringOptions& opts) : opts_(opts), strongest_(opts.strongest) {}
   ~UringBackend() override { close(); }
 
   int init(std::string* err) {
@@ -142,6 +180,8 @@ class UringBackend final : public Backend {
       *err = std::string("eventfd: ") + strerror(errno);
       return -errno;
     }
+    comp_ = opts_.completion && have_recv_opcodes(&ring_);
+    setup_buffers();
     return 0;
   }
 
@@ -151,6 +191,8 @@ class UringBackend final : public Backend {
     if (!ring_open_) return -EBADF;
     int rc = ensure_owner();
     if (rc < 0) return rc;
+    // Data read ahead and not yet taken is readiness that needs no wait.
+    if (timeout_ms != 0 && undelivered()) timeout_ms = 0;
     for (int attempt = 0;; ++attempt) {
       flush();
       if (timeout_ms == 0) {
@@ -167,6 +209,7 @@ class UringBackend final : public Backend {
       if (int r = rebuild(); r < 0) return r;
     }
     reap();
+    report_ready();
     // ETIME: the timeout; EINTR: a signal (its wakeup fd is watched);
     // EBUSY/EAGAIN: completions backed up, reaped above, retried next time.
     if (rc == -ETIME || rc == -EINTR || rc == -EBUSY || rc == -EAGAIN) rc = 0;
@@ -188,10 +231,14 @@ class UringBackend final : public Backend {
       struct stat st;
       if (::fstat(w->fd, &st) < 0) return -errno;
       if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) return -EPERM;
-      s = new FdState{w, w->fd};
+      s = new FdState;
+      s->watcher = w;
+      s->fd = w->fd;
       link(s);
       w->backend_data = s;
     }
+    if ((events & kReadable) && !(s->want & kReadable)) s->recv_paused = false;
+    s->consume = w->consume;
     s->want = events;
     s->parked = false;
     enqueue(s);
@@ -204,20 +251,81 @@ class UringBackend final : public Backend {
     w->backend_data = nullptr;
     s->watcher = nullptr;
     s->want = 0;
-    if (s->armed && s->armed_mask != 0) {
+    drop_held(s);
+    const bool poll_live = s->armed && s->armed_mask != 0;
+    const bool recv_live = s->recv_armed && !s->recv_cancel;
+    if (poll_live || recv_live) {
       // Off the owner thread (or with the SQ full) the next flush() removes
-      // it; see invariant 3.
-      if (on_owner_thread() && prep_remove(s))
-        release_now(s);
+      // them; see invariant 3.
+      bool ok = on_owner_thread();
+      if (ok && poll_live) ok = prep_remove(s);
+      if (ok && recv_live) ok = prep_recv_cancel(s);
+      if (ok)
+        release_now(s, poll_live);
       else
         enqueue(s);
     }
     maybe_free(s);
   }
 
+  ssize_t recv(IoWatcher* w, int fd, void* buf, size_t len) override {
+    auto* s = w ? static_cast<FdState*>(w->backend_data) : nullptr;
+    if (s == nullptr || !s->consume) return Backend::recv(w, fd, buf, len);
+    size_t n = take(s, static_cast<char*>(buf), len);
+    if (n > 0) return static_cast<ssize_t>(n);
+    if (s->end != kNoEnd) {
+      int e = s->end;  // delivered once; a reader that stays reads again
+      s->end = kNoEnd;
+      enqueue(s);
+      return e;
+    }
+    if (s->recv_armed || wants_recv(s)) return -EAGAIN;
+    return Backend::recv(w, fd, buf, len);  // readiness for this fd (invariant 6)
+  }
+
+  int recv_stop(IoWatcher* w, std::string* out) override {
+    auto* s = static_cast<FdState*>(w->backend_data);
+    if (s == nullptr || !s->consume) return 1;
+    s->recv_paused = true;
+    if (s->recv_armed && on_owner_thread()) {
+      // Invariant 7: wait for the final CQE, so everything the kernel read
+      // for this reader is in s->held before the reader goes.
+      if (s->recv_cancel || prep_recv_cancel(s)) {
+        s->pinned = true;
+        for (int round = 0; round < 64 && s->recv_armed; ++round) {
+          io_uring_submit_and_get_events(&ring_);
+          if (harvest() == 0 && !io_uring_cq_has_overflow(&ring_)) break;
+        }
+        s->pinned = false;
+      }
+    }
+    for (size_t i = s->held_head; i < s->held.size(); ++i) {
+      const FdState::Held& h = s->held[i];
+      out->append((h.heap ? h.heap : buf_.data(h.bid)) + h.off, h.len - h.off);
+    }
+    drop_held(s);
+    int e = s->end;
+    s->end = kNoEnd;
+    return e;
+  }
+
   void close() override {
     if (!ring_open_) return;
     ring_open_ = false;
+    // Invariant 7: no recv may pick a provided buffer after we unmap them.
+    // The reactor io_close()d every watcher first, which usually cancelled
+    // and reaped them all; cancel any straggler and wait here.
+    if (recv_inflight_ > 0 && on_owner_thread()) {
+      if (io_uring_sqe* sqe = get_sqe()) {
+        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+        io_uring_sqe_set_data64(sqe, kTagCtl);
+        for (int round = 0; round < 64 && recv_inflight_ > 0; ++round) {
+          io_uring_submit_and_get_events(&ring_);
+          if (harvest() == 0 && !io_uring_cq_has_overflow(&ring_)) break;
+        }
+      }
+    }
+    const bool buffers_safe = recv_inflight_ == 0;
     // Exiting the ring cancels every request; nothing is reaped after it,
     // so every FdState can go now.
     io_uring_queue_exit(&ring_);
@@ -225,10 +333,14 @@ class UringBackend final : public Backend {
       FdState* s = all_;
       unlink(s);
       if (s->watcher) s->watcher->backend_data = nullptr;
+      drop_held(s);
       delete s;
     }
+    buf_.release(buffers_safe);
     pending_.clear();
     stash_.clear();
+    ready_recv_.clear();
+    starved_.clear();
     if (efd_ >= 0) ::close(efd_);
     efd_ = -1;
   }
@@ -287,14 +399,26 @@ class UringBackend final : public Backend {
     io_uring fresh{};
     int rc = setup(&fresh, nullptr);
     if (rc < 0) return rc;
+    // Data the old ring already posted is kept (reading the CQ ring is
+    // plain memory); then every held provided buffer is copied out, since
+    // the old buffers go with the old ring (leaked if a recv may still
+    // pick one: invariant 7).
+    harvest();
+    stash_.clear();  // the old ring's other news: every state is reset below
+    for (FdState* s = all_; s != nullptr; s = s->next) spill(s);
     io_uring_queue_exit(&ring_);
+    buf_.release(recv_inflight_ == 0);
+    recv_inflight_ = 0;
     ring_ = fresh;
     wake_armed_ = false;
-    stash_.clear();  // the old ring's news: every state is reset below
+    setup_buffers();
     for (FdState* s = all_; s != nullptr;) {
       FdState* next = s->next;
       s->armed = false;
       s->armed_mask = 0;
+      s->recv_armed = false;
+      s->recv_cancel = false;
+      s->starved = false;
       if (s->watcher == nullptr)
         maybe_free(s);
       else if (s->want && !s->parked)
@@ -302,6 +426,12 @@ class UringBackend final : public Backend {
       s = next;
     }
     return ensure_owner();
+  }
+
+  // Registers the provided-buffer ring on a (still disabled) ring; without
+  // it every consuming reader stays on readiness.
+  void setup_buffers() {
+    if (comp_ && buf_.init(&ring_, 0, opts_.buf_count, opts_.buf_size) < 0) comp_ = false;
   }
 
   // Only on the owner thread. nullptr: the SQ is full and the kernel would
@@ -312,26 +442,26 @@ class UringBackend final : public Backend {
     return sqe;
   }
 
-  bool prep_poll(FdState* s) {
+  bool prep_poll(FdState* s, int want) {
     io_uring_sqe* sqe = get_sqe();
     if (sqe == nullptr) return false;
-    io_uring_prep_poll_add(sqe, s->fd, to_poll(s->want));
+    io_uring_prep_poll_add(sqe, s->fd, to_poll(want));
     io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(s) | kTagPoll);
     s->armed = true;
-    s->armed_mask = s->want;
+    s->armed_mask = want;
     return true;
   }
 
   // Updates the poll in flight in place; if it already fired, the update
   // fails (ENOENT/EALREADY) and the poll's own CQE brings the old result.
-  bool prep_update(FdState* s) {
+  bool prep_update(FdState* s, int want) {
     io_uring_sqe* sqe = get_sqe();
     if (sqe == nullptr) return false;
     uint64_t ud = reinterpret_cast<uint64_t>(s) | kTagPoll;
     // new_user_data must be 0 unless IORING_POLL_UPDATE_USER_DATA (EINVAL).
-    io_uring_prep_poll_update(sqe, ud, 0, to_poll(s->want), IORING_POLL_UPDATE_EVENTS);
+    io_uring_prep_poll_update(sqe, ud, 0, to_poll(want), IORING_POLL_UPDATE_EVENTS);
     ctl_flags(sqe);
-    s->armed_mask = s->want;
+    s->armed_mask = want;
     return true;
   }
 
@@ -364,17 +494,35 @@ class UringBackend final : public Backend {
   // cannot take more, the rest stays queued for the next iteration.
   void flush() {
     if (!wake_armed_) arm_wakeup();
+    if (!starved_.empty() && buf_.avail() >= std::max(1u, buf_.count() / 8)) {
+      // Buffers are back: starved readers return to multishot recv.
+      for (FdState* s : starved_) {
+        s->in_starved = false;
+        s->starved = false;
+        enqueue(s);
+      }
+      starved_.clear();
+    }
     size_t done = 0;
     for (; done < pending_.size(); ++done) {
       FdState* s = pending_[done];
       bool ok = true;
+      const int pw = poll_want(s);
       if (s->parked) {
-      } else if (!s->armed) {
-        if (s->want) ok = prep_poll(s);
-      } else if (s->want == 0) {  // idle, or dead (io_close'd off the owner thread)
-        if (s->armed_mask != 0) ok = prep_remove(s);
-      } else if (s->want != s->armed_mask) {
-        ok = prep_update(s);
+      } else {
+        if (wants_recv(s)) {
+          if (!s->recv_armed) ok = prep_recv(s);
+        } else if (s->recv_armed && !s->recv_cancel) {
+          ok = prep_recv_cancel(s);
+        }
+        if (!ok) {
+        } else if (!s->armed) {
+          if (pw) ok = prep_poll(s, pw);
+        } else if (pw == 0) {  // idle, or dead (io_close'd off the owner thread)
+          if (s->armed_mask != 0) ok = prep_remove(s);
+        } else if (pw != s->armed_mask) {
+          ok = prep_update(s, pw);
+        }
       }
       if (!ok) break;
       s->queued = false;
@@ -386,27 +534,36 @@ class UringBackend final : public Backend {
   // Invariant 3: enter the ring until the removed poll's completion (after
   // which the kernel has dropped its file) is off the ring. Each round makes
   // progress or finds nothing left to run; the bound is only a safety net.
-  void release_now(FdState* s) {
+  // The same for a multishot recv (its final CQE) when recv_live.
+  void release_now(FdState* s, bool poll_live) {
     const uint64_t ud = reinterpret_cast<uint64_t>(s) | kTagPoll;
-    for (int round = 0; round < 64; ++round) {
+    bool poll_done = !poll_live;
+    s->pinned = true;  // on_recv() must not free it under us
+    for (int round = 0; round < 64 && !(poll_done && !s->recv_armed); ++round) {
       io_uring_submit_and_get_events(&ring_);
       size_t before = stash_.size();
-      harvest();
+      unsigned n = harvest();
       for (size_t i = before; i < stash_.size(); ++i)
-        if (stash_[i].user_data == ud) return;
-      if (stash_.size() == before && !io_uring_cq_has_overflow(&ring_)) return;
+        if (stash_[i].user_data == ud) poll_done = true;
+      if (n == 0 && !io_uring_cq_has_overflow(&ring_)) break;
     }
+    s->pinned = false;
   }
 
-  // Moves every CQE off the ring into stash_, unprocessed.
-  void harvest() {
+  // Takes every CQE off the ring: recv completions are recorded at once
+  // (on_recv() never calls the sink), the rest wait in stash_ for poll().
+  unsigned harvest() {
     unsigned head, n = 0;
     io_uring_cqe* cqe;
     io_uring_for_each_cqe(&ring_, head, cqe) {
       ++n;
-      stash_.push_back({cqe->user_data, cqe->res, cqe->flags});
+      if ((cqe->user_data & kTagMask) == kTagRecv)
+        on_recv(reinterpret_cast<FdState*>(cqe->user_data & ~kTagMask), cqe->res, cqe->flags);
+      else
+        stash_.push_back({cqe->user_data, cqe->res, cqe->flags});
     }
     io_uring_cq_advance(&ring_, n);
+    return n;
   }
 
   // Stashed completions first: they are older than those still on the ring.
@@ -434,6 +591,9 @@ class UringBackend final : public Backend {
       case kTagWake:
         if (!(c.flags & IORING_CQE_F_MORE)) wake_armed_ = false;
         break;
+      case kTagRecv:
+        on_recv(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res, c.flags);
+        break;
       default:
         // A removal or update that lost the race with its poll firing
         // (ENOENT, EALREADY); anything else is a bug here.
@@ -450,7 +610,7 @@ class UringBackend final : public Backend {
       return;
     }
     if (res >= 0) {
-      if (int ev = from_poll(static_cast<unsigned>(res), s->want)) sink_->on_io(s->watcher, ev);
+      if (int ev = from_poll(static_cast<unsigned>(res), poll_want(s))) sink_->on_io(s->watcher, ev);
     } else if (res != -ECANCELED) {
       s->parked = true;  // invariant 4
       return;
@@ -465,9 +625,176 @@ class UringBackend final : public Backend {
   }
 
   void maybe_free(FdState* s) {
-    if (s->watcher != nullptr || s->armed || s->queued) return;
+    if (s->watcher != nullptr || s->armed || s->queued || s->recv_armed || s->in_ready ||
+        s->in_starved || s->pinned)
+      return;
     unlink(s);
+    drop_held(s);
     delete s;
+  }
+
+  // --- completion reads (invariants 6-8) ----------------------------------------
+
+  bool recv_capable(const FdState* s) const { return comp_ && s->consume && !s->recv_off; }
+
+  bool wants_recv(const FdState* s) const {
+    return recv_capable(s) && (s->want & kReadable) && !s->recv_paused && !s->starved &&
+           s->end == kNoEnd;
+  }
+
+  // The poll's share of the interest: a reader fed by a multishot recv
+  // needs no POLLIN (a starved one does, until buffers return).
+  int poll_want(const FdState* s) const {
+    if (!recv_capable(s) || (s->starved && !s->recv_armed && !s->recv_paused)) return s->want;
+    return s->want & ~kReadable;
+  }
+
+  bool prep_recv(FdState* s) {
+    io_uring_sqe* sqe = get_sqe();
+    if (sqe == nullptr) return false;
+    io_uring_prep_recv_multishot(sqe, s->fd, nullptr, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = buf_.group();
+    io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(s) | kTagRecv);
+    s->recv_armed = true;
+    s->recv_cancel = false;
+    ++recv_inflight_;
+    return true;
+  }
+
+  // The recv ends with -ECANCELED (after any data it had already taken).
+  bool prep_recv_cancel(FdState* s) {
+    io_uring_sqe* sqe = get_sqe();
+    if (sqe == nullptr) return false;
+    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(s) | kTagRecv, 0);
+    ctl_flags(sqe);
+    s->recv_cancel = true;
+    return true;
+  }
+
+  void on_recv(FdState* s, int res, unsigned flags) {
+    const bool more = flags & IORING_CQE_F_MORE;
+    if (flags & IORING_CQE_F_BUFFER) {
+      const unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+      buf_.taken();
+      if (res > 0 && s->watcher != nullptr)
+        keep(s, bid, static_cast<uint32_t>(res));
+      else
+        buf_.recycle(bid);
+    }
+    if (!more) {
+      s->recv_armed = false;
+      s->recv_cancel = false;
+      --recv_inflight_;
+    }
+    if (s->watcher == nullptr) {
+      if (!more) maybe_free(s);
+      return;
+    }
+    if (res == 0) {
+      s->end = 0;
+    } else if (res == -ENOBUFS) {
+      s->starved = true;
+      if (!s->in_starved) {
+        s->in_starved = true;
+        starved_.push_back(s);
+      }
+    } else if (res == -EINVAL && !s->has_data()) {
+      comp_ = false;  // no multishot recv here (before 6.0): readiness for all
+    } else if (res == -ENOTSOCK || res == -EOPNOTSUPP || res == -EINVAL) {
+      s->recv_off = true;  // this fd only
+    } else if (res < 0 && res != -ECANCELED) {
+      s->end = res;
+    }
+    if (s->has_data()) mark_ready(s);
+    if (!more) enqueue(s);  // flush() decides: re-arm, or readiness
+  }
+
+  // A reader that is not reading (paused) must not hoard provided buffers:
+  // its data moves to the heap and the buffer goes back at once.
+  void keep(FdState* s, unsigned bid, uint32_t len) {
+    char* heap = nullptr;
+    if (!(s->want & kReadable) || s->recv_paused) {
+      heap = new char[len];
+      std::memcpy(heap, buf_.data(bid), len);
+      buf_.recycle(bid);
+    }
+    s->held.push_back({heap, static_cast<uint32_t>(bid), 0, len});
+  }
+
+  // Every held provided buffer to the heap (the buffers are about to go).
+  void spill(FdState* s) {
+    for (size_t i = s->held_head; i < s->held.size(); ++i) {
+      FdState::Held& h = s->held[i];
+      if (h.heap) continue;
+      h.heap = new char[h.len];
+      std::memcpy(h.heap, buf_.data(h.bid), h.len);
+    }
+  }
+
+  size_t take(FdState* s, char* buf, size_t len) {
+    size_t n = 0;
+    while (n < len && s->held_head < s->held.size()) {
+      FdState::Held& h = s->held[s->held_head];
+      size_t k = std::min<size_t>(len - n, h.len - h.off);
+      std::memcpy(buf + n, (h.heap ? h.heap : buf_.data(h.bid)) + h.off, k);
+      n += k;
+      h.off += static_cast<uint32_t>(k);
+      if (h.off < h.len) break;  // the owner's buffer is full; the rest waits
+      if (h.heap)
+        delete[] h.heap;
+      else
+        buf_.recycle(h.bid);
+      ++s->held_head;
+    }
+    if (s->held_head == s->held.size()) {
+      s->held.clear();
+      s->held_head = 0;
+    }
+    return n;
+  }
+
+  void drop_held(FdState* s) {
+    for (size_t i = s->held_head; i < s->held.size(); ++i) {
+      FdState::Held& h = s->held[i];
+      if (h.heap)
+        delete[] h.heap;
+      else if (buf_.ready())
+        buf_.recycle(h.bid);
+    }
+    s->held.clear();
+    s->held_head = 0;
+  }
+
+  void mark_ready(FdState* s) {
+    if (s->in_ready) return;
+    s->in_ready = true;
+    ready_recv_.push_back(s);
+  }
+
+  bool undelivered() const {
+    for (const FdState* s : ready_recv_)
+      if (s->watcher && (s->want & kReadable) && s->has_data()) return true;
+    return false;
+  }
+
+  // Level-triggered, as for polls: a reader is reported in every poll()
+  // while data it has not taken is held for it.
+  void report_ready() {
+    size_t keep_n = 0;
+    for (size_t i = 0; i < ready_recv_.size(); ++i) {
+      FdState* s = ready_recv_[i];
+      if (s->watcher && (s->want & kReadable) && s->has_data()) {
+        sink_->on_io(s->watcher, kReadable);
+        ready_recv_[keep_n++] = s;
+      } else if (s->watcher && s->has_data()) {
+        ready_recv_[keep_n++] = s;  // paused: reported once reading resumes
+      } else {
+        s->in_ready = false;
+        maybe_free(s);
+      }
+    }
+    ready_recv_.resize(keep_n);
   }
 
   void link(FdState* s) {
@@ -481,6 +808,7 @@ class UringBackend final : public Backend {
     if (s->next) s->next->prev = s->prev;
   }
 
+  UringOptions opts_;
   UringSetup strongest_;
   io_uring ring_{};
   unsigned flags_ = 0;
@@ -493,12 +821,31 @@ class UringBackend final : public Backend {
   std::vector<FdState*> pending_;
   std::vector<Completion> stash_;  // taken off the ring outside poll()
   FdState* all_ = nullptr;  // every FdState, for close() and rebuild()
+  // Completion reads.
+  bool comp_ = false;       // on: consuming readers get multishot recvs
+  BufRing buf_;
+  int recv_inflight_ = 0;   // multishot recvs whose final CQE is not reaped
+  std::vector<FdState*> ready_recv_;  // may hold data for their reader
+  std::vector<FdState*> starved_;     // ended with -ENOBUFS
 };
 
 }  // namespace
 
+UringOptions default_uring_options() {
+  UringOptions o;
+  const char* c = std::getenv("UVPY_URING_COMPLETION");
+  if (c && std::strcmp(c, "0") == 0) o.completion = false;
+  return o;
+}
+
 std::unique_ptr<Backend> make_uring_backend(std::string* err, UringSetup strongest) {
-  auto b = std::make_unique<UringBackend>(strongest);
+  UringOptions o = default_uring_options();
+  o.strongest = strongest;
+  return make_uring_backend(err, o);
+}
+
+std::unique_ptr<Backend> make_uring_backend(std::string* err, const UringOptions& opts) {
+  auto b = std::make_unique<UringBackend>(opts);
   std::string why;
   if (b->init(&why) < 0) {
     if (err) *err = why;

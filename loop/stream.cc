@@ -42,7 +42,7 @@ int Stream::watch(int which, bool on) {
   if (on) {
     if (reactor_->closed()) return -ESHUTDOWN;
     Callback cb{which == kReadable ? &kReadOps : &kWriteOps, this};
-    int rc = reactor_->set_io(fd_, which, cb, &old);
+    int rc = reactor_->set_io(fd_, which, cb, &old, which == kReadable && is_socket_);
     if (rc < 0) return rc;
   } else {
     reactor_->clear_io(fd_, which, &old);
@@ -59,14 +59,50 @@ int Stream::start_reading() {
   if (closed_) return -EBADF;
   if (reading_) return 0;
   int rc = watch(kReadable, true);
-  if (rc == 0) reading_ = true;
-  return rc;
+  if (rc < 0) return rc;
+  reading_ = true;
+  // What a pause took back is readable now, whether or not the fd is.
+  if (!held_.empty() || held_end_ != 1) reactor_->call_soon(Callback{&kReadOps, this});
+  return 0;
 }
 
 void Stream::stop_reading() {
   if (!reading_) return;
   reading_ = false;
+  // Take back what the backend read ahead (invariant 6); its watcher may go.
+  if (is_socket_ && held_end_ == 1) {
+    int end = reactor_->recv_stop(fd_, &held_);
+    if (end != 1) held_end_ = end;
+  }
   watch(kReadable, false);
+}
+
+// One read: held_ first, then the reactor (consuming) or read() (not a
+// socket). n >= 0, or -errno.
+ssize_t Stream::read_some(char* buf, size_t len) {
+  if (!held_.empty()) {
+    size_t n = std::min(len, held_.size());
+    std::memcpy(buf, held_.data(), n);
+    held_.erase(0, n);
+    if (held_.empty()) std::string().swap(held_);
+    return static_cast<ssize_t>(n);
+  }
+  if (held_end_ != 1) {
+    ssize_t n = held_end_;
+    held_end_ = 1;
+    return n;
+  }
+  for (;;) {
+    if (is_socket_) {
+      ssize_t n = reactor_->recv(fd_, buf, len);
+      if (n != -ENOTSOCK) return n;
+      is_socket_ = false;
+    }
+    ssize_t n = ::read(fd_, buf, len);
+    if (n >= 0) return n;
+    if (errno == EINTR) continue;
+    return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+  }
 }
 
 int Stream::on_readable() {
@@ -75,21 +111,9 @@ int Stream::on_readable() {
   char* buf;
   size_t len;
   if (int rc = owner_->read_buffer(&buf, &len); rc <= 0) return rc;
-  ssize_t n;
-  for (;;) {
-    n = is_socket_ ? ::recv(fd_, buf, len, 0) : ::read(fd_, buf, len);
-    if (n >= 0) break;
-    if (errno == EINTR) continue;
-    if (errno == ENOTSOCK && is_socket_) {
-      is_socket_ = false;
-      continue;
-    }
-    int err = errno;
-    if (err == EAGAIN || err == EWOULDBLOCK) return owner_->on_read(-EAGAIN);
-    stop_reading();
-    return owner_->on_read(-err);
-  }
-  if (n == 0) stop_reading();
+  ssize_t n = read_some(buf, len);
+  if (n == -EAGAIN) return owner_->on_read(-EAGAIN);
+  if (n <= 0) stop_reading();
   return owner_->on_read(n);
 }
 
@@ -264,6 +288,8 @@ void Stream::close() {
   shut_pending_ = false;
   stop_reading();
   discard_writes();
+  std::string().swap(held_);
+  held_end_ = 1;
 }
 
 }  // namespace uvpy::loop

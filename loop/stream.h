@@ -1,10 +1,14 @@
 // stream.h — the I/O half of a stream transport on one connected fd: no
 // Python, no policy. bindings/transport.cc puts asyncio's semantics on top.
 //
-//   reading   while on, the fd's reader is installed; each readiness event
-//             does one recv() into a buffer the owner lends (the libuv
+//   reading   while on, the fd's reader is installed as a consuming one
+//             (backend.h, contract 5); each readiness event does one
+//             Reactor::recv() into a buffer the owner lends (the libuv
 //             alloc_cb/read_cb pattern, which also fits BufferedProtocol)
-//             and reports the outcome through on_read().
+//             and reports the outcome through on_read(). The backend may
+//             have read ahead (io_uring); recv() then copies what it holds.
+//   pausing   stop_reading() takes back whatever the backend read ahead
+//             (held_); the next reads deliver it first, in order.
 //   writing   write() sends at once when nothing is queued; whatever the
 //             kernel does not take is copied into the write queue and the
 //             fd's writer is installed until the queue drains (sendmsg of
@@ -25,6 +29,9 @@
 //  4. Each reactor reference to the stream (an installed watcher, a queued
 //     readiness callback) holds a StreamOwner::retain(), so the owner --
 //     and the stream inside it -- outlives every callback the reactor runs.
+//  6. Bytes reach the owner in the order the peer sent them: held_ (what a
+//     pause took back) always goes before anything recv() returns, and an
+//     end (EOF or error) held with it goes after its data.
 //  5. Owner callbacks return 0, or -1 to abort the reactor's current drain
 //     (the owner keeps the reason). The stream returns at once after a -1,
 //     in a consistent state. Inside write()/set_limits() on_pause_writing()
@@ -35,6 +42,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "callback.h"
@@ -119,6 +127,7 @@ class Stream {
   static int cb_write(void* p);
 
   int on_readable();
+  ssize_t read_some(char* buf, size_t len);
   int on_writable();
   ssize_t send_iov(const struct iovec* iov, int count);
   void enqueue(const char* p, size_t n);
@@ -138,6 +147,8 @@ class Stream {
   size_t high_ = kDefaultHigh;
   size_t low_ = kDefaultLow;
   size_t queued_ = 0;
+  std::string held_;    // read ahead before a pause, not yet delivered
+  int held_end_ = 1;    // after held_: 0 EOF, -errno; 1 none
   // The write queue: chunks_[head_..] are live. A vector (no allocation
   // until the first queued write; std::deque allocates ~600 bytes up front,
   // paid by every idle connection) that is reset once it drains.

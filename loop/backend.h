@@ -24,6 +24,14 @@
 //  6. recv_stop() ends reading ahead and hands over whatever was read ahead
 //     but not yet recv()'d, so nothing is lost or reordered when a reader
 //     pauses (its watcher may then be forgotten).
+//  7. Consuming writes. A watcher whose writer consumes (a Stream with a
+//     non-empty write queue) may hand the backend a send with
+//     send_start(); 0 means it is on its way and its result comes back as
+//     one kWritable report, collected with send_result(). -ENOTSUP means
+//     "not here": wait for kWritable readiness and send yourself. A send
+//     shares ownership of the memory it reads (SendRef::owner), so the
+//     writer may drop its queue at any time; dropping kWritable (or
+//     io_close) cancels the send.
 #pragma once
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -37,6 +45,13 @@ namespace uvpy::loop {
 enum IoEvents : int { kReadable = 1, kWritable = 2 };
 
 struct IoWatcher;  // reactor.h
+
+// One piece of a send: [data, data+len) inside memory kept alive by owner.
+struct SendRef {
+  const char* data;
+  size_t len;
+  std::shared_ptr<char[]> owner;
+};
 
 class Backend {
  public:
@@ -79,6 +94,18 @@ class Backend {
     (void)w;
     (void)held;
     return 1;
+  }
+  // Contract 7. send_result(): n >= 0 bytes sent, -errno the send's error,
+  // -EINPROGRESS still in flight, -ENOENT no send started.
+  virtual int send_start(IoWatcher* w, const SendRef* parts, int count) {
+    (void)w;
+    (void)parts;
+    (void)count;
+    return -ENOTSUP;
+  }
+  virtual ssize_t send_result(IoWatcher* w) {
+    (void)w;
+    return -ENOENT;
   }
 
   void set_sink(Sink* s) { sink_ = s; }

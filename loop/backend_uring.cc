@@ -1,10 +1,22 @@
 // backend_uring.cc — the Linux fast-path Backend on io_uring (liburing).
 //
-// Still readiness, like backend_uv: the ring tells the reactor "fd 7 is
-// readable" and the callback does the I/O itself. What io_uring buys is one
-// syscall per loop iteration for everything: the poll (re-)arms and removals
-// queued since the last iteration are submitted by the same io_uring_enter
-// that waits.
+// Two models side by side, chosen per watcher direction:
+//
+//   readiness   plain watchers (add_reader/add_writer from Python, and any
+//               direction where completion I/O is off): one-shot POLL_ADDs,
+//               re-armed each iteration; the callback does its own I/O.
+//   completion  consuming watchers (backend.h, contracts 5-7: a Stream's
+//               reader, and its writer while its queue is non-empty): the
+//               kernel does the I/O. A reader keeps a multishot RECV with
+//               IOSQE_BUFFER_SELECT armed on one provided-buffer ring
+//               (uring_buf_ring.h); its CQEs are recorded here as held data
+//               and the reader is reported readable, and recv() copies out
+//               and recycles. A writer hands over one SEND/SENDMSG at a time;
+//               its CQE reports kWritable and send_result() gives the count.
+//
+// Either way one io_uring_enter per loop iteration carries everything: the
+// poll (re-)arms, recvs, sends and cancels queued since the last iteration
+// are submitted by the same call that waits.
 //
 // One-shot polls, not multishot. A multishot IORING_OP_POLL_ADD posts one
 // CQE per wake-up of the fd's wait queue: a reader that leaves data behind
@@ -12,39 +24,65 @@
 // refused with multishot). asyncio's selector loops are level-triggered, so
 // each poll here is one-shot and is re-armed, if still wanted, just before
 // the next wait: an fd that is still ready completes again inside that
-// submit, costing no extra syscall.
+// submit, costing no extra syscall. Held recv data is level-triggered the
+// same way: reported in every poll() while the reader leaves some behind.
 //
 // user_data, 64 bits:
-//   bits 0-1   tag: 0 the poll of an FdState, 1 a poll remove/update (its
-//              CQE, if any, only reports a lost race and is ignored),
-//              2 the wakeup eventfd's multishot poll
-//   bits 2-63  tag 0 only: the FdState's address (heap objects, 8-aligned)
+//   bits 0-2   tag: 0 the poll of an FdState, 1 a poll remove/update or a
+//              cancel (its CQE, if any, only reports a lost race and is
+//              ignored), 2 the wakeup eventfd's multishot poll, 3 the
+//              multishot recv of an FdState, 4 the send of an FdState
+//   bits 3-63  tags 0, 3, 4: the FdState's address (heap objects, 8-aligned)
 //
 // Invariants:
-//  1. An FdState has at most one poll in flight (`armed`). It is freed only
-//     when it is dead (io_close'd), not armed and not queued for the next
-//     flush, so no CQE ever carries the address of freed memory.
+//  1. An FdState has at most one poll, one recv and one send in flight. It
+//     is freed only when it is dead (io_close'd), none of them is in flight,
+//     and it is on no list (pending_, ready_recv_, starved_, send_wake_),
+//     so no CQE ever carries the address of freed memory.
 //  2. Only the owner thread submits. With IORING_SETUP_SINGLE_ISSUER the
 //     ring is created disabled and enabled by the first thread that polls;
 //     if the loop later polls on another thread, the ring is rebuilt there.
 //     Polls are one-shot, so re-arming every wanted fd on the new ring
-//     loses no readiness. wakeup() only writes the eventfd.
-//  3. A poll in flight holds a reference to the fd's file, so io_close()
-//     on the owner thread submits the removal at once and enters the ring
-//     until the poll's completion is out (DEFER_TASKRUN runs only a bounded
-//     batch of task work per enter): the caller usually closes the fd next,
-//     and the peer must see the FIN then, not at the next loop iteration.
-//     Completions taken off the ring there wait in stash_ for poll(), since
-//     the sink may be called only from poll().
+//     loses no readiness; recv data the old ring posted is kept, and a send
+//     whose outcome died with the old ring fails its writer with -EIO
+//     rather than guess what went out. wakeup() only writes the eventfd.
+//  3. A request in flight holds a reference to the fd's file, so io_close()
+//     on the owner thread submits the removal/cancels at once and enters
+//     the ring until their completions are out (DEFER_TASKRUN runs only a
+//     bounded batch of task work per enter): the caller usually closes the
+//     fd next, and the peer must see the FIN then, not at the next loop
+//     iteration. Completions taken off the ring outside poll() are recv
+//     data (recorded at once: recording calls no sink) or wait in stash_
+//     for poll(), since the sink may be called only from poll().
 //  4. A poll that fails (-EBADF: the fd was closed under its watcher) parks
 //     its FdState, reporting nothing, as epoll drops a closed file; the next
 //     io_update() unparks it. Re-arming it would spin.
-//  5. No request ever points into user memory: the ring is torn down
-//     asynchronously by the kernel after close(), so an in-flight read into
-//     a buffer of ours could land after we freed it. Hence the wakeup is a
-//     multishot poll on an eventfd that is never read: each write wakes the
-//     poll (edge-triggered is right for an event), and the 64-bit counter
-//     cannot overflow in practice.
+//  5. The ring is torn down asynchronously by the kernel after close(), so
+//     a request that points into our memory must have its final CQE reaped
+//     before that memory is freed or reused. The wakeup is a multishot poll
+//     on an eventfd that is never read (each write wakes the poll; the
+//     64-bit counter cannot overflow in practice). Recvs write only into
+//     provided buffers (invariant 7); sends share ownership of what they
+//     read (invariant 9).
+//  6. Completion reads never take a byte a plain watcher could see: only a
+//     consuming reader gets a multishot recv. Where it cannot have one the
+//     reader falls back to readiness and recv() is the syscall: the fd is
+//     not a socket (-ENOTSOCK: that fd only), the kernel lacks multishot
+//     recv (-EINVAL: all fds), or the ring ran dry (-ENOBUFS: until an
+//     eighth of the buffers is back). A pause (recv_stop) cancels the recv
+//     and waits for its final CQE, so all it read is handed back in order;
+//     data for a reader that is not reading is copied to the heap and its
+//     buffer recycled at once: a paused reader hoards no ring buffer.
+//  7. Provided buffers are unmapped only when no recv is in flight (every
+//     final CQE reaped): Backend::close cancels and reaps stragglers, and
+//     leaks the buffers rather than unmap them if it cannot (off the owner
+//     thread); a ring rebuild likewise leaves the old buffers behind.
+//  8. A held buffer goes back to the ring exactly once: when recv() has
+//     copied all of it, or when its reader is dropped.
+//  9. A send reads memory it co-owns (SendRef::owner), so the writer may
+//     drop its queue any time; dropping the writer cancels the send, whose
+//     result is then discarded. One send per fd at a time, submitted at the
+//     next flush; a partial send is simply a smaller result.
 #include <liburing.h>
 #include <poll.h>
 #include <pthread.h>
@@ -59,6 +97,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "backend.h"
@@ -68,7 +107,8 @@
 namespace uvpy::loop {
 namespace {
 
-constexpr uint64_t kTagPoll = 0, kTagCtl = 1, kTagWake = 2, kTagRecv = 3, kTagMask = 7;
+constexpr uint64_t kTagPoll = 0, kTagCtl = 1, kTagWake = 2, kTagRecv = 3, kTagSend = 4,
+                   kTagMask = 7;
 constexpr int kNoEnd = 1;  // FdState::end: nothing after the data
 constexpr unsigned kSqEntries = 256;
 constexpr unsigned kCqEntries = 1024;  // overflow is kept by the kernel (FEAT_NODROP)
@@ -86,7 +126,7 @@ struct FdState {
     char* heap;  // nullptr: the data is in provided buffer `bid`
     uint32_t bid, off, len;
   };
-  bool consume = false;     // the watcher's reader reads through recv()
+  int consume = 0;          // the watcher's consuming directions
   bool recv_armed = false;  // a multishot recv in flight
   bool recv_cancel = false; // ... and its cancel submitted
   bool recv_paused = false; // recv_stop()ped: not re-armed until the reader is back
@@ -98,6 +138,17 @@ struct FdState {
   int end = kNoEnd;         // after the held data: 0 EOF, -errno an error
   std::vector<Held> held;   // read ahead, not yet recv()'d: held[held_head..]
   size_t held_head = 0;
+  // Completion sends (invariant 9).
+  bool send_queued = false; // send_iov waits for the next flush
+  bool send_armed = false;  // a send in flight
+  bool send_cancel = false; // ... and its cancel submitted
+  bool send_unwanted = false; // ... and its writer gone: drop its result
+  bool send_done = false;   // send_res waits for send_result()
+  bool in_wake = false;     // in send_wake_
+  int send_res = 0;
+  std::vector<iovec> send_iov;
+  std::vector<std::shared_ptr<char[]>> send_keep;  // what the send reads
+  msghdr send_msg{};
   FdState* prev = nullptr;
   FdState* next = nullptr;
 
@@ -144,6 +195,19 @@ const char* missing_opcodes(io_uring* ring) {
 // Whether this kernel has what completion reads need (multishot recv itself
 // is 6.0+: an older kernel fails the first one with -EINVAL, which turns
 // completion reads off, see on_recv).
+bool have_send_opcodes(io_uring* ring) {
+  static const bool ok = [ring] {
+    io_uring_probe* probe = io_uring_get_probe_ring(ring);
+    if (probe == nullptr) return false;
+    bool r = io_uring_opcode_supported(probe, IORING_OP_SEND) &&
+             io_uring_opcode_supported(probe, IORING_OP_SENDMSG) &&
+             io_uring_opcode_supported(probe, IORING_OP_ASYNC_CANCEL);
+    io_uring_free_probe(probe);
+    return r;
+  }();
+  return ok;
+}
+
 bool have_recv_opcodes(io_uring* ring) {
   static const bool ok = [ring] {
     io_uring_probe* probe = io_uring_get_probe_ring(ring);
@@ -181,6 +245,7 @@ class UringBackend final : public Backend {
       return -errno;
     }
     comp_ = opts_.completion && have_recv_opcodes(&ring_);
+    send_ok_ = opts_.completion && have_send_opcodes(&ring_);
     setup_buffers();
     return 0;
   }
@@ -252,20 +317,50 @@ class UringBackend final : public Backend {
     s->watcher = nullptr;
     s->want = 0;
     drop_held(s);
+    drop_send(s);
     const bool poll_live = s->armed && s->armed_mask != 0;
     const bool recv_live = s->recv_armed && !s->recv_cancel;
-    if (poll_live || recv_live) {
+    const bool send_live = s->send_armed && !s->send_cancel;
+    if (poll_live || recv_live || send_live) {
       // Off the owner thread (or with the SQ full) the next flush() removes
       // them; see invariant 3.
       bool ok = on_owner_thread();
       if (ok && poll_live) ok = prep_remove(s);
       if (ok && recv_live) ok = prep_recv_cancel(s);
+      if (ok && send_live) ok = prep_send_cancel(s);
       if (ok)
-        release_now(s, poll_live);
+        release_now(s, poll_live, send_live);
       else
         enqueue(s);
     }
     maybe_free(s);
+  }
+
+  int send_start(IoWatcher* w, const SendRef* parts, int count) override {
+    auto* s = static_cast<FdState*>(w->backend_data);
+    if (s == nullptr || !send_capable(s)) return -ENOTSUP;
+    // One at a time; a cancelled one still in flight reports kWritable
+    // when it ends, and the writer tries again then.
+    if (s->send_armed || s->send_queued || s->send_done || count <= 0) return -EBUSY;
+    s->send_iov.clear();
+    s->send_keep.clear();
+    for (int i = 0; i < count; ++i) {
+      s->send_iov.push_back({const_cast<char*>(parts[i].data), parts[i].len});
+      s->send_keep.push_back(parts[i].owner);
+    }
+    s->send_queued = true;  // batched into the next io_uring_enter
+    enqueue(s);
+    return 0;
+  }
+
+  ssize_t send_result(IoWatcher* w) override {
+    auto* s = static_cast<FdState*>(w->backend_data);
+    if (s == nullptr) return -ENOENT;
+    if (s->send_done) {
+      s->send_done = false;
+      return s->send_res;
+    }
+    return s->send_armed || s->send_queued ? -EINPROGRESS : -ENOENT;
   }
 
   ssize_t recv(IoWatcher* w, int fd, void* buf, size_t len) override {
@@ -315,17 +410,30 @@ class UringBackend final : public Backend {
     // Invariant 7: no recv may pick a provided buffer after we unmap them.
     // The reactor io_close()d every watcher first, which usually cancelled
     // and reaped them all; cancel any straggler and wait here.
-    if (recv_inflight_ > 0 && on_owner_thread()) {
+    if ((recv_inflight_ > 0 || send_inflight_ > 0) && on_owner_thread()) {
       if (io_uring_sqe* sqe = get_sqe()) {
         io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
         io_uring_sqe_set_data64(sqe, kTagCtl);
-        for (int round = 0; round < 64 && recv_inflight_ > 0; ++round) {
+        for (int round = 0; round < 64 && (recv_inflight_ > 0 || send_inflight_ > 0); ++round) {
           io_uring_submit_and_get_events(&ring_);
           if (harvest() == 0 && !io_uring_cq_has_overflow(&ring_)) break;
+          for (const Completion& c : stash_) {
+            if ((c.user_data & kTagMask) != kTagSend) continue;
+            auto* s = reinterpret_cast<FdState*>(c.user_data & ~kTagMask);
+            s->send_armed = false;
+            s->send_keep.clear();
+            --send_inflight_;
+          }
+          stash_.clear();
         }
       }
     }
     const bool buffers_safe = recv_inflight_ == 0;
+    if (send_inflight_ > 0) {
+      // Sends we could not reap may still read their memory: keep it.
+      for (FdState* s = all_; s != nullptr; s = s->next)
+        if (s->send_armed) leak_send_memory(s);
+    }
     // Exiting the ring cancels every request; nothing is reaped after it,
     // so every FdState can go now.
     io_uring_queue_exit(&ring_);
@@ -341,6 +449,7 @@ class UringBackend final : public Backend {
     stash_.clear();
     ready_recv_.clear();
     starved_.clear();
+    send_wake_.clear();
     if (efd_ >= 0) ::close(efd_);
     efd_ = -1;
   }
@@ -404,8 +513,24 @@ class UringBackend final : public Backend {
     // the old buffers go with the old ring (leaked if a recv may still
     // pick one: invariant 7).
     harvest();
+    for (const Completion& c : stash_)  // finished sends keep their results
+      if ((c.user_data & kTagMask) == kTagSend)
+        on_send(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
     stash_.clear();  // the old ring's other news: every state is reset below
-    for (FdState* s = all_; s != nullptr; s = s->next) spill(s);
+    for (FdState* s = all_; s != nullptr; s = s->next) {
+      spill(s);
+      if (s->send_armed) {
+        // Its outcome is lost with the ring: fail the writer rather than
+        // guess how much went out, and never free what it may still read.
+        leak_send_memory(s);
+        s->send_armed = false;
+        s->send_cancel = false;
+        s->send_done = true;
+        s->send_res = -EIO;
+        wake_writer(s);
+      }
+    }
+    send_inflight_ = 0;
     io_uring_queue_exit(&ring_);
     buf_.release(recv_inflight_ == 0);
     recv_inflight_ = 0;
@@ -516,6 +641,13 @@ class UringBackend final : public Backend {
           ok = prep_recv_cancel(s);
         }
         if (!ok) {
+        } else if (!wants_send(s)) {
+          drop_send(s);
+          if (s->send_armed && !s->send_cancel) ok = prep_send_cancel(s);
+        } else if (s->send_queued && !s->send_armed) {
+          ok = prep_send(s);
+        }
+        if (!ok) {
         } else if (!s->armed) {
           if (pw) ok = prep_poll(s, pw);
         } else if (pw == 0) {  // idle, or dead (io_close'd off the owner thread)
@@ -534,17 +666,20 @@ class UringBackend final : public Backend {
   // Invariant 3: enter the ring until the removed poll's completion (after
   // which the kernel has dropped its file) is off the ring. Each round makes
   // progress or finds nothing left to run; the bound is only a safety net.
-  // The same for a multishot recv (its final CQE) when recv_live.
-  void release_now(FdState* s, bool poll_live) {
+  // The same for a multishot recv (its final CQE) and a send.
+  void release_now(FdState* s, bool poll_live, bool send_live) {
     const uint64_t ud = reinterpret_cast<uint64_t>(s) | kTagPoll;
-    bool poll_done = !poll_live;
+    const uint64_t send_ud = reinterpret_cast<uint64_t>(s) | kTagSend;
+    bool poll_done = !poll_live, send_done = !send_live;
     s->pinned = true;  // on_recv() must not free it under us
-    for (int round = 0; round < 64 && !(poll_done && !s->recv_armed); ++round) {
+    for (int round = 0; round < 64 && !(poll_done && send_done && !s->recv_armed); ++round) {
       io_uring_submit_and_get_events(&ring_);
       size_t before = stash_.size();
       unsigned n = harvest();
-      for (size_t i = before; i < stash_.size(); ++i)
+      for (size_t i = before; i < stash_.size(); ++i) {
         if (stash_[i].user_data == ud) poll_done = true;
+        if (stash_[i].user_data == send_ud) send_done = true;
+      }
       if (n == 0 && !io_uring_cq_has_overflow(&ring_)) break;
     }
     s->pinned = false;
@@ -594,6 +729,9 @@ class UringBackend final : public Backend {
       case kTagRecv:
         on_recv(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res, c.flags);
         break;
+      case kTagSend:
+        on_send(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
+        break;
       default:
         // A removal or update that lost the race with its poll firing
         // (ENOENT, EALREADY); anything else is a bug here.
@@ -626,7 +764,7 @@ class UringBackend final : public Backend {
 
   void maybe_free(FdState* s) {
     if (s->watcher != nullptr || s->armed || s->queued || s->recv_armed || s->in_ready ||
-        s->in_starved || s->pinned)
+        s->in_starved || s->pinned || s->send_armed || s->in_wake)
       return;
     unlink(s);
     drop_held(s);
@@ -635,7 +773,11 @@ class UringBackend final : public Backend {
 
   // --- completion reads (invariants 6-8) ----------------------------------------
 
-  bool recv_capable(const FdState* s) const { return comp_ && s->consume && !s->recv_off; }
+  bool recv_capable(const FdState* s) const {
+    return comp_ && (s->consume & kReadable) && !s->recv_off;
+  }
+  bool send_capable(const FdState* s) const { return send_ok_ && (s->consume & kWritable); }
+  bool wants_send(const FdState* s) const { return send_capable(s) && (s->want & kWritable); }
 
   bool wants_recv(const FdState* s) const {
     return recv_capable(s) && (s->want & kReadable) && !s->recv_paused && !s->starved &&
@@ -644,9 +786,86 @@ class UringBackend final : public Backend {
 
   // The poll's share of the interest: a reader fed by a multishot recv
   // needs no POLLIN (a starved one does, until buffers return).
+  // So does a writer whose sends are completion sends.
   int poll_want(const FdState* s) const {
-    if (!recv_capable(s) || (s->starved && !s->recv_armed && !s->recv_paused)) return s->want;
-    return s->want & ~kReadable;
+    int w = s->want;
+    if (recv_capable(s) && !(s->starved && !s->recv_armed && !s->recv_paused)) w &= ~kReadable;
+    if (send_capable(s)) w &= ~kWritable;
+    return w;
+  }
+
+  // --- completion sends (invariant 9) -------------------------------------------
+
+  bool prep_send(FdState* s) {
+    io_uring_sqe* sqe = get_sqe();
+    if (sqe == nullptr) return false;
+    if (s->send_iov.size() == 1) {
+      io_uring_prep_send(sqe, s->fd, s->send_iov[0].iov_base, s->send_iov[0].iov_len,
+                         MSG_NOSIGNAL);
+    } else {
+      s->send_msg = msghdr{};
+      s->send_msg.msg_iov = s->send_iov.data();
+      s->send_msg.msg_iovlen = s->send_iov.size();
+      io_uring_prep_sendmsg(sqe, s->fd, &s->send_msg, MSG_NOSIGNAL);
+    }
+    io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(s) | kTagSend);
+    s->send_queued = false;
+    s->send_armed = true;
+    s->send_cancel = false;
+    s->send_unwanted = false;
+    ++send_inflight_;
+    return true;
+  }
+
+  bool prep_send_cancel(FdState* s) {
+    io_uring_sqe* sqe = get_sqe();
+    if (sqe == nullptr) return false;
+    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(s) | kTagSend, 0);
+    ctl_flags(sqe);
+    s->send_cancel = true;
+    return true;
+  }
+
+  // The writer went: a queued send is dropped; one in flight is cancelled
+  // (by the caller) and keeps its memory until its CQE.
+  void drop_send(FdState* s) {
+    s->send_queued = false;
+    s->send_done = false;
+    if (!s->send_armed) {
+      s->send_keep.clear();
+      s->send_iov.clear();
+    } else {
+      s->send_unwanted = true;
+    }
+  }
+
+  void leak_send_memory(FdState* s) {
+    new std::vector<std::shared_ptr<char[]>>(std::move(s->send_keep));  // on purpose
+    s->send_keep.clear();
+  }
+
+  void on_send(FdState* s, int res) {
+    s->send_armed = false;
+    --send_inflight_;
+    s->send_keep.clear();  // the kernel is done reading it
+    s->send_iov.clear();
+    if (s->watcher == nullptr) {
+      maybe_free(s);
+      return;
+    }
+    if (!s->send_unwanted) {
+      s->send_done = true;
+      s->send_res = res;
+    }
+    s->send_cancel = false;
+    s->send_unwanted = false;
+    if (wants_send(s)) wake_writer(s);
+  }
+
+  void wake_writer(FdState* s) {
+    if (s->in_wake) return;
+    s->in_wake = true;
+    send_wake_.push_back(s);
   }
 
   bool prep_recv(FdState* s) {
@@ -781,6 +1000,14 @@ class UringBackend final : public Backend {
   // Level-triggered, as for polls: a reader is reported in every poll()
   // while data it has not taken is held for it.
   void report_ready() {
+    for (FdState* s : send_wake_) {
+      s->in_wake = false;
+      if (s->watcher && (s->want & kWritable))
+        sink_->on_io(s->watcher, kWritable);
+      else
+        maybe_free(s);
+    }
+    send_wake_.clear();
     size_t keep_n = 0;
     for (size_t i = 0; i < ready_recv_.size(); ++i) {
       FdState* s = ready_recv_[i];
@@ -825,6 +1052,9 @@ class UringBackend final : public Backend {
   bool comp_ = false;       // on: consuming readers get multishot recvs
   BufRing buf_;
   int recv_inflight_ = 0;   // multishot recvs whose final CQE is not reaped
+  bool send_ok_ = false;    // on: consuming writers get completion sends
+  int send_inflight_ = 0;
+  std::vector<FdState*> send_wake_;   // a send ended: report kWritable
   std::vector<FdState*> ready_recv_;  // may hold data for their reader
   std::vector<FdState*> starved_;     // ended with -ENOBUFS
 };

@@ -34,9 +34,9 @@ int Reactor::set_io(int fd, int which, Callback cb, Callback* old, bool consume)
   }
   Callback& slot = which == kReadable ? w->reader : w->writer;
   Callback prev = slot;
-  const bool prev_consume = w->consume;
+  const int prev_consume = w->consume;
   slot = cb;
-  if (which == kReadable) w->consume = consume;
+  w->consume = consume ? (w->consume | which) : (w->consume & ~which);
   int rc = backend_->io_update(w, w->interest());
   if (rc < 0) {
     slot = prev;
@@ -63,7 +63,7 @@ void Reactor::clear_io(int fd, int which, Callback* old) {
   Callback& slot = which == kReadable ? w->reader : w->writer;
   *old = slot;
   slot = Callback{};
-  if (which == kReadable) w->consume = false;
+  w->consume &= ~which;
   if (w->interest() == 0) {
     watchers_.erase(it);
     backend_->io_close(w);
@@ -81,6 +81,16 @@ ssize_t Reactor::recv(int fd, void* buf, size_t len) {
 int Reactor::recv_stop(int fd, std::string* held) {
   auto it = watchers_.find(fd);
   return it == watchers_.end() ? 1 : backend_->recv_stop(it->second, held);
+}
+
+int Reactor::send_start(int fd, const SendRef* parts, int count) {
+  auto it = watchers_.find(fd);
+  return it == watchers_.end() ? -ENOTSUP : backend_->send_start(it->second, parts, count);
+}
+
+ssize_t Reactor::send_result(int fd) {
+  auto it = watchers_.find(fd);
+  return it == watchers_.end() ? -ENOENT : backend_->send_result(it->second);
 }
 
 bool Reactor::has_io(int fd, int which) const {

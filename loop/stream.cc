@@ -42,7 +42,7 @@ int Stream::watch(int which, bool on) {
   if (on) {
     if (reactor_->closed()) return -ESHUTDOWN;
     Callback cb{which == kReadable ? &kReadOps : &kWriteOps, this};
-    int rc = reactor_->set_io(fd_, which, cb, &old, which == kReadable && is_socket_);
+    int rc = reactor_->set_io(fd_, which, cb, &old, is_socket_);
     if (rc < 0) return rc;
   } else {
     reactor_->clear_io(fd_, which, &old);
@@ -160,7 +160,7 @@ void Stream::enqueue(const char* p, size_t n) {
     chunks_.erase(chunks_.begin(), chunks_.begin() + static_cast<std::ptrdiff_t>(head_));
     head_ = 0;
   }
-  Chunk c{std::unique_ptr<char[]>(new char[cap]), cap, 0, n};
+  Chunk c{std::shared_ptr<char[]>(new char[cap]), cap, 0, n};
   std::memcpy(c.data.get(), p, n);
   chunks_.push_back(std::move(c));
 }
@@ -220,14 +220,39 @@ int Stream::writev(const struct iovec* iov, int count) {
     enqueue(static_cast<const char*>(iov[i].iov_base) + sent, len - sent);
     sent = 0;
   }
+  if (!send_inflight_) start_send();
   // The owner sees a failed on_pause_writing() itself: the data is queued.
   maybe_pause();
   return 0;
 }
 
+// Hands the backend a send of the queue's head (contract 7); on -ENOTSUP
+// (libuv, or no completion sends) the writer stays readiness-driven.
+void Stream::start_send() {
+  if (!is_socket_ || queued_ == 0) return;
+  SendRef parts[kMaxIov];
+  int count = 0;
+  for (size_t i = head_; i < chunks_.size() && count < kMaxIov; ++i) {
+    const Chunk& c = chunks_[i];
+    parts[count++] = {c.data.get() + c.begin, c.end - c.begin, c.data};
+  }
+  if (reactor_->send_start(fd_, parts, count) == 0) send_inflight_ = true;
+}
+
 int Stream::on_writable() {
   if (closed_ || !writer_on_) return 0;
-  if (queued_ > 0) {
+  if (send_inflight_) {
+    ssize_t n = reactor_->send_result(fd_);
+    if (n == -EINPROGRESS) return 0;
+    send_inflight_ = false;
+    if (n < 0 && n != -EAGAIN && n != -ENOENT) {
+      discard_writes();
+      return owner_->on_write_error(static_cast<int>(-n));
+    }
+    if (n > 0) consume(static_cast<size_t>(n));
+  } else if (queued_ > 0 && (start_send(), !send_inflight_)) {
+    // Readiness (or the backend is busy with a cancelled send, whose end
+    // wakes us again): send ourselves.
     struct iovec iov[kMaxIov];
     int count = 0;
     for (size_t i = head_; i < chunks_.size() && count < kMaxIov; ++i) {
@@ -247,7 +272,11 @@ int Stream::on_writable() {
     // May write more, close, or abort (which empties the queue).
     if (owner_->on_resume_writing() < 0) return -1;
   }
-  if (queued_ > 0 || !writer_on_ || closed_) return 0;
+  if (closed_ || !writer_on_) return 0;
+  if (queued_ > 0) {
+    if (!send_inflight_) start_send();
+    return 0;
+  }
   writer_on_ = false;
   watch(kWritable, false);
   if (shut_pending_) {
@@ -258,6 +287,9 @@ int Stream::on_writable() {
 }
 
 void Stream::discard_writes() {
+  // A send in flight keeps what it reads (invariant 7); dropping the
+  // writer cancels it.
+  send_inflight_ = false;
   chunks_.clear();
   head_ = 0;
   queued_ = 0;

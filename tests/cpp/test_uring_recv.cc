@@ -244,3 +244,96 @@ TEST_CASE("closing the reactor with streams still reading (recvs in flight)", "[
     close(p[1]);
   }
 }
+
+// --- completion sends (backend.h, contract 7) -----------------------------------
+
+TEST_CASE("a queued write drains through partial sends, in order, then reports drain",
+          "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  int small = 4096;
+  setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  Recorder rec;
+  Stream s(r.get(), fds[0], &rec);
+  REQUIRE(s.set_limits(SIZE_MAX / 2, 0) == 0);
+  const std::string want = pattern(3 * 1024 * 1024);
+  REQUIRE(s.write(want.data(), want.size()) == 0);
+  REQUIRE(s.queued() > 0);  // the kernel took only part of it
+  std::string got;
+  int sends_seen = 0;
+  spin(*r, [&] {
+    size_t before = got.size();
+    got += slurp(fds[1]);
+    if (got.size() > before) ++sends_seen;
+    return s.queued() == 0;
+  });
+  got += slurp(fds[1]);
+  REQUIRE(got == want);
+  REQUIRE(sends_seen > 1);  // it took several partial sends
+  REQUIRE(rec.drains == 1);
+  REQUIRE(rec.write_error == 0);
+  REQUIRE_FALSE(r->has_io(fds[0], uvpy::loop::kWritable));
+  done(r, s, rec, fds);
+}
+
+TEST_CASE("dropping the queue with a send in flight: the peer sees a clean prefix",
+          "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  int small = 4096;
+  setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  Recorder rec;
+  Stream s(r.get(), fds[0], &rec);
+  REQUIRE(s.set_limits(SIZE_MAX / 2, 0) == 0);
+  const std::string want = pattern(2 * 1024 * 1024);
+  REQUIRE(s.write(want.data(), want.size()) == 0);
+  for (int i = 0; i < 10; ++i) turn(*r);  // a send is in flight, blocked on the peer
+  REQUIRE(s.queued() > 0);
+  s.discard_writes();  // abort(): the memory goes now, the send may not have
+  REQUIRE(s.queued() == 0);
+  REQUIRE_FALSE(r->has_io(fds[0], uvpy::loop::kWritable));
+  std::string junk = pattern(1 << 20);  // reuse the freed heap, if anything freed it
+  for (char& c : junk) c = '#';
+  for (int i = 0; i < 10; ++i) turn(*r);
+  s.close();
+  shutdown(fds[0], SHUT_WR);
+  std::string got;
+  timeval tv{2, 0};
+  setsockopt(fds[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char tmp[65536];
+  for (ssize_t n; (n = recv(fds[1], tmp, sizeof tmp, 0)) > 0;) got.append(tmp, static_cast<size_t>(n));
+  REQUIRE(got.size() < want.size());
+  REQUIRE(got == want.substr(0, got.size()));
+  r->close();
+  REQUIRE(rec.refs == 0);
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST_CASE("closing a stream with a send in flight frees the file at once", "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  int small = 4096;
+  setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  Recorder rec;
+  Stream s(r.get(), fds[0], &rec);
+  const std::string want = pattern(1024 * 1024);
+  REQUIRE(s.write(want.data(), want.size()) == 0);
+  for (int i = 0; i < 10; ++i) turn(*r);
+  REQUIRE(s.queued() > 0);
+  s.close();
+  close(fds[0]);  // unsent data: the kernel resets the connection
+  timeval tv{2, 0};
+  setsockopt(fds[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char tmp[65536];
+  ssize_t n;
+  while ((n = recv(fds[1], tmp, sizeof tmp, 0)) > 0) {
+  }
+  REQUIRE((n == 0 || (n < 0 && errno == ECONNRESET)));  // not EAGAIN: no 2 s wait
+  r->close();
+  REQUIRE(rec.refs == 0);
+  close(fds[1]);
+}

@@ -131,6 +131,7 @@ struct UringOptions {
   // Completion I/O for consuming watchers (contract 5). The default is on
   // unless UVPY_URING_COMPLETION=0 is set in the environment.
   bool completion = true;
+  bool completion_sends = true;  // UVPY_URING_COMPLETION=recv: reads only
   unsigned buf_count = 1024;  // provided buffers: a power of two
   unsigned buf_size = 8192;   // bytes each
 };

@@ -68,8 +68,12 @@
 //     consuming reader gets a multishot recv. Where it cannot have one the
 //     reader falls back to readiness and recv() is the syscall: the fd is
 //     not a socket (-ENOTSOCK: that fd only), the kernel lacks multishot
-//     recv (-EINVAL: all fds), or the ring ran dry (-ENOBUFS: until an
-//     eighth of the buffers is back). A pause (recv_stop) cancels the recv
+//     recv (-EINVAL: all fds), the ring ran dry (-ENOBUFS: until an
+//     eighth of the buffers is back), or the flow is bulk (a CQE filled a
+//     whole buffer: until a recv() comes back short or empty; one big
+//     recv() then beats a CQE and a copy per buffer). Switching is safe
+//     for order: the syscall runs only when nothing is held and no recv is
+//     in flight. A pause (recv_stop) cancels the recv
 //     and waits for its final CQE, so all it read is handed back in order;
 //     data for a reader that is not reading is copied to the heap and its
 //     buffer recycled at once: a paused reader hoards no ring buffer.
@@ -132,6 +136,7 @@ struct FdState {
   bool recv_paused = false; // recv_stop()ped: not re-armed until the reader is back
   bool recv_off = false;    // this fd cannot multishot recv (not a socket): readiness
   bool starved = false;     // its recv ended with -ENOBUFS: readiness until buffers return
+  bool bulk = false;        // a recv filled a whole buffer: readiness while reads stay big
   bool in_ready = false;    // in ready_recv_
   bool in_starved = false;  // in starved_
   bool pinned = false;      // release_now() still looks at it
@@ -245,7 +250,7 @@ class UringBackend final : public Backend {
       return -errno;
     }
     comp_ = opts_.completion && have_recv_opcodes(&ring_);
-    send_ok_ = opts_.completion && have_send_opcodes(&ring_);
+    send_ok_ = opts_.completion && opts_.completion_sends && have_send_opcodes(&ring_);
     setup_buffers();
     return 0;
   }
@@ -375,7 +380,12 @@ class UringBackend final : public Backend {
       return e;
     }
     if (s->recv_armed || wants_recv(s)) return -EAGAIN;
-    return Backend::recv(w, fd, buf, len);  // readiness for this fd (invariant 6)
+    ssize_t r = Backend::recv(w, fd, buf, len);  // readiness for this fd (invariant 6)
+    if (s->bulk && (r == -EAGAIN || (r > 0 && static_cast<size_t>(r) < buf_.size()))) {
+      s->bulk = false;  // the flow went quiet or small: back to the multishot recv
+      enqueue(s);
+    }
+    return r;
   }
 
   int recv_stop(IoWatcher* w, std::string* out) override {
@@ -781,7 +791,7 @@ class UringBackend final : public Backend {
 
   bool wants_recv(const FdState* s) const {
     return recv_capable(s) && (s->want & kReadable) && !s->recv_paused && !s->starved &&
-           s->end == kNoEnd;
+           !s->bulk && s->end == kNoEnd;
   }
 
   // The poll's share of the interest: a reader fed by a multishot recv
@@ -789,7 +799,8 @@ class UringBackend final : public Backend {
   // So does a writer whose sends are completion sends.
   int poll_want(const FdState* s) const {
     int w = s->want;
-    if (recv_capable(s) && !(s->starved && !s->recv_armed && !s->recv_paused)) w &= ~kReadable;
+    const bool fallback = (s->starved || s->bulk) && !s->recv_armed && !s->recv_paused;
+    if (recv_capable(s) && !fallback) w &= ~kReadable;
     if (send_capable(s)) w &= ~kWritable;
     return w;
   }
@@ -893,6 +904,13 @@ class UringBackend final : public Backend {
 
   void on_recv(FdState* s, int res, unsigned flags) {
     const bool more = flags & IORING_CQE_F_MORE;
+    // A bulk flow (a whole buffer at a time) is cheaper on readiness: one
+    // recv() of the owner's big buffer instead of a CQE and an extra copy
+    // per provided buffer, through a cache footprint of the whole ring.
+    if (res > 0 && static_cast<unsigned>(res) >= buf_.size() && !s->bulk && s->watcher) {
+      s->bulk = true;
+      enqueue(s);  // flush() cancels the multishot recv
+    }
     if (flags & IORING_CQE_F_BUFFER) {
       const unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
       buf_.taken();
@@ -1065,6 +1083,10 @@ UringOptions default_uring_options() {
   UringOptions o;
   const char* c = std::getenv("UVPY_URING_COMPLETION");
   if (c && std::strcmp(c, "0") == 0) o.completion = false;
+  if (c && std::strcmp(c, "recv") == 0) o.completion_sends = false;
+  // Tuning knobs for measurements; a bad value falls back at init.
+  if (const char* n = std::getenv("UVPY_URING_BUF_COUNT")) o.buf_count = std::strtoul(n, nullptr, 10);
+  if (const char* n = std::getenv("UVPY_URING_BUF_SIZE")) o.buf_size = std::strtoul(n, nullptr, 10);
   return o;
 }
 

@@ -93,7 +93,6 @@
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
 #include <algorithm>
 #include <cassert>
 #include <cerrno>
@@ -104,67 +103,11 @@
 #include <memory>
 #include <vector>
 
-#include "backend.h"
-#include "reactor.h"
-#include "uring_buf_ring.h"
+#include "uring_backend.h"
 
 namespace uvpy::loop {
+namespace uring {
 namespace {
-
-constexpr uint64_t kTagPoll = 0, kTagCtl = 1, kTagWake = 2, kTagRecv = 3, kTagSend = 4,
-                   kTagMask = 7;
-constexpr int kNoEnd = 1;  // FdState::end: nothing after the data
-constexpr unsigned kSqEntries = 256;
-constexpr unsigned kCqEntries = 1024;  // overflow is kept by the kernel (FEAT_NODROP)
-
-struct FdState {
-  IoWatcher* watcher = nullptr;  // nullptr once io_close()d: dead
-  int fd = -1;
-  int want = 0;        // the interest the reactor asked for
-  int armed_mask = 0;  // the interest of the poll in flight (0: being removed)
-  bool armed = false;  // a poll is in flight
-  bool queued = false; // in pending_: look at it in the next flush
-  bool parked = false; // its last poll failed; wait for io_update
-  // Completion reads (invariant 6).
-  struct Held {
-    char* heap;  // nullptr: the data is in provided buffer `bid`
-    uint32_t bid, off, len;
-  };
-  int consume = 0;          // the watcher's consuming directions
-  bool recv_armed = false;  // a multishot recv in flight
-  bool recv_cancel = false; // ... and its cancel submitted
-  bool recv_paused = false; // recv_stop()ped: not re-armed until the reader is back
-  bool recv_off = false;    // this fd cannot multishot recv (not a socket): readiness
-  bool starved = false;     // its recv ended with -ENOBUFS: readiness until buffers return
-  bool bulk = false;        // a recv filled a whole buffer: readiness while reads stay big
-  bool in_ready = false;    // in ready_recv_
-  bool in_starved = false;  // in starved_
-  bool pinned = false;      // release_now() still looks at it
-  int end = kNoEnd;         // after the held data: 0 EOF, -errno an error
-  std::vector<Held> held;   // read ahead, not yet recv()'d: held[held_head..]
-  size_t held_head = 0;
-  // Completion sends (invariant 9).
-  bool send_queued = false; // send_iov waits for the next flush
-  bool send_armed = false;  // a send in flight
-  bool send_cancel = false; // ... and its cancel submitted
-  bool send_unwanted = false; // ... and its writer gone: drop its result
-  bool send_done = false;   // send_res waits for send_result()
-  bool in_wake = false;     // in send_wake_
-  int send_res = 0;
-  std::vector<iovec> send_iov;
-  std::vector<std::shared_ptr<char[]>> send_keep;  // what the send reads
-  msghdr send_msg{};
-  FdState* prev = nullptr;
-  FdState* next = nullptr;
-
-  bool has_data() const { return held_head < held.size() || end != kNoEnd; }
-};
-
-struct Completion {
-  uint64_t user_data;
-  int res;
-  unsigned flags;
-};
 
 unsigned to_poll(int events) {
   return ((events & kReadable) ? POLLIN : 0) | ((events & kWritable) ? POLLOUT : 0);
@@ -225,859 +168,444 @@ bool have_recv_opcodes(io_uring* ring) {
   return ok;
 }
 
-class UringBackend final : public Backend {
- public:
-  explicit UringBackend(const UringOptions& opts) : opts_(opts), strongest_(opts.strongest) {}
-  ~UringBackend() override { close(); }
+}  // namespace
 
-  int init(std::string* err) {
-    int rc = setup(&ring_, err);
-    if (rc < 0) return rc;
-    ring_open_ = true;
-    // RSRC_TAGS stands in for "5.13+", where poll update arrived.
-    constexpr unsigned kNeed = IORING_FEAT_NODROP | IORING_FEAT_EXT_ARG | IORING_FEAT_RSRC_TAGS;
-    if ((features_ & kNeed) != kNeed) {
-      *err = "the kernel's io_uring lacks NODROP/EXT_ARG/poll update (Linux 5.13+ needed)";
-      return -ENOSYS;
-    }
-    if (const char* why = missing_opcodes(&ring_)) {
-      *err = why;
-      return -ENOSYS;
-    }
-    efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (efd_ < 0) {
-      *err = std::string("eventfd: ") + strerror(errno);
-      return -errno;
-    }
-    comp_ = opts_.completion && have_recv_opcodes(&ring_);
-    send_ok_ = opts_.completion && opts_.completion_sends && have_send_opcodes(&ring_);
-    setup_buffers();
-    return 0;
+int UringBackend::init(std::string* err) {
+  int rc = setup(&ring_, err);
+  if (rc < 0) return rc;
+  ring_open_ = true;
+  // RSRC_TAGS stands in for "5.13+", where poll update arrived.
+  constexpr unsigned kNeed = IORING_FEAT_NODROP | IORING_FEAT_EXT_ARG | IORING_FEAT_RSRC_TAGS;
+  if ((features_ & kNeed) != kNeed) {
+    *err = "the kernel's io_uring lacks NODROP/EXT_ARG/poll update (Linux 5.13+ needed)";
+    return -ENOSYS;
   }
-
-  const char* name() const override { return "io_uring"; }
-
-  int poll(int timeout_ms) override {
-    if (!ring_open_) return -EBADF;
-    int rc = ensure_owner();
-    if (rc < 0) return rc;
-    // Data read ahead and not yet taken is readiness that needs no wait.
-    if (timeout_ms != 0 && undelivered()) timeout_ms = 0;
-    for (int attempt = 0;; ++attempt) {
-      flush();
-      if (timeout_ms == 0) {
-        rc = io_uring_submit_and_get_events(&ring_);
-      } else if (timeout_ms < 0) {
-        rc = io_uring_submit_and_wait(&ring_, 1);
-      } else {
-        __kernel_timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000LL};
-        io_uring_cqe* cqe;
-        rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
-      }
-      // EEXIST: another thread now (a recycled pthread_t fooled the check).
-      if (rc != -EEXIST || attempt > 0) break;
-      if (int r = rebuild(); r < 0) return r;
-    }
-    reap();
-    report_ready();
-    // ETIME: the timeout; EINTR: a signal (its wakeup fd is watched);
-    // EBUSY/EAGAIN: completions backed up, reaped above, retried next time.
-    if (rc == -ETIME || rc == -EINTR || rc == -EBUSY || rc == -EAGAIN) rc = 0;
-    return rc < 0 ? rc : 0;
+  if (const char* why = missing_opcodes(&ring_)) {
+    *err = why;
+    return -ENOSYS;
   }
-
-  void wakeup() override {
-    uint64_t one = 1;
-    while (::write(efd_, &one, sizeof one) < 0 && errno == EINTR) {
-    }
+  efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (efd_ < 0) {
+    *err = std::string("eventfd: ") + strerror(errno);
+    return -errno;
   }
+  comp_ = opts_.completion && have_recv_opcodes(&ring_);
+  send_ok_ = opts_.completion && opts_.completion_sends && have_send_opcodes(&ring_);
+  setup_buffers();
+  return 0;
+}
 
-  int io_update(IoWatcher* w, int events) override {
-    auto* s = static_cast<FdState*>(w->backend_data);
-    if (s == nullptr) {
-      // epoll's rules, which the libuv backend inherits: a closed fd is
-      // EBADF; regular files and directories are always "ready" to poll(),
-      // so epoll refuses them with EPERM.
-      struct stat st;
-      if (::fstat(w->fd, &st) < 0) return -errno;
-      if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) return -EPERM;
-      s = new FdState;
-      s->watcher = w;
-      s->fd = w->fd;
-      link(s);
-      w->backend_data = s;
+int UringBackend::poll(int timeout_ms) {
+  if (!ring_open_) return -EBADF;
+  int rc = ensure_owner();
+  if (rc < 0) return rc;
+  // Data read ahead and not yet taken is readiness that needs no wait.
+  if (timeout_ms != 0 && undelivered()) timeout_ms = 0;
+  for (int attempt = 0;; ++attempt) {
+    flush();
+    if (timeout_ms == 0) {
+      rc = io_uring_submit_and_get_events(&ring_);
+    } else if (timeout_ms < 0) {
+      rc = io_uring_submit_and_wait(&ring_, 1);
+    } else {
+      __kernel_timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000LL};
+      io_uring_cqe* cqe;
+      rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
     }
-    if ((events & kReadable) && !(s->want & kReadable)) s->recv_paused = false;
-    s->consume = w->consume;
-    s->want = events;
-    s->parked = false;
-    enqueue(s);
-    return 0;
+    // EEXIST: another thread now (a recycled pthread_t fooled the check).
+    if (rc != -EEXIST || attempt > 0) break;
+    if (int r = rebuild(); r < 0) return r;
   }
+  reap();
+  report_ready();
+  // ETIME: the timeout; EINTR: a signal (its wakeup fd is watched);
+  // EBUSY/EAGAIN: completions backed up, reaped above, retried next time.
+  if (rc == -ETIME || rc == -EINTR || rc == -EBUSY || rc == -EAGAIN) rc = 0;
+  return rc < 0 ? rc : 0;
+}
 
-  void io_close(IoWatcher* w) override {
-    auto* s = static_cast<FdState*>(w->backend_data);
-    if (s == nullptr) return;
-    w->backend_data = nullptr;
-    s->watcher = nullptr;
-    s->want = 0;
-    drop_held(s);
-    drop_send(s);
-    const bool poll_live = s->armed && s->armed_mask != 0;
-    const bool recv_live = s->recv_armed && !s->recv_cancel;
-    const bool send_live = s->send_armed && !s->send_cancel;
-    if (poll_live || recv_live || send_live) {
-      // Off the owner thread (or with the SQ full) the next flush() removes
-      // them; see invariant 3.
-      bool ok = on_owner_thread();
-      if (ok && poll_live) ok = prep_remove(s);
-      if (ok && recv_live) ok = prep_recv_cancel(s);
-      if (ok && send_live) ok = prep_send_cancel(s);
-      if (ok)
-        release_now(s, poll_live, send_live);
-      else
-        enqueue(s);
-    }
-    maybe_free(s);
+void UringBackend::wakeup() {
+  uint64_t one = 1;
+  while (::write(efd_, &one, sizeof one) < 0 && errno == EINTR) {
   }
+}
 
-  int send_start(IoWatcher* w, const SendRef* parts, int count) override {
-    auto* s = static_cast<FdState*>(w->backend_data);
-    if (s == nullptr || !send_capable(s)) return -ENOTSUP;
-    // One at a time; a cancelled one still in flight reports kWritable
-    // when it ends, and the writer tries again then.
-    if (s->send_armed || s->send_queued || s->send_done || count <= 0) return -EBUSY;
-    s->send_iov.clear();
-    s->send_keep.clear();
-    for (int i = 0; i < count; ++i) {
-      s->send_iov.push_back({const_cast<char*>(parts[i].data), parts[i].len});
-      s->send_keep.push_back(parts[i].owner);
-    }
-    s->send_queued = true;  // batched into the next io_uring_enter
-    enqueue(s);
-    return 0;
+int UringBackend::io_update(IoWatcher* w, int events) {
+  auto* s = static_cast<FdState*>(w->backend_data);
+  if (s == nullptr) {
+    // epoll's rules, which the libuv backend inherits: a closed fd is
+    // EBADF; regular files and directories are always "ready" to poll(),
+    // so epoll refuses them with EPERM.
+    struct stat st;
+    if (::fstat(w->fd, &st) < 0) return -errno;
+    if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) return -EPERM;
+    s = new FdState;
+    s->watcher = w;
+    s->fd = w->fd;
+    link(s);
+    w->backend_data = s;
   }
+  if ((events & kReadable) && !(s->want & kReadable)) s->recv_paused = false;
+  s->consume = w->consume;
+  s->want = events;
+  s->parked = false;
+  enqueue(s);
+  return 0;
+}
 
-  ssize_t send_result(IoWatcher* w) override {
-    auto* s = static_cast<FdState*>(w->backend_data);
-    if (s == nullptr) return -ENOENT;
-    if (s->send_done) {
-      s->send_done = false;
-      return s->send_res;
-    }
-    return s->send_armed || s->send_queued ? -EINPROGRESS : -ENOENT;
-  }
-
-  ssize_t recv(IoWatcher* w, int fd, void* buf, size_t len) override {
-    auto* s = w ? static_cast<FdState*>(w->backend_data) : nullptr;
-    if (s == nullptr || !s->consume) return Backend::recv(w, fd, buf, len);
-    size_t n = take(s, static_cast<char*>(buf), len);
-    if (n > 0) return static_cast<ssize_t>(n);
-    if (s->end != kNoEnd) {
-      int e = s->end;  // delivered once; a reader that stays reads again
-      s->end = kNoEnd;
+void UringBackend::io_close(IoWatcher* w) {
+  auto* s = static_cast<FdState*>(w->backend_data);
+  if (s == nullptr) return;
+  w->backend_data = nullptr;
+  s->watcher = nullptr;
+  s->want = 0;
+  drop_held(s);
+  drop_send(s);
+  const bool poll_live = s->armed && s->armed_mask != 0;
+  const bool recv_live = s->recv_armed && !s->recv_cancel;
+  const bool send_live = s->send_armed && !s->send_cancel;
+  if (poll_live || recv_live || send_live) {
+    // Off the owner thread (or with the SQ full) the next flush() removes
+    // them; see invariant 3.
+    bool ok = on_owner_thread();
+    if (ok && poll_live) ok = prep_remove(s);
+    if (ok && recv_live) ok = prep_recv_cancel(s);
+    if (ok && send_live) ok = prep_send_cancel(s);
+    if (ok)
+      release_now(s, poll_live, send_live);
+    else
       enqueue(s);
-      return e;
-    }
-    if (s->recv_armed || wants_recv(s)) return -EAGAIN;
-    ssize_t r = Backend::recv(w, fd, buf, len);  // readiness for this fd (invariant 6)
-    if (s->bulk && (r == -EAGAIN || (r > 0 && static_cast<size_t>(r) < buf_.size()))) {
-      s->bulk = false;  // the flow went quiet or small: back to the multishot recv
-      enqueue(s);
-    }
-    return r;
   }
+  maybe_free(s);
+}
 
-  int recv_stop(IoWatcher* w, std::string* out) override {
-    auto* s = static_cast<FdState*>(w->backend_data);
-    if (s == nullptr || !s->consume) return 1;
-    s->recv_paused = true;
-    if (s->recv_armed && on_owner_thread()) {
-      // Invariant 7: wait for the final CQE, so everything the kernel read
-      // for this reader is in s->held before the reader goes.
-      if (s->recv_cancel || prep_recv_cancel(s)) {
-        s->pinned = true;
-        for (int round = 0; round < 64 && s->recv_armed; ++round) {
-          io_uring_submit_and_get_events(&ring_);
-          if (harvest() == 0 && !io_uring_cq_has_overflow(&ring_)) break;
+void UringBackend::close() {
+  if (!ring_open_) return;
+  ring_open_ = false;
+  // Invariant 7: no recv may pick a provided buffer after we unmap them.
+  // The reactor io_close()d every watcher first, which usually cancelled
+  // and reaped them all; cancel any straggler and wait here.
+  if ((recv_inflight_ > 0 || send_inflight_ > 0) && on_owner_thread()) {
+    if (io_uring_sqe* sqe = get_sqe()) {
+      io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+      io_uring_sqe_set_data64(sqe, kTagCtl);
+      for (int round = 0; round < 64 && (recv_inflight_ > 0 || send_inflight_ > 0); ++round) {
+        io_uring_submit_and_get_events(&ring_);
+        if (harvest() == 0 && !io_uring_cq_has_overflow(&ring_)) break;
+        for (const Completion& c : stash_) {
+          if ((c.user_data & kTagMask) != kTagSend) continue;
+          auto* s = reinterpret_cast<FdState*>(c.user_data & ~kTagMask);
+          s->send_armed = false;
+          s->send_keep.clear();
+          --send_inflight_;
         }
-        s->pinned = false;
+        stash_.clear();
       }
     }
-    for (size_t i = s->held_head; i < s->held.size(); ++i) {
-      const FdState::Held& h = s->held[i];
-      out->append((h.heap ? h.heap : buf_.data(h.bid)) + h.off, h.len - h.off);
-    }
+  }
+  const bool buffers_safe = recv_inflight_ == 0;
+  if (send_inflight_ > 0) {
+    // Sends we could not reap may still read their memory: keep it.
+    for (FdState* s = all_; s != nullptr; s = s->next)
+      if (s->send_armed) leak_send_memory(s);
+  }
+  // Exiting the ring cancels every request; nothing is reaped after it,
+  // so every FdState can go now.
+  io_uring_queue_exit(&ring_);
+  while (all_ != nullptr) {
+    FdState* s = all_;
+    unlink(s);
+    if (s->watcher) s->watcher->backend_data = nullptr;
     drop_held(s);
-    int e = s->end;
-    s->end = kNoEnd;
-    return e;
+    delete s;
   }
+  buf_.release(buffers_safe);
+  pending_.clear();
+  stash_.clear();
+  ready_recv_.clear();
+  starved_.clear();
+  send_wake_.clear();
+  if (efd_ >= 0) ::close(efd_);
+  efd_ = -1;
+}
 
-  void close() override {
-    if (!ring_open_) return;
-    ring_open_ = false;
-    // Invariant 7: no recv may pick a provided buffer after we unmap them.
-    // The reactor io_close()d every watcher first, which usually cancelled
-    // and reaped them all; cancel any straggler and wait here.
-    if ((recv_inflight_ > 0 || send_inflight_ > 0) && on_owner_thread()) {
-      if (io_uring_sqe* sqe = get_sqe()) {
-        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
-        io_uring_sqe_set_data64(sqe, kTagCtl);
-        for (int round = 0; round < 64 && (recv_inflight_ > 0 || send_inflight_ > 0); ++round) {
-          io_uring_submit_and_get_events(&ring_);
-          if (harvest() == 0 && !io_uring_cq_has_overflow(&ring_)) break;
-          for (const Completion& c : stash_) {
-            if ((c.user_data & kTagMask) != kTagSend) continue;
-            auto* s = reinterpret_cast<FdState*>(c.user_data & ~kTagMask);
-            s->send_armed = false;
-            s->send_keep.clear();
-            --send_inflight_;
-          }
-          stash_.clear();
-        }
-      }
-    }
-    const bool buffers_safe = recv_inflight_ == 0;
-    if (send_inflight_ > 0) {
-      // Sends we could not reap may still read their memory: keep it.
-      for (FdState* s = all_; s != nullptr; s = s->next)
-        if (s->send_armed) leak_send_memory(s);
-    }
-    // Exiting the ring cancels every request; nothing is reaped after it,
-    // so every FdState can go now.
-    io_uring_queue_exit(&ring_);
-    while (all_ != nullptr) {
-      FdState* s = all_;
-      unlink(s);
-      if (s->watcher) s->watcher->backend_data = nullptr;
-      drop_held(s);
-      delete s;
-    }
-    buf_.release(buffers_safe);
-    pending_.clear();
-    stash_.clear();
-    ready_recv_.clear();
-    starved_.clear();
-    send_wake_.clear();
-    if (efd_ >= 0) ::close(efd_);
-    efd_ = -1;
-  }
-
- private:
-  // Strongest setup first; EINVAL means this kernel lacks a flag, so try
-  // the next. Anything else (ENOSYS, EPERM from seccomp or
-  // kernel.io_uring_disabled, ENOMEM from RLIMIT_MEMLOCK) is final.
-  int setup(io_uring* ring, std::string* err) {
-    static constexpr unsigned kLadder[] = {
-        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
-        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_R_DISABLED,
-        IORING_SETUP_COOP_TASKRUN,
-        0,
-    };
-    int rc = -EINVAL;
-    for (size_t i = static_cast<size_t>(strongest_); i < sizeof kLadder / sizeof *kLadder; ++i) {
-      io_uring_params p{};
-      p.flags = kLadder[i] | IORING_SETUP_CQSIZE;
-      p.cq_entries = kCqEntries;
-      rc = io_uring_queue_init_params(kSqEntries, ring, &p);
-      if (rc == 0) {
-        flags_ = kLadder[i];
-        features_ = p.features;
-        enabled_ = !(flags_ & IORING_SETUP_R_DISABLED);
-        owner_ = pthread_self();
-        return 0;
-      }
-      if (rc != -EINVAL) break;
-    }
-    if (err) *err = std::string("io_uring_queue_init failed: ") + strerror(-rc);
-    return rc;
-  }
-
-  bool single_issuer() const { return flags_ & IORING_SETUP_SINGLE_ISSUER; }
-  bool on_owner_thread() const {
-    return !single_issuer() || (enabled_ && pthread_equal(owner_, pthread_self()));
-  }
-
-  // Binds a disabled ring to this thread, or moves the ring here.
-  int ensure_owner() {
-    if (!single_issuer()) return 0;
-    if (!enabled_) {
-      int rc = io_uring_register(ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
-      if (rc < 0) return rc;
-      enabled_ = true;
+int UringBackend::setup(io_uring* ring, std::string* err) {
+  static constexpr unsigned kLadder[] = {
+      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
+      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_R_DISABLED,
+      IORING_SETUP_COOP_TASKRUN,
+      0,
+  };
+  int rc = -EINVAL;
+  for (size_t i = static_cast<size_t>(strongest_); i < sizeof kLadder / sizeof *kLadder; ++i) {
+    io_uring_params p{};
+    p.flags = kLadder[i] | IORING_SETUP_CQSIZE;
+    p.cq_entries = kCqEntries;
+    rc = io_uring_queue_init_params(kSqEntries, ring, &p);
+    if (rc == 0) {
+      flags_ = kLadder[i];
+      features_ = p.features;
+      enabled_ = !(flags_ & IORING_SETUP_R_DISABLED);
       owner_ = pthread_self();
       return 0;
     }
-    return pthread_equal(owner_, pthread_self()) ? 0 : rebuild();
+    if (rc != -EINVAL) break;
   }
+  if (err) *err = std::string("io_uring_queue_init failed: ") + strerror(-rc);
+  return rc;
+}
 
-  // A fresh ring on this thread (invariant 2). The old ring's requests die
-  // with it; their user_data is never seen again.
-  int rebuild() {
-    io_uring fresh{};
-    int rc = setup(&fresh, nullptr);
+int UringBackend::ensure_owner() {
+  if (!single_issuer()) return 0;
+  if (!enabled_) {
+    int rc = io_uring_register(ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
     if (rc < 0) return rc;
-    // Data the old ring already posted is kept (reading the CQ ring is
-    // plain memory); then every held provided buffer is copied out, since
-    // the old buffers go with the old ring (leaked if a recv may still
-    // pick one: invariant 7).
-    harvest();
-    for (const Completion& c : stash_)  // finished sends keep their results
-      if ((c.user_data & kTagMask) == kTagSend)
-        on_send(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
-    stash_.clear();  // the old ring's other news: every state is reset below
-    for (FdState* s = all_; s != nullptr; s = s->next) {
-      spill(s);
-      if (s->send_armed) {
-        // Its outcome is lost with the ring: fail the writer rather than
-        // guess how much went out, and never free what it may still read.
-        leak_send_memory(s);
-        s->send_armed = false;
-        s->send_cancel = false;
-        s->send_done = true;
-        s->send_res = -EIO;
-        wake_writer(s);
-      }
+    enabled_ = true;
+    owner_ = pthread_self();
+    return 0;
+  }
+  return pthread_equal(owner_, pthread_self()) ? 0 : rebuild();
+}
+
+int UringBackend::rebuild() {
+  io_uring fresh{};
+  int rc = setup(&fresh, nullptr);
+  if (rc < 0) return rc;
+  // Data the old ring already posted is kept (reading the CQ ring is
+  // plain memory); then every held provided buffer is copied out, since
+  // the old buffers go with the old ring (leaked if a recv may still
+  // pick one: invariant 7).
+  harvest();
+  for (const Completion& c : stash_)  // finished sends keep their results
+    if ((c.user_data & kTagMask) == kTagSend)
+      on_send(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
+  stash_.clear();  // the old ring's other news: every state is reset below
+  for (FdState* s = all_; s != nullptr; s = s->next) {
+    spill(s);
+    if (s->send_armed) {
+      // Its outcome is lost with the ring: fail the writer rather than
+      // guess how much went out, and never free what it may still read.
+      leak_send_memory(s);
+      s->send_armed = false;
+      s->send_cancel = false;
+      s->send_done = true;
+      s->send_res = -EIO;
+      wake_writer(s);
     }
-    send_inflight_ = 0;
-    io_uring_queue_exit(&ring_);
-    buf_.release(recv_inflight_ == 0);
-    recv_inflight_ = 0;
-    ring_ = fresh;
-    wake_armed_ = false;
-    setup_buffers();
-    for (FdState* s = all_; s != nullptr;) {
-      FdState* next = s->next;
-      s->armed = false;
-      s->armed_mask = 0;
-      s->recv_armed = false;
-      s->recv_cancel = false;
-      s->starved = false;
-      if (s->watcher == nullptr)
-        maybe_free(s);
-      else if (s->want && !s->parked)
-        enqueue(s);
-      s = next;
-    }
-    return ensure_owner();
   }
-
-  // Registers the provided-buffer ring on a (still disabled) ring; without
-  // it every consuming reader stays on readiness.
-  void setup_buffers() {
-    if (comp_ && buf_.init(&ring_, 0, opts_.buf_count, opts_.buf_size) < 0) comp_ = false;
-  }
-
-  // Only on the owner thread. nullptr: the SQ is full and the kernel would
-  // not take it (the caller retries in the next flush).
-  io_uring_sqe* get_sqe() {
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-    if (sqe == nullptr && io_uring_submit(&ring_) >= 0) sqe = io_uring_get_sqe(&ring_);
-    return sqe;
-  }
-
-  bool prep_poll(FdState* s, int want) {
-    io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) return false;
-    io_uring_prep_poll_add(sqe, s->fd, to_poll(want));
-    io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(s) | kTagPoll);
-    s->armed = true;
-    s->armed_mask = want;
-    return true;
-  }
-
-  // Updates the poll in flight in place; if it already fired, the update
-  // fails (ENOENT/EALREADY) and the poll's own CQE brings the old result.
-  bool prep_update(FdState* s, int want) {
-    io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) return false;
-    uint64_t ud = reinterpret_cast<uint64_t>(s) | kTagPoll;
-    // new_user_data must be 0 unless IORING_POLL_UPDATE_USER_DATA (EINVAL).
-    io_uring_prep_poll_update(sqe, ud, 0, to_poll(want), IORING_POLL_UPDATE_EVENTS);
-    ctl_flags(sqe);
-    s->armed_mask = want;
-    return true;
-  }
-
-  // The poll ends with -ECANCELED (or its result, if it fired first).
-  bool prep_remove(FdState* s) {
-    io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) return false;
-    io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(s) | kTagPoll);
-    ctl_flags(sqe);
+  send_inflight_ = 0;
+  io_uring_queue_exit(&ring_);
+  buf_.release(recv_inflight_ == 0);
+  recv_inflight_ = 0;
+  ring_ = fresh;
+  wake_armed_ = false;
+  setup_buffers();
+  for (FdState* s = all_; s != nullptr;) {
+    FdState* next = s->next;
+    s->armed = false;
     s->armed_mask = 0;
-    return true;
-  }
-
-  void ctl_flags(io_uring_sqe* sqe) {
-    io_uring_sqe_set_data64(sqe, kTagCtl);
-    if (features_ & IORING_FEAT_CQE_SKIP) io_uring_sqe_set_flags(sqe, IOSQE_CQE_SKIP_SUCCESS);
-  }
-
-  // Re-armed only when the kernel ends the multishot (a CQE without
-  // IORING_CQE_F_MORE: CQ overflow, or the ring was rebuilt).
-  void arm_wakeup() {
-    io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) return;
-    io_uring_prep_poll_multishot(sqe, efd_, POLLIN);
-    io_uring_sqe_set_data64(sqe, kTagWake);
-    wake_armed_ = true;
-  }
-
-  // Turns what changed since the last iteration into SQEs. If the SQ
-  // cannot take more, the rest stays queued for the next iteration.
-  void flush() {
-    if (!wake_armed_) arm_wakeup();
-    if (!starved_.empty() && buf_.avail() >= std::max(1u, buf_.count() / 8)) {
-      // Buffers are back: starved readers return to multishot recv.
-      for (FdState* s : starved_) {
-        s->in_starved = false;
-        s->starved = false;
-        enqueue(s);
-      }
-      starved_.clear();
-    }
-    size_t done = 0;
-    for (; done < pending_.size(); ++done) {
-      FdState* s = pending_[done];
-      bool ok = true;
-      const int pw = poll_want(s);
-      if (s->parked) {
-      } else {
-        if (wants_recv(s)) {
-          if (!s->recv_armed) ok = prep_recv(s);
-        } else if (s->recv_armed && !s->recv_cancel) {
-          ok = prep_recv_cancel(s);
-        }
-        if (!ok) {
-        } else if (!wants_send(s)) {
-          drop_send(s);
-          if (s->send_armed && !s->send_cancel) ok = prep_send_cancel(s);
-        } else if (s->send_queued && !s->send_armed) {
-          ok = prep_send(s);
-        }
-        if (!ok) {
-        } else if (!s->armed) {
-          if (pw) ok = prep_poll(s, pw);
-        } else if (pw == 0) {  // idle, or dead (io_close'd off the owner thread)
-          if (s->armed_mask != 0) ok = prep_remove(s);
-        } else if (pw != s->armed_mask) {
-          ok = prep_update(s, pw);
-        }
-      }
-      if (!ok) break;
-      s->queued = false;
+    s->recv_armed = false;
+    s->recv_cancel = false;
+    s->starved = false;
+    if (s->watcher == nullptr)
       maybe_free(s);
-    }
-    pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(done));
+    else if (s->want && !s->parked)
+      enqueue(s);
+    s = next;
   }
+  return ensure_owner();
+}
 
-  // Invariant 3: enter the ring until the removed poll's completion (after
-  // which the kernel has dropped its file) is off the ring. Each round makes
-  // progress or finds nothing left to run; the bound is only a safety net.
-  // The same for a multishot recv (its final CQE) and a send.
-  void release_now(FdState* s, bool poll_live, bool send_live) {
-    const uint64_t ud = reinterpret_cast<uint64_t>(s) | kTagPoll;
-    const uint64_t send_ud = reinterpret_cast<uint64_t>(s) | kTagSend;
-    bool poll_done = !poll_live, send_done = !send_live;
-    s->pinned = true;  // on_recv() must not free it under us
-    for (int round = 0; round < 64 && !(poll_done && send_done && !s->recv_armed); ++round) {
-      io_uring_submit_and_get_events(&ring_);
-      size_t before = stash_.size();
-      unsigned n = harvest();
-      for (size_t i = before; i < stash_.size(); ++i) {
-        if (stash_[i].user_data == ud) poll_done = true;
-        if (stash_[i].user_data == send_ud) send_done = true;
+void UringBackend::setup_buffers() {
+  if (comp_ && buf_.init(&ring_, 0, opts_.buf_count, opts_.buf_size) < 0) comp_ = false;
+}
+
+io_uring_sqe* UringBackend::get_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (sqe == nullptr && io_uring_submit(&ring_) >= 0) sqe = io_uring_get_sqe(&ring_);
+  return sqe;
+}
+
+bool UringBackend::prep_poll(FdState* s, int want) {
+  io_uring_sqe* sqe = get_sqe();
+  if (sqe == nullptr) return false;
+  io_uring_prep_poll_add(sqe, s->fd, to_poll(want));
+  io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(s) | kTagPoll);
+  s->armed = true;
+  s->armed_mask = want;
+  return true;
+}
+
+bool UringBackend::prep_update(FdState* s, int want) {
+  io_uring_sqe* sqe = get_sqe();
+  if (sqe == nullptr) return false;
+  uint64_t ud = reinterpret_cast<uint64_t>(s) | kTagPoll;
+  // new_user_data must be 0 unless IORING_POLL_UPDATE_USER_DATA (EINVAL).
+  io_uring_prep_poll_update(sqe, ud, 0, to_poll(want), IORING_POLL_UPDATE_EVENTS);
+  ctl_flags(sqe);
+  s->armed_mask = want;
+  return true;
+}
+
+bool UringBackend::prep_remove(FdState* s) {
+  io_uring_sqe* sqe = get_sqe();
+  if (sqe == nullptr) return false;
+  io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(s) | kTagPoll);
+  ctl_flags(sqe);
+  s->armed_mask = 0;
+  return true;
+}
+
+void UringBackend::arm_wakeup() {
+  io_uring_sqe* sqe = get_sqe();
+  if (sqe == nullptr) return;
+  io_uring_prep_poll_multishot(sqe, efd_, POLLIN);
+  io_uring_sqe_set_data64(sqe, kTagWake);
+  wake_armed_ = true;
+}
+
+void UringBackend::flush() {
+  if (!wake_armed_) arm_wakeup();
+  if (!starved_.empty() && buf_.avail() >= std::max(1u, buf_.count() / 8)) {
+    // Buffers are back: starved readers return to multishot recv.
+    for (FdState* s : starved_) {
+      s->in_starved = false;
+      s->starved = false;
+      enqueue(s);
+    }
+    starved_.clear();
+  }
+  size_t done = 0;
+  for (; done < pending_.size(); ++done) {
+    FdState* s = pending_[done];
+    bool ok = true;
+    const int pw = poll_want(s);
+    if (s->parked) {
+    } else {
+      if (wants_recv(s)) {
+        if (!s->recv_armed) ok = prep_recv(s);
+      } else if (s->recv_armed && !s->recv_cancel) {
+        ok = prep_recv_cancel(s);
       }
-      if (n == 0 && !io_uring_cq_has_overflow(&ring_)) break;
+      if (!ok) {
+      } else if (!wants_send(s)) {
+        drop_send(s);
+        if (s->send_armed && !s->send_cancel) ok = prep_send_cancel(s);
+      } else if (s->send_queued && !s->send_armed) {
+        ok = prep_send(s);
+      }
+      if (!ok) {
+      } else if (!s->armed) {
+        if (pw) ok = prep_poll(s, pw);
+      } else if (pw == 0) {  // idle, or dead (io_close'd off the owner thread)
+        if (s->armed_mask != 0) ok = prep_remove(s);
+      } else if (pw != s->armed_mask) {
+        ok = prep_update(s, pw);
+      }
     }
-    s->pinned = false;
+    if (!ok) break;
+    s->queued = false;
+    maybe_free(s);
   }
+  pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(done));
+}
 
-  // Takes every CQE off the ring: recv completions are recorded at once
-  // (on_recv() never calls the sink), the rest wait in stash_ for poll().
-  unsigned harvest() {
+void UringBackend::release_now(FdState* s, bool poll_live, bool send_live) {
+  const uint64_t ud = reinterpret_cast<uint64_t>(s) | kTagPoll;
+  const uint64_t send_ud = reinterpret_cast<uint64_t>(s) | kTagSend;
+  bool poll_done = !poll_live, send_done = !send_live;
+  s->pinned = true;  // on_recv() must not free it under us
+  for (int round = 0; round < 64 && !(poll_done && send_done && !s->recv_armed); ++round) {
+    io_uring_submit_and_get_events(&ring_);
+    size_t before = stash_.size();
+    unsigned n = harvest();
+    for (size_t i = before; i < stash_.size(); ++i) {
+      if (stash_[i].user_data == ud) poll_done = true;
+      if (stash_[i].user_data == send_ud) send_done = true;
+    }
+    if (n == 0 && !io_uring_cq_has_overflow(&ring_)) break;
+  }
+  s->pinned = false;
+}
+
+unsigned UringBackend::harvest() {
+  unsigned head, n = 0;
+  io_uring_cqe* cqe;
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    ++n;
+    if ((cqe->user_data & kTagMask) == kTagRecv)
+      on_recv(reinterpret_cast<FdState*>(cqe->user_data & ~kTagMask), cqe->res, cqe->flags);
+    else
+      stash_.push_back({cqe->user_data, cqe->res, cqe->flags});
+  }
+  io_uring_cq_advance(&ring_, n);
+  return n;
+}
+
+void UringBackend::reap() {
+  for (const Completion& c : stash_) handle(c);
+  stash_.clear();
+  for (;;) {
     unsigned head, n = 0;
     io_uring_cqe* cqe;
     io_uring_for_each_cqe(&ring_, head, cqe) {
       ++n;
-      if ((cqe->user_data & kTagMask) == kTagRecv)
-        on_recv(reinterpret_cast<FdState*>(cqe->user_data & ~kTagMask), cqe->res, cqe->flags);
-      else
-        stash_.push_back({cqe->user_data, cqe->res, cqe->flags});
+      handle({cqe->user_data, cqe->res, cqe->flags});
     }
     io_uring_cq_advance(&ring_, n);
-    return n;
+    if (!io_uring_cq_has_overflow(&ring_)) return;
+    io_uring_get_events(&ring_);  // moves the kernel's overflow list in
   }
+}
 
-  // Stashed completions first: they are older than those still on the ring.
-  void reap() {
-    for (const Completion& c : stash_) handle(c);
-    stash_.clear();
-    for (;;) {
-      unsigned head, n = 0;
-      io_uring_cqe* cqe;
-      io_uring_for_each_cqe(&ring_, head, cqe) {
-        ++n;
-        handle({cqe->user_data, cqe->res, cqe->flags});
-      }
-      io_uring_cq_advance(&ring_, n);
-      if (!io_uring_cq_has_overflow(&ring_)) return;
-      io_uring_get_events(&ring_);  // moves the kernel's overflow list in
-    }
+void UringBackend::handle(const Completion& c) {
+  switch (c.user_data & kTagMask) {
+    case kTagPoll:
+      on_poll(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
+      break;
+    case kTagWake:
+      if (!(c.flags & IORING_CQE_F_MORE)) wake_armed_ = false;
+      break;
+    case kTagRecv:
+      on_recv(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res, c.flags);
+      break;
+    case kTagSend:
+      on_send(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
+      break;
+    default:
+      // A removal or update that lost the race with its poll firing
+      // (ENOENT, EALREADY); anything else is a bug here.
+      assert(c.res >= 0 || c.res == -ENOENT || c.res == -EALREADY || c.res == -ECANCELED);
+      break;
   }
+}
 
-  void handle(const Completion& c) {
-    switch (c.user_data & kTagMask) {
-      case kTagPoll:
-        on_poll(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
-        break;
-      case kTagWake:
-        if (!(c.flags & IORING_CQE_F_MORE)) wake_armed_ = false;
-        break;
-      case kTagRecv:
-        on_recv(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res, c.flags);
-        break;
-      case kTagSend:
-        on_send(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
-        break;
-      default:
-        // A removal or update that lost the race with its poll firing
-        // (ENOENT, EALREADY); anything else is a bug here.
-        assert(c.res >= 0 || c.res == -ENOENT || c.res == -EALREADY || c.res == -ECANCELED);
-        break;
-    }
+void UringBackend::on_poll(FdState* s, int res) {
+  s->armed = false;
+  s->armed_mask = 0;
+  if (s->watcher == nullptr) {
+    maybe_free(s);
+    return;
   }
-
-  void on_poll(FdState* s, int res) {
-    s->armed = false;
-    s->armed_mask = 0;
-    if (s->watcher == nullptr) {
-      maybe_free(s);
-      return;
-    }
-    if (res >= 0) {
-      if (int ev = from_poll(static_cast<unsigned>(res), poll_want(s))) sink_->on_io(s->watcher, ev);
-    } else if (res != -ECANCELED) {
-      s->parked = true;  // invariant 4
-      return;
-    }
-    if (s->want) enqueue(s);  // level-triggered: look again next iteration
+  if (res >= 0) {
+    if (int ev = from_poll(static_cast<unsigned>(res), poll_want(s))) sink_->on_io(s->watcher, ev);
+  } else if (res != -ECANCELED) {
+    s->parked = true;  // invariant 4
+    return;
   }
+  if (s->want) enqueue(s);  // level-triggered: look again next iteration
+}
 
-  void enqueue(FdState* s) {
-    if (s->queued) return;
-    s->queued = true;
-    pending_.push_back(s);
-  }
+void UringBackend::maybe_free(FdState* s) {
+  if (s->watcher != nullptr || s->armed || s->queued || s->recv_armed || s->in_ready ||
+      s->in_starved || s->pinned || s->send_armed || s->in_wake)
+    return;
+  unlink(s);
+  drop_held(s);
+  delete s;
+}
+}  // namespace uring
 
-  void maybe_free(FdState* s) {
-    if (s->watcher != nullptr || s->armed || s->queued || s->recv_armed || s->in_ready ||
-        s->in_starved || s->pinned || s->send_armed || s->in_wake)
-      return;
-    unlink(s);
-    drop_held(s);
-    delete s;
-  }
-
-  // --- completion reads (invariants 6-8) ----------------------------------------
-
-  bool recv_capable(const FdState* s) const {
-    return comp_ && (s->consume & kReadable) && !s->recv_off;
-  }
-  bool send_capable(const FdState* s) const { return send_ok_ && (s->consume & kWritable); }
-  bool wants_send(const FdState* s) const { return send_capable(s) && (s->want & kWritable); }
-
-  bool wants_recv(const FdState* s) const {
-    return recv_capable(s) && (s->want & kReadable) && !s->recv_paused && !s->starved &&
-           !s->bulk && s->end == kNoEnd;
-  }
-
-  // The poll's share of the interest: a reader fed by a multishot recv
-  // needs no POLLIN (a starved one does, until buffers return).
-  // So does a writer whose sends are completion sends.
-  int poll_want(const FdState* s) const {
-    int w = s->want;
-    const bool fallback = (s->starved || s->bulk) && !s->recv_armed && !s->recv_paused;
-    if (recv_capable(s) && !fallback) w &= ~kReadable;
-    if (send_capable(s)) w &= ~kWritable;
-    return w;
-  }
-
-  // --- completion sends (invariant 9) -------------------------------------------
-
-  bool prep_send(FdState* s) {
-    io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) return false;
-    if (s->send_iov.size() == 1) {
-      io_uring_prep_send(sqe, s->fd, s->send_iov[0].iov_base, s->send_iov[0].iov_len,
-                         MSG_NOSIGNAL);
-    } else {
-      s->send_msg = msghdr{};
-      s->send_msg.msg_iov = s->send_iov.data();
-      s->send_msg.msg_iovlen = s->send_iov.size();
-      io_uring_prep_sendmsg(sqe, s->fd, &s->send_msg, MSG_NOSIGNAL);
-    }
-    io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(s) | kTagSend);
-    s->send_queued = false;
-    s->send_armed = true;
-    s->send_cancel = false;
-    s->send_unwanted = false;
-    ++send_inflight_;
-    return true;
-  }
-
-  bool prep_send_cancel(FdState* s) {
-    io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) return false;
-    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(s) | kTagSend, 0);
-    ctl_flags(sqe);
-    s->send_cancel = true;
-    return true;
-  }
-
-  // The writer went: a queued send is dropped; one in flight is cancelled
-  // (by the caller) and keeps its memory until its CQE.
-  void drop_send(FdState* s) {
-    s->send_queued = false;
-    s->send_done = false;
-    if (!s->send_armed) {
-      s->send_keep.clear();
-      s->send_iov.clear();
-    } else {
-      s->send_unwanted = true;
-    }
-  }
-
-  void leak_send_memory(FdState* s) {
-    new std::vector<std::shared_ptr<char[]>>(std::move(s->send_keep));  // on purpose
-    s->send_keep.clear();
-  }
-
-  void on_send(FdState* s, int res) {
-    s->send_armed = false;
-    --send_inflight_;
-    s->send_keep.clear();  // the kernel is done reading it
-    s->send_iov.clear();
-    if (s->watcher == nullptr) {
-      maybe_free(s);
-      return;
-    }
-    if (!s->send_unwanted) {
-      s->send_done = true;
-      s->send_res = res;
-    }
-    s->send_cancel = false;
-    s->send_unwanted = false;
-    if (wants_send(s)) wake_writer(s);
-  }
-
-  void wake_writer(FdState* s) {
-    if (s->in_wake) return;
-    s->in_wake = true;
-    send_wake_.push_back(s);
-  }
-
-  bool prep_recv(FdState* s) {
-    io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) return false;
-    io_uring_prep_recv_multishot(sqe, s->fd, nullptr, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = buf_.group();
-    io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(s) | kTagRecv);
-    s->recv_armed = true;
-    s->recv_cancel = false;
-    ++recv_inflight_;
-    return true;
-  }
-
-  // The recv ends with -ECANCELED (after any data it had already taken).
-  bool prep_recv_cancel(FdState* s) {
-    io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) return false;
-    io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(s) | kTagRecv, 0);
-    ctl_flags(sqe);
-    s->recv_cancel = true;
-    return true;
-  }
-
-  void on_recv(FdState* s, int res, unsigned flags) {
-    const bool more = flags & IORING_CQE_F_MORE;
-    // A bulk flow (a whole buffer at a time) is cheaper on readiness: one
-    // recv() of the owner's big buffer instead of a CQE and an extra copy
-    // per provided buffer, through a cache footprint of the whole ring.
-    if (res > 0 && static_cast<unsigned>(res) >= buf_.size() && !s->bulk && s->watcher) {
-      s->bulk = true;
-      enqueue(s);  // flush() cancels the multishot recv
-    }
-    if (flags & IORING_CQE_F_BUFFER) {
-      const unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-      buf_.taken();
-      if (res > 0 && s->watcher != nullptr)
-        keep(s, bid, static_cast<uint32_t>(res));
-      else
-        buf_.recycle(bid);
-    }
-    if (!more) {
-      s->recv_armed = false;
-      s->recv_cancel = false;
-      --recv_inflight_;
-    }
-    if (s->watcher == nullptr) {
-      if (!more) maybe_free(s);
-      return;
-    }
-    if (res == 0) {
-      s->end = 0;
-    } else if (res == -ENOBUFS) {
-      s->starved = true;
-      if (!s->in_starved) {
-        s->in_starved = true;
-        starved_.push_back(s);
-      }
-    } else if (res == -EINVAL && !s->has_data()) {
-      comp_ = false;  // no multishot recv here (before 6.0): readiness for all
-    } else if (res == -ENOTSOCK || res == -EOPNOTSUPP || res == -EINVAL) {
-      s->recv_off = true;  // this fd only
-    } else if (res < 0 && res != -ECANCELED) {
-      s->end = res;
-    }
-    if (s->has_data()) mark_ready(s);
-    if (!more) enqueue(s);  // flush() decides: re-arm, or readiness
-  }
-
-  // A reader that is not reading (paused) must not hoard provided buffers:
-  // its data moves to the heap and the buffer goes back at once.
-  void keep(FdState* s, unsigned bid, uint32_t len) {
-    char* heap = nullptr;
-    if (!(s->want & kReadable) || s->recv_paused) {
-      heap = new char[len];
-      std::memcpy(heap, buf_.data(bid), len);
-      buf_.recycle(bid);
-    }
-    s->held.push_back({heap, static_cast<uint32_t>(bid), 0, len});
-  }
-
-  // Every held provided buffer to the heap (the buffers are about to go).
-  void spill(FdState* s) {
-    for (size_t i = s->held_head; i < s->held.size(); ++i) {
-      FdState::Held& h = s->held[i];
-      if (h.heap) continue;
-      h.heap = new char[h.len];
-      std::memcpy(h.heap, buf_.data(h.bid), h.len);
-    }
-  }
-
-  size_t take(FdState* s, char* buf, size_t len) {
-    size_t n = 0;
-    while (n < len && s->held_head < s->held.size()) {
-      FdState::Held& h = s->held[s->held_head];
-      size_t k = std::min<size_t>(len - n, h.len - h.off);
-      std::memcpy(buf + n, (h.heap ? h.heap : buf_.data(h.bid)) + h.off, k);
-      n += k;
-      h.off += static_cast<uint32_t>(k);
-      if (h.off < h.len) break;  // the owner's buffer is full; the rest waits
-      if (h.heap)
-        delete[] h.heap;
-      else
-        buf_.recycle(h.bid);
-      ++s->held_head;
-    }
-    if (s->held_head == s->held.size()) {
-      s->held.clear();
-      s->held_head = 0;
-    }
-    return n;
-  }
-
-  void drop_held(FdState* s) {
-    for (size_t i = s->held_head; i < s->held.size(); ++i) {
-      FdState::Held& h = s->held[i];
-      if (h.heap)
-        delete[] h.heap;
-      else if (buf_.ready())
-        buf_.recycle(h.bid);
-    }
-    s->held.clear();
-    s->held_head = 0;
-  }
-
-  void mark_ready(FdState* s) {
-    if (s->in_ready) return;
-    s->in_ready = true;
-    ready_recv_.push_back(s);
-  }
-
-  bool undelivered() const {
-    for (const FdState* s : ready_recv_)
-      if (s->watcher && (s->want & kReadable) && s->has_data()) return true;
-    return false;
-  }
-
-  // Level-triggered, as for polls: a reader is reported in every poll()
-  // while data it has not taken is held for it.
-  void report_ready() {
-    for (FdState* s : send_wake_) {
-      s->in_wake = false;
-      if (s->watcher && (s->want & kWritable))
-        sink_->on_io(s->watcher, kWritable);
-      else
-        maybe_free(s);
-    }
-    send_wake_.clear();
-    size_t keep_n = 0;
-    for (size_t i = 0; i < ready_recv_.size(); ++i) {
-      FdState* s = ready_recv_[i];
-      if (s->watcher && (s->want & kReadable) && s->has_data()) {
-        sink_->on_io(s->watcher, kReadable);
-        ready_recv_[keep_n++] = s;
-      } else if (s->watcher && s->has_data()) {
-        ready_recv_[keep_n++] = s;  // paused: reported once reading resumes
-      } else {
-        s->in_ready = false;
-        maybe_free(s);
-      }
-    }
-    ready_recv_.resize(keep_n);
-  }
-
-  void link(FdState* s) {
-    s->next = all_;
-    if (all_) all_->prev = s;
-    all_ = s;
-  }
-  void unlink(FdState* s) {
-    if (s->prev) s->prev->next = s->next;
-    else all_ = s->next;
-    if (s->next) s->next->prev = s->prev;
-  }
-
-  UringOptions opts_;
-  UringSetup strongest_;
-  io_uring ring_{};
-  unsigned flags_ = 0;
-  unsigned features_ = 0;
-  bool ring_open_ = false;
-  bool enabled_ = false;
-  pthread_t owner_{};
-  int efd_ = -1;
-  bool wake_armed_ = false;
-  std::vector<FdState*> pending_;
-  std::vector<Completion> stash_;  // taken off the ring outside poll()
-  FdState* all_ = nullptr;  // every FdState, for close() and rebuild()
-  // Completion reads.
-  bool comp_ = false;       // on: consuming readers get multishot recvs
-  BufRing buf_;
-  int recv_inflight_ = 0;   // multishot recvs whose final CQE is not reaped
-  bool send_ok_ = false;    // on: consuming writers get completion sends
-  int send_inflight_ = 0;
-  std::vector<FdState*> send_wake_;   // a send ended: report kWritable
-  std::vector<FdState*> ready_recv_;  // may hold data for their reader
-  std::vector<FdState*> starved_;     // ended with -ENOBUFS
-};
-
-}  // namespace
 
 UringOptions default_uring_options() {
   UringOptions o;
@@ -1097,7 +625,7 @@ std::unique_ptr<Backend> make_uring_backend(std::string* err, UringSetup stronge
 }
 
 std::unique_ptr<Backend> make_uring_backend(std::string* err, const UringOptions& opts) {
-  auto b = std::make_unique<UringBackend>(opts);
+  auto b = std::make_unique<uring::UringBackend>(opts);
   std::string why;
   if (b->init(&why) < 0) {
     if (err) *err = why;

@@ -132,7 +132,7 @@ struct UringOptions {
   // unless UVPY_URING_COMPLETION=0 is set in the environment.
   bool completion = true;
   bool completion_sends = true;  // UVPY_URING_COMPLETION=recv: reads only
-  unsigned buf_count = 1024;  // provided buffers: a power of two
+  unsigned buf_count = 256;   // provided buffers: a power of two (2 MiB: fits in cache)
   unsigned buf_size = 8192;   // bytes each
 };
 UringOptions default_uring_options();

@@ -9,6 +9,7 @@
 
 #include <cerrno>
 #include <string>
+#include <thread>
 
 #include "stream.h"
 #include "stream_support.h"
@@ -370,5 +371,32 @@ TEST_CASE("a bulk flow moves to readiness and back without losing order", "[urin
     spin(*r, [&] { return rec.data.size() == want.size(); });
   }
   REQUIRE(rec.data == want);
+  done(r, s, rec, fds);
+}
+
+TEST_CASE("a reading stream keeps its bytes, in order, when the loop moves threads",
+          "[stream]") {
+  auto r = make_reactor();
+  int fds[2];
+  tcp_pair(fds);
+  Recorder rec;
+  Stream s(r.get(), fds[0], &rec);
+  REQUIRE(s.start_reading() == 0);
+  // No REQUIRE off the main thread: Catch2 is not thread-safe.
+  auto turns_on_another_thread = [&](int n) {
+    std::thread([&] {
+      for (int i = 0; i < n; ++i) turn(*r);
+    }).join();
+  };
+  REQUIRE(send(fds[1], "one;", 4, 0) == 4);
+  turns_on_another_thread(50);  // the ring binds to thread A; recv armed there
+  REQUIRE(send(fds[1], "two;", 4, 0) == 4);
+  rec.skip = true;  // read ahead on A, not yet taken
+  turns_on_another_thread(50);
+  REQUIRE(send(fds[1], "three", 5, 0) == 5);
+  rec.skip = false;
+  turns_on_another_thread(1);  // thread B: the ring is rebuilt here
+  spin(*r, [&] { return rec.data.size() == 13; });  // and again on the main thread
+  REQUIRE(rec.data == "one;two;three");
   done(r, s, rec, fds);
 }

@@ -39,7 +39,7 @@ ssize_t UringBackend::send_result(IoWatcher* w) {
 
 ssize_t UringBackend::recv(IoWatcher* w, int fd, void* buf, size_t len) {
   auto* s = w ? static_cast<FdState*>(w->backend_data) : nullptr;
-  if (s == nullptr || !s->consume) return Backend::recv(w, fd, buf, len);
+  if (s == nullptr || !(s->consume & kReadable)) return Backend::recv(w, fd, buf, len);
   size_t n = take(s, static_cast<char*>(buf), len);
   if (n > 0) return static_cast<ssize_t>(n);
   if (s->end != kNoEnd) {
@@ -59,10 +59,10 @@ ssize_t UringBackend::recv(IoWatcher* w, int fd, void* buf, size_t len) {
 
 int UringBackend::recv_stop(IoWatcher* w, std::string* out) {
   auto* s = static_cast<FdState*>(w->backend_data);
-  if (s == nullptr || !s->consume) return 1;
+  if (s == nullptr || !(s->consume & kReadable)) return 1;
   s->recv_paused = true;
   if (s->recv_armed && on_owner_thread()) {
-    // Invariant 7: wait for the final CQE, so everything the kernel read
+    // Invariant 6: wait for the final CQE, so everything the kernel read
     // for this reader is in s->held before the reader goes.
     if (s->recv_cancel || prep_recv_cancel(s)) {
       s->pinned = true;

@@ -371,10 +371,11 @@ int LoopCore_set_slow(PyObject* self, PyObject* value, void*) {
 
 // "auto" means the backend uvpy recommends here. With this flag set it is
 // io_uring where io_uring can run, else libuv (the first failure is
-// remembered, so later loops skip the attempt). It is off: the io_uring
-// backend is a readiness backend too and measured no faster than libuv
-// (README, "Backends"), so io_uring is opt-in by name until a completion
-// fast path makes it win.
+// remembered, so later loops skip the attempt). It is off: with completion
+// I/O (multishot recv, ring sends) io_uring beats libuv on 1 KiB echo but
+// not on 10-100 KiB messages, and at 1000 connections its system-time share
+// is not smaller (README, "Backends"; bench/results/uring-completion.md), so
+// io_uring stays opt-in by name.
 constexpr bool kAutoPrefersUring = false;
 
 // The backend for a new loop: the `backend` keyword, else $UVPY_BACKEND,

@@ -14,7 +14,29 @@
 //     still registered); io_close() forgets it. After io_close returns the
 //     backend never touches the watcher again.
 //  4. Errors are negative errno values; nothing throws.
+//  5. Consuming reads. A watcher whose `consume` flag is set (a Stream's
+//     reader) reads only through recv(); the backend may read its fd ahead
+//     (io_uring: a multishot recv into a provided-buffer ring) and reports
+//     kReadable while data, EOF or an error waits to be recv()'d. A plain
+//     watcher (add_reader from Python) is readiness-only: the backend never
+//     takes a byte from under it. Where a backend lacks an opcode or
+//     feature, recv() is the plain syscall: never a failure.
+//  6. recv_stop() ends reading ahead and hands over whatever was read ahead
+//     but not yet recv()'d, so nothing is lost or reordered when a reader
+//     pauses (its watcher may then be forgotten).
+//  7. Consuming writes. A watcher whose writer consumes (a Stream with a
+//     non-empty write queue) may hand the backend a send with
+//     send_start(); 0 means it is on its way and its result comes back as
+//     one kWritable report, collected with send_result(). -ENOTSUP means
+//     "not here": wait for kWritable readiness and send yourself. A send
+//     shares ownership of the memory it reads (SendRef::owner), so the
+//     writer may drop its queue at any time; dropping kWritable (or
+//     io_close) cancels the send.
 #pragma once
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include <cerrno>
 #include <memory>
 #include <string>
 
@@ -23,6 +45,13 @@ namespace uvpy::loop {
 enum IoEvents : int { kReadable = 1, kWritable = 2 };
 
 struct IoWatcher;  // reactor.h
+
+// One piece of a send: [data, data+len) inside memory kept alive by owner.
+struct SendRef {
+  const char* data;
+  size_t len;
+  std::shared_ptr<char[]> owner;
+};
 
 class Backend {
  public:
@@ -47,6 +76,38 @@ class Backend {
   // Releases every OS resource. The backend is unusable afterwards.
   virtual void close() = 0;
 
+  // Contract 5: n > 0 bytes copied into buf, 0 end of stream, -EAGAIN
+  // nothing now, other -errno an error. w may be null (no watcher).
+  virtual ssize_t recv(IoWatcher* w, int fd, void* buf, size_t len) {
+    (void)w;
+    for (;;) {
+      ssize_t n = ::recv(fd, buf, len, 0);
+      if (n >= 0) return n;
+      if (errno == EINTR) continue;
+      return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    }
+  }
+  // Contract 6: appends what was read ahead to *held and returns 1, or the
+  // end read ahead after it (0 EOF, -errno). Reading ahead resumes when the
+  // reader is installed again.
+  virtual int recv_stop(IoWatcher* w, std::string* held) {
+    (void)w;
+    (void)held;
+    return 1;
+  }
+  // Contract 7. send_result(): n >= 0 bytes sent, -errno the send's error,
+  // -EINPROGRESS still in flight, -ENOENT no send started.
+  virtual int send_start(IoWatcher* w, const SendRef* parts, int count) {
+    (void)w;
+    (void)parts;
+    (void)count;
+    return -ENOTSUP;
+  }
+  virtual ssize_t send_result(IoWatcher* w) {
+    (void)w;
+    return -ENOENT;
+  }
+
   void set_sink(Sink* s) { sink_ = s; }
 
  protected:
@@ -65,9 +126,20 @@ enum class UringSetup {
   kCoop,          // COOP_TASKRUN alone
   kPlain,         // no flags
 };
+struct UringOptions {
+  UringSetup strongest = UringSetup::kDeferTaskrun;
+  // Completion I/O for consuming watchers (contract 5). The default is on
+  // unless UVPY_URING_COMPLETION=0 is set in the environment.
+  bool completion = true;
+  bool completion_sends = true;  // UVPY_URING_COMPLETION=recv: reads only
+  unsigned buf_count = 256;   // provided buffers: a power of two (2 MiB: fits in cache)
+  unsigned buf_size = 8192;   // bytes each
+};
+UringOptions default_uring_options();
 // nullptr (with the reason) when io_uring cannot run here: no kernel
 // support, disabled by seccomp or sysctl, no memory, or uvpy built without
 // liburing.
+std::unique_ptr<Backend> make_uring_backend(std::string* err, const UringOptions& opts);
 std::unique_ptr<Backend> make_uring_backend(std::string* err,
                                             UringSetup strongest = UringSetup::kDeferTaskrun);
 

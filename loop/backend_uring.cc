@@ -1,10 +1,22 @@
 // backend_uring.cc — the Linux fast-path Backend on io_uring (liburing).
 //
-// Still readiness, like backend_uv: the ring tells the reactor "fd 7 is
-// readable" and the callback does the I/O itself. What io_uring buys is one
-// syscall per loop iteration for everything: the poll (re-)arms and removals
-// queued since the last iteration are submitted by the same io_uring_enter
-// that waits.
+// Two models side by side, chosen per watcher direction:
+//
+//   readiness   plain watchers (add_reader/add_writer from Python, and any
+//               direction where completion I/O is off): one-shot POLL_ADDs,
+//               re-armed each iteration; the callback does its own I/O.
+//   completion  consuming watchers (backend.h, contracts 5-7: a Stream's
+//               reader, and its writer while its queue is non-empty): the
+//               kernel does the I/O. A reader keeps a multishot RECV with
+//               IOSQE_BUFFER_SELECT armed on one provided-buffer ring
+//               (uring_buf_ring.h); its CQEs are recorded here as held data
+//               and the reader is reported readable, and recv() copies out
+//               and recycles. A writer hands over one SEND/SENDMSG at a time;
+//               its CQE reports kWritable and send_result() gives the count.
+//
+// Either way one io_uring_enter per loop iteration carries everything: the
+// poll (re-)arms, recvs, sends and cancels queued since the last iteration
+// are submitted by the same call that waits.
 //
 // One-shot polls, not multishot. A multishot IORING_OP_POLL_ADD posts one
 // CQE per wake-up of the fd's wait queue: a reader that leaves data behind
@@ -12,80 +24,90 @@
 // refused with multishot). asyncio's selector loops are level-triggered, so
 // each poll here is one-shot and is re-armed, if still wanted, just before
 // the next wait: an fd that is still ready completes again inside that
-// submit, costing no extra syscall.
+// submit, costing no extra syscall. Held recv data is level-triggered the
+// same way: reported in every poll() while the reader leaves some behind.
 //
 // user_data, 64 bits:
-//   bits 0-1   tag: 0 the poll of an FdState, 1 a poll remove/update (its
-//              CQE, if any, only reports a lost race and is ignored),
-//              2 the wakeup eventfd's multishot poll
-//   bits 2-63  tag 0 only: the FdState's address (heap objects, 8-aligned)
+//   bits 0-2   tag: 0 the poll of an FdState, 1 a poll remove/update or a
+//              cancel (its CQE, if any, only reports a lost race and is
+//              ignored), 2 the wakeup eventfd's multishot poll, 3 the
+//              multishot recv of an FdState, 4 the send of an FdState
+//   bits 3-63  tags 0, 3, 4: the FdState's address (heap objects, 8-aligned)
 //
 // Invariants:
-//  1. An FdState has at most one poll in flight (`armed`). It is freed only
-//     when it is dead (io_close'd), not armed and not queued for the next
-//     flush, so no CQE ever carries the address of freed memory.
+//  1. An FdState has at most one poll, one recv and one send in flight. It
+//     is freed only when it is dead (io_close'd), none of them is in flight,
+//     and it is on no list (pending_, ready_recv_, starved_, send_wake_),
+//     so no CQE ever carries the address of freed memory.
 //  2. Only the owner thread submits. With IORING_SETUP_SINGLE_ISSUER the
 //     ring is created disabled and enabled by the first thread that polls;
 //     if the loop later polls on another thread, the ring is rebuilt there.
 //     Polls are one-shot, so re-arming every wanted fd on the new ring
-//     loses no readiness. wakeup() only writes the eventfd.
-//  3. A poll in flight holds a reference to the fd's file, so io_close()
-//     on the owner thread submits the removal at once and enters the ring
-//     until the poll's completion is out (DEFER_TASKRUN runs only a bounded
-//     batch of task work per enter): the caller usually closes the fd next,
-//     and the peer must see the FIN then, not at the next loop iteration.
-//     Completions taken off the ring there wait in stash_ for poll(), since
-//     the sink may be called only from poll().
+//     loses no readiness; recv data the old ring posted is kept, and a send
+//     whose outcome died with the old ring fails its writer with -EIO
+//     rather than guess what went out. wakeup() only writes the eventfd.
+//  3. A request in flight holds a reference to the fd's file, so io_close()
+//     on the owner thread submits the removal/cancels at once and enters
+//     the ring until their completions are out (DEFER_TASKRUN runs only a
+//     bounded batch of task work per enter): the caller usually closes the
+//     fd next, and the peer must see the FIN then, not at the next loop
+//     iteration. Completions taken off the ring outside poll() are recv
+//     data (recorded at once: recording calls no sink) or wait in stash_
+//     for poll(), since the sink may be called only from poll().
 //  4. A poll that fails (-EBADF: the fd was closed under its watcher) parks
 //     its FdState, reporting nothing, as epoll drops a closed file; the next
 //     io_update() unparks it. Re-arming it would spin.
-//  5. No request ever points into user memory: the ring is torn down
-//     asynchronously by the kernel after close(), so an in-flight read into
-//     a buffer of ours could land after we freed it. Hence the wakeup is a
-//     multishot poll on an eventfd that is never read: each write wakes the
-//     poll (edge-triggered is right for an event), and the 64-bit counter
-//     cannot overflow in practice.
+//  5. The ring is torn down asynchronously by the kernel after close(), so
+//     a request that points into our memory must have its final CQE reaped
+//     before that memory is freed or reused. The wakeup is a multishot poll
+//     on an eventfd that is never read (each write wakes the poll; the
+//     64-bit counter cannot overflow in practice). Recvs write only into
+//     provided buffers (invariant 7); sends share ownership of what they
+//     read (invariant 9).
+//  6. Completion reads never take a byte a plain watcher could see: only a
+//     consuming reader gets a multishot recv. Where it cannot have one the
+//     reader falls back to readiness and recv() is the syscall: the fd is
+//     not a socket (-ENOTSOCK: that fd only), the kernel lacks multishot
+//     recv (-EINVAL: all fds), the ring ran dry (-ENOBUFS: until an
+//     eighth of the buffers is back), or the flow is bulk (a CQE filled a
+//     whole buffer: until a recv() comes back short or empty; one big
+//     recv() then beats a CQE and a copy per buffer). Switching is safe
+//     for order: the syscall runs only when nothing is held and no recv is
+//     in flight. A pause (recv_stop) cancels the recv
+//     and waits for its final CQE, so all it read is handed back in order;
+//     data for a reader that is not reading is copied to the heap and its
+//     buffer recycled at once: a paused reader hoards no ring buffer.
+//  7. Provided buffers are unmapped only when no recv is in flight (every
+//     final CQE reaped): Backend::close cancels and reaps stragglers, and
+//     leaks the buffers rather than unmap them if it cannot (off the owner
+//     thread); a ring rebuild likewise leaves the old buffers behind.
+//  8. A held buffer goes back to the ring exactly once: when recv() has
+//     copied all of it, or when its reader is dropped.
+//  9. A send reads memory it co-owns (SendRef::owner), so the writer may
+//     drop its queue any time; dropping the writer cancels the send, whose
+//     result is then discarded. One send per fd at a time, submitted at the
+//     next flush; a partial send is simply a smaller result.
 #include <liburing.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
+#include <algorithm>
 #include <cassert>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <vector>
 
-#include "backend.h"
-#include "reactor.h"
+#include "uring_backend.h"
 
 namespace uvpy::loop {
+namespace uring {
 namespace {
-
-constexpr uint64_t kTagPoll = 0, kTagCtl = 1, kTagWake = 2, kTagMask = 3;
-constexpr unsigned kSqEntries = 256;
-constexpr unsigned kCqEntries = 1024;  // overflow is kept by the kernel (FEAT_NODROP)
-
-struct FdState {
-  IoWatcher* watcher;  // nullptr once io_close()d: dead
-  int fd;
-  int want = 0;        // the interest the reactor asked for
-  int armed_mask = 0;  // the interest of the poll in flight (0: being removed)
-  bool armed = false;  // a poll is in flight
-  bool queued = false; // in pending_: look at it in the next flush
-  bool parked = false; // its last poll failed; wait for io_update
-  FdState* prev = nullptr;
-  FdState* next = nullptr;
-};
-
-struct Completion {
-  uint64_t user_data;
-  int res;
-  unsigned flags;
-};
 
 unsigned to_poll(int events) {
   return ((events & kReadable) ? POLLIN : 0) | ((events & kWritable) ? POLLOUT : 0);
@@ -118,387 +140,492 @@ const char* missing_opcodes(io_uring* ring) {
   return reason;
 }
 
-class UringBackend final : public Backend {
- public:
-  explicit UringBackend(UringSetup strongest) : strongest_(strongest) {}
-  ~UringBackend() override { close(); }
+// Whether this kernel has what completion reads need (multishot recv itself
+// is 6.0+: an older kernel fails the first one with -EINVAL, which turns
+// completion reads off, see on_recv).
+bool have_send_opcodes(io_uring* ring) {
+  static const bool ok = [ring] {
+    io_uring_probe* probe = io_uring_get_probe_ring(ring);
+    if (probe == nullptr) return false;
+    bool r = io_uring_opcode_supported(probe, IORING_OP_SEND) &&
+             io_uring_opcode_supported(probe, IORING_OP_SENDMSG) &&
+             io_uring_opcode_supported(probe, IORING_OP_ASYNC_CANCEL);
+    io_uring_free_probe(probe);
+    return r;
+  }();
+  return ok;
+}
 
-  int init(std::string* err) {
-    int rc = setup(&ring_, err);
-    if (rc < 0) return rc;
-    ring_open_ = true;
-    // RSRC_TAGS stands in for "5.13+", where poll update arrived.
-    constexpr unsigned kNeed = IORING_FEAT_NODROP | IORING_FEAT_EXT_ARG | IORING_FEAT_RSRC_TAGS;
-    if ((features_ & kNeed) != kNeed) {
-      *err = "the kernel's io_uring lacks NODROP/EXT_ARG/poll update (Linux 5.13+ needed)";
-      return -ENOSYS;
-    }
-    if (const char* why = missing_opcodes(&ring_)) {
-      *err = why;
-      return -ENOSYS;
-    }
-    efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    if (efd_ < 0) {
-      *err = std::string("eventfd: ") + strerror(errno);
-      return -errno;
-    }
-    return 0;
+bool have_recv_opcodes(io_uring* ring) {
+  static const bool ok = [ring] {
+    io_uring_probe* probe = io_uring_get_probe_ring(ring);
+    if (probe == nullptr) return false;
+    bool r = io_uring_opcode_supported(probe, IORING_OP_RECV) &&
+             io_uring_opcode_supported(probe, IORING_OP_ASYNC_CANCEL);
+    io_uring_free_probe(probe);
+    return r;
+  }();
+  return ok;
+}
+
+}  // namespace
+
+int UringBackend::init(std::string* err) {
+  int rc = setup(&ring_, err);
+  if (rc < 0) return rc;
+  ring_open_ = true;
+  // RSRC_TAGS stands in for "5.13+", where poll update arrived.
+  constexpr unsigned kNeed = IORING_FEAT_NODROP | IORING_FEAT_EXT_ARG | IORING_FEAT_RSRC_TAGS;
+  if ((features_ & kNeed) != kNeed) {
+    *err = "the kernel's io_uring lacks NODROP/EXT_ARG/poll update (Linux 5.13+ needed)";
+    return -ENOSYS;
   }
+  if (const char* why = missing_opcodes(&ring_)) {
+    *err = why;
+    return -ENOSYS;
+  }
+  efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (efd_ < 0) {
+    *err = std::string("eventfd: ") + strerror(errno);
+    return -errno;
+  }
+  comp_ = opts_.completion && have_recv_opcodes(&ring_);
+  send_ok_ = opts_.completion && opts_.completion_sends && have_send_opcodes(&ring_);
+  setup_buffers();
+  return 0;
+}
 
-  const char* name() const override { return "io_uring"; }
+int UringBackend::poll(int timeout_ms) {
+  if (!ring_open_) return -EBADF;
+  int rc = ensure_owner();
+  if (rc < 0) return rc;
+  // Data read ahead and not yet taken is readiness that needs no wait.
+  if (timeout_ms != 0 && undelivered()) timeout_ms = 0;
+  for (int attempt = 0;; ++attempt) {
+    flush();
+    if (timeout_ms == 0) {
+      rc = io_uring_submit_and_get_events(&ring_);
+    } else if (timeout_ms < 0) {
+      rc = io_uring_submit_and_wait(&ring_, 1);
+    } else {
+      __kernel_timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000LL};
+      io_uring_cqe* cqe;
+      rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+    }
+    // EEXIST: another thread now (a recycled pthread_t fooled the check).
+    if (rc != -EEXIST || attempt > 0) break;
+    if (int r = rebuild(); r < 0) return r;
+  }
+  reap();
+  report_ready();
+  // ETIME: the timeout; EINTR: a signal (its wakeup fd is watched);
+  // EBUSY/EAGAIN: completions backed up, reaped above, retried next time.
+  if (rc == -ETIME || rc == -EINTR || rc == -EBUSY || rc == -EAGAIN) rc = 0;
+  return rc < 0 ? rc : 0;
+}
 
-  int poll(int timeout_ms) override {
-    if (!ring_open_) return -EBADF;
-    int rc = ensure_owner();
-    if (rc < 0) return rc;
-    for (int attempt = 0;; ++attempt) {
-      flush();
-      if (timeout_ms == 0) {
-        rc = io_uring_submit_and_get_events(&ring_);
-      } else if (timeout_ms < 0) {
-        rc = io_uring_submit_and_wait(&ring_, 1);
-      } else {
-        __kernel_timespec ts{timeout_ms / 1000, (timeout_ms % 1000) * 1000000LL};
-        io_uring_cqe* cqe;
-        rc = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+void UringBackend::wakeup() {
+  uint64_t one = 1;
+  while (::write(efd_, &one, sizeof one) < 0 && errno == EINTR) {
+  }
+}
+
+int UringBackend::io_update(IoWatcher* w, int events) {
+  auto* s = static_cast<FdState*>(w->backend_data);
+  if (s == nullptr) {
+    // epoll's rules, which the libuv backend inherits: a closed fd is
+    // EBADF; regular files and directories are always "ready" to poll(),
+    // so epoll refuses them with EPERM.
+    struct stat st;
+    if (::fstat(w->fd, &st) < 0) return -errno;
+    if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) return -EPERM;
+    s = new FdState;
+    s->watcher = w;
+    s->fd = w->fd;
+    link(s);
+    w->backend_data = s;
+  }
+  if ((events & kReadable) && !(s->want & kReadable)) s->recv_paused = false;
+  s->consume = w->consume;
+  s->want = events;
+  s->parked = false;
+  enqueue(s);
+  return 0;
+}
+
+void UringBackend::io_close(IoWatcher* w) {
+  auto* s = static_cast<FdState*>(w->backend_data);
+  if (s == nullptr) return;
+  w->backend_data = nullptr;
+  s->watcher = nullptr;
+  s->want = 0;
+  drop_held(s);
+  drop_send(s);
+  const bool poll_live = s->armed && s->armed_mask != 0;
+  const bool recv_live = s->recv_armed && !s->recv_cancel;
+  const bool send_live = s->send_armed && !s->send_cancel;
+  if (poll_live || recv_live || send_live) {
+    // Off the owner thread (or with the SQ full) the next flush() removes
+    // them; see invariant 3.
+    bool ok = on_owner_thread();
+    if (ok && poll_live) ok = prep_remove(s);
+    if (ok && recv_live) ok = prep_recv_cancel(s);
+    if (ok && send_live) ok = prep_send_cancel(s);
+    if (ok)
+      release_now(s, poll_live, send_live);
+    else
+      enqueue(s);
+  }
+  maybe_free(s);
+}
+
+void UringBackend::close() {
+  if (!ring_open_) return;
+  ring_open_ = false;
+  // Invariant 7: no recv may pick a provided buffer after we unmap them.
+  // The reactor io_close()d every watcher first, which usually cancelled
+  // and reaped them all; cancel any straggler and wait here.
+  if ((recv_inflight_ > 0 || send_inflight_ > 0) && on_owner_thread()) {
+    if (io_uring_sqe* sqe = get_sqe()) {
+      io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+      io_uring_sqe_set_data64(sqe, kTagCtl);
+      for (int round = 0; round < 64 && (recv_inflight_ > 0 || send_inflight_ > 0); ++round) {
+        io_uring_submit_and_get_events(&ring_);
+        if (harvest() == 0 && !io_uring_cq_has_overflow(&ring_)) break;
+        for (const Completion& c : stash_) {
+          if ((c.user_data & kTagMask) != kTagSend) continue;
+          auto* s = reinterpret_cast<FdState*>(c.user_data & ~kTagMask);
+          s->send_armed = false;
+          s->send_keep.clear();
+          --send_inflight_;
+        }
+        stash_.clear();
       }
-      // EEXIST: another thread now (a recycled pthread_t fooled the check).
-      if (rc != -EEXIST || attempt > 0) break;
-      if (int r = rebuild(); r < 0) return r;
-    }
-    reap();
-    // ETIME: the timeout; EINTR: a signal (its wakeup fd is watched);
-    // EBUSY/EAGAIN: completions backed up, reaped above, retried next time.
-    if (rc == -ETIME || rc == -EINTR || rc == -EBUSY || rc == -EAGAIN) rc = 0;
-    return rc < 0 ? rc : 0;
-  }
-
-  void wakeup() override {
-    uint64_t one = 1;
-    while (::write(efd_, &one, sizeof one) < 0 && errno == EINTR) {
     }
   }
-
-  int io_update(IoWatcher* w, int events) override {
-    auto* s = static_cast<FdState*>(w->backend_data);
-    if (s == nullptr) {
-      // epoll's rules, which the libuv backend inherits: a closed fd is
-      // EBADF; regular files and directories are always "ready" to poll(),
-      // so epoll refuses them with EPERM.
-      struct stat st;
-      if (::fstat(w->fd, &st) < 0) return -errno;
-      if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) return -EPERM;
-      s = new FdState{w, w->fd};
-      link(s);
-      w->backend_data = s;
-    }
-    s->want = events;
-    s->parked = false;
-    enqueue(s);
-    return 0;
+  const bool buffers_safe = recv_inflight_ == 0;
+  if (send_inflight_ > 0) {
+    // Sends we could not reap may still read their memory: keep it.
+    for (FdState* s = all_; s != nullptr; s = s->next)
+      if (s->send_armed) leak_send_memory(s);
   }
-
-  void io_close(IoWatcher* w) override {
-    auto* s = static_cast<FdState*>(w->backend_data);
-    if (s == nullptr) return;
-    w->backend_data = nullptr;
-    s->watcher = nullptr;
-    s->want = 0;
-    if (s->armed && s->armed_mask != 0) {
-      // Off the owner thread (or with the SQ full) the next flush() removes
-      // it; see invariant 3.
-      if (on_owner_thread() && prep_remove(s))
-        release_now(s);
-      else
-        enqueue(s);
-    }
-    maybe_free(s);
+  // Exiting the ring cancels every request; nothing is reaped after it,
+  // so every FdState can go now.
+  io_uring_queue_exit(&ring_);
+  while (all_ != nullptr) {
+    FdState* s = all_;
+    unlink(s);
+    if (s->watcher) s->watcher->backend_data = nullptr;
+    drop_held(s);
+    delete s;
   }
+  buf_.release(buffers_safe);
+  pending_.clear();
+  stash_.clear();
+  ready_recv_.clear();
+  starved_.clear();
+  send_wake_.clear();
+  if (efd_ >= 0) ::close(efd_);
+  efd_ = -1;
+}
 
-  void close() override {
-    if (!ring_open_) return;
-    ring_open_ = false;
-    // Exiting the ring cancels every request; nothing is reaped after it,
-    // so every FdState can go now.
-    io_uring_queue_exit(&ring_);
-    while (all_ != nullptr) {
-      FdState* s = all_;
-      unlink(s);
-      if (s->watcher) s->watcher->backend_data = nullptr;
-      delete s;
-    }
-    pending_.clear();
-    stash_.clear();
-    if (efd_ >= 0) ::close(efd_);
-    efd_ = -1;
-  }
-
- private:
-  // Strongest setup first; EINVAL means this kernel lacks a flag, so try
-  // the next. Anything else (ENOSYS, EPERM from seccomp or
-  // kernel.io_uring_disabled, ENOMEM from RLIMIT_MEMLOCK) is final.
-  int setup(io_uring* ring, std::string* err) {
-    static constexpr unsigned kLadder[] = {
-        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
-        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_R_DISABLED,
-        IORING_SETUP_COOP_TASKRUN,
-        0,
-    };
-    int rc = -EINVAL;
-    for (size_t i = static_cast<size_t>(strongest_); i < sizeof kLadder / sizeof *kLadder; ++i) {
-      io_uring_params p{};
-      p.flags = kLadder[i] | IORING_SETUP_CQSIZE;
-      p.cq_entries = kCqEntries;
-      rc = io_uring_queue_init_params(kSqEntries, ring, &p);
-      if (rc == 0) {
-        flags_ = kLadder[i];
-        features_ = p.features;
-        enabled_ = !(flags_ & IORING_SETUP_R_DISABLED);
-        owner_ = pthread_self();
-        return 0;
-      }
-      if (rc != -EINVAL) break;
-    }
-    if (err) *err = std::string("io_uring_queue_init failed: ") + strerror(-rc);
-    return rc;
-  }
-
-  bool single_issuer() const { return flags_ & IORING_SETUP_SINGLE_ISSUER; }
-  bool on_owner_thread() const {
-    return !single_issuer() || (enabled_ && pthread_equal(owner_, pthread_self()));
-  }
-
-  // Binds a disabled ring to this thread, or moves the ring here.
-  int ensure_owner() {
-    if (!single_issuer()) return 0;
-    if (!enabled_) {
-      int rc = io_uring_register(ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
-      if (rc < 0) return rc;
-      enabled_ = true;
+int UringBackend::setup(io_uring* ring, std::string* err) {
+  static constexpr unsigned kLadder[] = {
+      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
+      IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_R_DISABLED,
+      IORING_SETUP_COOP_TASKRUN,
+      0,
+  };
+  int rc = -EINVAL;
+  for (size_t i = static_cast<size_t>(strongest_); i < sizeof kLadder / sizeof *kLadder; ++i) {
+    io_uring_params p{};
+    p.flags = kLadder[i] | IORING_SETUP_CQSIZE;
+    p.cq_entries = kCqEntries;
+    rc = io_uring_queue_init_params(kSqEntries, ring, &p);
+    if (rc == 0) {
+      flags_ = kLadder[i];
+      features_ = p.features;
+      enabled_ = !(flags_ & IORING_SETUP_R_DISABLED);
       owner_ = pthread_self();
       return 0;
     }
-    return pthread_equal(owner_, pthread_self()) ? 0 : rebuild();
+    if (rc != -EINVAL) break;
   }
+  if (err) *err = std::string("io_uring_queue_init failed: ") + strerror(-rc);
+  return rc;
+}
 
-  // A fresh ring on this thread (invariant 2). The old ring's requests die
-  // with it; their user_data is never seen again.
-  int rebuild() {
-    io_uring fresh{};
-    int rc = setup(&fresh, nullptr);
+int UringBackend::ensure_owner() {
+  if (!single_issuer()) return 0;
+  if (!enabled_) {
+    int rc = io_uring_register(ring_.ring_fd, IORING_REGISTER_ENABLE_RINGS, nullptr, 0);
     if (rc < 0) return rc;
-    io_uring_queue_exit(&ring_);
-    ring_ = fresh;
-    wake_armed_ = false;
-    stash_.clear();  // the old ring's news: every state is reset below
-    for (FdState* s = all_; s != nullptr;) {
-      FdState* next = s->next;
-      s->armed = false;
-      s->armed_mask = 0;
-      if (s->watcher == nullptr)
-        maybe_free(s);
-      else if (s->want && !s->parked)
-        enqueue(s);
-      s = next;
+    enabled_ = true;
+    owner_ = pthread_self();
+    return 0;
+  }
+  return pthread_equal(owner_, pthread_self()) ? 0 : rebuild();
+}
+
+int UringBackend::rebuild() {
+  io_uring fresh{};
+  int rc = setup(&fresh, nullptr);
+  if (rc < 0) return rc;
+  // Data the old ring already posted is kept (reading the CQ ring is
+  // plain memory); then every held provided buffer is copied out, since
+  // the old buffers go with the old ring (leaked if a recv may still
+  // pick one: invariant 7).
+  harvest();
+  for (const Completion& c : stash_)  // finished sends keep their results
+    if ((c.user_data & kTagMask) == kTagSend)
+      on_send(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
+  stash_.clear();  // the old ring's other news: every state is reset below
+  for (FdState* s = all_; s != nullptr; s = s->next) {
+    spill(s);
+    if (s->send_armed) {
+      // Its outcome is lost with the ring: fail the writer rather than
+      // guess how much went out, and never free what it may still read.
+      leak_send_memory(s);
+      s->send_armed = false;
+      s->send_cancel = false;
+      s->send_done = true;
+      s->send_res = -EIO;
+      wake_writer(s);
     }
-    return ensure_owner();
   }
-
-  // Only on the owner thread. nullptr: the SQ is full and the kernel would
-  // not take it (the caller retries in the next flush).
-  io_uring_sqe* get_sqe() {
-    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-    if (sqe == nullptr && io_uring_submit(&ring_) >= 0) sqe = io_uring_get_sqe(&ring_);
-    return sqe;
-  }
-
-  bool prep_poll(FdState* s) {
-    io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) return false;
-    io_uring_prep_poll_add(sqe, s->fd, to_poll(s->want));
-    io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(s) | kTagPoll);
-    s->armed = true;
-    s->armed_mask = s->want;
-    return true;
-  }
-
-  // Updates the poll in flight in place; if it already fired, the update
-  // fails (ENOENT/EALREADY) and the poll's own CQE brings the old result.
-  bool prep_update(FdState* s) {
-    io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) return false;
-    uint64_t ud = reinterpret_cast<uint64_t>(s) | kTagPoll;
-    // new_user_data must be 0 unless IORING_POLL_UPDATE_USER_DATA (EINVAL).
-    io_uring_prep_poll_update(sqe, ud, 0, to_poll(s->want), IORING_POLL_UPDATE_EVENTS);
-    ctl_flags(sqe);
-    s->armed_mask = s->want;
-    return true;
-  }
-
-  // The poll ends with -ECANCELED (or its result, if it fired first).
-  bool prep_remove(FdState* s) {
-    io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) return false;
-    io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(s) | kTagPoll);
-    ctl_flags(sqe);
+  send_inflight_ = 0;
+  io_uring_queue_exit(&ring_);
+  buf_.release(recv_inflight_ == 0);
+  recv_inflight_ = 0;
+  ring_ = fresh;
+  wake_armed_ = false;
+  setup_buffers();
+  for (FdState* s = all_; s != nullptr;) {
+    FdState* next = s->next;
+    s->armed = false;
     s->armed_mask = 0;
-    return true;
-  }
-
-  void ctl_flags(io_uring_sqe* sqe) {
-    io_uring_sqe_set_data64(sqe, kTagCtl);
-    if (features_ & IORING_FEAT_CQE_SKIP) io_uring_sqe_set_flags(sqe, IOSQE_CQE_SKIP_SUCCESS);
-  }
-
-  // Re-armed only when the kernel ends the multishot (a CQE without
-  // IORING_CQE_F_MORE: CQ overflow, or the ring was rebuilt).
-  void arm_wakeup() {
-    io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) return;
-    io_uring_prep_poll_multishot(sqe, efd_, POLLIN);
-    io_uring_sqe_set_data64(sqe, kTagWake);
-    wake_armed_ = true;
-  }
-
-  // Turns what changed since the last iteration into SQEs. If the SQ
-  // cannot take more, the rest stays queued for the next iteration.
-  void flush() {
-    if (!wake_armed_) arm_wakeup();
-    size_t done = 0;
-    for (; done < pending_.size(); ++done) {
-      FdState* s = pending_[done];
-      bool ok = true;
-      if (s->parked) {
-      } else if (!s->armed) {
-        if (s->want) ok = prep_poll(s);
-      } else if (s->want == 0) {  // idle, or dead (io_close'd off the owner thread)
-        if (s->armed_mask != 0) ok = prep_remove(s);
-      } else if (s->want != s->armed_mask) {
-        ok = prep_update(s);
-      }
-      if (!ok) break;
-      s->queued = false;
+    s->recv_armed = false;
+    s->recv_cancel = false;
+    s->starved = false;
+    if (s->watcher == nullptr)
       maybe_free(s);
-    }
-    pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(done));
+    else if (s->want && !s->parked)
+      enqueue(s);
+    s = next;
   }
+  return ensure_owner();
+}
 
-  // Invariant 3: enter the ring until the removed poll's completion (after
-  // which the kernel has dropped its file) is off the ring. Each round makes
-  // progress or finds nothing left to run; the bound is only a safety net.
-  void release_now(FdState* s) {
-    const uint64_t ud = reinterpret_cast<uint64_t>(s) | kTagPoll;
-    for (int round = 0; round < 64; ++round) {
-      io_uring_submit_and_get_events(&ring_);
-      size_t before = stash_.size();
-      harvest();
-      for (size_t i = before; i < stash_.size(); ++i)
-        if (stash_[i].user_data == ud) return;
-      if (stash_.size() == before && !io_uring_cq_has_overflow(&ring_)) return;
+void UringBackend::setup_buffers() {
+  if (comp_ && buf_.init(&ring_, 0, opts_.buf_count, opts_.buf_size) < 0) comp_ = false;
+}
+
+io_uring_sqe* UringBackend::get_sqe() {
+  io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+  if (sqe == nullptr && io_uring_submit(&ring_) >= 0) sqe = io_uring_get_sqe(&ring_);
+  return sqe;
+}
+
+bool UringBackend::prep_poll(FdState* s, int want) {
+  io_uring_sqe* sqe = get_sqe();
+  if (sqe == nullptr) return false;
+  io_uring_prep_poll_add(sqe, s->fd, to_poll(want));
+  io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(s) | kTagPoll);
+  s->armed = true;
+  s->armed_mask = want;
+  return true;
+}
+
+bool UringBackend::prep_update(FdState* s, int want) {
+  io_uring_sqe* sqe = get_sqe();
+  if (sqe == nullptr) return false;
+  uint64_t ud = reinterpret_cast<uint64_t>(s) | kTagPoll;
+  // new_user_data must be 0 unless IORING_POLL_UPDATE_USER_DATA (EINVAL).
+  io_uring_prep_poll_update(sqe, ud, 0, to_poll(want), IORING_POLL_UPDATE_EVENTS);
+  ctl_flags(sqe);
+  s->armed_mask = want;
+  return true;
+}
+
+bool UringBackend::prep_remove(FdState* s) {
+  io_uring_sqe* sqe = get_sqe();
+  if (sqe == nullptr) return false;
+  io_uring_prep_poll_remove(sqe, reinterpret_cast<uint64_t>(s) | kTagPoll);
+  ctl_flags(sqe);
+  s->armed_mask = 0;
+  return true;
+}
+
+void UringBackend::arm_wakeup() {
+  io_uring_sqe* sqe = get_sqe();
+  if (sqe == nullptr) return;
+  io_uring_prep_poll_multishot(sqe, efd_, POLLIN);
+  io_uring_sqe_set_data64(sqe, kTagWake);
+  wake_armed_ = true;
+}
+
+void UringBackend::flush() {
+  if (!wake_armed_) arm_wakeup();
+  if (!starved_.empty() && buf_.avail() >= std::max(1u, buf_.count() / 8)) {
+    // Buffers are back: starved readers return to multishot recv.
+    for (FdState* s : starved_) {
+      s->in_starved = false;
+      s->starved = false;
+      enqueue(s);
     }
+    starved_.clear();
   }
+  size_t done = 0;
+  for (; done < pending_.size(); ++done) {
+    FdState* s = pending_[done];
+    bool ok = true;
+    const int pw = poll_want(s);
+    if (s->parked) {
+    } else {
+      if (wants_recv(s)) {
+        if (!s->recv_armed) ok = prep_recv(s);
+      } else if (s->recv_armed && !s->recv_cancel) {
+        ok = prep_recv_cancel(s);
+      }
+      if (!ok) {
+      } else if (!wants_send(s)) {
+        drop_send(s);
+        if (s->send_armed && !s->send_cancel) ok = prep_send_cancel(s);
+      } else if (s->send_queued && !s->send_armed) {
+        ok = prep_send(s);
+      }
+      if (!ok) {
+      } else if (!s->armed) {
+        if (pw) ok = prep_poll(s, pw);
+      } else if (pw == 0) {  // idle, or dead (io_close'd off the owner thread)
+        if (s->armed_mask != 0) ok = prep_remove(s);
+      } else if (pw != s->armed_mask) {
+        ok = prep_update(s, pw);
+      }
+    }
+    if (!ok) break;
+    s->queued = false;
+    maybe_free(s);
+  }
+  pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(done));
+}
 
-  // Moves every CQE off the ring into stash_, unprocessed.
-  void harvest() {
+void UringBackend::release_now(FdState* s, bool poll_live, bool send_live) {
+  const uint64_t ud = reinterpret_cast<uint64_t>(s) | kTagPoll;
+  const uint64_t send_ud = reinterpret_cast<uint64_t>(s) | kTagSend;
+  bool poll_done = !poll_live, send_done = !send_live;
+  s->pinned = true;  // on_recv() must not free it under us
+  for (int round = 0; round < 64 && !(poll_done && send_done && !s->recv_armed); ++round) {
+    io_uring_submit_and_get_events(&ring_);
+    size_t before = stash_.size();
+    unsigned n = harvest();
+    for (size_t i = before; i < stash_.size(); ++i) {
+      if (stash_[i].user_data == ud) poll_done = true;
+      if (stash_[i].user_data == send_ud) send_done = true;
+    }
+    if (n == 0 && !io_uring_cq_has_overflow(&ring_)) break;
+  }
+  s->pinned = false;
+}
+
+unsigned UringBackend::harvest() {
+  unsigned head, n = 0;
+  io_uring_cqe* cqe;
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    ++n;
+    if ((cqe->user_data & kTagMask) == kTagRecv)
+      on_recv(reinterpret_cast<FdState*>(cqe->user_data & ~kTagMask), cqe->res, cqe->flags);
+    else
+      stash_.push_back({cqe->user_data, cqe->res, cqe->flags});
+  }
+  io_uring_cq_advance(&ring_, n);
+  return n;
+}
+
+void UringBackend::reap() {
+  for (const Completion& c : stash_) handle(c);
+  stash_.clear();
+  for (;;) {
     unsigned head, n = 0;
     io_uring_cqe* cqe;
     io_uring_for_each_cqe(&ring_, head, cqe) {
       ++n;
-      stash_.push_back({cqe->user_data, cqe->res, cqe->flags});
+      handle({cqe->user_data, cqe->res, cqe->flags});
     }
     io_uring_cq_advance(&ring_, n);
+    if (!io_uring_cq_has_overflow(&ring_)) return;
+    io_uring_get_events(&ring_);  // moves the kernel's overflow list in
   }
+}
 
-  // Stashed completions first: they are older than those still on the ring.
-  void reap() {
-    for (const Completion& c : stash_) handle(c);
-    stash_.clear();
-    for (;;) {
-      unsigned head, n = 0;
-      io_uring_cqe* cqe;
-      io_uring_for_each_cqe(&ring_, head, cqe) {
-        ++n;
-        handle({cqe->user_data, cqe->res, cqe->flags});
-      }
-      io_uring_cq_advance(&ring_, n);
-      if (!io_uring_cq_has_overflow(&ring_)) return;
-      io_uring_get_events(&ring_);  // moves the kernel's overflow list in
-    }
+void UringBackend::handle(const Completion& c) {
+  switch (c.user_data & kTagMask) {
+    case kTagPoll:
+      on_poll(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
+      break;
+    case kTagWake:
+      if (!(c.flags & IORING_CQE_F_MORE)) wake_armed_ = false;
+      break;
+    case kTagRecv:
+      on_recv(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res, c.flags);
+      break;
+    case kTagSend:
+      on_send(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
+      break;
+    default:
+      // A removal or update that lost the race with its poll firing
+      // (ENOENT, EALREADY); anything else is a bug here.
+      assert(c.res >= 0 || c.res == -ENOENT || c.res == -EALREADY || c.res == -ECANCELED);
+      break;
   }
+}
 
-  void handle(const Completion& c) {
-    switch (c.user_data & kTagMask) {
-      case kTagPoll:
-        on_poll(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
-        break;
-      case kTagWake:
-        if (!(c.flags & IORING_CQE_F_MORE)) wake_armed_ = false;
-        break;
-      default:
-        // A removal or update that lost the race with its poll firing
-        // (ENOENT, EALREADY); anything else is a bug here.
-        assert(c.res >= 0 || c.res == -ENOENT || c.res == -EALREADY || c.res == -ECANCELED);
-        break;
-    }
+void UringBackend::on_poll(FdState* s, int res) {
+  s->armed = false;
+  s->armed_mask = 0;
+  if (s->watcher == nullptr) {
+    maybe_free(s);
+    return;
   }
-
-  void on_poll(FdState* s, int res) {
-    s->armed = false;
-    s->armed_mask = 0;
-    if (s->watcher == nullptr) {
-      maybe_free(s);
-      return;
-    }
-    if (res >= 0) {
-      if (int ev = from_poll(static_cast<unsigned>(res), s->want)) sink_->on_io(s->watcher, ev);
-    } else if (res != -ECANCELED) {
-      s->parked = true;  // invariant 4
-      return;
-    }
-    if (s->want) enqueue(s);  // level-triggered: look again next iteration
+  if (res >= 0) {
+    if (int ev = from_poll(static_cast<unsigned>(res), poll_want(s))) sink_->on_io(s->watcher, ev);
+  } else if (res != -ECANCELED) {
+    s->parked = true;  // invariant 4
+    return;
   }
+  if (s->want) enqueue(s);  // level-triggered: look again next iteration
+}
 
-  void enqueue(FdState* s) {
-    if (s->queued) return;
-    s->queued = true;
-    pending_.push_back(s);
-  }
+void UringBackend::maybe_free(FdState* s) {
+  if (s->watcher != nullptr || s->armed || s->queued || s->recv_armed || s->in_ready ||
+      s->in_starved || s->pinned || s->send_armed || s->in_wake)
+    return;
+  unlink(s);
+  drop_held(s);
+  delete s;
+}
+}  // namespace uring
 
-  void maybe_free(FdState* s) {
-    if (s->watcher != nullptr || s->armed || s->queued) return;
-    unlink(s);
-    delete s;
-  }
 
-  void link(FdState* s) {
-    s->next = all_;
-    if (all_) all_->prev = s;
-    all_ = s;
-  }
-  void unlink(FdState* s) {
-    if (s->prev) s->prev->next = s->next;
-    else all_ = s->next;
-    if (s->next) s->next->prev = s->prev;
-  }
-
-  UringSetup strongest_;
-  io_uring ring_{};
-  unsigned flags_ = 0;
-  unsigned features_ = 0;
-  bool ring_open_ = false;
-  bool enabled_ = false;
-  pthread_t owner_{};
-  int efd_ = -1;
-  bool wake_armed_ = false;
-  std::vector<FdState*> pending_;
-  std::vector<Completion> stash_;  // taken off the ring outside poll()
-  FdState* all_ = nullptr;  // every FdState, for close() and rebuild()
-};
-
-}  // namespace
+UringOptions default_uring_options() {
+  UringOptions o;
+  const char* c = std::getenv("UVPY_URING_COMPLETION");
+  if (c && std::strcmp(c, "0") == 0) o.completion = false;
+  if (c && std::strcmp(c, "recv") == 0) o.completion_sends = false;
+  // Tuning knobs for measurements; a bad value falls back at init.
+  if (const char* n = std::getenv("UVPY_URING_BUF_COUNT")) o.buf_count = std::strtoul(n, nullptr, 10);
+  if (const char* n = std::getenv("UVPY_URING_BUF_SIZE")) o.buf_size = std::strtoul(n, nullptr, 10);
+  return o;
+}
 
 std::unique_ptr<Backend> make_uring_backend(std::string* err, UringSetup strongest) {
-  auto b = std::make_unique<UringBackend>(strongest);
+  UringOptions o = default_uring_options();
+  o.strongest = strongest;
+  return make_uring_backend(err, o);
+}
+
+std::unique_ptr<Backend> make_uring_backend(std::string* err, const UringOptions& opts) {
+  auto b = std::make_unique<uring::UringBackend>(opts);
   std::string why;
   if (b->init(&why) < 0) {
     if (err) *err = why;

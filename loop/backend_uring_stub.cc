@@ -9,4 +9,11 @@ std::unique_ptr<Backend> make_uring_backend(std::string* err, UringSetup) {
   return nullptr;
 }
 
+std::unique_ptr<Backend> make_uring_backend(std::string* err, const UringOptions&) {
+  if (err) *err = "uvpy was built without liburing";
+  return nullptr;
+}
+
+UringOptions default_uring_options() { return UringOptions{}; }
+
 }  // namespace uvpy::loop

@@ -22,7 +22,7 @@ Reactor::~Reactor() { close(); }
 
 double Reactor::time() const { return monotonic_now(); }
 
-int Reactor::set_io(int fd, int which, Callback cb, Callback* old) {
+int Reactor::set_io(int fd, int which, Callback cb, Callback* old, bool consume) {
   IoWatcher* w;
   auto it = watchers_.find(fd);
   bool fresh = it == watchers_.end();
@@ -34,10 +34,13 @@ int Reactor::set_io(int fd, int which, Callback cb, Callback* old) {
   }
   Callback& slot = which == kReadable ? w->reader : w->writer;
   Callback prev = slot;
+  const int prev_consume = w->consume;
   slot = cb;
+  w->consume = consume ? (w->consume | which) : (w->consume & ~which);
   int rc = backend_->io_update(w, w->interest());
   if (rc < 0) {
     slot = prev;
+    w->consume = prev_consume;
     if (fresh) {
       backend_->io_close(w);
       delete w;
@@ -60,6 +63,7 @@ void Reactor::clear_io(int fd, int which, Callback* old) {
   Callback& slot = which == kReadable ? w->reader : w->writer;
   *old = slot;
   slot = Callback{};
+  w->consume &= ~which;
   if (w->interest() == 0) {
     watchers_.erase(it);
     backend_->io_close(w);
@@ -67,6 +71,26 @@ void Reactor::clear_io(int fd, int which, Callback* old) {
   } else {
     backend_->io_update(w, w->interest());
   }
+}
+
+ssize_t Reactor::recv(int fd, void* buf, size_t len) {
+  auto it = watchers_.find(fd);
+  return backend_->recv(it == watchers_.end() ? nullptr : it->second, fd, buf, len);
+}
+
+int Reactor::recv_stop(int fd, std::string* held) {
+  auto it = watchers_.find(fd);
+  return it == watchers_.end() ? 1 : backend_->recv_stop(it->second, held);
+}
+
+int Reactor::send_start(int fd, const SendRef* parts, int count) {
+  auto it = watchers_.find(fd);
+  return it == watchers_.end() ? -ENOTSUP : backend_->send_start(it->second, parts, count);
+}
+
+ssize_t Reactor::send_result(int fd) {
+  auto it = watchers_.find(fd);
+  return it == watchers_.end() ? -ENOENT : backend_->send_result(it->second);
 }
 
 bool Reactor::has_io(int fd, int which) const {

@@ -44,6 +44,9 @@ struct IoWatcher {
   Callback reader;
   Callback writer;
   void* backend_data = nullptr;  // the backend's private per-fd state
+  // Directions that consume (backend.h, 5 and 7): the reader reads only via
+  // Reactor::recv, the writer sends only via Reactor::send_start.
+  int consume = 0;
 
   int interest() const { return (reader ? kReadable : 0) | (writer ? kWritable : 0); }
 };
@@ -76,11 +79,21 @@ class Reactor final : private Backend::Sink {
 
   // Installs cb as the fd's reader (or writer). Returns 0 or -errno. The
   // previous callback, if any, is handed back in *old with its reference.
-  int set_io(int fd, int which, Callback cb, Callback* old);
+  // A reader installed with consume=true reads only through recv() below,
+  // which lets the backend read ahead for it (backend.h, contract 5); a
+  // writer installed so sends only through send_start() (contract 7).
+  int set_io(int fd, int which, Callback cb, Callback* old, bool consume = false);
   // Removes the fd's reader (or writer); the callback is handed back in *old
   // with its reference (empty if there was none).
   void clear_io(int fd, int which, Callback* old);
   bool has_io(int fd, int which) const;
+  // A consuming reader's read: n > 0, 0 EOF, -EAGAIN, -errno.
+  ssize_t recv(int fd, void* buf, size_t len);
+  // Stops reading ahead for fd; see Backend::recv_stop.
+  int recv_stop(int fd, std::string* held);
+  // A consuming writer's send; see Backend::send_start / send_result.
+  int send_start(int fd, const SendRef* parts, int count);
+  ssize_t send_result(int fd);
   size_t watcher_count() const { return watchers_.size(); }
 
   // Before blocking in poll, spin up to `ns` (without the GIL) waiting for a

@@ -42,7 +42,7 @@ int Stream::watch(int which, bool on) {
   if (on) {
     if (reactor_->closed()) return -ESHUTDOWN;
     Callback cb{which == kReadable ? &kReadOps : &kWriteOps, this};
-    int rc = reactor_->set_io(fd_, which, cb, &old);
+    int rc = reactor_->set_io(fd_, which, cb, &old, is_socket_);
     if (rc < 0) return rc;
   } else {
     reactor_->clear_io(fd_, which, &old);
@@ -59,14 +59,50 @@ int Stream::start_reading() {
   if (closed_) return -EBADF;
   if (reading_) return 0;
   int rc = watch(kReadable, true);
-  if (rc == 0) reading_ = true;
-  return rc;
+  if (rc < 0) return rc;
+  reading_ = true;
+  // What a pause took back is readable now, whether or not the fd is.
+  if (!held_.empty() || held_end_ != 1) reactor_->call_soon(Callback{&kReadOps, this});
+  return 0;
 }
 
 void Stream::stop_reading() {
   if (!reading_) return;
   reading_ = false;
+  // Take back what the backend read ahead (invariant 6); its watcher may go.
+  if (is_socket_ && held_end_ == 1) {
+    int end = reactor_->recv_stop(fd_, &held_);
+    if (end != 1) held_end_ = end;
+  }
   watch(kReadable, false);
+}
+
+// One read: held_ first, then the reactor (consuming) or read() (not a
+// socket). n >= 0, or -errno.
+ssize_t Stream::read_some(char* buf, size_t len) {
+  if (!held_.empty()) {
+    size_t n = std::min(len, held_.size());
+    std::memcpy(buf, held_.data(), n);
+    held_.erase(0, n);
+    if (held_.empty()) std::string().swap(held_);
+    return static_cast<ssize_t>(n);
+  }
+  if (held_end_ != 1) {
+    ssize_t n = held_end_;
+    held_end_ = 1;
+    return n;
+  }
+  for (;;) {
+    if (is_socket_) {
+      ssize_t n = reactor_->recv(fd_, buf, len);
+      if (n != -ENOTSOCK) return n;
+      is_socket_ = false;
+    }
+    ssize_t n = ::read(fd_, buf, len);
+    if (n >= 0) return n;
+    if (errno == EINTR) continue;
+    return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+  }
 }
 
 int Stream::on_readable() {
@@ -75,21 +111,9 @@ int Stream::on_readable() {
   char* buf;
   size_t len;
   if (int rc = owner_->read_buffer(&buf, &len); rc <= 0) return rc;
-  ssize_t n;
-  for (;;) {
-    n = is_socket_ ? ::recv(fd_, buf, len, 0) : ::read(fd_, buf, len);
-    if (n >= 0) break;
-    if (errno == EINTR) continue;
-    if (errno == ENOTSOCK && is_socket_) {
-      is_socket_ = false;
-      continue;
-    }
-    int err = errno;
-    if (err == EAGAIN || err == EWOULDBLOCK) return owner_->on_read(-EAGAIN);
-    stop_reading();
-    return owner_->on_read(-err);
-  }
-  if (n == 0) stop_reading();
+  ssize_t n = read_some(buf, len);
+  if (n == -EAGAIN) return owner_->on_read(-EAGAIN);
+  if (n <= 0) stop_reading();
   return owner_->on_read(n);
 }
 
@@ -136,7 +160,7 @@ void Stream::enqueue(const char* p, size_t n) {
     chunks_.erase(chunks_.begin(), chunks_.begin() + static_cast<std::ptrdiff_t>(head_));
     head_ = 0;
   }
-  Chunk c{std::unique_ptr<char[]>(new char[cap]), cap, 0, n};
+  Chunk c{std::shared_ptr<char[]>(new char[cap]), cap, 0, n};
   std::memcpy(c.data.get(), p, n);
   chunks_.push_back(std::move(c));
 }
@@ -196,14 +220,39 @@ int Stream::writev(const struct iovec* iov, int count) {
     enqueue(static_cast<const char*>(iov[i].iov_base) + sent, len - sent);
     sent = 0;
   }
+  if (!send_inflight_) start_send();
   // The owner sees a failed on_pause_writing() itself: the data is queued.
   maybe_pause();
   return 0;
 }
 
+// Hands the backend a send of the queue's head (contract 7); on -ENOTSUP
+// (libuv, or no completion sends) the writer stays readiness-driven.
+void Stream::start_send() {
+  if (!is_socket_ || queued_ == 0) return;
+  SendRef parts[kMaxIov];
+  int count = 0;
+  for (size_t i = head_; i < chunks_.size() && count < kMaxIov; ++i) {
+    const Chunk& c = chunks_[i];
+    parts[count++] = {c.data.get() + c.begin, c.end - c.begin, c.data};
+  }
+  if (reactor_->send_start(fd_, parts, count) == 0) send_inflight_ = true;
+}
+
 int Stream::on_writable() {
   if (closed_ || !writer_on_) return 0;
-  if (queued_ > 0) {
+  if (send_inflight_) {
+    ssize_t n = reactor_->send_result(fd_);
+    if (n == -EINPROGRESS) return 0;
+    send_inflight_ = false;
+    if (n < 0 && n != -EAGAIN && n != -ENOENT) {
+      discard_writes();
+      return owner_->on_write_error(static_cast<int>(-n));
+    }
+    if (n > 0) consume(static_cast<size_t>(n));
+  } else if (queued_ > 0 && (start_send(), !send_inflight_)) {
+    // Readiness (or the backend is busy with a cancelled send, whose end
+    // wakes us again): send ourselves.
     struct iovec iov[kMaxIov];
     int count = 0;
     for (size_t i = head_; i < chunks_.size() && count < kMaxIov; ++i) {
@@ -223,7 +272,11 @@ int Stream::on_writable() {
     // May write more, close, or abort (which empties the queue).
     if (owner_->on_resume_writing() < 0) return -1;
   }
-  if (queued_ > 0 || !writer_on_ || closed_) return 0;
+  if (closed_ || !writer_on_) return 0;
+  if (queued_ > 0) {
+    if (!send_inflight_) start_send();
+    return 0;
+  }
   writer_on_ = false;
   watch(kWritable, false);
   if (shut_pending_) {
@@ -234,6 +287,9 @@ int Stream::on_writable() {
 }
 
 void Stream::discard_writes() {
+  // A send in flight keeps what it reads (invariant 7); dropping the
+  // writer cancels it.
+  send_inflight_ = false;
   chunks_.clear();
   head_ = 0;
   queued_ = 0;
@@ -264,6 +320,8 @@ void Stream::close() {
   shut_pending_ = false;
   stop_reading();
   discard_writes();
+  std::string().swap(held_);
+  held_end_ = 1;
 }
 
 }  // namespace uvpy::loop

@@ -1,14 +1,21 @@
 // stream.h — the I/O half of a stream transport on one connected fd: no
 // Python, no policy. bindings/transport.cc puts asyncio's semantics on top.
 //
-//   reading   while on, the fd's reader is installed; each readiness event
-//             does one recv() into a buffer the owner lends (the libuv
+//   reading   while on, the fd's reader is installed as a consuming one
+//             (backend.h, contract 5); each readiness event does one
+//             Reactor::recv() into a buffer the owner lends (the libuv
 //             alloc_cb/read_cb pattern, which also fits BufferedProtocol)
-//             and reports the outcome through on_read().
+//             and reports the outcome through on_read(). The backend may
+//             have read ahead (io_uring); recv() then copies what it holds.
+//   pausing   stop_reading() takes back whatever the backend read ahead
+//             (held_); the next reads deliver it first, in order.
 //   writing   write() sends at once when nothing is queued; whatever the
 //             kernel does not take is copied into the write queue and the
-//             fd's writer is installed until the queue drains (sendmsg of
-//             up to kMaxIov chunks per wakeup).
+//             fd's writer is installed until the queue drains: a consuming
+//             writer (backend.h, contract 7) hands the backend one send of
+//             up to kMaxIov chunks at a time and takes its result when the
+//             writer runs (io_uring); where the backend says -ENOTSUP, the
+//             writer waits for readiness and calls sendmsg itself.
 //   flow      the queue crossing the high-water mark upwards reports
 //             on_pause_writing(); draining to the low-water mark reports
 //             on_resume_writing(). Each edge is reported once.
@@ -25,6 +32,13 @@
 //  4. Each reactor reference to the stream (an installed watcher, a queued
 //     readiness callback) holds a StreamOwner::retain(), so the owner --
 //     and the stream inside it -- outlives every callback the reactor runs.
+//  7. At most one backend send is in flight (send_inflight_); it shares
+//     the chunks it reads (Chunk::data), so dropping the queue never frees
+//     memory the kernel may still read. Its result is consumed from the
+//     queue before anything else is sent.
+//  6. Bytes reach the owner in the order the peer sent them: held_ (what a
+//     pause took back) always goes before anything recv() returns, and an
+//     end (EOF or error) held with it goes after its data.
 //  5. Owner callbacks return 0, or -1 to abort the reactor's current drain
 //     (the owner keeps the reason). The stream returns at once after a -1,
 //     in a consistent state. Inside write()/set_limits() on_pause_writing()
@@ -35,6 +49,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "callback.h"
@@ -108,7 +123,7 @@ class Stream {
 
  private:
   struct Chunk {
-    std::unique_ptr<char[]> data;
+    std::shared_ptr<char[]> data;  // shared with a send in flight
     size_t cap, begin, end;
   };
   static const CallbackOps kReadOps;
@@ -119,7 +134,9 @@ class Stream {
   static int cb_write(void* p);
 
   int on_readable();
+  ssize_t read_some(char* buf, size_t len);
   int on_writable();
+  void start_send();
   ssize_t send_iov(const struct iovec* iov, int count);
   void enqueue(const char* p, size_t n);
   void consume(size_t n);
@@ -131,6 +148,7 @@ class Stream {
   int fd_;
   bool reading_ = false;
   bool writer_on_ = false;
+  bool send_inflight_ = false;  // a backend send's result is still to come
   bool paused_ = false;        // on_pause_writing() reported, resume not yet
   bool shut_pending_ = false;  // shutdown(SHUT_WR) once the queue drains
   bool closed_ = false;
@@ -138,6 +156,8 @@ class Stream {
   size_t high_ = kDefaultHigh;
   size_t low_ = kDefaultLow;
   size_t queued_ = 0;
+  std::string held_;    // read ahead before a pause, not yet delivered
+  int held_end_ = 1;    // after held_: 0 EOF, -errno; 1 none
   // The write queue: chunks_[head_..] are live. A vector (no allocation
   // until the first queued write; std::deque allocates ~600 bytes up front,
   // paid by every idle connection) that is reset once it drains.

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "stream.h"
+#include "stream_support.h"
 #include "support.h"
 
 using uvpy::loop::Reactor;
@@ -24,109 +25,7 @@ using uvpy::loop::kReadable;
 using uvpy::loop::kWritable;
 using uvpy::test::make_reactor;
 
-namespace {
-
-// Records every callback; refs must be back to 0 when a test ends.
-struct Recorder final : StreamOwner {
-  int refs = 0;
-  char buf[4096];
-  std::string data;
-  std::vector<ssize_t> reads;  // every on_read() result
-  int write_error = 0;
-  int pauses = 0, resumes = 0, drains = 0;
-  std::function<void()> on_resume;
-
-  void retain() override { ++refs; }
-  void release() override { --refs; }
-  int read_buffer(char** b, size_t* len) override {
-    *b = buf;
-    *len = sizeof buf;
-    return 1;
-  }
-  int on_read(ssize_t n) override {
-    reads.push_back(n);
-    if (n > 0) data.append(buf, static_cast<size_t>(n));
-    return 0;
-  }
-  int on_write_error(int err) override {
-    write_error = err;
-    return 0;
-  }
-  int on_pause_writing() override {
-    ++pauses;
-    return 0;
-  }
-  int on_resume_writing() override {
-    ++resumes;
-    if (on_resume) on_resume();
-    return 0;
-  }
-  int on_drain() override {
-    ++drains;
-    return 0;
-  }
-  bool eof() const { return !reads.empty() && reads.back() == 0; }
-};
-
-void set_nonblocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
-
-// A connected loopback TCP pair: fds[0] non-blocking (the stream's side),
-// fds[1] blocking (the test's peer).
-void tcp_pair(int fds[2]) {
-  int lst = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(bind(lst, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  REQUIRE(listen(lst, 1) == 0);
-  socklen_t len = sizeof addr;
-  getsockname(lst, reinterpret_cast<sockaddr*>(&addr), &len);
-  fds[0] = socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(connect(fds[0], reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  fds[1] = accept(lst, nullptr, nullptr);
-  REQUIRE(fds[1] >= 0);
-  close(lst);
-  set_nonblocking(fds[0]);
-}
-
-void reset(int fd) {  // close with RST instead of FIN
-  linger lg{1, 0};
-  setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-  close(fd);
-}
-
-std::string pattern(size_t n) {
-  std::string s(n, '\0');
-  for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>('a' + i % 26);
-  return s;
-}
-
-// Drains whatever the peer can read right now (non-blocking).
-std::string slurp(int fd) {
-  std::string out;
-  char tmp[65536];
-  for (;;) {
-    ssize_t n = recv(fd, tmp, sizeof tmp, MSG_DONTWAIT);
-    if (n <= 0) return out;
-    out.append(tmp, static_cast<size_t>(n));
-  }
-}
-
-// One reactor iteration that never blocks: the test's peer lives on this
-// thread too, so a blocking poll could wait for a read only we can do.
-void turn(Reactor& r) {
-  static uvpy::test::Probe nop;
-  r.call_soon(nop.cb());
-  r.run_once(nullptr);
-}
-
-template <class Pred>
-void spin(Reactor& r, Pred done) {
-  for (long i = 0; i < 10000000 && !done(); ++i) turn(r);
-  REQUIRE(done());
-}
-
-}  // namespace
+using namespace uvpy::test;  // Recorder, tcp_pair, turn, spin, ...
 
 TEST_CASE("reads arrive through the lent buffer; EOF stops reading", "[stream]") {
   auto r = make_reactor();

@@ -298,6 +298,27 @@ def test_pause_reading_in_connection_made_holds_the_first_read(loop):
     peer.close()
 
 
+def test_pausing_in_every_read_loses_and_reorders_nothing(loop):
+    # On io_uring the kernel reads ahead for the transport (multishot recv):
+    # each pause must hand back what was read ahead, in order, EOF last.
+    class Proto(Buffered):
+        def buffer_updated(self, nbytes):
+            super().buffer_updated(nbytes)
+            self.transport.pause_reading()
+            asyncio.get_running_loop().call_soon(self.transport.resume_reading)
+
+    tr, proto, peer = connect(loop, lambda: Proto(loop, size=7))
+    payload = pattern(50_000)
+    for i in range(0, len(payload), 1000):
+        peer.sendall(payload[i:i + 1000])
+    peer.shutdown(socket.SHUT_WR)
+    run(loop, proto.eof)
+    assert bytes(proto.data) == payload
+    tr.close()
+    run(loop, proto.lost)
+    peer.close()
+
+
 def test_buffered_protocol(loop):
     tr, proto, peer = connect(loop, lambda: Buffered(loop, size=1000))
     payload = pattern(200_000)

@@ -110,6 +110,21 @@ inline std::string slurp(int fd) {
   }
 }
 
+// Reads the peer until it ends, waiting at most 2 s for each read; appends
+// what came to *out. Returns 0 (FIN) or -errno (-ECONNRESET, or -EAGAIN when
+// the 2 s ran out: the end never came).
+inline ssize_t read_to_end(int fd, std::string* out) {
+  timeval tv{2, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char tmp[65536];
+  for (;;) {
+    ssize_t n = recv(fd, tmp, sizeof tmp, 0);
+    if (n < 0) return -errno;
+    if (n == 0) return 0;
+    out->append(tmp, static_cast<size_t>(n));
+  }
+}
+
 // One reactor iteration that never blocks: the test's peer lives on this
 // thread too, so a blocking poll could wait for a read only we can do.
 inline void turn(Reactor& r) {

@@ -22,6 +22,7 @@
 // thread — GIL released while waiting — until nothing is outstanding. Only
 // then is the Port freed, so no worker ever touches freed memory.
 #include <chrono>
+#include <deque>
 #include <mutex>
 #include <thread>
 #include <unordered_set>
@@ -45,6 +46,15 @@ PyObject* g_convert_exc = nullptr;
 
 struct ExecJob;
 
+// Backpressure on a loop port. A submission the full injection queue refuses
+// waits in `waiting` (FIFO, one reference each; later submissions queue
+// behind it so order holds) and the future stays pending. pump() resubmits
+// from the front after every drain of this port — each completion means a
+// worker took a job out of the queue, so there is room again — and from
+// `retry`, a 1 ms reactor timer armed only while nothing of this loop is in
+// the executor (the queue is full of other loops' or threads' work, so no
+// drain of ours is coming). Invariant: waiting non-empty ⇒ live non-empty or
+// retry armed. The loop never blocks and the queue never grows past its bound.
 struct Port {
   explicit Port(loop::Reactor* r) : cp(&Port::wake, this), reactor(r) {}
   static void wake(void* arg);
@@ -54,6 +64,8 @@ struct Port {
   loop::Reactor* reactor;           // nullptr: inline port
   bool open = true;
   std::unordered_set<ExecJob*> live;  // GIL-protected: submitted, not completed
+  std::deque<ExecJob*> waiting;       // GIL-protected: refused by a full queue, not yet submitted
+  loop::TimerNode retry;              // pump() again when no drain of ours is coming
 };
 Port* g_inline_port = nullptr;
 
@@ -76,12 +88,21 @@ void sweep_orphans() {
 }
 
 
+void pump(Port* p);
+
 int drain_run(void* obj) {
-  static_cast<Port*>(obj)->cp.drain();
+  auto* p = static_cast<Port*>(obj);
+  p->cp.drain();
+  if (!p->waiting.empty()) pump(p);
+  return 0;
+}
+int retry_run(void* obj) {
+  pump(static_cast<Port*>(obj));
   return 0;
 }
 void noop_ref(void*) {}
 const loop::CallbackOps kDrainOps{noop_ref, drain_run, noop_ref};
+const loop::CallbackOps kRetryOps{noop_ref, retry_run, noop_ref};
 
 // Worker threads keep one Python thread state for their whole life, so
 // taking the GIL per job is a PyEval_RestoreThread, not a state allocation.
@@ -400,11 +421,59 @@ bool check_loop(PyObject* obj, LoopCore** out) {
   return true;
 }
 
+void arm_retry(Port* p) {
+  if (p->retry.scheduled() || p->reactor->closed()) return;
+  p->retry.cb = loop::Callback{&kRetryOps, p};
+  p->retry.when = p->reactor->time() + 0.001;
+  p->reactor->add_timer(&p->retry);
+}
+
+// Drops a waiting job that will never be submitted (its future was
+// cancelled, or the loop closed): complete() never runs for it (job.h rule 5).
+void discard_waiting(ExecJob* j) {
+  for (Py_buffer& v : j->views) PyBuffer_Release(&v);
+  j->views.clear();
+  Py_CLEAR(j->future);
+  Py_DECREF(reinterpret_cast<PyObject*>(j));
+}
+
+void pump(Port* p) {
+  while (!p->waiting.empty()) {
+    ExecJob* j = p->waiting.front();
+    if (j->job.cancel_requested.load(std::memory_order_relaxed)) {  // its future was cancelled
+      p->waiting.pop_front();
+      discard_waiting(j);
+      continue;
+    }
+    int rc = submit(j, false);
+    if (rc == -EAGAIN) break;
+    p->waiting.pop_front();
+    if (rc != 0) {  // the executor shut down: fail the future rather than strand it
+      PyObject* exc = fetch_exception();
+      resolve(j->future, nullptr, exc);
+      Py_XDECREF(exc);
+      discard_waiting(j);
+      continue;
+    }
+    Py_DECREF(reinterpret_cast<PyObject*>(j));  // the executor holds its own now
+  }
+  if (!p->waiting.empty() && p->live.empty()) arm_retry(p);
+}
+
 // Submits j without blocking and makes cancelling `future` cancel the job.
 // Consumes the caller's reference to j. Returns True, False when the queue is
-// full (nothing submitted; the caller waits and retries), or nullptr.
+// full (inline ports only: nothing submitted, the caller waits), or nullptr.
+// On a loop port a full queue parks j in `waiting` (see Port) and returns True.
 PyObject* submit_and_watch(ExecJob* j, PyObject* future) {
-  int rc = submit(j, false);
+  Port* p = j->port;
+  int rc = -EAGAIN;
+  if (p->reactor == nullptr || p->waiting.empty()) rc = submit(j, false);
+  if (rc == -EAGAIN && p->reactor != nullptr) {
+    p->waiting.push_back(j);
+    Py_INCREF(j);  // the waiting list's reference, handed to the executor by pump()
+    if (p->live.empty()) arm_retry(p);
+    rc = 0;
+  }
   if (rc != 0) {
     Py_DECREF(j);
     if (rc == -EAGAIN) Py_RETURN_FALSE;
@@ -432,7 +501,7 @@ PyObject* set_job_future_type(PyObject*, PyObject* cls) {
   Py_RETURN_NONE;
 }
 
-// _submit_call(loop, future, fn, args) -> True, or False if the queue is full
+// _submit_call(loop, future, fn, args) -> True (a full queue parks the job)
 PyObject* submit_call(PyObject*, PyObject* const* a, Py_ssize_t n) {
   LoopCore* loop;
   if (n != 4 || !check_loop(a[0], &loop) || !PyTuple_Check(a[3])) {
@@ -625,16 +694,19 @@ int64_t exec_spin_ns(LoopCore* loop) {
 
 // loop._exec_pending() -> list of this loop's futures still in the executor
 PyObject* exec_pending(LoopCore* loop) {
-  PyObject* out = PyList_New(0);
   auto* p = static_cast<Port*>(loop->exec_port);
-  if (out == nullptr || p == nullptr) return out;
-  for (ExecJob* j : p->live) {
+  if (p == nullptr) return PyList_New(0);
+  PyObject* set = PySet_New(nullptr);  // parallel_for chunks share one future
+  if (set == nullptr) return nullptr;
+  auto add = [set](ExecJob* j) {
     PyObject* f = j->group ? j->group->future : j->future;
-    if (f && PySequence_Contains(out, f) == 0 && PyList_Append(out, f) < 0) {
-      Py_DECREF(out);
-      return nullptr;
-    }
-  }
+    return f == nullptr || PySet_Add(set, f) == 0;
+  };
+  bool ok = true;
+  for (ExecJob* j : p->live) ok = ok && add(j);
+  for (ExecJob* j : p->waiting) ok = ok && add(j);
+  PyObject* out = ok ? PySequence_List(set) : nullptr;
+  Py_DECREF(set);
   return out;
 }
 
@@ -716,9 +788,9 @@ PyObject* builtin_kernels(PyObject*, PyObject*) {
                        PyLong_FromVoidPtr((void*)&k::fnv1a64), "noop", PyLong_FromVoidPtr((void*)&k::noop));
 }
 
-// _offload(ptr, keep, args, sig) -> a _JobFuture of the running uvpy loop,
-// or None when the pool's queue is full (nothing submitted: the caller
-// waits for room). uvpy.offload's fast path, one call from Python.
+// _offload(ptr, keep, args, sig) -> a _JobFuture of the running uvpy loop
+// (pending in the port's waiting list while the pool's queue is full).
+// uvpy.offload in one call from Python.
 PyObject* offload_fast(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
   if (nargs != 4 || !PyTuple_Check(a[2])) {
     PyErr_SetString(PyExc_TypeError, "_offload(ptr, keep, args, sig)");
@@ -750,12 +822,10 @@ PyObject* offload_fast(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
     Py_DECREF(fut);
     return nullptr;
   }
-  PyObject* ok = submit_and_watch(j, fut);
-  if (ok != Py_True) {
+  PyObject* ok = submit_and_watch(j, fut);  // True on a loop port, or an error
+  if (ok == nullptr) {
     Py_DECREF(fut);
-    if (ok == nullptr) return nullptr;
-    Py_DECREF(ok);
-    Py_RETURN_NONE;
+    return nullptr;
   }
   Py_DECREF(ok);
   return fut;
@@ -792,6 +862,12 @@ void close_exec_port(LoopCore* loop) {
     p->open = false;
   }
   for (ExecJob* j : p->live) exec::try_cancel(&j->job);
+  p->reactor->cancel_timer(&p->retry);
+  while (!p->waiting.empty()) {  // never submitted: their futures stay pending, as queued work does
+    ExecJob* j = p->waiting.front();
+    p->waiting.pop_front();
+    discard_waiting(j);
+  }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
   // Never delete (or wait in ~CompletionPort) while holding the GIL with a
   // push in flight: that push's wake() may be waiting for this very GIL.

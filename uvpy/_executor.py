@@ -191,25 +191,7 @@ def offload(kernel, *args, signature=None):
         address, keep, signature = kernel.address, kernel, kernel.signature
     else:
         address, keep, signature = _split(kernel, signature)
-    fut = _offload(address, keep, args, signature)
-    if fut is None:  # the pool's queue is full
-        loop = _uvpy_loop()
-        fut = _JobFuture(loop=loop)
-        _wait_for_room(loop, fut, _submit_kernel, (loop, fut, address, keep, args, signature, -1, 1))
-    return fut
-
-
-def _wait_for_room(loop, fut, submit, args):
-    """The pool's queue is full (submit(*args) returned False): retry with
-    backoff on the loop, leaving fut pending, so the queue never grows past
-    its bound and the loop never blocks. The fast path (room in the queue)
-    never gets here and allocates nothing for it."""
-
-    def retry(delay):
-        if not fut.done() and not submit(*args):
-            loop.call_later(delay, retry, min(delay * 2, 0.01))
-
-    loop.call_later(0.0002, retry, 0.0004)
+    return _offload(address, keep, args, signature)
 
 
 async def parallel_for(kernel, n, *args, grain=None, signature=None):
@@ -235,8 +217,7 @@ async def parallel_for(kernel, n, *args, grain=None, signature=None):
 def _submit_from_loop(loop, func, args):
     """run_in_executor(None, ...) on a uvpy loop: the native default executor."""
     fut = _JobFuture(loop=loop)
-    if not _submit_call(loop, fut, func, args):
-        _wait_for_room(loop, fut, _submit_call, (loop, fut, func, args))
+    _submit_call(loop, fut, func, args)  # a full queue parks it on the loop's port
     return fut
 
 

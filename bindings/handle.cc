@@ -133,7 +133,8 @@ int call_in_context(Handle* h) {
 int run(void* obj) {
   ensure_tracked(static_cast<PyObject*>(obj));
   auto* h = static_cast<Handle*>(obj);
-  if (h->cancelled) return 0;
+  // Cleared by the GC (tp_clear) while still queued: nothing left to call.
+  if (h->cancelled || h->callback == nullptr || h->loop == nullptr) return 0;
   if (!h->loop->debug) return call_in_context(h);
   // Debug mode: warn about callbacks slower than slow_callback_duration.
   PyObject* outer = h->loop->current_handle;

@@ -446,10 +446,24 @@ void LoopCore_dealloc(PyObject* self) {
   Py_TYPE(self)->tp_free(self);
 }
 
-// The reactor's queued handles reference the loop, but the reactor is not
-// visible to the GC: an unclosed loop with pending callbacks is kept alive
-// until close(), which asyncio also warns about (ResourceWarning).
-int LoopCore_traverse(PyObject*, visitproc, void*) { return 0; }
+// The reactor holds its queued handles (which reference the loop back), so
+// the GC must see those references, or an unclosed loop with pending
+// callbacks could never be collected. A TimerHandle in the heap is untracked
+// (handle.cc rule 5) and so never walked by the GC: the loop reports what it
+// references instead, as if the handle's fields were its own. Found
+// unreachable, the loop is finalized (Loop.__del__ warns and closes, which
+// releases everything), as asyncio's loop is. Other callbacks (executor
+// drains, transports' streams) hold no Python reference for the reactor.
+int LoopCore_traverse(PyObject* self, visitproc visit, void* arg) {
+  loop::Reactor* r = reinterpret_cast<LoopCore*>(self)->reactor;
+  if (r == nullptr) return 0;
+  return r->for_each_held([visit, arg](const loop::Callback& cb) -> int {
+    if (cb.ops != &kHandleOps) return 0;
+    auto* h = static_cast<PyObject*>(cb.obj);
+    if (PyObject_GC_IsTracked(h)) return visit(h, arg);
+    return Py_TYPE(h)->tp_traverse(h, visit, arg);
+  });
+}
 
 #define FASTKW(name, fn, doc) {name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(fn)), METH_FASTCALL | METH_KEYWORDS, doc}
 #define FAST(name, fn, doc) {name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(fn)), METH_FASTCALL, doc}

@@ -111,6 +111,31 @@ class Reactor final : private Backend::Sink {
   int run_once(BlockingScope* scope);
 
   size_t ready_count() const { return ready_.size(); }
+
+  // Calls f(callback) once for every reference the reactor holds: the ready
+  // queue, the timer heap, fd watchers and the inbox. Stops at the first
+  // non-zero result and returns it. This is what a garbage collector above
+  // needs to see through the reactor (the bindings' LoopCore traverse).
+  // Callbacks being run right now are held by the running phase, not here.
+  // Not concurrently with a loop-thread phase (the bindings' GIL orders it).
+  template <class F>
+  int for_each_held(F&& f) {
+    if (int rc = ready_.for_each(f)) return rc;
+    if (int rc = timers_.for_each(f)) return rc;
+    for (const auto& [fd, w] : watchers_) {
+      if (w->reader) {
+        if (int rc = f(w->reader)) return rc;
+      }
+      if (w->writer) {
+        if (int rc = f(w->writer)) return rc;
+      }
+    }
+    std::lock_guard<std::mutex> lock(inbox_mu_);
+    for (const Callback& cb : inbox_) {
+      if (int rc = f(cb)) return rc;
+    }
+    return 0;
+  }
   size_t timer_count() const { return timers_.size(); }
 
   // Drops every queued callback, timer and watcher, then the backend.

@@ -50,6 +50,16 @@ class ReadyQueue {
     return 0;
   }
 
+  // Calls f(callback) for every queued callback; stops at the first
+  // non-zero result and returns it.
+  template <class F>
+  int for_each(F&& f) const {
+    for (size_t i = 0; i < size_; ++i) {
+      if (int rc = f(buf_[(head_ + i) & (buf_.size() - 1)])) return rc;
+    }
+    return 0;
+  }
+
   // Releases everything without running it (loop close).
   void clear() {
     while (size_ > 0) pop().release();

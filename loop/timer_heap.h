@@ -62,6 +62,15 @@ class TimerHeap {
   TimerNode* pop_due(double limit);
   // Unschedules and releases everything (loop close).
   void clear();
+  // Calls f(callback) for every scheduled timer, in no particular order;
+  // stops at the first non-zero result and returns it.
+  template <class F>
+  int for_each(F&& f) const {
+    for (const Entry& e : heap_) {
+      if (int rc = f(e.node->cb)) return rc;
+    }
+    return 0;
+  }
 
  private:
   static constexpr size_t kArity = 4;

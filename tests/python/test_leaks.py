@@ -74,3 +74,40 @@ def test_task_refcounts_flat(loop):
     loop.run_until_complete(main())
     collect()
     assert sys.getrefcount(payload) == before
+
+
+def test_unclosed_loop_with_queued_work_is_collected(loop_name):
+    # The loop's queues hold handles that reference the loop back: a cycle
+    # the GC must be able to see through, as it can through asyncio's
+    # deque and heap. Dropped without close(), the loop is collected, with
+    # asyncio's ResourceWarning, and whatever it held is released.
+    import gc
+    import socket
+    import warnings
+    import weakref
+
+    from conftest import LOOP_FACTORIES
+
+    arg = object()
+    before = sys.getrefcount(arg)
+    r, w = socket.socketpair()
+    loop = LOOP_FACTORIES[loop_name]()
+    loop.call_soon(print, arg)
+    loop.call_soon_threadsafe(print, arg)
+    loop.call_later(3600, print, arg)  # an untracked timer handle on uvpy
+    loop.call_at(loop.time() + 3600, loop.stop)  # the handle references the loop
+    loop.add_reader(r.fileno(), print, arg)
+    ref = weakref.ref(loop)
+    del loop
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    try:
+        assert ref() is None
+        assert any(issubclass(c.category, ResourceWarning) and "unclosed event loop" in str(c.message)
+                   for c in caught)
+        collect()
+        assert sys.getrefcount(arg) == before
+    finally:
+        r.close()
+        w.close()

@@ -135,11 +135,20 @@ bool schedule_connection_lost(Transport* t, PyObject* exc) {
 
 // Calls a cached protocol method (re-looked up when missing, so the
 // AttributeError is the protocol's own).
-PyObject* call_protocol(Transport* t, PyObject* method, const char* name, PyObject* arg) {
+PyObject* call_protocol(Transport* t, PyObject* method, uint8_t bit, const char* name, PyObject* arg) {
   if (method == nullptr) {
     if (t->protocol == nullptr) Py_RETURN_NONE;
     method = PyObject_GetAttrString(t->protocol, name);
     if (method == nullptr) return nullptr;
+  } else if (t->unbound & bit) {  // the class's function: pass the protocol itself
+    PyObject* self = t->protocol;
+    Py_INCREF(method);  // the callback may replace the protocol
+    Py_INCREF(self);
+    PyObject* args[3] = {nullptr, self, arg};
+    PyObject* r = PyObject_Vectorcall(method, args + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+    Py_DECREF(self);
+    Py_DECREF(method);
+    return r;
   } else {
     Py_INCREF(method);  // the callback may replace the protocol
   }
@@ -240,7 +249,7 @@ int connection_lost(Transport* t, PyObject* exc) {
   if (t->sock) {
     // The extras a subclass computes lazily (TCPTransport: socket,
     // sockname) must outlive the socket, as asyncio's eager ones do.
-    if (t->extra && PyDict_Check(t->extra) && PyDict_Contains(t->extra, str_socket) == 0) {
+    if (t->extra == nullptr || (PyDict_Check(t->extra) && PyDict_Contains(t->extra, str_socket) == 0)) {
       if (PyObject* m = PyObject_GetAttr(as_obj(t), str_materialize_extra)) {
         PyObject* r = PyObject_CallNoArgs(m);
         if (r == nullptr) PyErr_WriteUnraisable(m);
@@ -278,15 +287,27 @@ bool set_protocol(Transport* t, PyObject* protocol) {
   Py_XSETREF(t->protocol, protocol);
   t->buffered = buffered;
   t->protocol_connected = true;
-  // Missing methods fail when first needed, as in asyncio.
-  auto lookup = [protocol](const char* name) {
+  // Missing methods fail when first needed, as in asyncio. A method that
+  // resolves to the class's own function bound to this protocol (no
+  // instance attribute in the way) is kept unbound (see Transport).
+  t->unbound = 0;
+  auto lookup = [t, protocol](const char* name, uint8_t bit) -> PyObject* {
     PyObject* m = PyObject_GetAttrString(protocol, name);
-    if (m == nullptr) PyErr_Clear();
+    if (m == nullptr) {
+      PyErr_Clear();
+      return nullptr;
+    }
+    if (PyMethod_Check(m) && PyMethod_GET_SELF(m) == protocol && PyFunction_Check(PyMethod_GET_FUNCTION(m))) {
+      PyObject* fn = Py_NewRef(PyMethod_GET_FUNCTION(m));
+      Py_DECREF(m);
+      t->unbound |= bit;
+      return fn;
+    }
     return m;
   };
-  Py_XSETREF(t->data_received, buffered ? nullptr : lookup("data_received"));
-  Py_XSETREF(t->get_buffer, buffered ? lookup("get_buffer") : nullptr);
-  Py_XSETREF(t->buffer_updated, buffered ? lookup("buffer_updated") : nullptr);
+  Py_XSETREF(t->data_received, buffered ? nullptr : lookup("data_received", kUnboundDataReceived));
+  Py_XSETREF(t->get_buffer, buffered ? lookup("get_buffer", kUnboundGetBuffer) : nullptr);
+  Py_XSETREF(t->buffer_updated, buffered ? lookup("buffer_updated", kUnboundBufferUpdated) : nullptr);
   return true;
 }
 
@@ -334,7 +355,7 @@ int Owner::read_buffer(char** buf, size_t* len) {
     return 1;
   }
   return in_context(t, [&] {
-    PyObject* b = call_protocol(t, t->get_buffer, "get_buffer", minus_one);
+    PyObject* b = call_protocol(t, t->get_buffer, kUnboundGetBuffer, "get_buffer", minus_one);
     if (b == nullptr) return fail(t, "Fatal error: protocol.get_buffer() call failed.");
     int rc = PyObject_GetBuffer(b, &t->view, PyBUF_WRITABLE);
     Py_DECREF(b);
@@ -362,13 +383,13 @@ int Owner::on_read(ssize_t n) {
     if (t->buffered) {
       PyObject* count = PyLong_FromSsize_t(n);
       if (count == nullptr) return swallow(as_obj(t));
-      r = call_protocol(t, t->buffer_updated, "buffer_updated", count);
+      r = call_protocol(t, t->buffer_updated, kUnboundBufferUpdated, "buffer_updated", count);
       Py_DECREF(count);
       if (r == nullptr) return fail(t, "Fatal error: protocol.buffer_updated() call failed.");
     } else {
       PyObject* data = PyBytes_FromStringAndSize(shared_read_buffer(), n);
       if (data == nullptr) return swallow(as_obj(t));
-      r = call_protocol(t, t->data_received, "data_received", data);
+      r = call_protocol(t, t->data_received, kUnboundDataReceived, "data_received", data);
       Py_DECREF(data);
       if (r == nullptr) return fail(t, "Fatal error: protocol.data_received() call failed.");
     }

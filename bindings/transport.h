@@ -40,10 +40,18 @@ struct Transport {
   PyObject* sock;
   PyObject* server;
   PyObject* context;
+  // The peer's address while `extra` is not made yet: an idle accepted
+  // connection needs no dict (~200 bytes) until someone asks for more than
+  // "peername" (the `_extra` getter makes the dict and moves it there).
+  PyObject* peername;
   // The protocol's hot methods, looked up once by set_protocol().
+  // A method the protocol's class defines is kept as the plain function
+  // (its bit in `unbound` set) and called with the protocol as its first
+  // argument: a bound method object per connection is ~64 bytes.
   PyObject* data_received;
   PyObject* get_buffer;
   PyObject* buffer_updated;
+  uint8_t unbound;  // kUnboundDataReceived | kUnboundGetBuffer | kUnboundBufferUpdated
   // The stream and its owner live inside the transport (constructed by
   // __init__, destroyed by dealloc): one allocation per connection, and the
   // read path touches one object's cache lines, not three objects'.
@@ -63,7 +71,13 @@ struct Transport {
   alignas(Owner) unsigned char owner_storage[sizeof(Owner)];
 };
 
+enum : uint8_t { kUnboundDataReceived = 1, kUnboundGetBuffer = 2, kUnboundBufferUpdated = 4 };
+
 inline PyObject* as_obj(Transport* t) { return reinterpret_cast<PyObject*>(t); }
+
+// The extras dict, made on first use from `peername` (borrowed; nullptr with
+// an exception set).
+PyObject* ensure_extra(Transport* t);
 
 // Interned names and asyncio objects; false with an exception set.
 bool init_names();

@@ -221,11 +221,28 @@ PyObject* Transport_get_protocol(PyObject* self, PyObject*) {
 }
 
 // TransportCore.__init__(loop, sock, protocol, extra=None, server=None)
+}  // namespace
+
+PyObject* transport::ensure_extra(Transport* t) {
+  if (t->extra != nullptr) return t->extra;
+  PyObject* d = PyDict_New();
+  if (d == nullptr) return nullptr;
+  if (t->peername != nullptr && PyDict_SetItemString(d, "peername", t->peername) < 0) {
+    Py_DECREF(d);
+    return nullptr;
+  }
+  t->extra = d;
+  Py_CLEAR(t->peername);
+  return d;
+}
+
+namespace {
+
 int Transport_init(PyObject* self, PyObject* args, PyObject* kwargs) {
-  static const char* kw[] = {"loop", "sock", "protocol", "extra", "server", nullptr};
-  PyObject *loop, *sock, *protocol, *extra = Py_None, *server = Py_None;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OO:TransportCore", const_cast<char**>(kw),
-                                   &loop, &sock, &protocol, &extra, &server))
+  static const char* kw[] = {"loop", "sock", "protocol", "extra", "server", "peername", nullptr};
+  PyObject *loop, *sock, *protocol, *extra = Py_None, *server = Py_None, *peername = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOO:TransportCore", const_cast<char**>(kw),
+                                   &loop, &sock, &protocol, &extra, &server, &peername))
     return -1;
   Transport* t = T(self);
   if (t->stream != nullptr) {
@@ -245,9 +262,9 @@ int Transport_init(PyObject* self, PyObject* args, PyObject* kwargs) {
     PyErr_SetString(PyExc_ValueError, "the socket is closed");
     return -1;
   }
-  PyObject* extra_dict = extra == Py_None ? PyDict_New() : Py_NewRef(extra);
-  if (extra_dict == nullptr) return -1;
-  Py_XSETREF(t->extra, extra_dict);
+  // extra=None: the dict is made on first use, from `peername`.
+  Py_XSETREF(t->extra, extra == Py_None ? nullptr : Py_NewRef(extra));
+  Py_XSETREF(t->peername, extra == Py_None ? Py_NewRef(peername) : nullptr);
   PyObject* ctx = PyContext_CopyCurrent();
   if (ctx == nullptr) return -1;
   Py_XSETREF(t->context, ctx);
@@ -273,6 +290,20 @@ PyObject* Transport_get_sock_fd(PyObject* self, void*) {
   Transport* t = T(self);
   return PyLong_FromLong(t->stream ? t->stream->fd() : -1);
 }
+PyObject* Transport_get_extra(PyObject* self, void*) { return Py_XNewRef(ensure_extra(T(self))); }
+int Transport_set_extra(PyObject* self, PyObject* value, void*) {
+  Transport* t = T(self);
+  if (value == nullptr) {
+    PyErr_SetString(PyExc_AttributeError, "cannot delete _extra");
+    return -1;
+  }
+  Py_XSETREF(t->extra, Py_NewRef(value));
+  Py_CLEAR(t->peername);
+  return 0;
+}
+// get_extra_info("peername") without making the dict.
+PyObject* Transport_get_extra_made(PyObject* self, void*) { return PyBool_FromLong(T(self)->extra != nullptr); }
+PyObject* Transport_get_peername(PyObject* self, void*) { return get_obj(T(self)->peername); }
 PyObject* Transport_get_closing(PyObject* self, void*) { return PyBool_FromLong(T(self)->closing); }
 PyObject* Transport_get_paused(PyObject* self, void*) { return PyBool_FromLong(T(self)->paused); }
 PyObject* Transport_get_eof(PyObject* self, void*) { return PyBool_FromLong(T(self)->eof); }
@@ -306,6 +337,7 @@ int Transport_traverse(PyObject* self, visitproc visit, void* arg) {
   Py_VISIT(t->sock);
   Py_VISIT(t->server);
   Py_VISIT(t->context);
+  Py_VISIT(t->peername);
   Py_VISIT(t->data_received);
   Py_VISIT(t->get_buffer);
   Py_VISIT(t->buffer_updated);
@@ -320,6 +352,7 @@ int Transport_clear(PyObject* self) {
   Py_CLEAR(t->protocol);
   Py_CLEAR(t->server);
   Py_CLEAR(t->context);
+  Py_CLEAR(t->peername);
   Py_CLEAR(t->data_received);
   Py_CLEAR(t->get_buffer);
   Py_CLEAR(t->buffer_updated);
@@ -371,6 +404,10 @@ PyMethodDef Transport_methods[] = {
 };
 
 PyGetSetDef Transport_getset[] = {
+    // Shadows BaseTransport's `_extra` slot (same storage): made on first use.
+    {"_extra", Transport_get_extra, Transport_set_extra, nullptr, nullptr},
+    {"_extra_made", Transport_get_extra_made, nullptr, nullptr, nullptr},
+    {"_peername", Transport_get_peername, nullptr, nullptr, nullptr},
     {"_loop", Transport_get_loop, nullptr, nullptr, nullptr},
     {"_sock", Transport_get_sock, nullptr, nullptr, nullptr},
     {"_sock_fd", Transport_get_sock_fd, nullptr, nullptr, nullptr},

@@ -48,26 +48,40 @@ _NO_TLS = "TLS (ssl=) is not implemented in uvpy yet"
 _LAZY_EXTRA = frozenset({"socket", "sockname"})
 
 
+def _peername_of(sock):
+    try:
+        return sock.getpeername()
+    except OSError:
+        return None
+
+
 class TCPTransport(_uvpy.TransportCore):
     """A TCP connection as an asyncio.Transport (native I/O path)."""
+
+    # No per-instance __dict__ (as uvloop's transports have none): its inline
+    # values were ~64 bytes of every idle connection. Weak references stay:
+    # loop._transports holds the transports weakly, as asyncio does.
+    __slots__ = ("__weakref__",)
 
     # asyncio's loop.sendfile() falls back to plain writes for us.
     _sendfile_compatible = constants._SendfileMode.FALLBACK
     _start_tls_compatible = False
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None):
-        if extra is None:
-            extra = {}
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None, peername=None):
         # "socket" and "sockname" are made on first use (_materialize_extra):
         # an idle connection of a big server never asks, and the two objects
         # and the syscall are a tenth of its memory. The peer's address
-        # comes with accept() anyway.
-        if "peername" not in extra:
-            try:
-                extra["peername"] = sock.getpeername()
-            except OSError:
-                extra["peername"] = None
-        super().__init__(loop, sock, protocol, extra, server)
+        # comes with accept() anyway. With extra=None not even the extras
+        # dict is made until asked for more than "peername" (the native
+        # `_extra` makes it on first use).
+        if extra is None:
+            if peername is None:
+                peername = _peername_of(sock)
+            super().__init__(loop, sock, protocol, None, server, peername)
+        else:
+            if "peername" not in extra:
+                extra["peername"] = _peername_of(sock)
+            super().__init__(loop, sock, protocol, extra, server)
         if server is not None:
             server._attach()
         loop._transports[sock.fileno()] = self
@@ -92,6 +106,8 @@ class TCPTransport(_uvpy.TransportCore):
         return "<{}>".format(" ".join(info))
 
     def get_extra_info(self, name, default=None):
+        if name == "peername" and not self._extra_made:
+            return self._peername
         extra = self._extra
         if name in extra:
             return extra[name]
@@ -430,7 +446,7 @@ class TCPMixin:
         try:
             conn.setblocking(False)
             protocol = protocol_factory()
-            TCPTransport(self, conn, protocol, None, {"peername": addr}, server)
+            TCPTransport(self, conn, protocol, None, None, server, addr)
         except (SystemExit, KeyboardInterrupt):
             conn.close()
             raise

@@ -220,6 +220,74 @@ def test_set_protocol_switches_the_receiver(loop):
     peer.close()
 
 
+class _Shadowed(Recorder):
+    """The class has data_received, but each instance replaces it."""
+
+    def __init__(self, loop):
+        super().__init__(loop)
+        self.shadow = bytearray()
+        self.data_received = self.shadow.extend
+
+
+class _Callables(Recorder):
+    """data_received is a staticmethod and eof_received a callable object."""
+
+    got = bytearray()
+    data_received = staticmethod(got.extend)
+
+
+def test_instance_attribute_wins_over_the_class_method(loop):
+    # asyncio looks protocol.data_received up on the instance: an instance
+    # attribute shadows the class's function (uvpy keeps the function unbound
+    # only when nothing shadows it).
+    tr, proto, peer = connect(loop, lambda: _Shadowed(loop))
+    peer.sendall(b"shadowed")
+    run(loop, until(lambda: proto.shadow == b"shadowed"))
+    assert proto.data == b""
+    tr.close()
+    run(loop, proto.lost)
+    peer.close()
+
+
+def test_protocol_methods_that_are_not_functions(loop):
+    _Callables.got.clear()
+    tr, proto, peer = connect(loop, lambda: _Callables(loop))
+    peer.sendall(b"static")
+    run(loop, until(lambda: _Callables.got == b"static"))
+    tr.set_protocol(Recorder(loop))  # and back to a plain function
+    peer.sendall(b"plain")
+    run(loop, until(lambda: tr.get_protocol().data == b"plain"))
+    assert _Callables.got == b"static"
+    tr.close()
+    run(loop, tr.get_protocol().lost)
+    peer.close()
+
+
+def test_accepted_transport_extras(loop):
+    # An accepted connection answers every extra, lazily made or not, and
+    # the extras dict (asyncio's `_extra`) is there for code that reads it.
+    made = []
+
+    def factory():
+        made.append(Recorder(loop))
+        return made[-1]
+
+    srv = run(loop, loop.create_server(factory, "127.0.0.1", 0))
+    client = socket.create_connection(srv.sockets[0].getsockname())
+    run(loop, until(lambda: made and made[0].transport is not None))
+    tr = made[0].transport
+    assert tr.get_extra_info("peername") == client.getsockname()
+    assert tr.get_extra_info("sockname") == client.getpeername()
+    assert tr.get_extra_info("socket").fileno() >= 0
+    assert tr._extra["peername"] == client.getsockname()
+    assert tr.get_extra_info("peername") == client.getsockname()
+    tr.close()
+    run(loop, made[0].lost)
+    client.close()
+    srv.close()
+    run(loop, srv.wait_closed())
+
+
 # -- reading -------------------------------------------------------------------
 
 

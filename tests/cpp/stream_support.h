@@ -10,6 +10,8 @@
 #include <unistd.h>
 
 #include <functional>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -92,6 +94,29 @@ inline void reset(int fd) {  // close with RST instead of FIN
   setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   close(fd);
 }
+
+// The set-up most Stream tests share: a reactor (make_reactor() unless
+// given), a loopback TCP pair and a Recorder. open() makes the Stream on
+// fds[0], once the Recorder is set up; finish() closes the stream and the
+// reactor, checks that the Recorder was released, and closes both ends.
+struct StreamPair {
+  std::unique_ptr<Reactor> r;
+  int fds[2] = {-1, -1};
+  Recorder rec;
+  std::optional<loop::Stream> stream;
+
+  explicit StreamPair(std::unique_ptr<Reactor> reactor = make_reactor()) : r(std::move(reactor)) {
+    tcp_pair(fds);
+  }
+  loop::Stream& open() { return stream.emplace(r.get(), fds[0], &rec); }
+  void finish() {
+    if (stream) stream->close();
+    r->close();
+    REQUIRE(rec.refs == 0);
+    close(fds[0]);
+    close(fds[1]);
+  }
+};
 
 inline std::string pattern(size_t n) {
   std::string s(n, '\0');

@@ -51,132 +51,102 @@ TEST_CASE("reads arrive through the lent buffer; EOF stops reading", "[stream]")
 }
 
 TEST_CASE("stop_reading holds data back until start_reading", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  Stream& s = p.open();
   REQUIRE(s.start_reading() == 0);
   s.stop_reading();
   REQUIRE(s.start_reading() == 0);  // idempotent pairs
   s.stop_reading();
   s.stop_reading();
-  REQUIRE(rec.refs == 0);
-  REQUIRE(send(fds[1], "x", 1, 0) == 1);
-  for (int i = 0; i < 5; ++i) turn(*r);
-  REQUIRE(rec.reads.empty());
+  REQUIRE(p.rec.refs == 0);
+  REQUIRE(send(p.fds[1], "x", 1, 0) == 1);
+  for (int i = 0; i < 5; ++i) turn(*p.r);
+  REQUIRE(p.rec.reads.empty());
   REQUIRE(s.start_reading() == 0);
-  spin(*r, [&] { return rec.data == "x"; });
-  s.close();
-  REQUIRE(rec.refs == 0);
-  r->close();
-  close(fds[0]);
-  close(fds[1]);
+  spin(*p.r, [&] { return p.rec.data == "x"; });
+  p.finish();
 }
 
 TEST_CASE("a small write goes out at once and installs nothing", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  Stream& s = p.open();
   REQUIRE(s.write("ping", 4) == 0);
   REQUIRE(s.queued() == 0);
-  REQUIRE_FALSE(r->has_io(fds[0], kWritable));
-  REQUIRE(rec.refs == 0);
+  REQUIRE_FALSE(p.r->has_io(p.fds[0], kWritable));
+  REQUIRE(p.rec.refs == 0);
   char buf[8];
-  REQUIRE(recv(fds[1], buf, sizeof buf, 0) == 4);
+  REQUIRE(recv(p.fds[1], buf, sizeof buf, 0) == 4);
   REQUIRE(std::string(buf, 4) == "ping");
-  s.close();
-  r->close();
-  close(fds[0]);
-  close(fds[1]);
+  p.finish();
 }
 
 TEST_CASE("slow reader: the queue pauses at high water, resumes at low water", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
+  StreamPair p;
   int small = 4096;
-  setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
-  setsockopt(fds[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  setsockopt(p.fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  setsockopt(p.fds[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+  Stream& s = p.open();
   REQUIRE(s.set_limits(64 * 1024, 16 * 1024) == 0);
 
   // A producer that honours pause_writing(): it stops at the first pause.
   const std::string chunk = pattern(8192);
   std::string sent;
-  while (rec.pauses == 0) {
+  while (p.rec.pauses == 0) {
     REQUIRE(s.write(chunk.data(), chunk.size()) == 0);
     sent += chunk;
   }
-  REQUIRE(rec.pauses == 1);
+  REQUIRE(p.rec.pauses == 1);
   REQUIRE(s.writing_paused());
   REQUIRE(s.queued() > s.high());
   REQUIRE(s.queued() <= s.high() + chunk.size());  // grew only to the limit
-  REQUIRE(r->has_io(fds[0], kWritable));
+  REQUIRE(p.r->has_io(p.fds[0], kWritable));
 
   // The peer reads; the queue drains through low water exactly once.
   std::string got;
-  spin(*r, [&] {
-    got += slurp(fds[1]);
-    return rec.drains == 1;
+  spin(*p.r, [&] {
+    got += slurp(p.fds[1]);
+    return p.rec.drains == 1;
   });
-  got += slurp(fds[1]);
+  got += slurp(p.fds[1]);
   while (got.size() < sent.size()) {
     char tmp[65536];
-    ssize_t n = recv(fds[1], tmp, sizeof tmp, 0);
+    ssize_t n = recv(p.fds[1], tmp, sizeof tmp, 0);
     REQUIRE(n > 0);
     got.append(tmp, static_cast<size_t>(n));
   }
   REQUIRE(got == sent);
-  REQUIRE(rec.pauses == 1);
-  REQUIRE(rec.resumes == 1);
+  REQUIRE(p.rec.pauses == 1);
+  REQUIRE(p.rec.resumes == 1);
   REQUIRE_FALSE(s.writing_paused());
   REQUIRE(s.queued() == 0);
-  REQUIRE_FALSE(r->has_io(fds[0], kWritable));
-  REQUIRE(rec.refs == 0);
-  s.close();
-  r->close();
-  close(fds[0]);
-  close(fds[1]);
+  REQUIRE_FALSE(p.r->has_io(p.fds[0], kWritable));
+  p.finish();
 }
 
 TEST_CASE("resume_writing may write more; order is kept", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
+  StreamPair p;
   int small = 4096;
-  setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
-  Stream s(r.get(), fds[0], &rec);
+  setsockopt(p.fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  Stream& s = p.open();
   REQUIRE(s.set_limits(1, 0) == 0);
   const std::string a = pattern(3 << 20);
   const std::string tail = "--tail--";
-  rec.on_resume = [&] { REQUIRE(s.write(tail.data(), tail.size()) == 0); };
+  p.rec.on_resume = [&] { REQUIRE(s.write(tail.data(), tail.size()) == 0); };
   REQUIRE(s.write(a.data(), a.size()) == 0);
-  REQUIRE(rec.pauses == 1);
+  REQUIRE(p.rec.pauses == 1);
   std::string got;
-  spin(*r, [&] {
-    got += slurp(fds[1]);
-    return rec.drains == 1;
+  spin(*p.r, [&] {
+    got += slurp(p.fds[1]);
+    return p.rec.drains == 1;
   });
-  got += slurp(fds[1]);
+  got += slurp(p.fds[1]);
   REQUIRE(got == a + tail);
-  s.close();
-  r->close();
-  REQUIRE(rec.refs == 0);
-  close(fds[0]);
-  close(fds[1]);
+  p.finish();
 }
 
 TEST_CASE("writev queues the unsent tail of several buffers in order", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  Stream& s = p.open();
   std::vector<std::string> parts;
   for (int i = 0; i < 200; ++i) parts.push_back(pattern(1000 + 37 * i) + std::to_string(i));
   std::string want;
@@ -189,25 +159,18 @@ TEST_CASE("writev queues the unsent tail of several buffers in order", "[stream]
   REQUIRE(s.writev(iov.data(), static_cast<int>(iov.size())) == 0);  // behind a queue
   want += want;
   std::string got;
-  spin(*r, [&] {
-    got += slurp(fds[1]);
+  spin(*p.r, [&] {
+    got += slurp(p.fds[1]);
     return s.queued() == 0;
   });
-  while (got.size() < want.size()) got += slurp(fds[1]);
+  while (got.size() < want.size()) got += slurp(p.fds[1]);
   REQUIRE(got == want);
-  s.close();
-  r->close();
-  REQUIRE(rec.refs == 0);
-  close(fds[0]);
-  close(fds[1]);
+  p.finish();
 }
 
 TEST_CASE("half-close: FIN follows the queued data", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  Stream& s = p.open();
   const std::string big = pattern(4 << 20);
   REQUIRE(s.write(big.data(), big.size()) == 0);
   REQUIRE(s.queued() > 0);
@@ -215,131 +178,112 @@ TEST_CASE("half-close: FIN follows the queued data", "[stream]") {
   REQUIRE(s.start_reading() == 0);   // the read side stays open
   std::string got;
   bool eof = false;
-  spin(*r, [&] {
+  spin(*p.r, [&] {
     char tmp[65536];
     ssize_t n;
-    while ((n = recv(fds[1], tmp, sizeof tmp, MSG_DONTWAIT)) > 0) got.append(tmp, n);
+    while ((n = recv(p.fds[1], tmp, sizeof tmp, MSG_DONTWAIT)) > 0) got.append(tmp, n);
     eof = n == 0;
     return eof;
   });
   REQUIRE(got == big);
-  REQUIRE(send(fds[1], "back", 4, 0) == 4);
-  spin(*r, [&] { return rec.data == "back"; });
+  REQUIRE(send(p.fds[1], "back", 4, 0) == 4);
+  spin(*p.r, [&] { return p.rec.data == "back"; });
   REQUIRE(s.shutdown_write() == 0);  // again, now immediate: harmless
-  s.close();
-  r->close();
-  REQUIRE(rec.refs == 0);
-  close(fds[0]);
-  close(fds[1]);
+  p.finish();
 }
 
 TEST_CASE("peer reset mid-write: the queue is dropped, the error reported", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  Stream& s = p.open();
   const std::string big = pattern(8 << 20);
   REQUIRE(s.write(big.data(), big.size()) == 0);
   REQUIRE(s.queued() > 0);
-  reset(fds[1]);
-  spin(*r, [&] { return rec.write_error != 0; });
-  REQUIRE((rec.write_error == ECONNRESET || rec.write_error == EPIPE));
+  reset(p.fds[1]);
+  spin(*p.r, [&] { return p.rec.write_error != 0; });
+  REQUIRE((p.rec.write_error == ECONNRESET || p.rec.write_error == EPIPE));
   REQUIRE(s.queued() == 0);
-  REQUIRE_FALSE(r->has_io(fds[0], kWritable));
-  REQUIRE(rec.drains == 0);
+  REQUIRE_FALSE(p.r->has_io(p.fds[0], kWritable));
+  REQUIRE(p.rec.drains == 0);
   // Writing again fails at once with nothing queued.
   int rc = s.write("x", 1);
   REQUIRE((rc == -EPIPE || rc == -ECONNRESET));
   REQUIRE(s.queued() == 0);
   s.close();
-  r->close();
-  REQUIRE(rec.refs == 0);
-  close(fds[0]);
+  p.r->close();
+  REQUIRE(p.rec.refs == 0);
+  close(p.fds[0]);
 }
 
 TEST_CASE("peer reset while reading: a read error, reading stops", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  Stream& s = p.open();
   REQUIRE(s.start_reading() == 0);
-  reset(fds[1]);
-  spin(*r, [&] { return !rec.reads.empty(); });
-  REQUIRE(rec.reads.back() == -ECONNRESET);
+  reset(p.fds[1]);
+  spin(*p.r, [&] { return !p.rec.reads.empty(); });
+  REQUIRE(p.rec.reads.back() == -ECONNRESET);
   REQUIRE_FALSE(s.reading());
-  REQUIRE_FALSE(r->has_io(fds[0], kReadable));
+  REQUIRE_FALSE(p.r->has_io(p.fds[0], kReadable));
   s.close();
-  r->close();
-  REQUIRE(rec.refs == 0);
-  close(fds[0]);
+  p.r->close();
+  REQUIRE(p.rec.refs == 0);
+  close(p.fds[0]);
 }
 
 TEST_CASE("lowering the limits below the queue pauses at once", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  Stream& s = p.open();
   const std::string big = pattern(8 << 20);
   REQUIRE(s.write(big.data(), big.size()) == 0);
   size_t q = s.queued();
   REQUIRE(q > 0);
-  REQUIRE(rec.pauses == (q > Stream::kDefaultHigh ? 1 : 0));
-  if (rec.pauses == 0) {
+  REQUIRE(p.rec.pauses == (q > Stream::kDefaultHigh ? 1 : 0));
+  if (p.rec.pauses == 0) {
     REQUIRE(s.set_limits(q - 1, 0) == 0);
-    REQUIRE(rec.pauses == 1);
+    REQUIRE(p.rec.pauses == 1);
   }
   REQUIRE(s.set_limits(0, 0) == 0);  // already paused: no second report
-  REQUIRE(rec.pauses == 1);
+  REQUIRE(p.rec.pauses == 1);
   s.close();
   REQUIRE(s.queued() == 0);
-  REQUIRE(rec.refs == 0);
-  r->close();
-  close(fds[0]);
-  close(fds[1]);
+  REQUIRE(p.rec.refs == 0);
+  p.r->close();
+  close(p.fds[0]);
+  close(p.fds[1]);
 }
 
 TEST_CASE("close() removes both watchers; a closed reactor refuses new ones", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  Stream& s = p.open();
   REQUIRE(s.start_reading() == 0);
   const std::string big = pattern(8 << 20);
   REQUIRE(s.write(big.data(), big.size()) == 0);
-  REQUIRE(rec.refs == 2);
+  REQUIRE(p.rec.refs == 2);
   s.close();
   REQUIRE(s.closed());
-  REQUIRE(rec.refs == 0);
-  REQUIRE(r->watcher_count() == 0);
+  REQUIRE(p.rec.refs == 0);
+  REQUIRE(p.r->watcher_count() == 0);
   REQUIRE(s.write("x", 1) == -EBADF);
   REQUIRE(s.start_reading() == -EBADF);
 
-  Stream t(r.get(), fds[0], &rec);
+  Stream t(p.r.get(), p.fds[0], &p.rec);
   REQUIRE(t.start_reading() == 0);
-  r->close();  // the reactor lets go of its references
-  REQUIRE(rec.refs == 0);
+  p.r->close();  // the reactor lets go of its references
+  REQUIRE(p.rec.refs == 0);
   t.stop_reading();  // stale registration: harmless
   REQUIRE(t.start_reading() == -ESHUTDOWN);
-  REQUIRE(rec.refs == 0);
-  close(fds[0]);
-  close(fds[1]);
+  REQUIRE(p.rec.refs == 0);
+  close(p.fds[0]);
+  close(p.fds[1]);
 }
 
 TEST_CASE("a queue that drains while it refills keeps order", "[stream]") {
   // Large writes behind a slow peer, with the queue partly drained between
   // them: consumed chunks at the front of the queue give their slots to new
   // ones, and the peer still sees every byte once, in order.
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
+  StreamPair p;
   int small = 4096;
-  setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  setsockopt(p.fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  Stream& s = p.open();
   REQUIRE(s.set_limits(SIZE_MAX / 2, 0) == 0);  // never pause: the test is the queue
   std::string want, got;
   for (int i = 0; i < 200; ++i) {
@@ -348,21 +292,17 @@ TEST_CASE("a queue that drains while it refills keeps order", "[stream]") {
     want += part;
     if (i % 3 == 2) {  // the peer takes a little, the stream sends a little
       char tmp[8192];
-      ssize_t n = recv(fds[1], tmp, sizeof tmp, MSG_DONTWAIT);
+      ssize_t n = recv(p.fds[1], tmp, sizeof tmp, MSG_DONTWAIT);
       if (n > 0) got.append(tmp, static_cast<size_t>(n));
-      turn(*r);
+      turn(*p.r);
     }
   }
-  spin(*r, [&] {
-    got += slurp(fds[1]);
+  spin(*p.r, [&] {
+    got += slurp(p.fds[1]);
     return s.queued() == 0;
   });
-  while (got.size() < want.size()) got += slurp(fds[1]);
+  while (got.size() < want.size()) got += slurp(p.fds[1]);
   REQUIRE(got == want);
-  REQUIRE(rec.drains == 1);
-  s.close();
-  r->close();
-  REQUIRE(rec.refs == 0);
-  close(fds[0]);
-  close(fds[1]);
+  REQUIRE(p.rec.drains == 1);
+  p.finish();
 }

@@ -40,143 +40,117 @@ std::unique_ptr<Reactor> uring_reactor(unsigned buf_count, unsigned buf_size) {
   return std::make_unique<Reactor>(std::move(b));
 }
 
-void done(std::unique_ptr<Reactor>& r, Stream& s, Recorder& rec, int fds[2]) {
-  s.close();
-  r->close();
-  REQUIRE(rec.refs == 0);
-  close(fds[0]);
-  close(fds[1]);
-}
-
 }  // namespace
 
 TEST_CASE("reads larger than the owner's buffer arrive whole and in order", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  rec.lend = 7;  // every read stops mid-message; the rest waits its turn
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  p.rec.lend = 7;  // every read stops mid-message; the rest waits its turn
+  Stream& s = p.open();
   REQUIRE(s.start_reading() == 0);
   const std::string want = pattern(5000);
-  REQUIRE(send(fds[1], want.data(), want.size(), 0) == static_cast<ssize_t>(want.size()));
-  spin(*r, [&] { return rec.data.size() == want.size(); });
-  REQUIRE(rec.data == want);
-  for (ssize_t n : rec.reads) REQUIRE((n > 0 && n <= 7));
-  done(r, s, rec, fds);
+  REQUIRE(send(p.fds[1], want.data(), want.size(), 0) == static_cast<ssize_t>(want.size()));
+  spin(*p.r, [&] { return p.rec.data.size() == want.size(); });
+  REQUIRE(p.rec.data == want);
+  for (ssize_t n : p.rec.reads) REQUIRE((n > 0 && n <= 7));
+  p.finish();
 }
 
 TEST_CASE("pause/resume loses and reorders nothing", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  rec.lend = 100;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  p.rec.lend = 100;
+  Stream& s = p.open();
   REQUIRE(s.start_reading() == 0);
   std::string want;
   for (int i = 0; i < 40; ++i) {
     std::string part = std::to_string(i) + ":" + pattern(300 + 17 * i) + ";";
-    REQUIRE(send(fds[1], part.data(), part.size(), 0) == static_cast<ssize_t>(part.size()));
+    REQUIRE(send(p.fds[1], part.data(), part.size(), 0) == static_cast<ssize_t>(part.size()));
     want += part;
-    turn(*r);
+    turn(*p.r);
     if (i % 2 == 0) {
       s.stop_reading();
-      turn(*r);
-      REQUIRE_FALSE(r->has_io(fds[0], kReadable));
+      turn(*p.r);
+      REQUIRE_FALSE(p.r->has_io(p.fds[0], kReadable));
       REQUIRE(s.start_reading() == 0);
     }
   }
-  spin(*r, [&] { return rec.data.size() == want.size(); });
-  REQUIRE(rec.data == want);
-  done(r, s, rec, fds);
+  spin(*p.r, [&] { return p.rec.data.size() == want.size(); });
+  REQUIRE(p.rec.data == want);
+  p.finish();
 }
 
 TEST_CASE("io_uring reads ahead; a pause takes it back and resume delivers it first",
           "[uring]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  Stream& s = p.open();
   REQUIRE(s.start_reading() == 0);
-  rec.skip = true;  // the owner takes nothing: what leaves the socket is read ahead
-  REQUIRE(send(fds[1], "first;", 6, 0) == 6);
-  spin(*r, [&] { return in_socket(fds[0]) == 0; });
-  REQUIRE(rec.reads.empty());
+  p.rec.skip = true;  // the owner takes nothing: what leaves the socket is read ahead
+  REQUIRE(send(p.fds[1], "first;", 6, 0) == 6);
+  spin(*p.r, [&] { return in_socket(p.fds[0]) == 0; });
+  REQUIRE(p.rec.reads.empty());
   s.stop_reading();  // no watcher left: the read-ahead must survive in the stream
-  REQUIRE_FALSE(r->has_io(fds[0], kReadable));
-  REQUIRE(send(fds[1], "second", 6, 0) == 6);
-  for (int i = 0; i < 5; ++i) turn(*r);
-  REQUIRE(in_socket(fds[0]) == 6);  // paused: nothing more was read
-  rec.skip = false;
+  REQUIRE_FALSE(p.r->has_io(p.fds[0], kReadable));
+  REQUIRE(send(p.fds[1], "second", 6, 0) == 6);
+  for (int i = 0; i < 5; ++i) turn(*p.r);
+  REQUIRE(in_socket(p.fds[0]) == 6);  // paused: nothing more was read
+  p.rec.skip = false;
   REQUIRE(s.start_reading() == 0);
-  spin(*r, [&] { return rec.data.size() == 12; });
-  REQUIRE(rec.data == "first;second");
-  done(r, s, rec, fds);
+  spin(*p.r, [&] { return p.rec.data.size() == 12; });
+  REQUIRE(p.rec.data == "first;second");
+  p.finish();
 }
 
 TEST_CASE("a tiny buffer ring runs dry (ENOBUFS) and reading recovers", "[uring]") {
-  auto r = uring_reactor(2, 16);  // 32 bytes of provided buffers in all
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  rec.lend = 64;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p(uring_reactor(2, 16));  // 32 bytes of provided buffers in all
+  p.rec.lend = 64;
+  Stream& s = p.open();
   REQUIRE(s.start_reading() == 0);
-  rec.skip = true;  // hold both buffers: the multishot recv must starve
+  p.rec.skip = true;  // hold both buffers: the multishot recv must starve
   const std::string want = pattern(20000);
-  REQUIRE(send(fds[1], want.data(), want.size(), 0) == static_cast<ssize_t>(want.size()));
-  for (int i = 0; i < 20; ++i) turn(*r);
-  REQUIRE(in_socket(fds[0]) >= static_cast<ssize_t>(want.size() - 32));  // only 32 read ahead
-  rec.skip = false;
-  spin(*r, [&] { return rec.data.size() == want.size(); });
-  REQUIRE(rec.data == want);
+  REQUIRE(send(p.fds[1], want.data(), want.size(), 0) == static_cast<ssize_t>(want.size()));
+  for (int i = 0; i < 20; ++i) turn(*p.r);
+  REQUIRE(in_socket(p.fds[0]) >= static_cast<ssize_t>(want.size() - 32));  // only 32 read ahead
+  p.rec.skip = false;
+  spin(*p.r, [&] { return p.rec.data.size() == want.size(); });
+  REQUIRE(p.rec.data == want);
   // And again, with the ring refilled: the multishot recv was re-armed.
   const std::string more = pattern(3000);
-  REQUIRE(send(fds[1], more.data(), more.size(), 0) == static_cast<ssize_t>(more.size()));
-  spin(*r, [&] { return rec.data.size() == want.size() + more.size(); });
-  REQUIRE(rec.data == want + more);
-  done(r, s, rec, fds);
+  REQUIRE(send(p.fds[1], more.data(), more.size(), 0) == static_cast<ssize_t>(more.size()));
+  spin(*p.r, [&] { return p.rec.data.size() == want.size() + more.size(); });
+  REQUIRE(p.rec.data == want + more);
+  p.finish();
 }
 
 TEST_CASE("data read ahead comes before EOF", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  rec.lend = 4;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  p.rec.lend = 4;
+  Stream& s = p.open();
   REQUIRE(s.start_reading() == 0);
-  REQUIRE(send(fds[1], "0123456789", 10, 0) == 10);
-  shutdown(fds[1], SHUT_WR);
-  spin(*r, [&] { return rec.eof(); });
-  REQUIRE(rec.data == "0123456789");
-  REQUIRE(rec.reads == std::vector<ssize_t>{4, 4, 2, 0});
+  REQUIRE(send(p.fds[1], "0123456789", 10, 0) == 10);
+  shutdown(p.fds[1], SHUT_WR);
+  spin(*p.r, [&] { return p.rec.eof(); });
+  REQUIRE(p.rec.data == "0123456789");
+  REQUIRE(p.rec.reads == std::vector<ssize_t>{4, 4, 2, 0});
   REQUIRE_FALSE(s.reading());
-  done(r, s, rec, fds);
+  p.finish();
 }
 
 TEST_CASE("a reset is reported after a pause took back the data before it", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  Stream& s = p.open();
   REQUIRE(s.start_reading() == 0);
-  rec.skip = true;
-  reset(fds[1]);
-  for (int i = 0; i < 20; ++i) turn(*r);
+  p.rec.skip = true;
+  reset(p.fds[1]);
+  for (int i = 0; i < 20; ++i) turn(*p.r);
   s.stop_reading();
-  rec.skip = false;
+  p.rec.skip = false;
   REQUIRE(s.start_reading() == 0);
-  spin(*r, [&] { return !rec.reads.empty(); });
-  REQUIRE(rec.reads.back() == -ECONNRESET);
+  spin(*p.r, [&] { return !p.rec.reads.empty(); });
+  REQUIRE(p.rec.reads.back() == -ECONNRESET);
   REQUIRE_FALSE(s.reading());
   s.close();
-  r->close();
-  REQUIRE(rec.refs == 0);
-  close(fds[0]);
+  p.r->close();
+  REQUIRE(p.rec.refs == 0);
+  close(p.fds[0]);
 }
 
 TEST_CASE("a plain reader is never read ahead for", "[io]") {
@@ -199,27 +173,24 @@ TEST_CASE("a plain reader is never read ahead for", "[io]") {
 
 TEST_CASE("closing a stream with a recv in flight sends FIN at once and frees all",
           "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  Stream& s = p.open();
   REQUIRE(s.start_reading() == 0);
-  rec.skip = true;
-  REQUIRE(send(fds[1], "held", 4, 0) == 4);  // read ahead into a provided buffer
-  for (int i = 0; i < 5; ++i) turn(*r);
+  p.rec.skip = true;
+  REQUIRE(send(p.fds[1], "held", 4, 0) == 4);  // read ahead into a provided buffer
+  for (int i = 0; i < 5; ++i) turn(*p.r);
   s.close();
-  close(fds[0]);
+  close(p.fds[0]);
   // No reactor turn in between: the recv must not keep the file open.
   std::string got;
-  ssize_t end = read_to_end(fds[1], &got);
+  ssize_t end = read_to_end(p.fds[1], &got);
   // FIN, or RST where the unread "held" was still in our socket (readiness
   // backends); never the 2 s timeout, and no data.
   REQUIRE((end == 0 || end == -ECONNRESET));
   REQUIRE(got.empty());
-  r->close();
-  REQUIRE(rec.refs == 0);
-  close(fds[1]);
+  p.r->close();
+  REQUIRE(p.rec.refs == 0);
+  close(p.fds[1]);
 }
 
 TEST_CASE("closing the reactor with streams still reading (recvs in flight)", "[stream]") {
@@ -249,94 +220,82 @@ TEST_CASE("closing the reactor with streams still reading (recvs in flight)", "[
 
 TEST_CASE("a queued write drains through partial sends, in order, then reports drain",
           "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
+  StreamPair p;
   int small = 4096;
-  setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  setsockopt(p.fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  Stream& s = p.open();
   REQUIRE(s.set_limits(SIZE_MAX / 2, 0) == 0);
   const std::string want = pattern(3 * 1024 * 1024);
   REQUIRE(s.write(want.data(), want.size()) == 0);
   REQUIRE(s.queued() > 0);  // the kernel took only part of it
   std::string got;
   int sends_seen = 0;
-  spin(*r, [&] {
+  spin(*p.r, [&] {
     size_t before = got.size();
-    got += slurp(fds[1]);
+    got += slurp(p.fds[1]);
     if (got.size() > before) ++sends_seen;
     return s.queued() == 0;
   });
-  got += slurp(fds[1]);
+  got += slurp(p.fds[1]);
   REQUIRE(got == want);
   REQUIRE(sends_seen > 1);  // it took several partial sends
-  REQUIRE(rec.drains == 1);
-  REQUIRE(rec.write_error == 0);
-  REQUIRE_FALSE(r->has_io(fds[0], uvpy::loop::kWritable));
-  done(r, s, rec, fds);
+  REQUIRE(p.rec.drains == 1);
+  REQUIRE(p.rec.write_error == 0);
+  REQUIRE_FALSE(p.r->has_io(p.fds[0], uvpy::loop::kWritable));
+  p.finish();
 }
 
 TEST_CASE("dropping the queue with a send in flight: the peer sees a clean prefix",
           "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
+  StreamPair p;
   int small = 4096;
-  setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  setsockopt(p.fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  Stream& s = p.open();
   REQUIRE(s.set_limits(SIZE_MAX / 2, 0) == 0);
   const std::string want = pattern(2 * 1024 * 1024);
   REQUIRE(s.write(want.data(), want.size()) == 0);
-  for (int i = 0; i < 10; ++i) turn(*r);  // a send is in flight, blocked on the peer
+  for (int i = 0; i < 10; ++i) turn(*p.r);  // a send is in flight, blocked on the peer
   REQUIRE(s.queued() > 0);
   s.discard_writes();  // abort(): the memory goes now, the send may not have
   REQUIRE(s.queued() == 0);
-  REQUIRE_FALSE(r->has_io(fds[0], uvpy::loop::kWritable));
+  REQUIRE_FALSE(p.r->has_io(p.fds[0], uvpy::loop::kWritable));
   std::string junk = pattern(1 << 20);  // reuse the freed heap, if anything freed it
   for (char& c : junk) c = '#';
-  for (int i = 0; i < 10; ++i) turn(*r);
+  for (int i = 0; i < 10; ++i) turn(*p.r);
   s.close();
-  shutdown(fds[0], SHUT_WR);
+  shutdown(p.fds[0], SHUT_WR);
   std::string got;
-  read_to_end(fds[1], &got);
+  read_to_end(p.fds[1], &got);
   REQUIRE(got.size() < want.size());
   REQUIRE(got == want.substr(0, got.size()));
-  r->close();
-  REQUIRE(rec.refs == 0);
-  close(fds[0]);
-  close(fds[1]);
+  p.r->close();
+  REQUIRE(p.rec.refs == 0);
+  close(p.fds[0]);
+  close(p.fds[1]);
 }
 
 TEST_CASE("closing a stream with a send in flight frees the file at once", "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
+  StreamPair p;
   int small = 4096;
-  setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  setsockopt(p.fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+  Stream& s = p.open();
   const std::string want = pattern(1024 * 1024);
   REQUIRE(s.write(want.data(), want.size()) == 0);
-  for (int i = 0; i < 10; ++i) turn(*r);
+  for (int i = 0; i < 10; ++i) turn(*p.r);
   REQUIRE(s.queued() > 0);
   s.close();
-  close(fds[0]);  // unsent data: the kernel resets the connection
+  close(p.fds[0]);  // unsent data: the kernel resets the connection
   std::string ignored;
-  ssize_t end = read_to_end(fds[1], &ignored);
+  ssize_t end = read_to_end(p.fds[1], &ignored);
   REQUIRE((end == 0 || end == -ECONNRESET));  // not EAGAIN: no 2 s wait
-  r->close();
-  REQUIRE(rec.refs == 0);
-  close(fds[1]);
+  p.r->close();
+  REQUIRE(p.rec.refs == 0);
+  close(p.fds[1]);
 }
 
 TEST_CASE("a bulk flow moves to readiness and back without losing order", "[uring]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  Stream& s = p.open();
   REQUIRE(s.start_reading() == 0);
   std::string want;
   for (int round = 0; round < 3; ++round) {
@@ -344,51 +303,48 @@ TEST_CASE("a bulk flow moves to readiness and back without losing order", "[urin
     const std::string big = std::to_string(round) + pattern(600 * 1000);
     size_t off = 0;
     while (off < big.size()) {
-      ssize_t n = send(fds[1], big.data() + off, big.size() - off, MSG_DONTWAIT);
+      ssize_t n = send(p.fds[1], big.data() + off, big.size() - off, MSG_DONTWAIT);
       if (n > 0) off += static_cast<size_t>(n);
-      turn(*r);
+      turn(*p.r);
     }
     want += big;
-    spin(*r, [&] { return rec.data.size() == want.size(); });
+    spin(*p.r, [&] { return p.rec.data.size() == want.size(); });
     // A short read ends the bulk mode...
-    REQUIRE(send(fds[1], "tiny", 4, 0) == 4);
+    REQUIRE(send(p.fds[1], "tiny", 4, 0) == 4);
     want += "tiny";
-    spin(*r, [&] { return rec.data.size() == want.size(); });
+    spin(*p.r, [&] { return p.rec.data.size() == want.size(); });
     // ...and the next small message is read ahead by the multishot again.
-    rec.skip = true;
-    REQUIRE(send(fds[1], "more", 4, 0) == 4);
+    p.rec.skip = true;
+    REQUIRE(send(p.fds[1], "more", 4, 0) == 4);
     want += "more";
-    spin(*r, [&] { return in_socket(fds[0]) == 0; });
-    rec.skip = false;
-    spin(*r, [&] { return rec.data.size() == want.size(); });
+    spin(*p.r, [&] { return in_socket(p.fds[0]) == 0; });
+    p.rec.skip = false;
+    spin(*p.r, [&] { return p.rec.data.size() == want.size(); });
   }
-  REQUIRE(rec.data == want);
-  done(r, s, rec, fds);
+  REQUIRE(p.rec.data == want);
+  p.finish();
 }
 
 TEST_CASE("a reading stream keeps its bytes, in order, when the loop moves threads",
           "[stream]") {
-  auto r = make_reactor();
-  int fds[2];
-  tcp_pair(fds);
-  Recorder rec;
-  Stream s(r.get(), fds[0], &rec);
+  StreamPair p;
+  Stream& s = p.open();
   REQUIRE(s.start_reading() == 0);
   // No REQUIRE off the main thread: Catch2 is not thread-safe.
   auto turns_on_another_thread = [&](int n) {
     std::thread([&] {
-      for (int i = 0; i < n; ++i) turn(*r);
+      for (int i = 0; i < n; ++i) turn(*p.r);
     }).join();
   };
-  REQUIRE(send(fds[1], "one;", 4, 0) == 4);
+  REQUIRE(send(p.fds[1], "one;", 4, 0) == 4);
   turns_on_another_thread(50);  // the ring binds to thread A; recv armed there
-  REQUIRE(send(fds[1], "two;", 4, 0) == 4);
-  rec.skip = true;  // read ahead on A, not yet taken
+  REQUIRE(send(p.fds[1], "two;", 4, 0) == 4);
+  p.rec.skip = true;  // read ahead on A, not yet taken
   turns_on_another_thread(50);
-  REQUIRE(send(fds[1], "three", 5, 0) == 5);
-  rec.skip = false;
+  REQUIRE(send(p.fds[1], "three", 5, 0) == 5);
+  p.rec.skip = false;
   turns_on_another_thread(1);  // thread B: the ring is rebuilt here
-  spin(*r, [&] { return rec.data.size() == 13; });  // and again on the main thread
-  REQUIRE(rec.data == "one;two;three");
-  done(r, s, rec, fds);
+  spin(*p.r, [&] { return p.rec.data.size() == 13; });  // and again on the main thread
+  REQUIRE(p.rec.data == "one;two;three");
+  p.finish();
 }

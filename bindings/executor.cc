@@ -460,15 +460,13 @@ void pump(Port* p) {
   if (!p->waiting.empty() && p->live.empty()) arm_retry(p);
 }
 
-// Submits j without blocking and makes cancelling `future` cancel the job.
-// Consumes the caller's reference to j. Returns True, False when the queue is
-// full (inline ports only: nothing submitted, the caller waits), or nullptr.
-// On a loop port a full queue parks j in `waiting` (see Port) and returns True.
+// Submits j (of a loop port) without blocking and makes cancelling `future`
+// cancel the job. Consumes the caller's reference to j. Returns True, or
+// nullptr with an exception set. A full queue parks j in `waiting` (see Port).
 PyObject* submit_and_watch(ExecJob* j, PyObject* future) {
   Port* p = j->port;
-  int rc = -EAGAIN;
-  if (p->reactor == nullptr || p->waiting.empty()) rc = submit(j, false);
-  if (rc == -EAGAIN && p->reactor != nullptr) {
+  int rc = p->waiting.empty() ? submit(j, false) : -EAGAIN;
+  if (rc == -EAGAIN) {
     p->waiting.push_back(j);
     Py_INCREF(j);  // the waiting list's reference, handed to the executor by pump()
     if (p->live.empty()) arm_retry(p);
@@ -476,7 +474,6 @@ PyObject* submit_and_watch(ExecJob* j, PyObject* future) {
   }
   if (rc != 0) {
     Py_DECREF(j);
-    if (rc == -EAGAIN) Py_RETURN_FALSE;
     return nullptr;
   }
   PyObject* r;
@@ -600,7 +597,7 @@ bool convert_args(ExecJob* j, PyObject* args, PyObject* sig) {
   return true;
 }
 
-// _submit_kernel(loop, future, fnptr, keepalive, args, sig, n, grain) -> True/False
+// _submit_kernel(loop, future, fnptr, keepalive, args, sig, n, grain) -> True
 //   n < 0: one call over [0, 1) (offload); else chunks of `grain` over [0, n)
 PyObject* submit_kernel(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
   LoopCore* loop;

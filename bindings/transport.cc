@@ -136,23 +136,19 @@ bool schedule_connection_lost(Transport* t, PyObject* exc) {
 // Calls a cached protocol method (re-looked up when missing, so the
 // AttributeError is the protocol's own).
 PyObject* call_protocol(Transport* t, PyObject* method, uint8_t bit, const char* name, PyObject* arg) {
+  PyObject* self = nullptr;  // set when `method` is the class's function (unbound)
   if (method == nullptr) {
     if (t->protocol == nullptr) Py_RETURN_NONE;
     method = PyObject_GetAttrString(t->protocol, name);
     if (method == nullptr) return nullptr;
-  } else if (t->unbound & bit) {  // the class's function: pass the protocol itself
-    PyObject* self = t->protocol;
-    Py_INCREF(method);  // the callback may replace the protocol
-    Py_INCREF(self);
-    PyObject* args[3] = {nullptr, self, arg};
-    PyObject* r = PyObject_Vectorcall(method, args + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
-    Py_DECREF(self);
-    Py_DECREF(method);
-    return r;
   } else {
     Py_INCREF(method);  // the callback may replace the protocol
+    if (t->unbound & bit) self = Py_NewRef(t->protocol);
   }
-  PyObject* r = PyObject_Vectorcall(method, &arg, 1, nullptr);
+  PyObject* args[3] = {nullptr, self, arg};
+  PyObject* r = self ? PyObject_Vectorcall(method, args + 1, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr)
+                     : PyObject_Vectorcall(method, args + 2, 1 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  Py_XDECREF(self);
   Py_DECREF(method);
   return r;
 }

@@ -220,24 +220,8 @@ PyObject* Transport_get_protocol(PyObject* self, PyObject*) {
   return Py_NewRef(p ? p : Py_None);
 }
 
-// TransportCore.__init__(loop, sock, protocol, extra=None, server=None)
-}  // namespace
-
-PyObject* transport::ensure_extra(Transport* t) {
-  if (t->extra != nullptr) return t->extra;
-  PyObject* d = PyDict_New();
-  if (d == nullptr) return nullptr;
-  if (t->peername != nullptr && PyDict_SetItemString(d, "peername", t->peername) < 0) {
-    Py_DECREF(d);
-    return nullptr;
-  }
-  t->extra = d;
-  Py_CLEAR(t->peername);
-  return d;
-}
-
-namespace {
-
+// TransportCore.__init__(loop, sock, protocol, extra=None, server=None,
+// peername=None): with extra=None the extras dict waits for ensure_extra().
 int Transport_init(PyObject* self, PyObject* args, PyObject* kwargs) {
   static const char* kw[] = {"loop", "sock", "protocol", "extra", "server", "peername", nullptr};
   PyObject *loop, *sock, *protocol, *extra = Py_None, *server = Py_None, *peername = Py_None;
@@ -424,6 +408,19 @@ PyGetSetDef Transport_getset[] = {
 };
 
 }  // namespace
+
+PyObject* transport::ensure_extra(Transport* t) {
+  if (t->extra != nullptr) return t->extra;
+  PyObject* d = PyDict_New();
+  if (d == nullptr) return nullptr;
+  if (t->peername != nullptr && PyDict_SetItemString(d, "peername", t->peername) < 0) {
+    Py_DECREF(d);
+    return nullptr;
+  }
+  t->extra = d;
+  Py_CLEAR(t->peername);
+  return d;
+}
 
 bool ready_transport(PyObject* module) {
   if (!init_names()) return false;

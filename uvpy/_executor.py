@@ -154,7 +154,7 @@ class _JobFuture(asyncio.Future):
             return False
         try:
             job = self._job
-        except AttributeError:  # not submitted (yet): the retry sees done()
+        except AttributeError:  # its submission failed: there is no job to cancel
             return True
         job(self)
         return True

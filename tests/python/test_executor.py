@@ -272,27 +272,6 @@ def test_cancel_reaches_a_running_kernel(loop, loop_name, lib):
     needs_uvpy(loop_name, loop, main)
 
 
-def test_backpressure_full_queue_waits_instead_of_growing(loop, loop_name, lib):
-    flag = array("i", [0, 0, 0])
-    marks = array("q", bytes(8 * 5000))
-    slots = memoryview(marks)
-
-    async def main():
-        workers = uvpy.executor_metrics()["workers"].__len__()
-        spinners = [uvpy.offload(lib.spin_until, flag) for _ in range(workers)]
-        await asyncio.sleep(0.02)
-        # More than the queue holds (4096): the extra ones must wait. Each
-        # job marks its own slot (jobs run concurrently on several workers).
-        many = [uvpy.offload(lib.mark_range, slots[i : i + 1]) for i in range(5000)]
-        await asyncio.sleep(0.01)
-        assert uvpy.executor_metrics()["queued"] <= 4096
-        flag[0] = 1
-        await asyncio.gather(*spinners, *many)
-        assert list(marks) == [1] * 5000
-
-    needs_uvpy(loop_name, loop, main)
-
-
 def _block_every_worker(lib):
     """One spinning kernel per worker, each with its own flag: the queue
     then holds everything submitted after them."""
@@ -310,6 +289,25 @@ async def _all_started(flags):
 def _release(flags):
     for f in flags:
         f[0] = 1
+
+
+def test_backpressure_full_queue_waits_instead_of_growing(loop, loop_name, lib):
+    marks = array("q", bytes(8 * 5000))
+    slots = memoryview(marks)
+
+    async def main():
+        flags, spinners = _block_every_worker(lib)
+        await _all_started(flags)
+        # More than the queue holds (4096): the extra ones must wait. Each
+        # job marks its own slot (jobs run concurrently on several workers).
+        many = [uvpy.offload(lib.mark_range, slots[i : i + 1]) for i in range(5000)]
+        await asyncio.sleep(0.01)
+        assert uvpy.executor_metrics()["queued"] <= 4096
+        _release(flags)
+        await asyncio.gather(*spinners, *many)
+        assert list(marks) == [1] * 5000
+
+    needs_uvpy(loop_name, loop, main)
 
 
 def test_backpressure_python_callables_all_complete(loop, loop_name):

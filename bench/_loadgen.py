@@ -5,7 +5,8 @@
   ignored build/ directory) and recompiled whenever the source is newer than
   the binary. `$CC` picks the compiler; `$UVPY_LOADGEN` names a prebuilt
   binary instead. Concurrent workload processes serialize the build on a
-  lock file. `binary("echod")` builds the C echo server the same way.
+  lock file. `binary("echod")` builds the C echo server the same way, and
+  `binary("echod_uring")` its io_uring twin (linked with -luring).
 * `pin_server()` / `client_cpus()`: with `UVPY_BENCH_PIN=1` on a machine
   with 2+ CPUs, the server process is pinned to the first CPU and its load
   generator to the others, so the two never share a core and the server is
@@ -74,12 +75,15 @@ def binary(name: str = "loadgen") -> str:
         if _fresh(out, source):  # another process built it while we waited
             return out
         tmp = f"{out}.{os.getpid()}.tmp"
-        p = subprocess.run([cc, "-O2", "-pthread", "-o", tmp, source],
+        p = subprocess.run([cc, "-O2", "-pthread", "-o", tmp, source, *_LIBS.get(name, ())],
                            capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"building {source} failed:\n{p.stderr}")
         os.replace(tmp, out)
     return out
+
+
+_LIBS = {"echod_uring": ("-luring",)}  # what a program links beyond libc
 
 
 def _fresh(path: str, source: str) -> bool:

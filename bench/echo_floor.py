@@ -1,5 +1,8 @@
 """The floor of the echo suite: a C epoll echo server (bench/loadgen/echod.c)
-under the same load generator, pinning and measured window as bench/echo.py.
+and its io_uring twin (bench/loadgen/echod_uring.c: multishot accept and
+recv into provided buffers, sends straight out of them, one submit per
+iteration), alternating round by round under the same load generator,
+pinning and measured window as bench/echo.py.
 It makes the same system calls as a loop's Protocol echo (one recv and one
 send per message, epoll_wait per wakeup) and nothing else, so its CPU per
 round trip is what the kernel alone costs on this machine: no loop can go
@@ -7,6 +10,7 @@ below it, and (loop CPU/rt - floor CPU/rt) is what the loop itself adds.
 
     python bench/echo_floor.py [--sizes 1024,102400] [--conns 10,1000]
                                [--n 2000] [--rounds 3]
+                               [--servers echod,echod_uring]
 
 Prints one line per (size, conns): median round trips/s, CPU µs per round
 trip (user/sys), and the server/client utilisation. Not part of run.py's
@@ -23,8 +27,11 @@ import time
 import _loadgen
 
 
-def run_once(size: int, conns: int, duration: float, warmup: float) -> dict:
-    server_cmd = [_loadgen.binary("echod")]
+SERVERS = {"echod": "echod (C epoll floor)", "echod_uring": "echod_uring (C io_uring floor)"}
+
+
+def run_once(name: str, size: int, conns: int, duration: float, warmup: float) -> dict:
+    server_cmd = [_loadgen.binary(name)]
     cpu = _loadgen.server_cpu()
     if cpu is not None:
         server_cmd += ["-a", str(cpu)]
@@ -65,17 +72,27 @@ def main(argv=None) -> int:
     p.add_argument("--conns", default="10,1000")
     p.add_argument("--n", type=int, default=2000, help="measured milliseconds per run")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--servers", default="echod,echod_uring",
+                   help="comma-separated: echod (epoll), echod_uring (io_uring)")
     args = p.parse_args(argv)
+    servers = args.servers.split(",")
+    for name in servers:
+        if name not in SERVERS:
+            p.error(f"unknown server {name!r}; choose from {', '.join(SERVERS)}")
     duration = args.n / 1000
     warmup = min(0.5, max(0.1, duration / 4))
     _loadgen.raise_nofile(max(int(c) for c in args.conns.split(",")) + 256)
     print(f"load {os.getloadavg()}", file=sys.stderr)
     for size in map(int, args.sizes.split(",")):
         for conns in map(int, args.conns.split(",")):
-            runs = [run_once(size, conns, duration, warmup) for _ in range(args.rounds)]
-            med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-            print(json.dumps({"server": "echod (C floor)", "size": size, "conns": conns,
-                              **{k: round(v, 3) for k, v in med.items()}}))
+            runs = {name: [] for name in servers}
+            for _ in range(args.rounds):  # alternating, so drift hits both alike
+                for name in servers:
+                    runs[name].append(run_once(name, size, conns, duration, warmup))
+            for name in servers:
+                med = {k: statistics.median(r[k] for r in runs[name]) for k in runs[name][0]}
+                print(json.dumps({"server": SERVERS[name], "size": size, "conns": conns,
+                                  **{k: round(v, 3) for k, v in med.items()}}), flush=True)
     return 0
 
 

@@ -14,13 +14,18 @@
 //     their messages are asyncio's own.
 //  3. The GIL is released only inside Reactor::run_once's poll phase.
 //  4. The reactor object lives as long as the LoopCore; close() empties it.
+#include "py.h"  // Python.h first
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <string>
-
-#include "py.h"
 
 namespace uvpy::py {
 
@@ -280,19 +285,24 @@ PyObject* handle_or_none(loop::Callback old) {
   Py_RETURN_NONE;
 }
 
-// _io_set(fd, which, handle) -> previous handle or None
+// _io_set(fd, which, handle[, accepts]) -> previous handle or None.
+// accepts=True (a listening socket's reader): the reader takes its
+// connections only through _accept(), so the backend may accept ahead.
 PyObject* LoopCore_io_set(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   auto* loop = reinterpret_cast<LoopCore*>(self);
-  if (nargs != 3 || !PyObject_TypeCheck(args[2], &HandleType)) {
-    PyErr_SetString(PyExc_TypeError, "_io_set(fd, which, handle)");
+  if ((nargs != 3 && nargs != 4) || !PyObject_TypeCheck(args[2], &HandleType)) {
+    PyErr_SetString(PyExc_TypeError, "_io_set(fd, which, handle[, accepts])");
     return nullptr;
   }
   if (!check_open(loop)) return nullptr;
   int fd = as_int(args[0]);
   int which = as_int(args[1]);
   if (PyErr_Occurred()) return nullptr;
+  int accepts = nargs == 4 ? PyObject_IsTrue(args[3]) : 0;
+  if (accepts < 0) return nullptr;
   loop::Callback old;
-  int rc = loop->reactor->set_io(fd, which, as_callback(reinterpret_cast<Handle*>(args[2])), &old);
+  int rc = loop->reactor->set_io(fd, which, as_callback(reinterpret_cast<Handle*>(args[2])), &old,
+                                 false, accepts != 0);
   if (rc < 0) {
     errno = -rc;
     return PyErr_SetFromErrno(PyExc_OSError);
@@ -314,6 +324,49 @@ PyObject* LoopCore_io_clear(PyObject* self, PyObject* const* args, Py_ssize_t na
   loop::Callback old;
   loop->reactor->clear_io(fd, which, &old);
   return handle_or_none(old);
+}
+
+// The peer address of an accepted AF_INET/AF_INET6 connection as the
+// socket module spells it; None for an empty address (the peer was gone
+// before it could be read) or another family.
+PyObject* peer_address(const sockaddr_storage& ss, socklen_t len) {
+  char host[INET6_ADDRSTRLEN];
+  if (len >= sizeof(sockaddr_in) && ss.ss_family == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(ss);
+    if (inet_ntop(AF_INET, &a.sin_addr, host, sizeof host) == nullptr) Py_RETURN_NONE;
+    return Py_BuildValue("(si)", host, static_cast<int>(ntohs(a.sin_port)));
+  }
+  if (len >= sizeof(sockaddr_in6) && ss.ss_family == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6&>(ss);
+    if (inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof host) == nullptr) Py_RETURN_NONE;
+    return Py_BuildValue("(siII)", host, static_cast<int>(ntohs(a.sin6_port)),
+                         static_cast<unsigned>(ntohl(a.sin6_flowinfo)),
+                         static_cast<unsigned>(a.sin6_scope_id));
+  }
+  Py_RETURN_NONE;
+}
+
+// _accept(fd) -> (conn_fd, address): the next connection of fd's accepting
+// reader (see _io_set), or of fd itself when it has none. conn_fd is
+// non-blocking and close-on-exec; address as socket.accept() gives it, or
+// None (see peer_address). BlockingIOError when none waits; OSError (EMFILE,
+// ...) as accept() raises it.
+PyObject* LoopCore_accept(PyObject* self, PyObject* arg) {
+  auto* loop = reinterpret_cast<LoopCore*>(self);
+  if (!check_open(loop)) return nullptr;
+  int fd = as_int(arg);
+  if (PyErr_Occurred()) return nullptr;
+  sockaddr_storage ss{};
+  socklen_t len = 0;
+  int conn = loop->reactor->accept(fd, &ss, &len);
+  if (conn < 0) {
+    errno = -conn;
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  PyObject* addr = peer_address(ss, len);
+  PyObject* r = addr ? Py_BuildValue("(iN)", conn, addr) : nullptr;
+  if (r == nullptr) ::close(conn);  // nobody else will
+  return r;
 }
 
 // _call_handle(handle): queue an existing handle (signal delivery).
@@ -484,6 +537,7 @@ PyMethodDef LoopCore_methods[] = {
     {"_close_native", LoopCore_close_native, METH_NOARGS, nullptr},
     FAST("_io_set", LoopCore_io_set, nullptr),
     FAST("_io_clear", LoopCore_io_clear, nullptr),
+    {"_accept", LoopCore_accept, METH_O, nullptr},
     {"_call_handle", LoopCore_call_handle, METH_O, nullptr},
     {"_exec_pending", LoopCore_exec_pending, METH_NOARGS, nullptr},
     {"_stats", LoopCore_stats, METH_NOARGS, "Counts of ready callbacks, timers and fd watchers."},

@@ -32,6 +32,14 @@
 //     shares ownership of the memory it reads (SendRef::owner), so the
 //     writer may drop its queue at any time; dropping kWritable (or
 //     io_close) cancels the send.
+//  8. Accepting listeners. A watcher whose `accepts` flag is set (a
+//     server's listening socket) takes connections only through accept();
+//     the backend may accept ahead for it (io_uring: a multishot accept)
+//     and reports kReadable while an accepted connection or an error waits
+//     to be accept()ed. Connections accepted ahead and never taken are
+//     closed when the watcher goes, as the kernel resets those left in a
+//     closed listener's backlog. Where a backend cannot accept ahead,
+//     accept() is the plain accept4(): never a failure.
 #pragma once
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -107,6 +115,20 @@ class Backend {
     (void)w;
     return -ENOENT;
   }
+  // Contract 8: the accepted fd (non-blocking, close-on-exec) with the
+  // peer's address in *addr/*len (*len 0: the peer was gone before its
+  // address could be read), -EAGAIN nothing now, other -errno an error.
+  // w may be null (no watcher).
+  virtual int accept(IoWatcher* w, int fd, sockaddr_storage* addr, socklen_t* len) {
+    (void)w;
+    for (;;) {
+      *len = sizeof *addr;
+      int c = ::accept4(fd, reinterpret_cast<sockaddr*>(addr), len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (c >= 0) return c;
+      if (errno == EINTR) continue;
+      return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    }
+  }
 
   void set_sink(Sink* s) { sink_ = s; }
 
@@ -132,6 +154,7 @@ struct UringOptions {
   // unless UVPY_URING_COMPLETION=0 is set in the environment.
   bool completion = true;
   bool completion_sends = true;  // UVPY_URING_COMPLETION=recv: reads only
+  bool completion_accepts = true;  // UVPY_URING_ACCEPT=0: listeners on readiness
   unsigned buf_count = 256;   // provided buffers: a power of two (2 MiB: fits in cache)
   unsigned buf_size = 8192;   // bytes each
 };

@@ -5,7 +5,7 @@
 //   readiness   plain watchers (add_reader/add_writer from Python, and any
 //               direction where completion I/O is off): one-shot POLL_ADDs,
 //               re-armed each iteration; the callback does its own I/O.
-//   completion  consuming watchers (backend.h, contracts 5-7: a Stream's
+//   completion  consuming watchers (backend.h, contracts 5-8: a Stream's
 //               reader, and its writer while its queue is non-empty): the
 //               kernel does the I/O. A reader keeps a multishot RECV with
 //               IOSQE_BUFFER_SELECT armed on one provided-buffer ring
@@ -13,6 +13,8 @@
 //               and the reader is reported readable, and recv() copies out
 //               and recycles. A writer hands over one SEND/SENDMSG at a time;
 //               its CQE reports kWritable and send_result() gives the count.
+//               An accepting listener (a server's) keeps a multishot ACCEPT
+//               armed; the connections it posts wait here for accept().
 //
 // Either way one io_uring_enter per loop iteration carries everything: the
 // poll (re-)arms, recvs, sends and cancels queued since the last iteration
@@ -31,8 +33,9 @@
 //   bits 0-2   tag: 0 the poll of an FdState, 1 a poll remove/update or a
 //              cancel (its CQE, if any, only reports a lost race and is
 //              ignored), 2 the wakeup eventfd's multishot poll, 3 the
-//              multishot recv of an FdState, 4 the send of an FdState
-//   bits 3-63  tags 0, 3, 4: the FdState's address (heap objects, 8-aligned)
+//              multishot recv of an FdState, 4 the send of an FdState,
+//              5 the multishot accept of an FdState
+//   bits 3-63  tags 0, 3-5: the FdState's address (heap objects, 8-aligned)
 //
 // Invariants:
 //  1. An FdState has at most one poll, one recv and one send in flight. It
@@ -87,6 +90,22 @@
 //     drop its queue any time; dropping the writer cancels the send, whose
 //     result is then discarded. One send per fd at a time, submitted at the
 //     next flush; a partial send is simply a smaller result.
+// 10. An accepting listener's connections are accepted by the kernel as they
+//     arrive (one multishot ACCEPT, SOCK_NONBLOCK | SOCK_CLOEXEC, no
+//     address: getpeername() fills it in as each CQE is taken) and wait in
+//     FdState::accepted, in order, for accept(); an error the accept ends
+//     with (EMFILE...) waits behind them and is delivered once. Once
+//     kAcceptAhead wait the accept is cancelled and the kernel's backlog
+//     holds the rest (a multishot accept drains the whole backlog in one
+//     go, so one batch may overshoot by up to the listen backlog). Every accepted fd is owned by exactly one
+//     place (a CQE not yet taken, the queue, or the caller of accept()):
+//     accept CQEs are taken at once wherever CQEs are harvested, a
+//     listener's queue is closed when its reader goes (io_update without
+//     `accepts`, io_close), and a dead FdState's late CQEs close theirs. A
+//     ring rebuilt on another thread cannot cancel the old ring's accept
+//     first (only the owner may submit), so a connection that old ring
+//     accepts after the last harvest is lost with it: rebuilds are rare
+//     (the loop moved threads), and its client sees no answer.
 #include <liburing.h>
 #include <poll.h>
 #include <pthread.h>
@@ -156,6 +175,18 @@ bool have_send_opcodes(io_uring* ring) {
   return ok;
 }
 
+bool have_accept_opcodes(io_uring* ring) {
+  static const bool ok = [ring] {
+    io_uring_probe* probe = io_uring_get_probe_ring(ring);
+    if (probe == nullptr) return false;
+    bool r = io_uring_opcode_supported(probe, IORING_OP_ACCEPT) &&
+             io_uring_opcode_supported(probe, IORING_OP_ASYNC_CANCEL);
+    io_uring_free_probe(probe);
+    return r;
+  }();
+  return ok;
+}
+
 bool have_recv_opcodes(io_uring* ring) {
   static const bool ok = [ring] {
     io_uring_probe* probe = io_uring_get_probe_ring(ring);
@@ -191,6 +222,7 @@ int UringBackend::init(std::string* err) {
   }
   comp_ = opts_.completion && have_recv_opcodes(&ring_);
   send_ok_ = opts_.completion && opts_.completion_sends && have_send_opcodes(&ring_);
+  accept_ok_ = opts_.completion && opts_.completion_accepts && have_accept_opcodes(&ring_);
   setup_buffers();
   return 0;
 }
@@ -246,6 +278,8 @@ int UringBackend::io_update(IoWatcher* w, int events) {
     w->backend_data = s;
   }
   if ((events & kReadable) && !(s->want & kReadable)) s->recv_paused = false;
+  if (s->accepts && !w->accepts) drop_accepted(s);  // invariant 10: the reader went
+  s->accepts = w->accepts;
   s->consume = w->consume;
   s->want = events;
   s->parked = false;
@@ -261,16 +295,19 @@ void UringBackend::io_close(IoWatcher* w) {
   s->want = 0;
   drop_held(s);
   drop_send(s);
+  drop_accepted(s);
   const bool poll_live = s->armed && s->armed_mask != 0;
   const bool recv_live = s->recv_armed && !s->recv_cancel;
   const bool send_live = s->send_armed && !s->send_cancel;
-  if (poll_live || recv_live || send_live) {
+  const bool accept_live = s->accept_armed && !s->accept_cancel;
+  if (poll_live || recv_live || send_live || accept_live) {
     // Off the owner thread (or with the SQ full) the next flush() removes
     // them; see invariant 3.
     bool ok = on_owner_thread();
     if (ok && poll_live) ok = prep_remove(s);
     if (ok && recv_live) ok = prep_recv_cancel(s);
     if (ok && send_live) ok = prep_send_cancel(s);
+    if (ok && accept_live) ok = prep_accept_cancel(s);
     if (ok)
       release_now(s, poll_live, send_live);
     else
@@ -285,11 +322,12 @@ void UringBackend::close() {
   // Invariant 7: no recv may pick a provided buffer after we unmap them.
   // The reactor io_close()d every watcher first, which usually cancelled
   // and reaped them all; cancel any straggler and wait here.
-  if ((recv_inflight_ > 0 || send_inflight_ > 0) && on_owner_thread()) {
+  auto inflight = [this] { return recv_inflight_ > 0 || send_inflight_ > 0 || accept_inflight_ > 0; };
+  if (inflight() && on_owner_thread()) {
     if (io_uring_sqe* sqe = get_sqe()) {
       io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
       io_uring_sqe_set_data64(sqe, kTagCtl);
-      for (int round = 0; round < 64 && (recv_inflight_ > 0 || send_inflight_ > 0); ++round) {
+      for (int round = 0; round < 64 && inflight(); ++round) {
         io_uring_submit_and_get_events(&ring_);
         if (harvest() == 0 && !io_uring_cq_has_overflow(&ring_)) break;
         for (const Completion& c : stash_) {
@@ -317,6 +355,7 @@ void UringBackend::close() {
     unlink(s);
     if (s->watcher) s->watcher->backend_data = nullptr;
     drop_held(s);
+    drop_accepted(s);
     delete s;
   }
   buf_.release(buffers_safe);
@@ -394,6 +433,7 @@ int UringBackend::rebuild() {
     }
   }
   send_inflight_ = 0;
+  accept_inflight_ = 0;  // invariant 10: harvest() above took what it posted
   io_uring_queue_exit(&ring_);
   buf_.release(recv_inflight_ == 0);
   recv_inflight_ = 0;
@@ -407,6 +447,8 @@ int UringBackend::rebuild() {
     s->recv_armed = false;
     s->recv_cancel = false;
     s->starved = false;
+    s->accept_armed = false;
+    s->accept_cancel = false;
     if (s->watcher == nullptr)
       maybe_free(s);
     else if (s->want && !s->parked)
@@ -488,6 +530,12 @@ void UringBackend::flush() {
         ok = prep_recv_cancel(s);
       }
       if (!ok) {
+      } else if (wants_accept(s)) {
+        if (!s->accept_armed) ok = prep_accept(s);
+      } else if (s->accept_armed && !s->accept_cancel) {
+        ok = prep_accept_cancel(s);
+      }
+      if (!ok) {
       } else if (!wants_send(s)) {
         drop_send(s);
         if (s->send_armed && !s->send_cancel) ok = prep_send_cancel(s);
@@ -515,7 +563,8 @@ void UringBackend::release_now(FdState* s, bool poll_live, bool send_live) {
   const uint64_t send_ud = reinterpret_cast<uint64_t>(s) | kTagSend;
   bool poll_done = !poll_live, send_done = !send_live;
   s->pinned = true;  // on_recv() must not free it under us
-  for (int round = 0; round < 64 && !(poll_done && send_done && !s->recv_armed); ++round) {
+  for (int round = 0; round < 64 && !(poll_done && send_done && !s->recv_armed && !s->accept_armed);
+       ++round) {
     io_uring_submit_and_get_events(&ring_);
     size_t before = stash_.size();
     unsigned n = harvest();
@@ -535,6 +584,8 @@ unsigned UringBackend::harvest() {
     ++n;
     if ((cqe->user_data & kTagMask) == kTagRecv)
       on_recv(reinterpret_cast<FdState*>(cqe->user_data & ~kTagMask), cqe->res, cqe->flags);
+    else if ((cqe->user_data & kTagMask) == kTagAccept)  // an fd: owned at once
+      on_accept(reinterpret_cast<FdState*>(cqe->user_data & ~kTagMask), cqe->res, cqe->flags);
     else
       stash_.push_back({cqe->user_data, cqe->res, cqe->flags});
   }
@@ -572,6 +623,9 @@ void UringBackend::handle(const Completion& c) {
     case kTagSend:
       on_send(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
       break;
+    case kTagAccept:
+      on_accept(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res, c.flags);
+      break;
     default:
       // A removal or update that lost the race with its poll firing
       // (ENOENT, EALREADY); anything else is a bug here.
@@ -598,7 +652,7 @@ void UringBackend::on_poll(FdState* s, int res) {
 
 void UringBackend::maybe_free(FdState* s) {
   if (s->watcher != nullptr || s->armed || s->queued || s->recv_armed || s->in_ready ||
-      s->in_starved || s->pinned || s->send_armed || s->in_wake)
+      s->in_starved || s->pinned || s->send_armed || s->in_wake || s->accept_armed)
     return;
   unlink(s);
   drop_held(s);
@@ -612,6 +666,7 @@ UringOptions default_uring_options() {
   const char* c = std::getenv("UVPY_URING_COMPLETION");
   if (c && std::strcmp(c, "0") == 0) o.completion = false;
   if (c && std::strcmp(c, "recv") == 0) o.completion_sends = false;
+  if (const char* a = std::getenv("UVPY_URING_ACCEPT")) o.completion_accepts = std::strcmp(a, "0") != 0;
   // Tuning knobs for measurements; a bad value falls back at init.
   if (const char* n = std::getenv("UVPY_URING_BUF_COUNT")) o.buf_count = std::strtoul(n, nullptr, 10);
   if (const char* n = std::getenv("UVPY_URING_BUF_SIZE")) o.buf_size = std::strtoul(n, nullptr, 10);

@@ -22,7 +22,8 @@ Reactor::~Reactor() { close(); }
 
 double Reactor::time() const { return monotonic_now(); }
 
-int Reactor::set_io(int fd, int which, Callback cb, Callback* old, bool consume) {
+int Reactor::set_io(int fd, int which, Callback cb, Callback* old, bool consume,
+                    bool accepts) {
   IoWatcher* w;
   auto it = watchers_.find(fd);
   bool fresh = it == watchers_.end();
@@ -35,12 +36,15 @@ int Reactor::set_io(int fd, int which, Callback cb, Callback* old, bool consume)
   Callback& slot = which == kReadable ? w->reader : w->writer;
   Callback prev = slot;
   const int prev_consume = w->consume;
+  const bool prev_accepts = w->accepts;
   slot = cb;
   w->consume = consume ? (w->consume | which) : (w->consume & ~which);
+  if (which == kReadable) w->accepts = accepts;
   int rc = backend_->io_update(w, w->interest());
   if (rc < 0) {
     slot = prev;
     w->consume = prev_consume;
+    w->accepts = prev_accepts;
     if (fresh) {
       backend_->io_close(w);
       delete w;
@@ -64,6 +68,7 @@ void Reactor::clear_io(int fd, int which, Callback* old) {
   *old = slot;
   slot = Callback{};
   w->consume &= ~which;
+  if (which == kReadable) w->accepts = false;
   if (w->interest() == 0) {
     watchers_.erase(it);
     backend_->io_close(w);
@@ -71,6 +76,11 @@ void Reactor::clear_io(int fd, int which, Callback* old) {
   } else {
     backend_->io_update(w, w->interest());
   }
+}
+
+int Reactor::accept(int fd, sockaddr_storage* addr, socklen_t* len) {
+  auto it = watchers_.find(fd);
+  return backend_->accept(it == watchers_.end() ? nullptr : it->second, fd, addr, len);
 }
 
 ssize_t Reactor::recv(int fd, void* buf, size_t len) {

@@ -47,6 +47,9 @@ struct IoWatcher {
   // Directions that consume (backend.h, 5 and 7): the reader reads only via
   // Reactor::recv, the writer sends only via Reactor::send_start.
   int consume = 0;
+  // A listener whose reader takes connections only via Reactor::accept
+  // (contract 8), so the backend may accept ahead for it.
+  bool accepts = false;
 
   int interest() const { return (reader ? kReadable : 0) | (writer ? kWritable : 0); }
 };
@@ -82,7 +85,10 @@ class Reactor final : private Backend::Sink {
   // A reader installed with consume=true reads only through recv() below,
   // which lets the backend read ahead for it (backend.h, contract 5); a
   // writer installed so sends only through send_start() (contract 7).
-  int set_io(int fd, int which, Callback cb, Callback* old, bool consume = false);
+  // A reader installed with accepts=true (a listening socket's) takes
+  // connections only through accept() below (contract 8).
+  int set_io(int fd, int which, Callback cb, Callback* old, bool consume = false,
+             bool accepts = false);
   // Removes the fd's reader (or writer); the callback is handed back in *old
   // with its reference (empty if there was none).
   void clear_io(int fd, int which, Callback* old);
@@ -94,6 +100,8 @@ class Reactor final : private Backend::Sink {
   // A consuming writer's send; see Backend::send_start / send_result.
   int send_start(int fd, const SendRef* parts, int count);
   ssize_t send_result(int fd);
+  // An accepting reader's accept: the new fd, -EAGAIN, -errno.
+  int accept(int fd, sockaddr_storage* addr, socklen_t* len);
   size_t watcher_count() const { return watchers_.size(); }
 
   // Before blocking in poll, spin up to `ns` (without the GIL) waiting for a

@@ -20,10 +20,14 @@
 namespace uvpy::loop::uring {
 
 constexpr uint64_t kTagPoll = 0, kTagCtl = 1, kTagWake = 2, kTagRecv = 3, kTagSend = 4,
-                   kTagMask = 7;
+                   kTagAccept = 5, kTagMask = 7;
 constexpr int kNoEnd = 1;  // FdState::end: nothing after the data
 constexpr unsigned kSqEntries = 256;
 constexpr unsigned kCqEntries = 1024;  // overflow is kept by the kernel (FEAT_NODROP)
+// Connections a listener may hold accepted ahead of its reader (invariant
+// 10): past this the multishot accept is cancelled and the kernel's own
+// backlog limits the rest again, until the reader catches up.
+constexpr size_t kAcceptAhead = 128;
 
 struct FdState {
   IoWatcher* watcher = nullptr;  // nullptr once io_close()d: dead
@@ -62,10 +66,25 @@ struct FdState {
   std::vector<iovec> send_iov;
   std::vector<std::shared_ptr<char[]>> send_keep;  // what the send reads
   msghdr send_msg{};
+  // Accepting ahead (invariant 10).
+  bool accepts = false;       // the watcher's reader accepts (contract 8)
+  bool accept_armed = false;  // a multishot accept in flight
+  bool accept_cancel = false; // ... and its cancel submitted
+  bool accept_off = false;    // this fd cannot multishot accept: readiness + accept4
+  struct Accepted {
+    int fd;
+    socklen_t len;  // 0: getpeername failed (the peer was already gone)
+    sockaddr_storage addr;
+  };
+  std::vector<Accepted> accepted;  // accepted[accepted_head..] not yet taken
+  size_t accepted_head = 0;
   FdState* prev = nullptr;
   FdState* next = nullptr;
 
-  bool has_data() const { return held_head < held.size() || end != kNoEnd; }
+  size_t accepted_count() const { return accepted.size() - accepted_head; }
+  bool has_data() const {
+    return held_head < held.size() || end != kNoEnd || accepted_head < accepted.size();
+  }
 };
 
 struct Completion {
@@ -91,6 +110,7 @@ class UringBackend final : public Backend {
   ssize_t send_result(IoWatcher* w) override;
   ssize_t recv(IoWatcher* w, int fd, void* buf, size_t len) override;
   int recv_stop(IoWatcher* w, std::string* out) override;
+  int accept(IoWatcher* w, int fd, sockaddr_storage* addr, socklen_t* len) override;
   void close() override;
 
  private:
@@ -177,15 +197,30 @@ class UringBackend final : public Backend {
   }
 
   // The poll's share of the interest: a reader fed by a multishot recv
-  // needs no POLLIN (a starved one does, until buffers return).
-  // So does a writer whose sends are completion sends.
+  // needs no POLLIN (a starved one does, until buffers return), nor does a
+  // listener fed by a multishot accept. So does a writer whose sends are
+  // completion sends.
   int poll_want(const FdState* s) const {
     int w = s->want;
     const bool fallback = (s->starved || s->bulk) && !s->recv_armed && !s->recv_paused;
     if (recv_capable(s) && !fallback) w &= ~kReadable;
+    if (accept_capable(s)) w &= ~kReadable;
     if (send_capable(s)) w &= ~kWritable;
     return w;
   }
+
+  // --- accepting ahead (invariant 10) -------------------------------------------
+
+  bool accept_capable(const FdState* s) const { return accept_ok_ && s->accepts && !s->accept_off; }
+  bool wants_accept(const FdState* s) const {
+    return accept_capable(s) && (s->want & kReadable) && s->end == kNoEnd &&
+           s->accepted_count() < kAcceptAhead;
+  }
+  bool prep_accept(FdState* s);
+  bool prep_accept_cancel(FdState* s);
+  void on_accept(FdState* s, int res, unsigned flags);
+  // Closes every connection accepted ahead and not taken.
+  void drop_accepted(FdState* s);
 
   // --- completion sends (invariant 9) -------------------------------------------
 
@@ -261,6 +296,8 @@ class UringBackend final : public Backend {
   int recv_inflight_ = 0;   // multishot recvs whose final CQE is not reaped
   bool send_ok_ = false;    // on: consuming writers get completion sends
   int send_inflight_ = 0;
+  bool accept_ok_ = false;  // on: accepting listeners get a multishot accept
+  int accept_inflight_ = 0;
   std::vector<FdState*> send_wake_;   // a send ended: report kWritable
   std::vector<FdState*> ready_recv_;  // may hold data for their reader
   std::vector<FdState*> starved_;     // ended with -ENOBUFS

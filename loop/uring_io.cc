@@ -1,7 +1,10 @@
 // uring_io.cc — the io_uring backend's completion I/O: multishot recvs into
-// the provided-buffer ring for consuming readers, and sends for consuming
-// writers (backend.h, contracts 5-7). The model and the invariants (6-9
-// here) are in backend_uring.cc's header comment.
+// the provided-buffer ring for consuming readers, sends for consuming
+// writers, and multishot accepts for accepting listeners (backend.h,
+// contracts 5-8). The model and the invariants (6-10 here) are in
+// backend_uring.cc's header comment.
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -296,5 +299,94 @@ void UringBackend::report_ready() {
     }
   }
   ready_recv_.resize(keep_n);
+}
+
+// --- accepting ahead (invariant 10) ---------------------------------------------
+
+int UringBackend::accept(IoWatcher* w, int fd, sockaddr_storage* addr, socklen_t* len) {
+  auto* s = w ? static_cast<FdState*>(w->backend_data) : nullptr;
+  if (s == nullptr || !s->accepts) return Backend::accept(w, fd, addr, len);
+  if (s->accepted_head < s->accepted.size()) {
+    FdState::Accepted& a = s->accepted[s->accepted_head++];
+    int c = a.fd;
+    *len = a.len;
+    std::memcpy(addr, &a.addr, a.len);
+    if (s->accepted_head == s->accepted.size()) {
+      s->accepted.clear();
+      s->accepted_head = 0;
+    }
+    if (!s->accept_armed) enqueue(s);  // room again: flush() re-arms the accept
+    return c;
+  }
+  if (s->end != kNoEnd) {
+    int e = s->end;  // delivered once, after every connection before it
+    s->end = kNoEnd;
+    enqueue(s);
+    return e;
+  }
+  if (s->accept_armed || wants_accept(s)) return -EAGAIN;
+  return Backend::accept(w, fd, addr, len);  // readiness for this fd
+}
+
+bool UringBackend::prep_accept(FdState* s) {
+  io_uring_sqe* sqe = get_sqe();
+  if (sqe == nullptr) return false;
+  // No address: one buffer would be overwritten by every connection
+  // accepted in the same batch. on_accept() asks getpeername() instead.
+  io_uring_prep_multishot_accept(sqe, s->fd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(s) | kTagAccept);
+  s->accept_armed = true;
+  s->accept_cancel = false;
+  ++accept_inflight_;
+  return true;
+}
+
+bool UringBackend::prep_accept_cancel(FdState* s) {
+  io_uring_sqe* sqe = get_sqe();
+  if (sqe == nullptr) return false;
+  io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(s) | kTagAccept, 0);
+  ctl_flags(sqe);
+  s->accept_cancel = true;
+  return true;
+}
+
+void UringBackend::on_accept(FdState* s, int res, unsigned flags) {
+  const bool more = flags & IORING_CQE_F_MORE;
+  if (!more) {
+    s->accept_armed = false;
+    s->accept_cancel = false;
+    --accept_inflight_;
+  }
+  if (res >= 0) {
+    if (s->watcher == nullptr || !s->accepts) {
+      ::close(res);  // nobody will take it: the peer sees the reset now
+    } else {
+      s->accepted.emplace_back();
+      FdState::Accepted& a = s->accepted.back();
+      a.fd = res;
+      a.len = sizeof a.addr;
+      if (::getpeername(res, reinterpret_cast<sockaddr*>(&a.addr), &a.len) < 0) a.len = 0;
+    }
+  }
+  if (s->watcher == nullptr) {
+    if (!more) maybe_free(s);
+    return;
+  }
+  if (res == -EINVAL && !more && s->accepted_count() == 0 && s->end == kNoEnd) {
+    // No multishot accept here (before 5.19), or not a listening socket:
+    // readiness and accept4(), which gives the caller the same answer.
+    s->accept_off = true;
+  } else if (res < 0 && res != -ECANCELED && res != -EAGAIN) {
+    s->end = res;  // EMFILE and friends: reported once, after the queue
+  }
+  if (s->has_data()) mark_ready(s);
+  // flush() decides: re-arm an accept that ended, cancel one past the cap.
+  if (!more || s->accepted_count() >= kAcceptAhead) enqueue(s);
+}
+
+void UringBackend::drop_accepted(FdState* s) {
+  for (size_t i = s->accepted_head; i < s->accepted.size(); ++i) ::close(s->accepted[i].fd);
+  s->accepted.clear();
+  s->accepted_head = 0;
 }
 }  // namespace uvpy::loop::uring

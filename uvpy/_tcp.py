@@ -42,6 +42,7 @@ from ._server import Server
 __all__ = ("TCPTransport", "TCPMixin")
 
 _READ = _uvpy.READABLE
+_NATIVE_ACCEPT = frozenset({socket.AF_INET, socket.AF_INET6})  # see _start_serving
 
 _NO_TLS = "TLS (ssl=) is not implemented in uvpy yet"
 
@@ -409,18 +410,27 @@ class TCPMixin:
     def _start_serving(self, protocol_factory, sock, server, backlog=100):
         if sock.fileno() < 0:
             return  # an accept retry (EMFILE) outlived server.close()
+        # An IP listener's reader accepts through the loop (_accept), which
+        # lets the io_uring backend accept ahead with one multishot accept;
+        # any other family keeps socket.accept() on readiness.
+        native = sock.family in _NATIVE_ACCEPT
         self._watch(sock.fileno(), _READ, self._accept_connection,
-                    (protocol_factory, sock, server, backlog))
+                    (protocol_factory, sock, server, backlog, native), accepts=native)
 
     def _stop_serving(self, sock):
         self._unwatch(sock.fileno(), _READ)
         sock.close()
 
-    def _accept_connection(self, protocol_factory, sock, server, backlog):
+    def _accept_connection(self, protocol_factory, sock, server, backlog, native=False):
         # One wakeup may find several connections queued; take up to backlog.
         for _ in range(backlog):
             try:
-                conn, addr = sock.accept()
+                if native:
+                    fd, addr = self._accept(sock.fileno())
+                    # Family, type and proto given: socket() asks the kernel nothing.
+                    conn = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
+                else:
+                    conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
                 return
             except OSError as exc:

@@ -1,0 +1,297 @@
+// Accepting listeners (backend.h, contract 8): a reader installed with
+// accepts=true takes its connections through Reactor::accept(). On io_uring
+// they are accepted ahead by a multishot accept; on libuv accept() is
+// accept4(). ctest runs this file on both backends; what a caller sees must
+// not differ.
+#include <catch2/catch.hpp>
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "support.h"
+
+using uvpy::loop::Callback;
+using uvpy::loop::kReadable;
+using uvpy::loop::Reactor;
+using uvpy::test::Probe;
+using uvpy::test::make_reactor;
+
+namespace {
+
+void turn(Reactor& r) {
+  static Probe nop;
+  r.call_soon(nop.cb());
+  r.run_once(nullptr);
+}
+
+int open_fds() {
+  int n = 0;
+  DIR* d = opendir("/proc/self/fd");
+  while (dirent* e = readdir(d))
+    if (e->d_name[0] != '.') ++n;
+  closedir(d);
+  return n - 1;  // the DIR's own fd
+}
+
+struct Listener {
+  int fd = -1;
+  sockaddr_in addr{};
+
+  Listener() {
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(listen(fd, 1024) == 0);
+    REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+  }
+  ~Listener() {
+    if (fd >= 0) close(fd);
+  }
+
+  // A blocking connect: loopback completes it from the backlog, accepted or not.
+  int connect_one() const {
+    int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(::connect(c, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
+    return c;
+  }
+};
+
+uint16_t local_port(int fd) {
+  sockaddr_in a{};
+  socklen_t len = sizeof a;
+  REQUIRE(getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+  return ntohs(a.sin_port);
+}
+
+// Everything accept() has now: (fd, peer port); stops at -EAGAIN. Any
+// other error is returned in *err (and stops too).
+std::vector<std::pair<int, uint16_t>> accept_all(Reactor& r, int lfd, int* err = nullptr) {
+  std::vector<std::pair<int, uint16_t>> got;
+  for (;;) {
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    int c = r.accept(lfd, &ss, &len);
+    if (c < 0) {
+      if (err) *err = c;
+      if (c != -EAGAIN) REQUIRE(err != nullptr);
+      return got;
+    }
+    REQUIRE(len == sizeof(sockaddr_in));
+    auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+    REQUIRE(in->sin_family == AF_INET);
+    REQUIRE(in->sin_addr.s_addr == htonl(INADDR_LOOPBACK));
+    got.emplace_back(c, ntohs(in->sin_port));
+  }
+}
+
+void release(Callback& old) {
+  if (old) old.release();
+  old = Callback{};
+}
+
+}  // namespace
+
+TEST_CASE("an accepting reader takes every connection, in order, with its peer's address",
+          "[accept]") {
+  auto r = make_reactor();
+  Listener l;
+  Probe reader;
+  Callback old;
+  REQUIRE(r->set_io(l.fd, kReadable, reader.cb(), &old, false, true) == 0);
+  std::vector<int> clients;
+  for (int i = 0; i < 5; ++i) clients.push_back(l.connect_one());
+  std::vector<std::pair<int, uint16_t>> got;
+  for (int i = 0; i < 100000 && got.size() < clients.size(); ++i) {
+    turn(*r);
+    if (reader.runs > 0) {
+      auto more = accept_all(*r, l.fd);
+      got.insert(got.end(), more.begin(), more.end());
+    }
+  }
+  REQUIRE(got.size() == clients.size());
+  for (size_t i = 0; i < clients.size(); ++i) {
+    REQUIRE(got[i].second == local_port(clients[i]));  // the backlog's order
+    const int fl = fcntl(got[i].first, F_GETFL);
+    REQUIRE((fl & O_NONBLOCK) != 0);
+    REQUIRE((fcntl(got[i].first, F_GETFD) & FD_CLOEXEC) != 0);
+    // A working connection: a byte each way.
+    REQUIRE(write(clients[i], "q", 1) == 1);
+    char c = 0;
+    for (int k = 0; k < 100000 && recv(got[i].first, &c, 1, 0) != 1; ++k) {
+    }
+    REQUIRE(c == 'q');
+    REQUIRE(write(got[i].first, "a", 1) == 1);
+    REQUIRE(read(clients[i], &c, 1) == 1);
+    REQUIRE(c == 'a');
+  }
+  sockaddr_storage ss;
+  socklen_t len;
+  REQUIRE(r->accept(l.fd, &ss, &len) == -EAGAIN);  // nothing more
+  r->clear_io(l.fd, kReadable, &old);
+  release(old);
+  r->close();
+  REQUIRE(reader.refs == 0);
+  for (auto& g : got) close(g.first);
+  for (int c : clients) close(c);
+}
+
+TEST_CASE("connections never taken are closed with the reader: no fd is leaked",
+          "[accept]") {
+  const int before = open_fds();
+  {
+    auto r = make_reactor();
+    Listener l;
+    Probe reader;
+    Callback old;
+    REQUIRE(r->set_io(l.fd, kReadable, reader.cb(), &old, false, true) == 0);
+    std::vector<int> clients;
+    for (int i = 0; i < 20; ++i) clients.push_back(l.connect_one());
+    for (int i = 0; i < 100000 && reader.runs == 0; ++i) turn(*r);
+    REQUIRE(reader.runs > 0);
+    for (int i = 0; i < 5; ++i) turn(*r);  // io_uring: all 20 accepted ahead by now
+    auto got = accept_all(*r, l.fd);       // take some, leave the rest
+    REQUIRE(!got.empty());
+    close(got.front().first);
+    for (size_t i = 1; i < got.size(); ++i) close(got[i].first);
+    r->clear_io(l.fd, kReadable, &old);
+    release(old);
+    close(l.fd);
+    l.fd = -1;
+    // Every client hears the end now: EOF for those accepted and closed,
+    // a reset for those left in a backlog or accepted ahead.
+    for (int c : clients) {
+      char b;
+      ssize_t n = recv(c, &b, 1, MSG_DONTWAIT);
+      const int e = errno;
+      INFO("recv gave " << n << " errno " << e);
+      REQUIRE((n == 0 || (n < 0 && e == ECONNRESET)));
+      close(c);
+    }
+    r->close();
+    REQUIRE(reader.refs == 0);
+  }
+  REQUIRE(open_fds() == before);
+}
+
+TEST_CASE("closing the reactor with connections accepted ahead leaks no fd", "[accept]") {
+  const int before = open_fds();
+  {
+    auto r = make_reactor();
+    Listener l;
+    Probe reader;
+    Callback old;
+    REQUIRE(r->set_io(l.fd, kReadable, reader.cb(), &old, false, true) == 0);
+    std::vector<int> clients;
+    for (int i = 0; i < 8; ++i) clients.push_back(l.connect_one());
+    for (int i = 0; i < 100000 && reader.runs == 0; ++i) turn(*r);
+    for (int i = 0; i < 5; ++i) turn(*r);
+    r->close();  // the watcher still installed
+    REQUIRE(reader.refs == 0);
+    for (int c : clients) close(c);
+  }
+  REQUIRE(open_fds() == before);
+}
+
+TEST_CASE("accepting ahead stops once enough connections wait", "[accept]") {
+  auto r = make_reactor();
+  Listener l;
+  Probe reader;
+  Callback old;
+  REQUIRE(r->set_io(l.fd, kReadable, reader.cb(), &old, false, true) == 0);
+  const int base = open_fds();
+  constexpr int kBurst = 300;
+  std::vector<int> clients;
+  for (int i = 0; i < kBurst; ++i) clients.push_back(l.connect_one());
+  for (int i = 0; i < 50; ++i) turn(*r);  // the reader takes nothing
+  REQUIRE(reader.runs > 0);
+  // io_uring: one multishot accept drains what the backlog held (the whole
+  // burst, past kAcceptAhead = 128), then is cancelled; libuv: none.
+  for (int i = 0; i < kBurst; ++i) clients.push_back(l.connect_one());
+  for (int i = 0; i < 200; ++i) turn(*r);
+  const int ahead = open_fds() - base - 2 * kBurst;
+  INFO("accepted ahead: " << ahead);
+  REQUIRE(ahead <= kBurst);  // nothing of the second burst
+  // All of them arrive, in order, once the reader catches up.
+  std::vector<std::pair<int, uint16_t>> got;
+  for (int i = 0; i < 100000 && got.size() < clients.size(); ++i) {
+    auto more = accept_all(*r, l.fd);
+    got.insert(got.end(), more.begin(), more.end());
+    if (got.size() < clients.size()) turn(*r);
+  }
+  REQUIRE(got.size() == clients.size());
+  for (size_t i = 0; i < clients.size(); ++i) REQUIRE(got[i].second == local_port(clients[i]));
+  r->clear_io(l.fd, kReadable, &old);
+  release(old);
+  r->close();
+  for (auto& g : got) close(g.first);
+  for (int c : clients) close(c);
+}
+
+TEST_CASE("EMFILE is reported once, after the connections before it, and accepting resumes",
+          "[accept]") {
+  auto r = make_reactor();
+  Listener l;
+  Probe reader;
+  Callback old;
+  std::vector<int> clients;
+  for (int i = 0; i < 6; ++i) clients.push_back(l.connect_one());
+  rlimit saved;
+  REQUIRE(getrlimit(RLIMIT_NOFILE, &saved) == 0);
+  // Room for exactly two more fds in this process.
+  rlimit low = saved;
+  int top = 0;
+  DIR* d = opendir("/proc/self/fd");
+  while (dirent* e = readdir(d))
+    if (e->d_name[0] != '.') top = std::max(top, atoi(e->d_name));
+  closedir(d);
+  // fds are allocated lowest-first: two free slots below the limit.
+  std::vector<int> holes;
+  for (int fd = 0; fd <= top; ++fd)
+    if (fcntl(fd, F_GETFD) < 0) holes.push_back(fd);
+  std::vector<int> fillers;
+  while (holes.size() > 0) {  // fill every gap below top
+    int f = dup(0);
+    REQUIRE(f >= 0);
+    fillers.push_back(f);
+    holes.pop_back();
+  }
+  low.rlim_cur = static_cast<rlim_t>(top + 1 + 2);
+  REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0);
+  REQUIRE(r->set_io(l.fd, kReadable, reader.cb(), &old, false, true) == 0);
+  std::vector<int> got;
+  int err = 0;
+  for (int i = 0; i < 100000 && err != -EMFILE; ++i) {
+    turn(*r);
+    if (reader.runs == 0) continue;
+    auto more = accept_all(*r, l.fd, &err);
+    for (auto& g : more) got.push_back(g.first);
+  }
+  REQUIRE(setrlimit(RLIMIT_NOFILE, &saved) == 0);
+  REQUIRE(err == -EMFILE);
+  REQUIRE(got.size() == 2);  // every fd the limit allowed, before the error
+  // The error was delivered once; with room again the rest arrive.
+  for (int i = 0; i < 100000 && got.size() < clients.size(); ++i) {
+    err = 0;
+    auto more = accept_all(*r, l.fd, &err);
+    REQUIRE((err == -EAGAIN || err == -EMFILE));
+    for (auto& g : more) got.push_back(g.first);
+    if (got.size() < clients.size()) turn(*r);
+  }
+  REQUIRE(got.size() == clients.size());
+  r->clear_io(l.fd, kReadable, &old);
+  release(old);
+  r->close();
+  for (int f : got) close(f);
+  for (int f : fillers) close(f);
+  for (int c : clients) close(c);
+}

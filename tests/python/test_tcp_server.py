@@ -530,28 +530,37 @@ def test_fds_and_refcounts_flat_over_many_server_rounds(loop):
 # -- EMFILE on accept ------------------------------------------------------------------
 
 
-def _exhaust_fds():
-    """Lower the soft fd limit close to what is open now and fill the rest with
-    /dev/null, so the next accept() fails with EMFILE. Returns a restore()."""
+def _lower_fd_limit():
+    """Lower the soft fd limit to a little above what is open now. Returns
+    (exhaust, restore): exhaust() fills the rest with /dev/null, so the next
+    accept fails with EMFILE; restore() undoes both.
+
+    The limit is lowered before the server starts listening: io_uring reads
+    RLIMIT_NOFILE when an accept is submitted, so the backend's multishot
+    accept, armed once per listener, must see the low limit from the start
+    (lowering it later only fools readiness-based accept()s)."""
     import os
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     fds = sorted(int(n) for n in os.listdir("/proc/self/fd"))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(fds) + 16, hard))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(fds) + 32, hard))
     fillers = []
-    try:
-        while True:
-            fillers.append(os.open("/dev/null", os.O_RDONLY))
-    except OSError:
-        pass
+
+    def exhaust():
+        try:
+            while True:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
 
     def restore():
         for fd in fillers:
             os.close(fd)
+        del fillers[:]
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
-    return restore
+    return exhaust, restore
 
 
 def test_emfile_on_accept_keeps_serving_and_retries(loop):
@@ -561,14 +570,15 @@ def test_emfile_on_accept_keeps_serving_and_retries(loop):
     payload = b"still here"
 
     async def main():
-        server = await loop.create_server(Echo, "127.0.0.1", 0)
-        addr = server.sockets[0].getsockname()
-        # The handshake completes in the kernel's backlog, before any accept().
-        client = socket.socket()
-        client.connect(addr)
-        client.setblocking(False)
-        restore = _exhaust_fds()
+        exhaust, restore = _lower_fd_limit()
         try:
+            server = await loop.create_server(Echo, "127.0.0.1", 0)
+            addr = server.sockets[0].getsockname()
+            # The handshake completes in the kernel's backlog, before any accept().
+            client = socket.socket()
+            client.connect(addr)
+            client.setblocking(False)
+            exhaust()
             for _ in range(20):  # the accept attempt fails with EMFILE
                 await asyncio.sleep(0.01)
                 if contexts:
@@ -605,12 +615,13 @@ def test_server_closed_during_accept_retry_delay(loop, loop_name):
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
 
     async def main():
-        server = await loop.create_server(Echo, "127.0.0.1", 0)
-        addr = server.sockets[0].getsockname()
-        client = socket.socket()
-        client.connect(addr)
-        restore = _exhaust_fds()
+        exhaust, restore = _lower_fd_limit()
         try:
+            server = await loop.create_server(Echo, "127.0.0.1", 0)
+            addr = server.sockets[0].getsockname()
+            client = socket.socket()
+            client.connect(addr)
+            exhaust()
             for _ in range(20):
                 await asyncio.sleep(0.01)
                 if contexts:

@@ -217,6 +217,129 @@ def test_ipv6_server(loop):
     run(loop, main())
 
 
+class Recorder(asyncio.Protocol):
+    """Records what the accepted transport says of itself, then echoes."""
+
+    seen = []
+
+    def connection_made(self, transport):
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        Recorder.seen.append((transport.get_extra_info("peername"), sock.getpeername(),
+                              sock.family, sock.type, sock.proto, sock.gettimeout()))
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+    def eof_received(self):
+        self.transport.close()
+
+
+def _accepted_sockets_look_like_accept(loop, host, family):
+    Recorder.seen = []
+
+    async def main():
+        server = await loop.create_server(Recorder, host, 0, family=family)
+        addr = server.sockets[0].getsockname()
+        clients = []
+        for _ in range(3):
+            c = socket.socket(family)
+            c.setblocking(False)
+            await loop.sock_connect(c, addr[:2])
+            clients.append(c)
+        for c in clients:
+            await loop.sock_sendall(c, b"x")
+            assert await asyncio.wait_for(loop.sock_recv(c, 1), 10) == b"x"
+        server.close()
+        await server.wait_closed()
+        names = [c.getsockname() for c in clients]
+        for c in clients:
+            c.close()
+        return names
+
+    names = run(loop, main())
+    # What socket.accept() gives on the stock loop: the peer's address in
+    # the socket module's own spelling (a 4-tuple for IPv6), the listener's
+    # family/type/proto, a non-blocking socket.
+    assert [peer for peer, *_ in Recorder.seen] == names
+    assert [real for _, real, *_ in Recorder.seen] == names
+    for _, _, fam, typ, proto, timeout in Recorder.seen:
+        assert (fam, typ, proto, timeout) == (family, socket.SOCK_STREAM, socket.IPPROTO_TCP, 0.0)
+
+
+def test_accepted_sockets_look_like_socket_accept_ipv4(loop):
+    _accepted_sockets_look_like_accept(loop, "127.0.0.1", socket.AF_INET)
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback on this machine")
+def test_accepted_sockets_look_like_socket_accept_ipv6(loop):
+    _accepted_sockets_look_like_accept(loop, "::1", socket.AF_INET6)
+
+
+def test_unix_listener_passed_as_sock_is_served(loop, tmp_path):
+    # create_server(sock=) takes any stream socket; a non-IP listener is
+    # accepted with socket.accept() (no native accept path for AF_UNIX).
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+
+    async def main():
+        server = await loop.create_server(Echo, sock=listener)
+        c = socket.socket(socket.AF_UNIX)
+        c.setblocking(False)
+        await loop.sock_connect(c, path)
+        await loop.sock_sendall(c, b"unix")
+        assert await asyncio.wait_for(loop.sock_recv(c, 10), 10) == b"unix"
+        c.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_burst_past_what_is_accepted_ahead_is_served_in_full(loop):
+    # More connections than the io_uring backend accepts ahead (128) arrive
+    # in the backlog at once: every one is served, none is dropped.
+    lost = []
+
+    class Counted(Echo):
+        def connection_lost(self, exc):
+            lost.append(exc)
+
+    async def main():
+        server = await loop.create_server(Counted, "127.0.0.1", 0, backlog=1024)
+        addr = server.sockets[0].getsockname()
+        clients = []
+        for _ in range(400):  # all in the backlog before the loop runs again
+            c = socket.socket()
+            c.connect(addr)
+            c.setblocking(False)
+            clients.append(c)
+        for i, c in enumerate(clients):
+            await loop.sock_sendall(c, b"%d;" % i)
+        for i, c in enumerate(clients):
+            want = b"%d;" % i
+            got = b""
+            while len(got) < len(want):
+                got += await asyncio.wait_for(loop.sock_recv(c, 64), 10)
+            assert got == want
+            c.close()
+        for _ in range(1000):  # each server side closes on its client's EOF
+            if len(lost) == len(clients):
+                break
+            await asyncio.sleep(0.01)
+        assert lost == [None] * len(clients)
+        server.close()
+        await server.wait_closed()
+
+    run(loop, asyncio.sleep(0))  # lazily created loop fds (signal wakeup) are not leaks
+    collect()  # and earlier tests' garbage must not close fds during this one
+    fds = open_fds()
+    run(loop, main())
+    collect()
+    assert open_fds() == fds
+
+
 def test_server_on_an_existing_socket(loop):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -220,10 +220,11 @@ def wait_rusage(proc: subprocess.Popen) -> float:
 
 
 def loadgen_command(port: int, conns: int, size: int, duration: float,
-                    warmup: float) -> list[str]:
-    """The load generator's command line, pinned to client_cpus()."""
+                    warmup: float, reconnect: bool = False) -> list[str]:
+    """The load generator's command line, pinned to client_cpus(). reconnect:
+    every round trip on a fresh connection (loadgen -r)."""
     cmd = [binary(), "-p", str(port), "-c", str(conns), "-s", str(size),
-           "-d", f"{duration:.3f}", "-w", f"{warmup:.3f}"]
+           "-d", f"{duration:.3f}", "-w", f"{warmup:.3f}"] + (["-r"] if reconnect else [])
     cpus = client_cpus()
     if cpus:
         cmd += ["-a", ",".join(map(str, cpus))]
@@ -231,10 +232,10 @@ def loadgen_command(port: int, conns: int, size: int, duration: float,
 
 
 async def drive_echo(loop, port: int, conns: int, size: int, duration: float,
-                     warmup: float) -> tuple[int, dict]:
+                     warmup: float, reconnect: bool = False) -> tuple[int, dict]:
     """Runs the load generator against 127.0.0.1:port; returns (round trips,
     extras) with the headline "value" = round trips/s over the window."""
-    cmd = loadgen_command(port, conns, size, duration, warmup)
+    cmd = loadgen_command(port, conns, size, duration, warmup, reconnect)
     window = CpuWindow()
     result: dict = {}
 

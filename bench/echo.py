@@ -13,6 +13,10 @@ back before sending the next. Server kinds:
             -> await writer.drain()
   sock      loop.sock_accept + one task per connection: sock_recv(256 KiB)
             -> sock_sendall
+  connect   the protocol server, but every round trip on a fresh connection
+            (loadgen -r: connect, one message, the echo, a reset close), C
+            of them in progress at once: the accept path under load. Its
+            round trips/s are connections served per second.
 
 Workloads are KIND_SIZE_cCONNS for sizes 1k, 10k, 100k (KiB) and 10 or 1000
 connections; UVPY_BENCH_ECHO_10K=1 adds KIND_1k_c10000 (10,000 connections,
@@ -171,7 +175,7 @@ def _make(kind: str, size: int, conns: int):
         warmup = min(0.5, max(0.1, duration / 4))
 
         async def main():
-            if kind == "protocol":
+            if kind in ("protocol", "connect"):
                 port, close = await _start_protocol(loop, EchoProtocol)
             elif kind == "buffered":
                 port, close = await _start_protocol(loop, EchoBufferedProtocol)
@@ -180,7 +184,8 @@ def _make(kind: str, size: int, conns: int):
             else:
                 port, close = await _start_sock(loop)
             try:
-                return await _loadgen.drive_echo(loop, port, conns, size, duration, warmup)
+                return await _loadgen.drive_echo(loop, port, conns, size, duration, warmup,
+                                                 reconnect=kind == "connect")
             finally:
                 await close()
                 for _ in range(3):  # let connection_lost() callbacks run
@@ -194,6 +199,7 @@ def _make(kind: str, size: int, conns: int):
 def _workloads() -> list[Workload]:
     grid = [(kind, label, conns) for kind in ("protocol", "buffered", "streams", "sock")
             for label in SIZES for conns in CONCURRENCY]
+    grid += [("connect", "1k", conns) for conns in (10, 100)]
     if os.environ.get("UVPY_BENCH_ECHO_10K") == "1":
         grid += [(kind, "1k", 10_000) for kind in ("protocol", "buffered", "streams", "sock")]
     return [Workload(f"{kind}_{label}_c{conns}", _make(kind, SIZES[label], conns),

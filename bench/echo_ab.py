@@ -8,7 +8,11 @@ protocol_* workloads only, the same load with no loop at all). Every
 rotates each round. Prints each run, then medians: round trips/s, server CPU
 per round trip (user/sys split) and the system-time share.
 
-    python bench/echo_ab.py protocol_1k_c10,protocol_1k_c1000 5
+    python bench/echo_ab.py protocol_1k_c10,protocol_1k_c1000 5 [CONTENDER,...]
+
+uring-noaccept is io_uring with UVPY_URING_ACCEPT=0 (listeners on
+readiness + accept4, the rest as uring-comp). The optional third argument
+picks contenders by name (default: all).
 """
 import json
 import os
@@ -22,6 +26,7 @@ import echo_floor
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONTENDERS = [("uvpy", "uvpy", {}), ("uring-comp", "uvpy-uring", {}),
               ("uring-ready", "uvpy-uring", {"UVPY_URING_COMPLETION": "0"}),
+              ("uring-noaccept", "uvpy-uring", {"UVPY_URING_ACCEPT": "0"}),
               ("uvloop", "uvloop", {}), ("c-epoll", "echod", None),
               ("c-uring", "echod_uring", None)]
 SIZES = {"1k": 1024, "10k": 10 * 1024, "100k": 100 * 1024}
@@ -38,12 +43,16 @@ def run_floor(server, wl):
 def main():
     workloads = sys.argv[1].split(",")
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    contenders = CONTENDERS
+    if len(sys.argv) > 3:
+        wanted = sys.argv[3].split(",")
+        contenders = [c for c in CONTENDERS if c[0] in wanted]
     _loadgen.raise_nofile(1000 + 256)  # for the floors' load generators
     res = {}
     for r in range(rounds):
-        k = r % len(CONTENDERS)
+        k = r % len(contenders)
         for wl in workloads:
-            for name, loop, env in CONTENDERS[k:] + CONTENDERS[:k]:
+            for name, loop, env in contenders[k:] + contenders[:k]:
                 if env is None:
                     d = run_floor(loop, wl)
                     if d is not None:
@@ -66,7 +75,7 @@ def main():
     print("\n| workload | contender | rt/s | CPU us/rt | user us | sys us | sys share |")
     print("|---|---|---|---|---|---|---|")
     for wl in workloads:
-        for name, _, _ in CONTENDERS:
+        for name, _, _ in contenders:
             v = res.get((wl, name))
             if not v:
                 continue

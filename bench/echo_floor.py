@@ -27,11 +27,12 @@ import time
 import _loadgen
 
 
-SERVERS = {"echod": "echod (C epoll floor)", "echod_uring": "echod_uring (C io_uring floor)"}
+SERVERS = {"echod": "echod (C epoll floor)", "echod_uring": "echod_uring (C io_uring floor)",
+           "echod_uring-s": "echod_uring -s (io_uring recv, send() syscall)"}
 
 
 def run_once(name: str, size: int, conns: int, duration: float, warmup: float) -> dict:
-    server_cmd = [_loadgen.binary(name)]
+    server_cmd = [_loadgen.binary(name.split("-")[0])] + (["-s"] if name.endswith("-s") else [])
     cpu = _loadgen.server_cpu()
     if cpu is not None:
         server_cmd += ["-a", str(cpu)]
@@ -73,7 +74,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=2000, help="measured milliseconds per run")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--servers", default="echod,echod_uring",
-                   help="comma-separated: echod (epoll), echod_uring (io_uring)")
+                   help="comma-separated: echod (epoll), echod_uring (io_uring), "
+                        "echod_uring-s (io_uring recvs, syscall sends)")
     args = p.parse_args(argv)
     servers = args.servers.split(",")
     for name in servers:

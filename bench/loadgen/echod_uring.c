@@ -4,8 +4,12 @@
  * "how far below epoll can a completion loop go on this kernel", which is
  * what the io_uring issue's 0.8x-uvloop target needs to be measured against.
  *
- *   echod_uring [-a CPU]   listens on 127.0.0.1 (an ephemeral port; the
- *                          port is the first line on stdout)
+ *   echod_uring [-a CPU] [-s]
+ *                          listens on 127.0.0.1 (an ephemeral port; the
+ *                          port is the first line on stdout). -s: reply
+ *                          with a send() syscall straight from the recv
+ *                          completion (the ring only for a partial send's
+ *                          rest), as a loop whose write() sends at once.
  *
  * Control on stdin as echod: "start"/"stop" take getrusage() marks, "stop"
  * prints {"user_s": ..., "sys_s": ...}; end of stdin exits.
@@ -60,6 +64,7 @@ struct conn {
 };
 
 static struct io_uring ring;
+static int sync_send; /* -s: send() at once from the recv CQE, the ring only for what is left */
 static struct io_uring_buf_ring* br;
 static char* bufs;
 static struct conn* starved;
@@ -149,6 +154,15 @@ static void on_recv(struct conn* c, int res, unsigned flags) {
   if (res > 0) {
     unsigned short bid = (unsigned short)(flags >> IORING_CQE_BUFFER_SHIFT);
     if (c->tail - c->head == kMaxIov * 4) die("send queue overflow", ENOSPC);
+    if (sync_send && !c->send_armed && c->head == c->tail) {
+      ssize_t n = send(c->fd, bufs + (size_t)bid * kBufSize, (size_t)res, MSG_NOSIGNAL);
+      if (n == res) {
+        recycle(bid);
+        goto rearm;
+      }
+      if (n < 0) n = 0;
+      c->off = (unsigned)n;
+    }
     unsigned k = c->tail++ % (kMaxIov * 4);
     c->bid[k] = bid;
     c->len[k] = (unsigned)res;
@@ -163,6 +177,7 @@ static void on_recv(struct conn* c, int res, unsigned flags) {
   } else {
     c->closing = 1; /* EOF or an error */
   }
+rearm:
   if (!c->recv_armed && !c->closing) arm_recv(c);
   maybe_close(c);
 }
@@ -244,14 +259,16 @@ static void setup_buffers(void) {
 
 int main(int argc, char** argv) {
   int opt;
-  while ((opt = getopt(argc, argv, "a:")) != -1) {
-    if (opt == 'a') {
+  while ((opt = getopt(argc, argv, "a:s")) != -1) {
+    if (opt == 's') {
+      sync_send = 1;
+    } else if (opt == 'a') {
       cpu_set_t set;
       CPU_ZERO(&set);
       CPU_SET(atoi(optarg), &set);
       if (sched_setaffinity(0, sizeof set, &set) < 0) perror("echod_uring: sched_setaffinity");
     } else {
-      fprintf(stderr, "usage: echod_uring [-a CPU]\n");
+      fprintf(stderr, "usage: echod_uring [-a CPU] [-s]\n");
       return 1;
     }
   }

@@ -1,7 +1,7 @@
 /* loadgen.c -- a closed-loop TCP echo load generator for uvpy's benchmarks.
  *
  *   loadgen -p PORT [-H 127.0.0.1] [-c CONNS] [-s SIZE] [-d SECONDS]
- *           [-w WARMUP_SECONDS] [-t THREADS] [-a CPU[,CPU...]] [-v] [-i]
+ *           [-w WARMUP_SECONDS] [-t THREADS] [-a CPU[,CPU...]] [-v] [-i] [-r]
  *
  * Each of CONNS connections sends SIZE bytes and waits until it has read
  * SIZE bytes back before it sends again (one message in flight per
@@ -26,6 +26,13 @@
  * connections, one receive scratch buffer per thread, no allocation after
  * setup, and a send is tried at once after the previous reply completes
  * (no epoll round trip in between). -v checks every echoed byte.
+ *
+ * -r ("reconnect"): every round trip on a fresh connection. When a reply
+ * is complete the connection is closed with SO_LINGER 0 (a reset, so the
+ * client leaves no TIME_WAIT behind and the ephemeral ports last) and a new
+ * non-blocking connect() starts; its message is sent once it connects, and
+ * the round trip's latency runs from the connect() call. CONNS connections
+ * are in progress at any time: the server's accept path is the load.
  *
  * -i ("idle"): connect CONNS connections, print one JSON line
  * {"connected": N, "connect_errors": E}, then hold them until stdin closes.
@@ -66,6 +73,7 @@ struct conn {
   int out_armed;      /* EPOLLOUT in the interest set */
   int busy;           /* a message is in flight */
   int seen;           /* completed (or lost) its first round trip */
+  int connecting;     /* -r: a connect() in progress */
   size_t sent, recvd; /* of the current message */
   uint64_t t0;        /* first send() of the current message, ns */
 };
@@ -83,6 +91,8 @@ struct worker {
 
 static size_t g_size = 1024;
 static int g_verify;
+static int g_reconnect;
+static struct sockaddr_in g_addr;
 static char* g_msg;
 static size_t g_scratch = 256 * 1024;
 static atomic_int g_phase;
@@ -179,6 +189,8 @@ static int start_message(struct worker* w, struct conn* c, uint64_t t) {
   return pump_send(w, c);
 }
 
+static int reconnect(struct worker* w, struct conn* c, uint64_t t);
+
 static void on_readable(struct worker* w, struct conn* c) {
   for (;;) {
     /* Never read past the message: the server may only echo what we sent. */
@@ -230,9 +242,52 @@ static void on_readable(struct worker* w, struct conn* c) {
     } else if (phase == PHASE_STOP) {
       return;
     }
+    if (g_reconnect) {
+      reconnect(w, c, t);
+      return;
+    }
     if (start_message(w, c, t) < 0) return;
     return; /* the reply cannot be here yet */
   }
+}
+
+/* -r: closes c (a reset) and starts a fresh connect in its place. 0, or
+ * -1 after drop(). */
+static int reconnect(struct worker* w, struct conn* c, uint64_t t) {
+  struct linger lg = {1, 0};
+  setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+  epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
+  close(c->fd);
+  c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (c->fd < 0) die("socket");
+  int one = 1;
+  setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  w->inflight++;
+  c->busy = 1;
+  c->sent = c->recvd = 0;
+  c->t0 = t;
+  c->out_armed = 1;
+  c->connecting = 1;
+  struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+  if (epoll_ctl(w->ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl");
+  if (connect(c->fd, (const struct sockaddr*)&g_addr, sizeof g_addr) < 0 && errno != EINPROGRESS) {
+    drop(w, c);
+    return -1;
+  }
+  return 0;
+}
+
+/* -r: the connect ended (EPOLLOUT): send, or drop it on an error. */
+static void on_connected(struct worker* w, struct conn* c) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+  c->connecting = 0;
+  if (err != 0) {
+    drop(w, c);
+    return;
+  }
+  pump_send(w, c);
 }
 
 static void* worker_main(void* arg) {
@@ -259,6 +314,10 @@ static void* worker_main(void* arg) {
     for (int i = 0; i < n; ++i) {
       struct conn* c = evs[i].data.ptr;
       if (c->fd < 0) continue;
+      if (c->connecting) {
+        if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) on_connected(w, c);
+        continue;
+      }
       if (evs[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP)) on_readable(w, c);
       if (c->fd >= 0 && (evs[i].events & EPOLLOUT) && c->sent < g_size) pump_send(w, c);
     }
@@ -361,7 +420,7 @@ static void pin(const char* list) {
 static void usage(void) {
   fprintf(stderr,
           "usage: loadgen -p PORT [-H HOST] [-c CONNS] [-s SIZE] [-d SECONDS] [-w SECONDS]\n"
-          "               [-t THREADS] [-a CPU,...] [-v] [-i]\n");
+          "               [-t THREADS] [-a CPU,...] [-v] [-i] [-r]\n");
   exit(1);
 }
 
@@ -371,7 +430,7 @@ int main(int argc, char** argv) {
   double duration = 5.0, warmup = 1.0;
   const char* cpus = NULL;
   int opt;
-  while ((opt = getopt(argc, argv, "H:p:c:s:d:w:t:a:vi")) != -1) {
+  while ((opt = getopt(argc, argv, "H:p:c:s:d:w:t:a:vir")) != -1) {
     switch (opt) {
       case 'H': host = optarg; break;
       case 'p': port = atoi(optarg); break;
@@ -383,6 +442,7 @@ int main(int argc, char** argv) {
       case 'a': cpus = optarg; break;
       case 'v': g_verify = 1; break;
       case 'i': idle = 1; break;
+      case 'r': g_reconnect = 1; break;
       default: usage();
     }
   }
@@ -403,6 +463,7 @@ int main(int argc, char** argv) {
     freeaddrinfo(res);
   }
 
+  g_addr = addr;
   struct conn* conns = calloc((size_t)nconns, sizeof *conns);
   if (!conns) die("calloc");
   int connect_errors = connect_all(&addr, conns, nconns);

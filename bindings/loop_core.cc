@@ -349,8 +349,8 @@ PyObject* peer_address(const sockaddr_storage& ss, socklen_t len) {
 // _accept(fd) -> (conn_fd, address): the next connection of fd's accepting
 // reader (see _io_set), or of fd itself when it has none. conn_fd is
 // non-blocking and close-on-exec; address as socket.accept() gives it, or
-// None (see peer_address). BlockingIOError when none waits; OSError (EMFILE,
-// ...) as accept() raises it.
+// None (see peer_address). None when none waits (no exception on the
+// common path); OSError (EMFILE, ...) as accept() raises it.
 PyObject* LoopCore_accept(PyObject* self, PyObject* arg) {
   auto* loop = reinterpret_cast<LoopCore*>(self);
   if (!check_open(loop)) return nullptr;
@@ -359,6 +359,7 @@ PyObject* LoopCore_accept(PyObject* self, PyObject* arg) {
   sockaddr_storage ss{};
   socklen_t len = 0;
   int conn = loop->reactor->accept(fd, &ss, &len);
+  if (conn == -EAGAIN) Py_RETURN_NONE;
   if (conn < 0) {
     errno = -conn;
     return PyErr_SetFromErrno(PyExc_OSError);

@@ -68,7 +68,8 @@ class TCPTransport(_uvpy.TransportCore):
     _sendfile_compatible = constants._SendfileMode.FALLBACK
     _start_tls_compatible = False
 
-    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None, peername=None):
+    def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None, peername=None,
+                 tcp=False):
         # "socket" and "sockname" are made on first use (_materialize_extra):
         # an idle connection of a big server never asks, and the two objects
         # and the syscall are a tenth of its memory. The peer's address
@@ -86,7 +87,10 @@ class TCPTransport(_uvpy.TransportCore):
         if server is not None:
             server._attach()
         loop._transports[sock.fileno()] = self
-        base_events._set_nodelay(sock)
+        if tcp:  # known to be IP + SOCK_STREAM (accepted from an IP listener)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        else:
+            base_events._set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start_reading)
         if waiter is not None:
@@ -413,22 +417,29 @@ class TCPMixin:
         # An IP listener's reader accepts through the loop (_accept), which
         # lets the io_uring backend accept ahead with one multishot accept;
         # any other family keeps socket.accept() on readiness.
-        native = sock.family in _NATIVE_ACCEPT
+        # kind: what socket() needs to wrap an accepted fd without asking
+        # the kernel (and without the socket module's enum conversions).
+        kind = None
+        if sock.family in _NATIVE_ACCEPT:
+            kind = (int(sock.family), int(sock.type), sock.proto)
         self._watch(sock.fileno(), _READ, self._accept_connection,
-                    (protocol_factory, sock, server, backlog, native), accepts=native)
+                    (protocol_factory, sock, server, backlog, kind), accepts=kind is not None)
 
     def _stop_serving(self, sock):
         self._unwatch(sock.fileno(), _READ)
         sock.close()
 
-    def _accept_connection(self, protocol_factory, sock, server, backlog, native=False):
+    def _accept_connection(self, protocol_factory, sock, server, backlog, kind=None):
         # One wakeup may find several connections queued; take up to backlog.
+        lfd = sock.fileno()
         for _ in range(backlog):
             try:
-                if native:
-                    fd, addr = self._accept(sock.fileno())
-                    # Family, type and proto given: socket() asks the kernel nothing.
-                    conn = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
+                if kind is not None:
+                    got = self._accept(lfd)
+                    if got is None:
+                        return  # none left (no BlockingIOError to build and catch)
+                    fd, addr = got
+                    conn = socket.socket(*kind, fileno=fd)
                 else:
                     conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):
@@ -449,14 +460,14 @@ class TCPMixin:
                 return
             if self.get_debug():
                 logger.debug("%r got a new connection from %r: %r", server, addr, conn)
-            self._serve_connection(protocol_factory, conn, addr, server)
+            self._serve_connection(protocol_factory, conn, addr, server, kind is not None)
 
-    def _serve_connection(self, protocol_factory, conn, addr, server):
+    def _serve_connection(self, protocol_factory, conn, addr, server, tcp=False):
         protocol = None
         try:
             conn.setblocking(False)
             protocol = protocol_factory()
-            TCPTransport(self, conn, protocol, None, None, server, addr)
+            TCPTransport(self, conn, protocol, None, None, server, addr, tcp)
         except (SystemExit, KeyboardInterrupt):
             conn.close()
             raise

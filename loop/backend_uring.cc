@@ -97,15 +97,25 @@
 //     with (EMFILE...) waits behind them and is delivered once. Once
 //     kAcceptAhead wait the accept is cancelled and the kernel's backlog
 //     holds the rest (a multishot accept drains the whole backlog in one
-//     go, so one batch may overshoot by up to the listen backlog). Every accepted fd is owned by exactly one
+//     go, so one batch may overshoot by up to the listen backlog); it is
+//     re-armed when the reader has brought the queue down to half that,
+//     so a server at the cap does not arm and cancel every iteration.
+//     A listener shared by several processes (pre-fork servers) is
+//     drained the same way by whichever process's ring sees it first, as
+//     an asyncio loop takes up to `backlog` connections per wakeup. Every accepted fd is owned by exactly one
 //     place (a CQE not yet taken, the queue, or the caller of accept()):
 //     accept CQEs are taken at once wherever CQEs are harvested, a
 //     listener's queue is closed when its reader goes (io_update without
 //     `accepts`, io_close), and a dead FdState's late CQEs close theirs. A
 //     ring rebuilt on another thread cannot cancel the old ring's accept
-//     first (only the owner may submit), so a connection that old ring
-//     accepts after the last harvest is lost with it: rebuilds are rare
-//     (the loop moved threads), and its client sees no answer.
+//     first (only the owner may submit) nor flush the old ring's CQ
+//     overflow list, so a connection that old ring accepts after the last
+//     harvest, or whose CQE sits in that overflow list, is lost with it:
+//     its fd stays open until the process exits and its client sees no
+//     answer. Rebuilds are rare (the loop moved threads) and the window is
+//     one in-flight batch. The fd limit an accept enforces is the
+//     RLIMIT_NOFILE of when it was armed (the kernel reads it at submit);
+//     a re-arm (after an error, the cap or a rebuild) reads it again.
 #include <liburing.h>
 #include <poll.h>
 #include <pthread.h>
@@ -278,7 +288,10 @@ int UringBackend::io_update(IoWatcher* w, int events) {
     w->backend_data = s;
   }
   if ((events & kReadable) && !(s->want & kReadable)) s->recv_paused = false;
-  if (s->accepts && !w->accepts) drop_accepted(s);  // invariant 10: the reader went
+  if (s->accepts && !w->accepts) {  // invariant 10: the accepting reader went
+    drop_accepted(s);
+    s->end = kNoEnd;  // its undelivered error too: a plain reader would see it forever
+  }
   s->accepts = w->accepts;
   s->consume = w->consume;
   s->want = events;

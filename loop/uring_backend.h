@@ -212,9 +212,12 @@ class UringBackend final : public Backend {
   // --- accepting ahead (invariant 10) -------------------------------------------
 
   bool accept_capable(const FdState* s) const { return accept_ok_ && s->accepts && !s->accept_off; }
+  // Armed: until kAcceptAhead wait. Not armed: from half that down
+  // (hysteresis, invariant 10).
   bool wants_accept(const FdState* s) const {
+    const size_t limit = s->accept_armed ? kAcceptAhead : kAcceptAhead / 2 + 1;
     return accept_capable(s) && (s->want & kReadable) && s->end == kNoEnd &&
-           s->accepted_count() < kAcceptAhead;
+           s->accepted_count() < limit;
   }
   bool prep_accept(FdState* s);
   bool prep_accept_cancel(FdState* s);

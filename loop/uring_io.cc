@@ -376,7 +376,7 @@ void UringBackend::on_accept(FdState* s, int res, unsigned flags) {
     // No multishot accept here (before 5.19), or not a listening socket:
     // readiness and accept4(), which gives the caller the same answer.
     s->accept_off = true;
-  } else if (res < 0 && res != -ECANCELED && res != -EAGAIN) {
+  } else if (res < 0 && res != -ECANCELED && res != -EAGAIN && s->accepts) {
     s->end = res;  // EMFILE and friends: reported once, after the queue
   }
   if (s->has_data()) mark_ready(s);

@@ -419,8 +419,10 @@ class TCPMixin:
         # any other family keeps socket.accept() on readiness.
         # kind: what socket() needs to wrap an accepted fd without asking
         # the kernel (and without the socket module's enum conversions).
+        # Only TCP: an accepted socket of this kind gets TCP_NODELAY as is
+        # (an SCTP stream listener, say, keeps socket.accept()).
         kind = None
-        if sock.family in _NATIVE_ACCEPT:
+        if sock.family in _NATIVE_ACCEPT and sock.proto in (0, socket.IPPROTO_TCP):
             kind = (int(sock.family), int(sock.type), sock.proto)
         self._watch(sock.fileno(), _READ, self._accept_connection,
                     (protocol_factory, sock, server, backlog, kind), accepts=kind is not None)
@@ -439,7 +441,11 @@ class TCPMixin:
                     if got is None:
                         return  # none left (no BlockingIOError to build and catch)
                     fd, addr = got
-                    conn = socket.socket(*kind, fileno=fd)
+                    try:
+                        conn = socket.socket(*kind, fileno=fd)
+                    except BaseException:
+                        os.close(fd)  # not wrapped yet: nobody else would close it
+                        raise
                 else:
                     conn, addr = sock.accept()
             except (BlockingIOError, InterruptedError, ConnectionAbortedError):

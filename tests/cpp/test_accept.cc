@@ -295,3 +295,56 @@ TEST_CASE("EMFILE is reported once, after the connections before it, and accepti
   for (int f : fillers) close(f);
   for (int c : clients) close(c);
 }
+
+TEST_CASE("an accept error not yet taken goes with the accepting reader", "[accept]") {
+  // io_uring: the multishot accept ends with EMFILE; before accept() takes
+  // it the listener gets a plain reader. That reader must not be told
+  // "readable" forever by the stale error (a busy loop): once it has taken
+  // every connection it is not called again.
+  auto r = make_reactor();
+  Listener l;
+  Probe accepting;
+  Callback old;
+  rlimit saved;
+  REQUIRE(getrlimit(RLIMIT_NOFILE, &saved) == 0);
+  int top = 0;
+  DIR* d = opendir("/proc/self/fd");
+  while (dirent* e = readdir(d))
+    if (e->d_name[0] != '.') top = std::max(top, atoi(e->d_name));
+  closedir(d);
+  std::vector<int> fillers;
+  for (int fd = 0; fd <= top; ++fd)
+    if (fcntl(fd, F_GETFD) < 0) fillers.push_back(-1);
+  for (int& f : fillers) REQUIRE((f = dup(0)) >= 0);  // no free slot below top
+  rlimit low = saved;
+  low.rlim_cur = static_cast<rlim_t>(top + 1);  // room for nothing
+  REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0);
+  REQUIRE(r->set_io(l.fd, kReadable, accepting.cb(), &old, false, true) == 0);
+  std::vector<int> clients;
+  for (int i = 0; i < 3; ++i) {
+    REQUIRE(setrlimit(RLIMIT_NOFILE, &saved) == 0);  // the client's own fd
+    clients.push_back(l.connect_one());
+    REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0);
+  }
+  for (int i = 0; i < 100000 && accepting.runs == 0; ++i) turn(*r);
+  REQUIRE(accepting.runs > 0);  // io_uring: the EMFILE waits; libuv: readiness
+  REQUIRE(setrlimit(RLIMIT_NOFILE, &saved) == 0);
+  Probe plain;
+  REQUIRE(r->set_io(l.fd, kReadable, plain.cb(), &old) == 0);  // accepts=false
+  release(old);
+  std::vector<int> got;
+  for (int i = 0; i < 100000 && got.size() < clients.size(); ++i) {
+    turn(*r);
+    for (auto& g : accept_all(*r, l.fd)) got.push_back(g.first);
+  }
+  REQUIRE(got.size() == clients.size());
+  const int runs = plain.runs;
+  for (int i = 0; i < 20; ++i) turn(*r);
+  REQUIRE(plain.runs == runs);  // nothing left to report
+  r->clear_io(l.fd, kReadable, &old);
+  release(old);
+  r->close();
+  for (int f : got) close(f);
+  for (int f : fillers) close(f);
+  for (int c : clients) close(c);
+}

@@ -100,8 +100,9 @@ class SockMixin:
                 fd = int(fd.fileno())
             except (AttributeError, TypeError, ValueError):
                 raise ValueError(f"Invalid file object: {fd!r}") from None
-        transports = self.__dict__.get("_transports")
-        transport = transports.get(fd) if transports else None
+        transports = self.__dict__.get("_transports")  # fd -> weakref.ref
+        ref = transports.get(fd) if transports else None
+        transport = ref() if ref is not None else None
         if transport is not None and not transport.is_closing():
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 

@@ -89,11 +89,12 @@ TEST_CASE("one job at a time wakes no extra worker per job", "[executor]") {
   }
   auto m = ex.metrics();
   REQUIRE(m.completed == kRounds);
-  // Before the fix: about one wake per job. Now: the first submission's
-  // wake, plus one per round where a sanitizer slowed the loop past the
-  // spin; a generous bound still tells the two apart.
+  // Before the fix: about one wake per job (~200). Now: the first
+  // submission's wake, plus one per round where a sanitizer or a busy
+  // 2-core machine slowed the loop past the spin (26 seen under ASan in
+  // CI); a bound of a quarter still tells the two apart.
   INFO("wakes: " << m.wakes);
-  REQUIRE(m.wakes < kRounds / 10);
+  REQUIRE(m.wakes < kRounds / 4);
 }
 
 TEST_CASE("jobs that block never leave a queued job waiting behind them", "[executor]") {

@@ -87,7 +87,7 @@ class TCPTransport(_uvpy.TransportCore):
         if server is not None:
             server._attach()
         loop._transports[sock.fileno()] = weakref.ref(self)
-        if tcp:  # known to be IP + SOCK_STREAM (accepted from an IP listener)
+        if tcp:  # known to be IP TCP (accepted from an IP TCP listener)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         else:
             base_events._set_nodelay(sock)

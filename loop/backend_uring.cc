@@ -129,6 +129,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <memory>
 #include <vector>
 
@@ -169,43 +170,33 @@ const char* missing_opcodes(io_uring* ring) {
   return reason;
 }
 
-// Whether this kernel has what completion reads need (multishot recv itself
-// is 6.0+: an older kernel fails the first one with -EINVAL, which turns
-// completion reads off, see on_recv).
+// Whether the kernel knows every opcode in ops (false if it cannot say).
+bool probe_supports(io_uring* ring, std::initializer_list<int> ops) {
+  io_uring_probe* probe = io_uring_get_probe_ring(ring);
+  if (probe == nullptr) return false;
+  bool r = true;
+  for (int op : ops) r = r && io_uring_opcode_supported(probe, op);
+  io_uring_free_probe(probe);
+  return r;
+}
+
+// What each kind of completion I/O needs, probed once per process like
+// missing_opcodes(). Multishot recv itself is 6.0+ and multishot accept
+// 5.19+: an older kernel fails the first one with -EINVAL, which turns
+// that feature off (see on_recv, on_accept).
 bool have_send_opcodes(io_uring* ring) {
-  static const bool ok = [ring] {
-    io_uring_probe* probe = io_uring_get_probe_ring(ring);
-    if (probe == nullptr) return false;
-    bool r = io_uring_opcode_supported(probe, IORING_OP_SEND) &&
-             io_uring_opcode_supported(probe, IORING_OP_SENDMSG) &&
-             io_uring_opcode_supported(probe, IORING_OP_ASYNC_CANCEL);
-    io_uring_free_probe(probe);
-    return r;
-  }();
+  static const bool ok =
+      probe_supports(ring, {IORING_OP_SEND, IORING_OP_SENDMSG, IORING_OP_ASYNC_CANCEL});
   return ok;
 }
 
 bool have_accept_opcodes(io_uring* ring) {
-  static const bool ok = [ring] {
-    io_uring_probe* probe = io_uring_get_probe_ring(ring);
-    if (probe == nullptr) return false;
-    bool r = io_uring_opcode_supported(probe, IORING_OP_ACCEPT) &&
-             io_uring_opcode_supported(probe, IORING_OP_ASYNC_CANCEL);
-    io_uring_free_probe(probe);
-    return r;
-  }();
+  static const bool ok = probe_supports(ring, {IORING_OP_ACCEPT, IORING_OP_ASYNC_CANCEL});
   return ok;
 }
 
 bool have_recv_opcodes(io_uring* ring) {
-  static const bool ok = [ring] {
-    io_uring_probe* probe = io_uring_get_probe_ring(ring);
-    if (probe == nullptr) return false;
-    bool r = io_uring_opcode_supported(probe, IORING_OP_RECV) &&
-             io_uring_opcode_supported(probe, IORING_OP_ASYNC_CANCEL);
-    io_uring_free_probe(probe);
-    return r;
-  }();
+  static const bool ok = probe_supports(ring, {IORING_OP_RECV, IORING_OP_ASYNC_CANCEL});
   return ok;
 }
 

@@ -147,6 +147,11 @@ class UringBackend final : public Backend {
   // The poll ends with -ECANCELED (or its result, if it fired first).
   bool prep_remove(FdState* s);
 
+  // Cancels s's request of kind `tag` (kTagRecv/kTagSend/kTagAccept) and
+  // sets *flag, the FdState's "its cancel is submitted" bit; the request
+  // ends with -ECANCELED (or its own result, if it finished first).
+  bool prep_cancel(FdState* s, uint64_t tag, bool* flag);
+
   void ctl_flags(io_uring_sqe* sqe) {
     io_uring_sqe_set_data64(sqe, kTagCtl);
     if (features_ & IORING_FEAT_CQE_SKIP) io_uring_sqe_set_flags(sqe, IOSQE_CQE_SKIP_SUCCESS);
@@ -220,7 +225,7 @@ class UringBackend final : public Backend {
            s->accepted_count() < limit;
   }
   bool prep_accept(FdState* s);
-  bool prep_accept_cancel(FdState* s);
+  bool prep_accept_cancel(FdState* s) { return prep_cancel(s, kTagAccept, &s->accept_cancel); }
   void on_accept(FdState* s, int res, unsigned flags);
   // Closes every connection accepted ahead and not taken.
   void drop_accepted(FdState* s);
@@ -228,7 +233,7 @@ class UringBackend final : public Backend {
   // --- completion sends (invariant 9) -------------------------------------------
 
   bool prep_send(FdState* s);
-  bool prep_send_cancel(FdState* s);
+  bool prep_send_cancel(FdState* s) { return prep_cancel(s, kTagSend, &s->send_cancel); }
 
   // The writer went: a queued send is dropped; one in flight is cancelled
   // (by the caller) and keeps its memory until its CQE.
@@ -245,7 +250,7 @@ class UringBackend final : public Backend {
   bool prep_recv(FdState* s);
 
   // The recv ends with -ECANCELED (after any data it had already taken).
-  bool prep_recv_cancel(FdState* s);
+  bool prep_recv_cancel(FdState* s) { return prep_cancel(s, kTagRecv, &s->recv_cancel); }
   void on_recv(FdState* s, int res, unsigned flags);
 
   // A reader that is not reading (paused) must not hoard provided buffers:

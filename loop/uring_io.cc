@@ -107,12 +107,12 @@ bool UringBackend::prep_send(FdState* s) {
   return true;
 }
 
-bool UringBackend::prep_send_cancel(FdState* s) {
+bool UringBackend::prep_cancel(FdState* s, uint64_t tag, bool* flag) {
   io_uring_sqe* sqe = get_sqe();
   if (sqe == nullptr) return false;
-  io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(s) | kTagSend, 0);
+  io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(s) | tag, 0);
   ctl_flags(sqe);
-  s->send_cancel = true;
+  *flag = true;
   return true;
 }
 
@@ -160,15 +160,6 @@ bool UringBackend::prep_recv(FdState* s) {
   s->recv_armed = true;
   s->recv_cancel = false;
   ++recv_inflight_;
-  return true;
-}
-
-bool UringBackend::prep_recv_cancel(FdState* s) {
-  io_uring_sqe* sqe = get_sqe();
-  if (sqe == nullptr) return false;
-  io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(s) | kTagRecv, 0);
-  ctl_flags(sqe);
-  s->recv_cancel = true;
   return true;
 }
 
@@ -338,15 +329,6 @@ bool UringBackend::prep_accept(FdState* s) {
   s->accept_armed = true;
   s->accept_cancel = false;
   ++accept_inflight_;
-  return true;
-}
-
-bool UringBackend::prep_accept_cancel(FdState* s) {
-  io_uring_sqe* sqe = get_sqe();
-  if (sqe == nullptr) return false;
-  io_uring_prep_cancel64(sqe, reinterpret_cast<uint64_t>(s) | kTagAccept, 0);
-  ctl_flags(sqe);
-  s->accept_cancel = true;
   return true;
 }
 

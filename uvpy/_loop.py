@@ -414,7 +414,7 @@ class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
         self._check_closed()
         fd = _fileobj_to_fd(fd)
         handle = _uvpy.Handle(callback, args, self, None)
-        old = self._io_set(fd, which, handle, accepts) if accepts else self._io_set(fd, which, handle)
+        old = self._io_set(fd, which, handle, accepts)
         if old is not None:
             old.cancel()
         return handle

@@ -150,14 +150,6 @@ inline ssize_t read_to_end(int fd, std::string* out) {
   }
 }
 
-// One reactor iteration that never blocks: the test's peer lives on this
-// thread too, so a blocking poll could wait for a read only we can do.
-inline void turn(Reactor& r) {
-  static uvpy::test::Probe nop;
-  r.call_soon(nop.cb());
-  r.run_once(nullptr);
-}
-
 template <class Pred>
 void spin(Reactor& r, Pred done) {
   for (long i = 0; i < 10000000 && !done(); ++i) turn(r);

@@ -50,6 +50,20 @@ inline std::unique_ptr<loop::Backend> make_backend(std::string* err) {
   return nullptr;
 }
 
+// One reactor iteration that never blocks: the test's peer lives on this
+// thread too, so a blocking poll could wait for a read only we can do.
+inline void turn(loop::Reactor& r) {
+  static Probe nop;
+  r.call_soon(nop.cb());
+  r.run_once(nullptr);
+}
+
+// Drops the reference set_io()/clear_io() handed back in old, if any.
+inline void release(loop::Callback& old) {
+  if (old) old.release();
+  old = loop::Callback{};
+}
+
 inline std::unique_ptr<loop::Reactor> make_reactor() {
   std::string err;
   auto backend = make_backend(&err);

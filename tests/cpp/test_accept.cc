@@ -23,14 +23,10 @@ using uvpy::loop::kReadable;
 using uvpy::loop::Reactor;
 using uvpy::test::Probe;
 using uvpy::test::make_reactor;
+using uvpy::test::release;
+using uvpy::test::turn;
 
 namespace {
-
-void turn(Reactor& r) {
-  static Probe nop;
-  r.call_soon(nop.cb());
-  r.run_once(nullptr);
-}
 
 int open_fds() {
   int n = 0;
@@ -66,6 +62,47 @@ struct Listener {
   }
 };
 
+// Leaves this process room for exactly `room` more fds while lower()ed:
+// fills every hole below the highest open fd (fds are allocated
+// lowest-first) and sets RLIMIT_NOFILE just above it. raise() puts the
+// limit back; the destructor also closes the fillers.
+struct FdLimit {
+  rlimit saved{}, low{};
+  std::vector<int> fillers;
+
+  explicit FdLimit(int room) {
+    REQUIRE(getrlimit(RLIMIT_NOFILE, &saved) == 0);
+    int top = 0;
+    DIR* d = opendir("/proc/self/fd");
+    while (dirent* e = readdir(d))
+      if (e->d_name[0] != '.') top = std::max(top, atoi(e->d_name));
+    closedir(d);
+    for (int fd = 0; fd <= top; ++fd)
+      if (fcntl(fd, F_GETFD) < 0) fillers.push_back(-1);
+    for (int& f : fillers) REQUIRE((f = dup(0)) >= 0);
+    low = saved;
+    low.rlim_cur = static_cast<rlim_t>(top + 1 + room);
+  }
+  ~FdLimit() {
+    setrlimit(RLIMIT_NOFILE, &saved);
+    for (int f : fillers) close(f);
+  }
+  void lower() { REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0); }
+  void raise() { REQUIRE(setrlimit(RLIMIT_NOFILE, &saved) == 0); }
+};
+
+// Connects n clients to l and runs r until the accepting reader was called,
+// then a few more iterations: on io_uring every connection is accepted
+// ahead by then (the reader takes nothing).
+std::vector<int> connect_accepted_ahead(Reactor& r, const Listener& l, const Probe& reader, int n) {
+  std::vector<int> clients;
+  for (int i = 0; i < n; ++i) clients.push_back(l.connect_one());
+  for (int i = 0; i < 100000 && reader.runs == 0; ++i) turn(r);
+  REQUIRE(reader.runs > 0);
+  for (int i = 0; i < 5; ++i) turn(r);
+  return clients;
+}
+
 uint16_t local_port(int fd) {
   sockaddr_in a{};
   socklen_t len = sizeof a;
@@ -92,11 +129,6 @@ std::vector<std::pair<int, uint16_t>> accept_all(Reactor& r, int lfd, int* err =
     REQUIRE(in->sin_addr.s_addr == htonl(INADDR_LOOPBACK));
     got.emplace_back(c, ntohs(in->sin_port));
   }
-}
-
-void release(Callback& old) {
-  if (old) old.release();
-  old = Callback{};
 }
 
 }  // namespace
@@ -154,12 +186,8 @@ TEST_CASE("connections never taken are closed with the reader: no fd is leaked",
     Probe reader;
     Callback old;
     REQUIRE(r->set_io(l.fd, kReadable, reader.cb(), &old, false, true) == 0);
-    std::vector<int> clients;
-    for (int i = 0; i < 20; ++i) clients.push_back(l.connect_one());
-    for (int i = 0; i < 100000 && reader.runs == 0; ++i) turn(*r);
-    REQUIRE(reader.runs > 0);
-    for (int i = 0; i < 5; ++i) turn(*r);  // io_uring: all 20 accepted ahead by now
-    auto got = accept_all(*r, l.fd);       // take some, leave the rest
+    auto clients = connect_accepted_ahead(*r, l, reader, 20);
+    auto got = accept_all(*r, l.fd);  // take some, leave the rest
     REQUIRE(!got.empty());
     close(got.front().first);
     for (size_t i = 1; i < got.size(); ++i) close(got[i].first);
@@ -191,10 +219,7 @@ TEST_CASE("closing the reactor with connections accepted ahead leaks no fd", "[a
     Probe reader;
     Callback old;
     REQUIRE(r->set_io(l.fd, kReadable, reader.cb(), &old, false, true) == 0);
-    std::vector<int> clients;
-    for (int i = 0; i < 8; ++i) clients.push_back(l.connect_one());
-    for (int i = 0; i < 100000 && reader.runs == 0; ++i) turn(*r);
-    for (int i = 0; i < 5; ++i) turn(*r);
+    auto clients = connect_accepted_ahead(*r, l, reader, 8);
     r->close();  // the watcher still installed
     REQUIRE(reader.refs == 0);
     for (int c : clients) close(c);
@@ -245,28 +270,8 @@ TEST_CASE("EMFILE is reported once, after the connections before it, and accepti
   Callback old;
   std::vector<int> clients;
   for (int i = 0; i < 6; ++i) clients.push_back(l.connect_one());
-  rlimit saved;
-  REQUIRE(getrlimit(RLIMIT_NOFILE, &saved) == 0);
-  // Room for exactly two more fds in this process.
-  rlimit low = saved;
-  int top = 0;
-  DIR* d = opendir("/proc/self/fd");
-  while (dirent* e = readdir(d))
-    if (e->d_name[0] != '.') top = std::max(top, atoi(e->d_name));
-  closedir(d);
-  // fds are allocated lowest-first: two free slots below the limit.
-  std::vector<int> holes;
-  for (int fd = 0; fd <= top; ++fd)
-    if (fcntl(fd, F_GETFD) < 0) holes.push_back(fd);
-  std::vector<int> fillers;
-  while (holes.size() > 0) {  // fill every gap below top
-    int f = dup(0);
-    REQUIRE(f >= 0);
-    fillers.push_back(f);
-    holes.pop_back();
-  }
-  low.rlim_cur = static_cast<rlim_t>(top + 1 + 2);
-  REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0);
+  FdLimit limit(2);  // room for exactly two more fds in this process
+  limit.lower();
   REQUIRE(r->set_io(l.fd, kReadable, reader.cb(), &old, false, true) == 0);
   std::vector<int> got;
   int err = 0;
@@ -276,7 +281,7 @@ TEST_CASE("EMFILE is reported once, after the connections before it, and accepti
     auto more = accept_all(*r, l.fd, &err);
     for (auto& g : more) got.push_back(g.first);
   }
-  REQUIRE(setrlimit(RLIMIT_NOFILE, &saved) == 0);
+  limit.raise();
   REQUIRE(err == -EMFILE);
   REQUIRE(got.size() == 2);  // every fd the limit allowed, before the error
   // The error was delivered once; with room again the rest arrive.
@@ -292,7 +297,6 @@ TEST_CASE("EMFILE is reported once, after the connections before it, and accepti
   release(old);
   r->close();
   for (int f : got) close(f);
-  for (int f : fillers) close(f);
   for (int c : clients) close(c);
 }
 
@@ -305,30 +309,18 @@ TEST_CASE("an accept error not yet taken goes with the accepting reader", "[acce
   Listener l;
   Probe accepting;
   Callback old;
-  rlimit saved;
-  REQUIRE(getrlimit(RLIMIT_NOFILE, &saved) == 0);
-  int top = 0;
-  DIR* d = opendir("/proc/self/fd");
-  while (dirent* e = readdir(d))
-    if (e->d_name[0] != '.') top = std::max(top, atoi(e->d_name));
-  closedir(d);
-  std::vector<int> fillers;
-  for (int fd = 0; fd <= top; ++fd)
-    if (fcntl(fd, F_GETFD) < 0) fillers.push_back(-1);
-  for (int& f : fillers) REQUIRE((f = dup(0)) >= 0);  // no free slot below top
-  rlimit low = saved;
-  low.rlim_cur = static_cast<rlim_t>(top + 1);  // room for nothing
-  REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0);
+  FdLimit limit(0);  // room for nothing
+  limit.lower();
   REQUIRE(r->set_io(l.fd, kReadable, accepting.cb(), &old, false, true) == 0);
   std::vector<int> clients;
   for (int i = 0; i < 3; ++i) {
-    REQUIRE(setrlimit(RLIMIT_NOFILE, &saved) == 0);  // the client's own fd
+    limit.raise();  // the client's own fd
     clients.push_back(l.connect_one());
-    REQUIRE(setrlimit(RLIMIT_NOFILE, &low) == 0);
+    limit.lower();
   }
   for (int i = 0; i < 100000 && accepting.runs == 0; ++i) turn(*r);
   REQUIRE(accepting.runs > 0);  // io_uring: the EMFILE waits; libuv: readiness
-  REQUIRE(setrlimit(RLIMIT_NOFILE, &saved) == 0);
+  limit.raise();
   Probe plain;
   REQUIRE(r->set_io(l.fd, kReadable, plain.cb(), &old) == 0);  // accepts=false
   release(old);
@@ -345,6 +337,5 @@ TEST_CASE("an accept error not yet taken goes with the accepting reader", "[acce
   release(old);
   r->close();
   for (int f : got) close(f);
-  for (int f : fillers) close(f);
   for (int c : clients) close(c);
 }

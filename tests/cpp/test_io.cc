@@ -18,6 +18,8 @@ using uvpy::loop::kReadable;
 using uvpy::loop::kWritable;
 using uvpy::test::Probe;
 using uvpy::test::make_reactor;
+using uvpy::test::release;
+using uvpy::test::turn;
 
 TEST_CASE("reader fires when data arrives, writer when writable", "[io]") {
   auto r = make_reactor();
@@ -104,22 +106,10 @@ namespace {
 
 using uvpy::loop::Reactor;
 
-// One iteration that never blocks.
-void turn(Reactor& r) {
-  static Probe nop;
-  r.call_soon(nop.cb());
-  r.run_once(nullptr);
-}
-
 template <class Pred>
 void spin(Reactor& r, Pred done) {
   for (int i = 0; i < 100000 && !done(); ++i) turn(r);
   REQUIRE(done());
-}
-
-void release(Callback& old) {
-  if (old) old.release();
-  old = Callback{};
 }
 
 }  // namespace

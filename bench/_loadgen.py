@@ -87,8 +87,11 @@ _LIBS = {"echod_uring": ("-luring",)}  # what a program links beyond libc
 
 
 def _fresh(path: str, source: str) -> bool:
+    """path is newer than source and every header beside it (echod_common.h)."""
+    deps = [source] + [os.path.join(SOURCE_DIR, f) for f in os.listdir(SOURCE_DIR)
+                       if f.endswith(".h")]
     try:
-        return os.path.getmtime(path) >= os.path.getmtime(source)
+        return os.path.getmtime(path) >= max(os.path.getmtime(d) for d in deps)
     except OSError:
         return False
 

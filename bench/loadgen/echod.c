@@ -31,6 +31,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "echod_common.h"
+
 enum { kBuf = 256 * 1024, kMaxEvents = 512 };
 
 struct conn {
@@ -123,27 +125,13 @@ static void on_accept(int lfd) {
   }
 }
 
-static struct rusage mark;
-
-static double secs(struct timeval tv) { return (double)tv.tv_sec + (double)tv.tv_usec / 1e6; }
-
 /* Returns 0 at end of stdin. */
 static int on_control(void) {
   char line[256];
   ssize_t n = read(0, line, sizeof line - 1);
   if (n <= 0) return 0;
   line[n] = 0;
-  for (char* tok = strtok(line, "\n"); tok; tok = strtok(NULL, "\n")) {
-    if (strcmp(tok, "start") == 0) {
-      getrusage(RUSAGE_SELF, &mark);
-    } else if (strcmp(tok, "stop") == 0) {
-      struct rusage now;
-      getrusage(RUSAGE_SELF, &now);
-      printf("{\"user_s\": %.6f, \"sys_s\": %.6f}\n", secs(now.ru_utime) - secs(mark.ru_utime),
-             secs(now.ru_stime) - secs(mark.ru_stime));
-      fflush(stdout);
-    }
-  }
+  echod_control(line);
   return 1;
 }
 
@@ -151,31 +139,17 @@ int main(int argc, char** argv) {
   int opt;
   while ((opt = getopt(argc, argv, "a:")) != -1) {
     if (opt == 'a') {
-      cpu_set_t set;
-      CPU_ZERO(&set);
-      CPU_SET(atoi(optarg), &set);
-      if (sched_setaffinity(0, sizeof set, &set) < 0) perror("echod: sched_setaffinity");
+      echod_pin("echod", optarg);
     } else {
       fprintf(stderr, "usage: echod [-a CPU]\n");
       return 1;
     }
   }
-  signal(SIGPIPE, SIG_IGN);
-  struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
-  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (lfd < 0) die("socket");
-  int one = 1;
-  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t alen = sizeof addr;
-  if (bind(lfd, (struct sockaddr*)&addr, sizeof addr) < 0 || listen(lfd, 4096) < 0 ||
-      getsockname(lfd, (struct sockaddr*)&addr, &alen) < 0)
-    die("listen");
-  printf("%d\n", ntohs(addr.sin_port));
+  echod_setup();
+  int port;
+  int lfd = echod_listen(SOCK_NONBLOCK, &port);
+  if (lfd < 0) die("listen");
+  printf("%d\n", port);
   fflush(stdout);
 
   ep = epoll_create1(EPOLL_CLOEXEC);

@@ -44,6 +44,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "echod_common.h"
+
 enum { kBufs = 4096, kBufSize = 16384, kGroup = 1, kMaxIov = 64, kEntries = 4096 };
 enum { kAccept = 1, kRecv, kSend, kStdin };
 
@@ -69,7 +71,6 @@ static struct io_uring_buf_ring* br;
 static char* bufs;
 static struct conn* starved;
 static char ctl[256];
-static struct rusage mark;
 
 static void die(const char* what, int err) {
   fprintf(stderr, "echod_uring: %s: %s\n", what, strerror(err));
@@ -212,8 +213,6 @@ static void on_send(struct conn* c, int res) {
   maybe_close(c);
 }
 
-static double secs(struct timeval tv) { return (double)tv.tv_sec + (double)tv.tv_usec / 1e6; }
-
 static void arm_stdin(void) {
   struct io_uring_sqe* sqe = sqe_get();
   io_uring_prep_read(sqe, 0, ctl, sizeof ctl - 1, 0);
@@ -224,17 +223,7 @@ static void arm_stdin(void) {
 static int on_control(int res) {
   if (res <= 0) return 0;
   ctl[res] = 0;
-  for (char* tok = strtok(ctl, "\n"); tok; tok = strtok(NULL, "\n")) {
-    if (strcmp(tok, "start") == 0) {
-      getrusage(RUSAGE_SELF, &mark);
-    } else if (strcmp(tok, "stop") == 0) {
-      struct rusage now;
-      getrusage(RUSAGE_SELF, &now);
-      printf("{\"user_s\": %.6f, \"sys_s\": %.6f}\n", secs(now.ru_utime) - secs(mark.ru_utime),
-             secs(now.ru_stime) - secs(mark.ru_stime));
-      fflush(stdout);
-    }
-  }
+  echod_control(ctl);
   arm_stdin();
   return 1;
 }
@@ -263,30 +252,16 @@ int main(int argc, char** argv) {
     if (opt == 's') {
       sync_send = 1;
     } else if (opt == 'a') {
-      cpu_set_t set;
-      CPU_ZERO(&set);
-      CPU_SET(atoi(optarg), &set);
-      if (sched_setaffinity(0, sizeof set, &set) < 0) perror("echod_uring: sched_setaffinity");
+      echod_pin("echod_uring", optarg);
     } else {
       fprintf(stderr, "usage: echod_uring [-a CPU] [-s]\n");
       return 1;
     }
   }
-  signal(SIGPIPE, SIG_IGN);
-  struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
-    rl.rlim_cur = rl.rlim_max;
-    setrlimit(RLIMIT_NOFILE, &rl);
-  }
-  int lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (lfd < 0) die("socket", errno);
-  int one = 1;
-  setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t alen = sizeof addr;
-  if (bind(lfd, (struct sockaddr*)&addr, sizeof addr) < 0 || listen(lfd, 4096) < 0 ||
-      getsockname(lfd, (struct sockaddr*)&addr, &alen) < 0)
-    die("listen", errno);
+  echod_setup();
+  int port;
+  int lfd = echod_listen(0, &port);
+  if (lfd < 0) die("listen", errno);
 
   struct io_uring_params p = {0};
   p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQSIZE;
@@ -294,7 +269,7 @@ int main(int argc, char** argv) {
   int rc = io_uring_queue_init_params(kEntries, &ring, &p);
   if (rc < 0) die("io_uring_queue_init_params", -rc);
   setup_buffers();
-  printf("%d\n", ntohs(addr.sin_port));
+  printf("%d\n", port);
   fflush(stdout);
 
   struct io_uring_sqe* sqe = sqe_get();

@@ -1,7 +1,15 @@
 // executor.cc — the bridge from uvpy's native executor (executor/) to Python.
 //
-// One process-wide exec::Executor (one worker per CPU in the affinity mask)
-// serves every loop. Each loop owns a Port: a CompletionPort whose wake posts
+// Two process-wide pools serve every loop. Native kernels (offload,
+// parallel_for, uvpy.kernels), which never block, run on the exec::Executor:
+// one worker per CPU in the affinity mask. Python callables
+// (run_in_executor(None, ...), NativeExecutor.submit), which may block for as
+// long as they like, run on the exec::BlockingPool: threads started on
+// demand, named uvpy_0, uvpy_1, ... (real threading.Thread objects, so
+// threading.enumerate(), logging and py-spy show them), up to a limit of
+// `blocking_threads` (default asyncio's min(32, cpus + 4)) for each loop
+// that uses the executor, and gone after 10 s idle. Both hand results back
+// the same way. Each loop owns a Port: a CompletionPort whose wake posts
 // one drain callback into that loop's reactor, so a burst of completions
 // costs one wakeup and the loop thread resolves the whole batch of asyncio
 // futures in one pass — no concurrent.futures layer, no extra call_soon.
@@ -28,6 +36,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "blocking_pool.h"
 #include "completion_port.h"
 #include "executor.h"
 #include "kernels.h"
@@ -39,6 +48,10 @@ namespace {
 
 exec::Executor* g_exec = nullptr;
 exec::Executor::Options g_options;  // set by configure_executor() before first use
+exec::BlockingPool* g_blocking = nullptr;
+unsigned g_blocking_per_loop = 0;  // 0: min(32, cpus + 4), as asyncio's default executor
+unsigned g_loop_ports = 0;         // open loop ports (each adds g_blocking_per_loop threads)
+PyObject* g_start_thread = nullptr;  // uvpy._executor._start_blocking_thread
 PyObject* g_kernel_error = nullptr;  // uvpy.KernelError
 // asyncio.futures._convert_future_exc: concurrent.futures' CancelledError
 // and InvalidStateError become asyncio's, exactly as wrap_future does.
@@ -216,7 +229,8 @@ void job_run(exec::Job* job) {
     j->rc = j->kernel(&ctx);
     return;
   }
-  ensure_thread_state();
+  // A blocking-pool thread (a Python thread), inside a batch that holds the
+  // GIL (batch_enter): this Ensure only nests.
   PyGILState_STATE g = PyGILState_Ensure();
   bool go = true;
   if (j->kind == kThread) {  // concurrent.futures protocol: may have been cancelled
@@ -373,6 +387,57 @@ bool ensure_executor() {
   return true;
 }
 
+unsigned blocking_per_loop() {
+  if (g_blocking_per_loop > 0) return g_blocking_per_loop;
+  return std::min(32u, exec::Executor::affinity_cpu_count() + 4);
+}
+
+// The pool's limit: blocking_per_loop() for each open loop port (and one
+// share for NativeExecutor's threads), so that every loop can have as many
+// callables blocked at once as asyncio's default executor would give it.
+// Capped at tokio's default of 512 threads, or one loop's share if larger.
+void update_blocking_limit() {
+  if (g_blocking == nullptr) return;
+  const unsigned per = blocking_per_loop();
+  const unsigned shares = std::max(1u, g_loop_ports);
+  g_blocking->set_max_threads(std::min(per * shares, std::max(per, 512u)));
+}
+
+// Starts a pool thread as a threading.Thread (blocking_pool.h rule 5), so
+// that it is a thread Python knows: named, listed, joined at exit.
+int spawn_python_thread(void*, exec::BlockingPool* pool, unsigned index) {
+  PyGILState_STATE g = PyGILState_Ensure();
+  PyObject* r = PyObject_CallFunction(g_start_thread, "NI", PyLong_FromVoidPtr(pool), index);
+  int rc = 0;
+  if (r == nullptr) {
+    // Interpreter shutdown ("can't create new thread at interpreter
+    // shutdown") or out of resources: the submitter sees EAGAIN.
+    PyErr_WriteUnraisable(g_start_thread);
+    rc = EAGAIN;
+  }
+  Py_XDECREF(r);
+  PyGILState_Release(g);
+  return rc;
+}
+
+// blocking_pool.h rule 7: one GIL acquisition for a batch of callables.
+// Pool threads are Python threads, so each has its thread state already.
+thread_local PyGILState_STATE t_batch_gil;
+void batch_enter(void*) { t_batch_gil = PyGILState_Ensure(); }
+void batch_leave(void*) { PyGILState_Release(t_batch_gil); }
+
+bool ensure_blocking() {
+  if (g_blocking != nullptr) return true;
+  exec::BlockingPool::Options o;
+  o.spawn = spawn_python_thread;
+  o.enter = batch_enter;
+  o.leave = batch_leave;
+  o.core_threads = exec::Executor::affinity_cpu_count();
+  g_blocking = new exec::BlockingPool(o);
+  update_blocking_limit();
+  return true;
+}
+
 // Submits j. On success the executor holds its own reference (released by
 // job_complete); the caller keeps and later drops its own. Returns 0, or
 // -EAGAIN (queue full, nothing submitted), or -1 with an exception set.
@@ -381,15 +446,16 @@ bool ensure_executor() {
 // blocking=true the GIL is released, and an inline port may complete (and
 // free) the job before submit() returns.
 int submit(ExecJob* j, bool blocking) {
-  if (!ensure_executor()) return -1;
+  const bool python = j->kind != kKernel;  // Python callables may block: the blocking pool
+  if (python ? !ensure_blocking() : !ensure_executor()) return -1;
   j->port->live.insert(j);
   Py_INCREF(j);  // the executor's reference
   int rc;
   if (blocking) {
-    Py_BEGIN_ALLOW_THREADS rc = g_exec->submit(&j->job, true);
+    Py_BEGIN_ALLOW_THREADS rc = python ? g_blocking->submit(&j->job, true) : g_exec->submit(&j->job, true);
     Py_END_ALLOW_THREADS
   } else {
-    rc = g_exec->submit(&j->job, false);
+    rc = python ? g_blocking->submit(&j->job, false) : g_exec->submit(&j->job, false);
   }
   if (rc < 0) {
     j->port->live.erase(j);
@@ -404,7 +470,11 @@ int submit(ExecJob* j, bool blocking) {
 }
 
 Port* loop_port(LoopCore* loop) {
-  if (loop->exec_port == nullptr) loop->exec_port = new Port(loop->reactor);
+  if (loop->exec_port == nullptr) {
+    loop->exec_port = new Port(loop->reactor);
+    ++g_loop_ports;
+    update_blocking_limit();
+  }
   return static_cast<Port*>(loop->exec_port);
 }
 
@@ -685,8 +755,9 @@ PyObject* submit_kernel(PyObject*, PyObject* const* a, Py_ssize_t nargs) {
 // worker busy (or many jobs queued) the loop would only steal a core.
 int64_t exec_spin_ns(LoopCore* loop) {
   auto* p = static_cast<Port*>(loop->exec_port);
-  if (p == nullptr || p->live.empty() || g_exec == nullptr) return 0;
-  return p->live.size() < g_exec->worker_count() ? 100000 : 0;
+  if (p == nullptr || p->live.empty()) return 0;
+  static const size_t cpus = exec::Executor::affinity_cpu_count();
+  return p->live.size() < cpus ? 100000 : 0;
 }
 
 // loop._exec_pending() -> list of this loop's futures still in the executor
@@ -709,6 +780,18 @@ PyObject* exec_pending(LoopCore* loop) {
 
 namespace {
 
+// The blocking pool's counters (all zero before its first use).
+PyObject* blocking_metrics() {
+  exec::BlockingPool::Metrics b;
+  if (g_blocking != nullptr) b = g_blocking->metrics();
+  else b.max_threads = blocking_per_loop();
+  return Py_BuildValue("{s:I,s:I,s:I,s:I,s:K,s:K,s:K,s:K,s:K}", "threads", b.threads, "idle", b.idle,
+                       "max_threads", b.max_threads, "per_loop", blocking_per_loop(), "queued",
+                       (unsigned long long)b.queued, "running", (unsigned long long)b.running,
+                       "completed", (unsigned long long)b.completed, "cancelled",
+                       (unsigned long long)b.cancelled, "spawned", (unsigned long long)b.spawned);
+}
+
 PyObject* executor_metrics(PyObject*, PyObject*) {
   if (!ensure_executor()) return nullptr;
   exec::Executor::Metrics m = g_exec->metrics();
@@ -725,12 +808,17 @@ PyObject* executor_metrics(PyObject*, PyObject*) {
     }
     Py_DECREF(d);
   }
-  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:N}", "submitted",
+  PyObject* blocking = blocking_metrics();
+  if (blocking == nullptr) {
+    Py_DECREF(workers);
+    return nullptr;
+  }
+  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:N,s:N}", "submitted",
                        (unsigned long long)m.submitted, "queued", (unsigned long long)m.queued,
                        "running", (unsigned long long)m.running, "completed",
                        (unsigned long long)m.completed, "cancelled", (unsigned long long)m.cancelled,
                        "steals", (unsigned long long)m.steals, "wakes", (unsigned long long)m.wakes,
-                       "workers", workers);
+                       "workers", workers, "blocking", blocking);
 }
 
 // configure_executor(workers, pin, nice): only before the pool has started.
@@ -759,6 +847,50 @@ PyObject* configure_executor(PyObject*, PyObject* const* a, Py_ssize_t n) {
   g_options.workers = static_cast<unsigned>(workers);
   g_options.pin = pin;
   g_options.nice = static_cast<int>(nice);
+  Py_RETURN_NONE;
+}
+
+// _configure_blocking(n): threads per loop for Python callables; 0 means
+// asyncio's default. Takes effect at once, also on a running pool.
+PyObject* configure_blocking(PyObject*, PyObject* arg) {
+  long n = PyLong_AsLong(arg);
+  if (n == -1 && PyErr_Occurred()) return nullptr;
+  if (n < 0 || n > 4096) {
+    PyErr_SetString(PyExc_ValueError, "blocking_threads must be between 1 and 4096 (0: min(32, cpus + 4))");
+    return nullptr;
+  }
+  g_blocking_per_loop = static_cast<unsigned>(n);
+  update_blocking_limit();
+  Py_RETURN_NONE;
+}
+
+// _blocking_thread_main(pool, index): the body of a pool thread, started by
+// uvpy._executor._start_blocking_thread; runs without the GIL until the
+// thread's keep-alive runs out or the pool shuts down.
+PyObject* blocking_thread_main(PyObject*, PyObject* const* a, Py_ssize_t n) {
+  void* pool = n == 2 ? PyLong_AsVoidPtr(a[0]) : nullptr;
+  unsigned long index = n == 2 ? PyLong_AsUnsignedLong(a[1]) : 0;
+  if (pool == nullptr || PyErr_Occurred()) {
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "_blocking_thread_main(pool, index)");
+    return nullptr;
+  }
+  Py_BEGIN_ALLOW_THREADS static_cast<exec::BlockingPool*>(pool)->thread_main(static_cast<unsigned>(index));
+  Py_END_ALLOW_THREADS
+  Py_RETURN_NONE;
+}
+
+// _set_blocking_starter(fn): fn(pool, index) starts a thread running
+// _blocking_thread_main(pool, index).
+PyObject* set_blocking_starter(PyObject*, PyObject* fn) {
+  Py_XSETREF(g_start_thread, Py_NewRef(fn));
+  Py_RETURN_NONE;
+}
+
+// Before threading joins non-daemon threads at exit: stop accepting, let the
+// pool's threads finish what is queued, and wake the idle ones so they exit
+// now rather than at the end of their keep-alive.
+PyObject* blocking_shutdown(PyObject*, PyObject*) {
+  if (g_blocking != nullptr) g_blocking->shutdown(true);
   Py_RETURN_NONE;
 }
 
@@ -834,6 +966,10 @@ PyMethodDef functions[] = {
     FAST("_submit_thread", submit_thread),
     FAST("_submit_kernel", submit_kernel),
     FAST("_configure_executor", configure_executor),
+    {"_configure_blocking", configure_blocking, METH_O, nullptr},
+    FAST("_blocking_thread_main", blocking_thread_main),
+    {"_set_blocking_starter", set_blocking_starter, METH_O, nullptr},
+    {"_blocking_shutdown", blocking_shutdown, METH_NOARGS, nullptr},
     {"_set_job_future_type", set_job_future_type, METH_O, nullptr},
     FAST("_offload", offload_fast),
     {"executor_metrics", executor_metrics, METH_NOARGS, "Counters of the native executor."},
@@ -854,6 +990,8 @@ void close_exec_port(LoopCore* loop) {
   auto* p = static_cast<Port*>(loop->exec_port);
   if (p == nullptr) return;
   loop->exec_port = nullptr;
+  --g_loop_ports;
+  update_blocking_limit();
   {
     std::lock_guard<std::mutex> lock(p->mu);
     p->open = false;

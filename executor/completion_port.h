@@ -88,7 +88,8 @@ class CompletionPort {
   }
 
  private:
-  friend class Executor;  // counts accepted submissions in outstanding_
+  friend class Executor;      // count accepted submissions in outstanding_
+  friend class BlockingPool;
   Job* take_batch();
 
   const WakeFn wake_;

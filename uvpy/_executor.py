@@ -1,19 +1,23 @@
 """The native executor's Python API: offload, parallel_for, NativeExecutor, kernels.
 
-One process-wide pool of native workers (one per CPU in the affinity mask)
-serves every uvpy loop. Completions reach a loop through its completion port:
-one wakeup per batch, every future of the batch resolved in one pass on the
-loop thread.
+Two process-wide pools serve every uvpy loop, and completions reach a loop
+through its completion port: one wakeup per batch, every future of the batch
+resolved in one pass on the loop thread.
 
-- ``loop.run_in_executor(None, fn, *args)`` on a uvpy loop runs ``fn`` on a
-  native worker, which takes the GIL to call it: code that releases the GIL
-  (numpy, hashlib, zlib) runs in parallel.
+- ``loop.run_in_executor(None, fn, *args)`` on a uvpy loop, and
+  ``NativeExecutor.submit``, run Python callables on the *blocking pool*:
+  threads named ``uvpy_0``, ``uvpy_1``, ... started on demand while every
+  thread is busy, up to ``blocking_threads`` per loop (asyncio's
+  ``min(32, cpus + 4)`` by default), and gone after 10 s idle. A callable may
+  block (files, sockets, ``Event.wait``, SDK calls) without holding up the
+  others; code that releases the GIL (numpy, hashlib, zlib) runs in parallel.
 - ``await uvpy.offload(kernel, *args)`` runs a C function pointer (C ABI in
-  ``uvpy/include/uvpy_kernel.h``) without ever taking the GIL.
+  ``uvpy/include/uvpy_kernel.h``) on the *per-core pool*, one worker per CPU,
+  without ever taking the GIL; kernels must not block.
 - ``await uvpy.parallel_for(kernel, n, *args, grain=...)`` splits ``[0, n)``
-  into chunks across all workers and resumes once, when all are done.
-- ``uvpy.NativeExecutor`` is a ``concurrent.futures.Executor`` over the same
-  pool, for plain threads and other loops.
+  into chunks across the per-core workers and resumes once, when all are done.
+- ``uvpy.NativeExecutor`` is a ``concurrent.futures.Executor`` over the
+  blocking pool, for plain threads and other loops.
 """
 
 from __future__ import annotations
@@ -41,10 +45,16 @@ executor_metrics = _uvpy.executor_metrics
 atexit.register(_uvpy._executor_shutdown)
 
 
-def configure_executor(workers: int = 0, pin: bool = False, nice: int = 0) -> None:
-    """Size the native pool before its first use.
+def configure_executor(workers: int = 0, pin: bool = False, nice: int = 0, *,
+                       blocking_threads: int | None = None) -> None:
+    """Size the native pools.
 
-    workers=0 means one per CPU in the process's affinity mask; pin=True
+    blocking_threads bounds the threads that run Python callables, per loop
+    that uses the executor (0: asyncio's min(32, cpus + 4)); it may be
+    changed at any time. UVPY_BLOCKING_THREADS does the same at import.
+
+    The other arguments size the per-core pool of native kernels, before its
+    first use. workers=0 means one per CPU in the process's affinity mask; pin=True
     pins worker i to the i-th CPU of that mask; nice=N (0-19) runs the
     workers N steps nicer than the process (Linux, per thread), so a loop
     thread that competes with busy workers for the CPUs is scheduled first.
@@ -54,15 +64,27 @@ def configure_executor(workers: int = 0, pin: bool = False, nice: int = 0) -> No
     and UVPY_EXECUTOR_NICE do the same at import. Raises RuntimeError once
     the pool has started.
     """
-    for name, value in (("workers", workers), ("nice", nice)):
+    checked = [("workers", workers), ("nice", nice)]
+    if blocking_threads is not None:
+        checked.append(("blocking_threads", blocking_threads))
+    for name, value in checked:
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    _uvpy._configure_executor(workers, bool(pin), nice)
+    if blocking_threads is not None:
+        _uvpy._configure_blocking(blocking_threads)
+    if (workers, bool(pin), nice) != (0, False, 0) or blocking_threads is None:
+        _uvpy._configure_executor(workers, bool(pin), nice)
 
 
 def _configure_from_env():
     import os
 
+    blocking = os.environ.get("UVPY_BLOCKING_THREADS")
+    if blocking:
+        try:
+            _uvpy._configure_blocking(int(blocking))
+        except ValueError as exc:
+            raise ValueError(f"UVPY_BLOCKING_THREADS={blocking!r}: {exc}") from None
     workers = os.environ.get("UVPY_EXECUTOR_WORKERS")
     pin = os.environ.get("UVPY_EXECUTOR_PIN", "") not in ("", "0")
     nice = os.environ.get("UVPY_EXECUTOR_NICE")
@@ -75,6 +97,25 @@ def _configure_from_env():
 
 
 _configure_from_env()
+
+
+def _start_blocking_thread(pool, index):
+    """Starts one thread of the blocking pool (called by the native pool,
+    with the GIL, when every thread is busy). A real threading.Thread: it is
+    listed by threading.enumerate(), named in logs and by py-spy, and joined
+    at interpreter exit like asyncio's default executor's threads."""
+    threading.Thread(target=_uvpy._blocking_thread_main, args=(pool, index), name=f"uvpy_{index}").start()
+
+
+_uvpy._set_blocking_starter(_start_blocking_thread)
+# Before threading joins non-daemon threads at exit, tell the pool to finish
+# what is queued and let idle threads go (else each waits out its keep-alive).
+# threading._register_atexit is what concurrent.futures uses for the same
+# purpose (3.9+); plain atexit runs too late, after the join.
+if hasattr(threading, "_register_atexit"):
+    threading._register_atexit(_uvpy._blocking_shutdown)
+else:  # pragma: no cover - every supported CPython has it
+    atexit.register(_uvpy._blocking_shutdown)
 
 _CAPSULE_NAME = b"uvpy.kernel"
 _capsule_get = ctypes.pythonapi.PyCapsule_GetPointer

@@ -62,14 +62,14 @@ def needs_uvpy(loop_name, loop, factory):
 
 
 def test_run_in_executor_default_runs_off_loop_thread(loop, loop_name):
-    before = uvpy.executor_metrics()["completed"]
+    before = uvpy.executor_metrics()["blocking"]["completed"]
 
     async def main():
         return await loop.run_in_executor(None, threading.get_ident)
 
     assert run(loop, main()) != threading.get_ident()
-    if loop_name == "uvpy":  # the native pool ran it, not a ThreadPoolExecutor
-        assert uvpy.executor_metrics()["completed"] > before
+    if loop_name == "uvpy":  # the native blocking pool ran it, not a ThreadPoolExecutor
+        assert uvpy.executor_metrics()["blocking"]["completed"] > before
 
 
 def test_exception_keeps_traceback(loop):
@@ -169,6 +169,143 @@ def test_close_does_not_wait_for_a_blocked_callable(new_loop):
     # The pool is healthy afterwards.
     other = new_loop()
     assert run(other, other.run_in_executor(None, abs, -3)) == 3
+
+
+# -- blocking work: run_in_executor(None) as the Python world uses it ---------------
+
+# asyncio's default executor: ThreadPoolExecutor's min(32, cpus + 4) threads.
+ASYNCIO_BOUND = min(32, (os.cpu_count() or 1) + 4)
+
+
+@pytest.mark.parametrize("n", [1, 4, ASYNCIO_BOUND - 1])
+def test_n_blocked_callables_wait_for_the_next_one(loop, n):
+    # n callables block until callable n+1 sets the event: each must get a
+    # thread of its own, as on asyncio, or the setter waits behind them.
+    ev = threading.Event()
+
+    async def main():
+        waits = [loop.run_in_executor(None, ev.wait, 20) for _ in range(n)]
+        await loop.run_in_executor(None, ev.set)
+        return await asyncio.gather(*waits)
+
+    t0 = time.monotonic()
+    assert run(loop, main()) == [True] * n  # False: a wait ran out before the setter ran
+    assert time.monotonic() - t0 < 20  # not a timing threshold: "the setter was not starved"
+
+
+def test_blocking_threads_have_names(loop, loop_name):
+    async def main():
+        names = await asyncio.gather(*(loop.run_in_executor(None, lambda: threading.current_thread().name)
+                                       for _ in range(4)))
+        listed = {t.name for t in threading.enumerate()}
+        return names, listed
+
+    names, listed = run(loop, main())
+    prefix = "uvpy" if loop_name == "uvpy" else "asyncio"
+    import re
+
+    assert all(re.fullmatch(rf"{prefix}_\d+", name) for name in names), names
+    assert set(names) <= listed  # real threading.Thread objects, as py-spy and logging see them
+
+
+def test_blocking_threads_bound_is_configurable(new_loop, loop_name):
+    # blocking_threads bounds how many callables run at once on one loop;
+    # asyncio's equivalent is a ThreadPoolExecutor(max_workers=...).
+    loop = new_loop()
+    bound = 2
+    if loop_name == "uvpy":
+        uvpy.configure_executor(blocking_threads=bound)
+    else:
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(bound))
+    lock = threading.Lock()
+    inside = [0, 0]  # now, most
+    release = threading.Event()
+
+    def job():
+        with lock:
+            inside[0] += 1
+            inside[1] = max(inside[1], inside[0])
+        release.wait(20)
+        with lock:
+            inside[0] -= 1
+        return True
+
+    async def main():
+        futs = [loop.run_in_executor(None, job) for _ in range(5)]
+        while inside[0] < bound:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.02)  # a third thread would have entered by now
+        running = inside[0]
+        release.set()
+        return running, await asyncio.gather(*futs)
+
+    try:
+        running, results = run(loop, main())
+    finally:
+        if loop_name == "uvpy":
+            uvpy.configure_executor(blocking_threads=0)
+    assert running == bound
+    assert inside[1] == bound
+    assert results == [True] * 5
+
+
+def test_blocking_threads_validation():
+    with pytest.raises(TypeError):
+        uvpy.configure_executor(blocking_threads="4")
+    with pytest.raises(ValueError):
+        uvpy.configure_executor(blocking_threads=-1)
+    m = uvpy.executor_metrics()["blocking"]
+    assert m["per_loop"] == ASYNCIO_BOUND
+
+
+def test_blocking_threads_from_environment():
+    env = dict(os.environ, UVPY_BLOCKING_THREADS="3")
+    code = (
+        "import uvpy, asyncio, threading\n"
+        "ev = threading.Event()\n"
+        "async def main():\n"
+        "    loop = asyncio.get_running_loop()\n"
+        "    waits = [loop.run_in_executor(None, ev.wait, 0.5) for _ in range(3)]\n"
+        "    setter = loop.run_in_executor(None, ev.set)\n"
+        "    return await asyncio.gather(*waits), uvpy.executor_metrics()['blocking']\n"
+        "r, m = uvpy.run(main())\n"
+        "print(r.count(False) >= 1, m['per_loop'], m['spawned'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    # Three threads, all blocked: the setter waited for a free one, so at
+    # least one wait ran out before it could run.
+    assert out.stdout.split() == ["True", "3", "3"], out.stdout
+
+
+def test_idle_blocking_threads_let_the_process_exit():
+    # Pool threads are non-daemon threading.Threads; at exit the pool lets
+    # them go at once instead of after their keep-alive.
+    code = (
+        "import uvpy, asyncio\n"
+        "async def main():\n"
+        "    loop = asyncio.get_running_loop()\n"
+        "    await asyncio.gather(*(loop.run_in_executor(None, abs, -i) for i in range(50)))\n"
+        "uvpy.run(main())\n"
+    )
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert time.monotonic() - t0 < 8  # not a timing threshold: the keep-alive (10 s) was not waited out
+
+
+def test_any_concurrent_futures_executor(loop):
+    # An explicit executor, and a ThreadPoolExecutor as the default, work as on asyncio.
+    async def main():
+        with concurrent.futures.ProcessPoolExecutor(1) as pool:
+            assert await loop.run_in_executor(pool, pow, 2, 10) == 1024
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mine"))
+        name = await loop.run_in_executor(None, lambda: threading.current_thread().name)
+        assert name.startswith("mine")
+        with pytest.raises(TypeError, match="executor must be ThreadPoolExecutor instance"):
+            loop.set_default_executor(concurrent.futures.ProcessPoolExecutor(1))
+
+    run(loop, main())
 
 
 # -- NativeExecutor ---------------------------------------------------------------

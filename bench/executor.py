@@ -16,7 +16,7 @@ loops (ops/s, higher is better):
                in flight at once, on the loop's default pool (every core).
                Unit: MiB/s. One untimed pass first: a cold pool's thread
                start-up is not what this measures.
-  sha256_1w    the same, on a one-worker pool (uvpy: configure_executor(1);
+  sha256_1w    the same, on a one-thread pool (uvpy: blocking_threads=1;
                others: a ThreadPoolExecutor(max_workers=1) as the default
                executor). sha256_par / sha256_1w is the scaling over 1 worker.
   lag          loop lag under offload: every worker kept busy hashing 4 MiB
@@ -126,7 +126,7 @@ def sha256_1w(loop, n):
     if type(loop).__module__.startswith("uvpy"):
         import uvpy
 
-        uvpy.configure_executor(workers=1)  # a fresh process: the pool has not started
+        uvpy.configure_executor(blocking_threads=1)  # Python callables: one thread
     else:
         from concurrent.futures import ThreadPoolExecutor
 

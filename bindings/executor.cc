@@ -894,6 +894,19 @@ PyObject* blocking_shutdown(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
+// os.register_at_fork(after_in_child=...): the child has none of the pools'
+// threads. Their objects are abandoned, never touched again (a lock in them
+// may be held by a thread that no longer exists), and the first use in the
+// child starts fresh pools. Work the parent had in flight never completes in
+// the child.
+PyObject* executor_after_fork(PyObject*, PyObject*) {
+  g_exec = nullptr;
+  g_blocking = nullptr;
+  g_inline_port = nullptr;
+  g_orphans.clear();
+  Py_RETURN_NONE;
+}
+
 PyObject* executor_workers(PyObject*, PyObject*) {
   if (!ensure_executor()) return nullptr;
   return PyLong_FromUnsignedLong(g_exec->worker_count());
@@ -970,6 +983,7 @@ PyMethodDef functions[] = {
     FAST("_blocking_thread_main", blocking_thread_main),
     {"_set_blocking_starter", set_blocking_starter, METH_O, nullptr},
     {"_blocking_shutdown", blocking_shutdown, METH_NOARGS, nullptr},
+    {"_executor_after_fork", executor_after_fork, METH_NOARGS, nullptr},
     {"_set_job_future_type", set_job_future_type, METH_O, nullptr},
     FAST("_offload", offload_fast),
     {"executor_metrics", executor_metrics, METH_NOARGS, "Counters of the native executor."},

@@ -26,6 +26,7 @@ import asyncio
 import atexit
 import concurrent.futures
 import ctypes
+import os
 import threading
 
 from . import _uvpy
@@ -108,6 +109,7 @@ def _start_blocking_thread(pool, index):
 
 
 _uvpy._set_blocking_starter(_start_blocking_thread)
+os.register_at_fork(after_in_child=_uvpy._executor_after_fork)
 # Before threading joins non-daemon threads at exit, tell the pool to finish
 # what is queued and let idle threads go (else each waits out its keep-alive).
 # threading._register_atexit is what concurrent.futures uses for the same

@@ -294,6 +294,44 @@ def test_idle_blocking_threads_let_the_process_exit():
     assert time.monotonic() - t0 < 8  # not a timing threshold: the keep-alive (10 s) was not waited out
 
 
+def test_executor_works_in_a_forked_child(loop, loop_name):
+    # The pools' threads do not survive fork(): the child starts its own.
+    async def warm():
+        await loop.run_in_executor(None, abs, -1)
+        if loop_name == "uvpy":
+            await uvpy.offload(uvpy.kernels.NOOP)
+
+    run(loop, warm())
+    code_in_child = """
+import asyncio, uvpy
+async def main():
+    l = asyncio.get_running_loop()
+    r = await asyncio.gather(*(l.run_in_executor(None, pow, i, 2) for i in range(20)))
+    await uvpy.offload(uvpy.kernels.NOOP)
+    return r
+"""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        ok = 1
+        try:
+            ns = {}
+            exec(code_in_child, ns)
+            ok = 0 if uvpy.run(ns["main"]()) == [i * i for i in range(20)] else 1
+        finally:
+            os._exit(ok)
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung on the executor")
+        time.sleep(0.01)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_any_concurrent_futures_executor(loop):
     # An explicit executor, and a ThreadPoolExecutor as the default, work as on asyncio.
     async def main():

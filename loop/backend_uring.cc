@@ -34,7 +34,8 @@
 //              cancel (its CQE, if any, only reports a lost race and is
 //              ignored), 2 the wakeup eventfd's multishot poll, 3 the
 //              multishot recv of an FdState, 4 the send of an FdState,
-//              5 the multishot accept of an FdState
+//              5 the multishot accept of an FdState, 6 the poll on the
+//              epoll fd of plain watchers (invariant 11)
 //   bits 3-63  tags 0, 3-5: the FdState's address (heap objects, 8-aligned)
 //
 // Invariants:
@@ -116,9 +117,16 @@
 //     one in-flight batch. The fd limit an accept enforces is the
 //     RLIMIT_NOFILE of when it was armed (the kernel reads it at submit);
 //     a re-arm (after an error, the cap or a rebuild) reads it again.
+// 11. A plain watcher (no consuming direction, not accepting: add_reader,
+//     add_writer, sock_*) waits in an epoll set, never in a ring poll: its
+//     owner may close the fd under it, and a ring poll would keep the file
+//     open (no FIN for the peer, a connect carrying on). uring_epoll.cc has
+//     the rules. A Stream's or listener's fd is closed only after io_close,
+//     so their readiness fallbacks stay ring polls (invariant 3).
 #include <liburing.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -221,6 +229,11 @@ int UringBackend::init(std::string* err) {
     *err = std::string("eventfd: ") + strerror(errno);
     return -errno;
   }
+  epfd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epfd_ < 0) {
+    *err = std::string("epoll_create1: ") + strerror(errno);
+    return -errno;
+  }
   comp_ = opts_.completion && have_recv_opcodes(&ring_);
   send_ok_ = opts_.completion && opts_.completion_sends && have_send_opcodes(&ring_);
   accept_ok_ = opts_.completion && opts_.completion_accepts && have_accept_opcodes(&ring_);
@@ -250,6 +263,7 @@ int UringBackend::poll(int timeout_ms) {
     if (int r = rebuild(); r < 0) return r;
   }
   reap();
+  ep_collect();
   report_ready();
   // ETIME: the timeout; EINTR: a signal (its wakeup fd is watched);
   // EBUSY/EAGAIN: completions backed up, reaped above, retried next time.
@@ -287,6 +301,7 @@ int UringBackend::io_update(IoWatcher* w, int events) {
   s->consume = w->consume;
   s->want = events;
   s->parked = false;
+  s->ep_sync = true;  // invariant 11: the fd may name a new file now
   enqueue(s);
   return 0;
 }
@@ -297,6 +312,7 @@ void UringBackend::io_close(IoWatcher* w) {
   w->backend_data = nullptr;
   s->watcher = nullptr;
   s->want = 0;
+  ep_forget(s);
   drop_held(s);
   drop_send(s);
   drop_accepted(s);
@@ -370,6 +386,10 @@ void UringBackend::close() {
   send_wake_.clear();
   if (efd_ >= 0) ::close(efd_);
   efd_ = -1;
+  if (epfd_ >= 0) ::close(epfd_);
+  epfd_ = -1;
+  ep_count_ = 0;
+  ep_by_fd_.clear();
 }
 
 int UringBackend::setup(io_uring* ring, std::string* err) {
@@ -443,6 +463,8 @@ int UringBackend::rebuild() {
   recv_inflight_ = 0;
   ring_ = fresh;
   wake_armed_ = false;
+  ep_armed_ = false;
+  ep_ready_ = true;  // the old ring's poll on it is gone: look once
   setup_buffers();
   for (FdState* s = all_; s != nullptr;) {
     FdState* next = s->next;
@@ -525,9 +547,12 @@ void UringBackend::flush() {
   for (; done < pending_.size(); ++done) {
     FdState* s = pending_[done];
     bool ok = true;
-    const int pw = poll_want(s);
+    // Invariant 11: a plain watcher's interest goes to the epoll set.
+    const int pw = plain(s) ? 0 : poll_want(s);
     if (s->parked) {
+      ep_forget(s);
     } else {
+      ep_apply(s, plain(s) ? s->want : 0);
       if (wants_recv(s)) {
         if (!s->recv_armed) ok = prep_recv(s);
       } else if (s->recv_armed && !s->recv_cancel) {
@@ -560,6 +585,8 @@ void UringBackend::flush() {
     maybe_free(s);
   }
   pending_.erase(pending_.begin(), pending_.begin() + static_cast<std::ptrdiff_t>(done));
+  // After the pending states: they may have made the first registration.
+  if (ep_count_ > 0 && !ep_armed_) arm_epoll();
 }
 
 void UringBackend::release_now(FdState* s, bool poll_live, bool send_live) {
@@ -621,6 +648,10 @@ void UringBackend::handle(const Completion& c) {
     case kTagWake:
       if (!(c.flags & IORING_CQE_F_MORE)) wake_armed_ = false;
       break;
+    case kTagEpoll:
+      ep_armed_ = false;
+      ep_ready_ = true;
+      break;
     case kTagRecv:
       on_recv(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res, c.flags);
       break;
@@ -645,7 +676,9 @@ void UringBackend::on_poll(FdState* s, int res) {
     maybe_free(s);
     return;
   }
-  if (res >= 0) {
+  if (plain(s)) {
+    // Its readiness moved to the epoll set since this poll was armed.
+  } else if (res >= 0) {
     if (int ev = from_poll(static_cast<unsigned>(res), poll_want(s))) sink_->on_io(s->watcher, ev);
   } else if (res != -ECANCELED) {
     s->parked = true;  // invariant 4

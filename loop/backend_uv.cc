@@ -10,13 +10,27 @@
 //                  allocated here and freed only in its close callback, as
 //                  libuv requires; the IoWatcher may die before that.
 //
+// An fd closed under its watcher. The kernel drops a closed file from the
+// epoll set by itself, so a registered watcher just goes quiet, as under
+// asyncio's selector. But uv_poll_start() only queues the registration:
+// libuv's epoll_ctl runs at the top of the next uv_run(), and libuv aborts
+// the process when it fails -- EBADF if the watcher's owner closed the fd
+// in a callback in between (a socket closed under a pending sock_recv,
+// sock_connect...). So every start is recorded in starting_, and poll()
+// checks those fds before uv_run(): a closed one is stopped and parked,
+// reporting nothing, until the next io_update(). A start always registers
+// afresh (uv_poll_start deregisters first), so an fd number reopened under
+// its watcher registers the new file and needs no check beyond "open".
+//
 // libuv stops a poll handle when the fd reports POLLERR and passes a negative
 // status. asyncio's selectors treat an error as "readable and writable" and
 // keep watching (level-triggered), so the callback re-arms the handle and
 // reports both directions of interest.
+#include <fcntl.h>
 #include <uv.h>
 
 #include <cerrno>
+#include <vector>
 
 #include "backend.h"
 #include "reactor.h"
@@ -29,6 +43,7 @@ struct PollSlot {
   IoWatcher* watcher;  // nullptr once closed
   Backend::Sink* sink;
   int events;
+  std::vector<PollSlot*>* starting;  // the backend's starting_
 };
 
 int to_uv(int events) {
@@ -41,7 +56,7 @@ void on_poll(uv_poll_t* h, int status, int uv_events) {
   int events = 0;
   if (status < 0) {
     events = slot->events;
-    uv_poll_start(h, to_uv(slot->events), on_poll);
+    if (uv_poll_start(h, to_uv(slot->events), on_poll) == 0) slot->starting->push_back(slot);
   } else {
     if (uv_events & (UV_READABLE | UV_DISCONNECT)) events |= kReadable;
     if (uv_events & UV_WRITABLE) events |= kWritable;
@@ -78,6 +93,7 @@ class UvBackend final : public Backend {
   const char* name() const override { return "libuv"; }
 
   int poll(int timeout_ms) override {
+    check_starting();
     if (timeout_ms == 0) {
       uv_run(&loop_, UV_RUN_NOWAIT);
       return 0;
@@ -109,11 +125,14 @@ class UvBackend final : public Backend {
       slot->handle.data = slot;
       slot->watcher = w;
       slot->sink = sink_;
+      slot->starting = &starting_;
       w->backend_data = slot;
     }
     slot->events = events;
     if (events == 0) return uv_poll_stop(&slot->handle);
-    return uv_poll_start(&slot->handle, to_uv(events), on_poll);
+    int rc = uv_poll_start(&slot->handle, to_uv(events), on_poll);
+    if (rc == 0) starting_.push_back(slot);
+    return rc;
   }
 
   void io_close(IoWatcher* w) override {
@@ -123,6 +142,20 @@ class UvBackend final : public Backend {
     slot->watcher = nullptr;
     uv_poll_stop(&slot->handle);
     uv_close(reinterpret_cast<uv_handle_t*>(&slot->handle), free_on_close);
+  }
+
+  // Slots are freed only by close callbacks, which run inside uv_run(), so
+  // every slot recorded since the last uv_run() is still allocated here
+  // (io_close()d ones have no watcher and are skipped).
+  void check_starting() {
+    for (PollSlot* slot : starting_) {
+      if (slot->watcher == nullptr || slot->events == 0) continue;
+      if (::fcntl(slot->watcher->fd, F_GETFD) < 0 && errno == EBADF) {
+        uv_poll_stop(&slot->handle);  // its deregistration ignores EBADF
+        slot->events = 0;
+      }
+    }
+    starting_.clear();
   }
 
   void close() override {
@@ -138,6 +171,7 @@ class UvBackend final : public Backend {
           if (!uv_is_closing(h)) uv_close(h, h->type == UV_POLL ? free_on_close : nullptr);
         },
         nullptr);
+    starting_.clear();
     uv_run(&loop_, UV_RUN_DEFAULT);  // runs the close callbacks
     uv_loop_close(&loop_);
   }
@@ -147,6 +181,7 @@ class UvBackend final : public Backend {
   uv_async_t async_{};
   uv_timer_t timer_{};
   bool open_ = false;
+  std::vector<PollSlot*> starting_;  // uv_poll_start()ed since the last poll
 };
 
 }  // namespace

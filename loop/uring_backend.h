@@ -20,7 +20,7 @@
 namespace uvpy::loop::uring {
 
 constexpr uint64_t kTagPoll = 0, kTagCtl = 1, kTagWake = 2, kTagRecv = 3, kTagSend = 4,
-                   kTagAccept = 5, kTagMask = 7;
+                   kTagAccept = 5, kTagEpoll = 6, kTagMask = 7;
 constexpr int kNoEnd = 1;  // FdState::end: nothing after the data
 constexpr unsigned kSqEntries = 256;
 constexpr unsigned kCqEntries = 1024;  // overflow is kept by the kernel (FEAT_NODROP)
@@ -37,6 +37,9 @@ struct FdState {
   bool armed = false;  // a poll is in flight
   bool queued = false; // in pending_: look at it in the next flush
   bool parked = false; // its last poll failed; wait for io_update
+  // Readiness through the epoll set (invariant 11), for a plain watcher.
+  int ep_mask = 0;       // the interest registered there (0: not registered)
+  bool ep_sync = false;  // io_update since: register again even if unchanged
   // Completion reads (invariant 6).
   struct Held {
     char* heap;  // nullptr: the data is in provided buffer `bid`
@@ -188,6 +191,20 @@ class UringBackend final : public Backend {
 
   void maybe_free(FdState* s);
 
+  // --- plain watchers on epoll (invariant 11, uring_epoll.cc) -------------------
+
+  // A watcher the backend never does I/O for: its owner may close the fd
+  // under it at any time, so its readiness must not hold the file.
+  static bool plain(const FdState* s) { return s->consume == 0 && !s->accepts; }
+  // Makes the epoll registration match `mask` (0: none). A closed fd parks s.
+  void ep_apply(FdState* s, int mask);
+  void ep_forget(FdState* s);
+  // The one-shot poll on the epoll fd itself; re-armed in every flush
+  // while anything is registered.
+  void arm_epoll();
+  // After the ring's CQEs: the ready plain watchers, to the sink.
+  void ep_collect();
+
   // --- completion reads (invariants 6-8) ----------------------------------------
 
   bool recv_capable(const FdState* s) const {
@@ -295,6 +312,11 @@ class UringBackend final : public Backend {
   pthread_t owner_{};
   int efd_ = -1;
   bool wake_armed_ = false;
+  int epfd_ = -1;            // plain watchers' epoll set (invariant 11)
+  bool ep_armed_ = false;    // its poll is in flight
+  bool ep_ready_ = false;    // its poll fired: collect after reaping
+  size_t ep_count_ = 0;      // registrations in it
+  std::vector<FdState*> ep_by_fd_;  // fd -> the registered FdState (epoll data is the fd)
   std::vector<FdState*> pending_;
   std::vector<Completion> stash_;  // taken off the ring outside poll()
   FdState* all_ = nullptr;  // every FdState, for close() and rebuild()

@@ -89,8 +89,17 @@ def install(backend: str | None = None) -> None:
     _asyncio.set_event_loop_policy(EventLoopPolicy(backend))
 
 
-def run(main, *, debug=None, backend=None):
-    """Run the coroutine ``main`` on a new uvpy loop, like ``asyncio.run``."""
-    factory = new_event_loop if backend is None else (lambda: new_event_loop(backend))
-    with _asyncio.Runner(debug=debug, loop_factory=factory) as runner:
+def run(main, *, loop_factory=None, debug=None, backend=None):
+    """Run the coroutine ``main`` on a new uvpy loop, like ``asyncio.run``.
+
+    Takes what ``uvloop.run`` and ``asyncio.run`` (3.12+) take:
+    ``loop_factory`` makes the loop instead (``None``: a uvpy loop on
+    ``backend``, see ``new_event_loop``), ``debug`` sets its debug mode.
+    ``backend`` and ``loop_factory`` exclude each other.
+    """
+    if loop_factory is None:
+        loop_factory = new_event_loop if backend is None else (lambda: new_event_loop(backend))
+    elif backend is not None:
+        raise ValueError("backend and loop_factory can not be given together")
+    with _asyncio.Runner(debug=debug, loop_factory=loop_factory) as runner:
         return runner.run(main)

@@ -65,7 +65,11 @@ class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
 def new_event_loop(backend: _BackendName | None = None) -> Loop: ...
 def install(backend: _BackendName | None = None) -> None: ...
 def run(
-    main: Coroutine[Any, Any, _T], *, debug: bool | None = None, backend: _BackendName | None = None
+    main: Coroutine[Any, Any, _T],
+    *,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+    debug: bool | None = None,
+    backend: _BackendName | None = None,
 ) -> _T: ...
 
 # --- the native executor (uvpy/_executor.py) ----------------------------------

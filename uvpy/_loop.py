@@ -9,9 +9,14 @@ generators, the default executor, fd watchers and signal handlers.
 
 The sock_* coroutines come from _sock.SockMixin, TCP (create_connection,
 create_server, connect_accepted_socket) from _tcp.TCPMixin. UDP, Unix
-sockets, pipes, subprocesses, TLS and sendfile arrive with their own
-issues; until then those methods raise the NotImplementedError of
-asyncio.AbstractEventLoop.
+sockets, pipes, subprocesses, TLS and sendfile are not implemented yet:
+_unsupported.UnsupportedMixin raises a NotImplementedError that names the
+method.
+
+fd watchers follow asyncio's selector loop: a watcher registered with a
+file object (a socket) remembers it, so remove_reader/remove_writer still
+find the watcher after that object was closed (its fileno() is then -1),
+as selectors' key lookup does.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from asyncio.log import logger
 from . import _executor, _uvpy
 from ._sock import SockMixin
 from ._tcp import TCPMixin
+from ._unsupported import UnsupportedMixin
 
 __all__ = ("Loop",)
 
@@ -55,7 +61,7 @@ def _fileobj_to_fd(fileobj):
     return selectors._fileobj_to_fd(fileobj)
 
 
-class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
+class Loop(SockMixin, TCPMixin, UnsupportedMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
     """An asyncio event loop on uvpy's native reactor.
 
     ``backend`` picks how the reactor waits for I/O: ``"libuv"`` (portable),
@@ -77,6 +83,9 @@ class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
         self._coroutine_origin_tracking_saved_depth = None
         self._signal_handlers = {}
         self._ssock = self._csock = None
+        # (fd, which) -> the file object a watcher was registered with, for
+        # the watchers registered with one (not with a plain int).
+        self._io_fileobjs = {}
         self.set_debug(coroutines._is_debug_mode())
         # CPython's C Task and Future look up loop.call_soon on every step
         # and every done-callback; a bound method cached in the instance
@@ -178,6 +187,7 @@ class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
             self.remove_signal_handler(sig)
         self._close_signal_pipe()
         self._close_native()
+        self._io_fileobjs.clear()
         self._executor_shutdown_called = True
         executor = self._default_executor
         if executor is not None:
@@ -410,24 +420,43 @@ class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
 
     # -- fd watchers ------------------------------------------------------------------
 
-    def _watch(self, fd, which, callback, args, accepts=False):
+    def _watch(self, fileobj, which, callback, args, accepts=False):
         self._check_closed()
-        fd = _fileobj_to_fd(fd)
+        fd = self._fd_of(fileobj)
         handle = _uvpy.Handle(callback, args, self, None)
         old = self._io_set(fd, which, handle, accepts)
         if old is not None:
             old.cancel()
+        fileobjs = self._io_fileobjs
+        if type(fileobj) is not int:
+            fileobjs[fd, which] = fileobj
+        elif fileobjs:
+            fileobjs.pop((fd, which), None)
         return handle
 
-    def _unwatch(self, fd, which):
+    def _unwatch(self, fileobj, which):
         if self.is_closed():
             return False
-        fd = _fileobj_to_fd(fd)
+        fd = self._fd_of(fileobj)
+        if self._io_fileobjs:
+            self._io_fileobjs.pop((fd, which), None)
         old = self._io_clear(fd, which)
         if old is None:
             return False
         old.cancel()
         return True
+
+    def _fd_of(self, fileobj):
+        """fileobj's fd; for a closed file object, the fd it was watched with."""
+        try:
+            return _fileobj_to_fd(fileobj)
+        except ValueError:
+            # selectors' _fileobj_lookup: an object closed after it was
+            # registered still names its registration.
+            for (fd, _), obj in self._io_fileobjs.items():
+                if obj is fileobj:
+                    return fd
+            raise
 
     def add_reader(self, fd, callback, *args):
         """Call callback(*args) whenever fd is readable."""

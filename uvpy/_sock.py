@@ -17,6 +17,14 @@ Invariants (asyncio's selector loop has the same ones):
 4. Each retry looks the socket method up afresh (sock may be a proxy whose
    methods change). Errors are the socket's own exceptions, unchanged; in debug mode a
    blocking socket is rejected with ValueError before anything happens.
+5. A failed operation leaves no reference cycle: the frame that set the
+   future's exception (which the exception's traceback keeps) drops the
+   future, as asyncio's callbacks do.
+6. Closing the socket under a pending operation (without cancelling it)
+   leaves the future pending, as in asyncio: the kernel forgets a closed
+   fd, so no readiness ever comes. The backend neither aborts nor keeps
+   the file open (loop/backend.h); cancelling the future removes the
+   watcher as usual.
 
 sock_recvfrom / sock_recvfrom_into / sock_sendto work on datagram sockets.
 """
@@ -86,6 +94,10 @@ class SockMixin:
         else:
             if result is not _AGAIN:
                 fut.set_result(result)
+        finally:
+            # The exception's traceback holds this frame: without this the
+            # future and its exception would form a cycle (invariant 5).
+            fut = None
 
     def _sock_unpark(self, fd, which, handle, fut):
         # A cancelled handle was replaced (or removed) by someone else: the

@@ -6,6 +6,7 @@ import threading
 import pytest
 
 import uvpy
+from uvpy._unsupported import UNSUPPORTED
 
 
 def test_stop_before_run_runs_one_iteration(loop):
@@ -191,3 +192,34 @@ async def test_async_test_runs_on_parametrised_loop():
     loop = asyncio.get_running_loop()
     await asyncio.sleep(0.001)
     assert loop.is_running()
+
+
+def test_uvpy_run_takes_what_asyncio_and_uvloop_run_take():
+    made = []
+
+    def factory():
+        made.append(uvpy.new_event_loop())
+        return made[-1]
+
+    async def which():
+        return asyncio.get_running_loop()
+
+    assert uvpy.run(which(), loop_factory=factory) is made[0]
+    assert type(uvpy.run(which(), loop_factory=asyncio.SelectorEventLoop)) is asyncio.SelectorEventLoop
+    assert uvpy.run(which(), loop_factory=None, debug=None).backend in ("libuv", "io_uring")
+    coro = which()
+    with pytest.raises(ValueError, match="backend and loop_factory"):
+        uvpy.run(coro, loop_factory=factory, backend="libuv")
+    coro.close()
+
+
+@pytest.mark.parametrize("name", UNSUPPORTED)
+def test_unsupported_methods_say_so(name):
+    """uvpy-only: the stock loop implements all of them."""
+    loop = uvpy.new_event_loop()
+    try:
+        with pytest.raises(NotImplementedError,
+                           match=rf"^loop\.{name}\(\) is not supported by uvpy yet$"):
+            loop.run_until_complete(getattr(loop, name)())
+    finally:
+        loop.close()

@@ -564,3 +564,26 @@ def test_connections_are_collected(loop, server_ctx, client_ctx):
     settle(loop)
     gc.collect()
     assert [r for r in refs if r() is not None] == []
+
+
+def test_concurrent_connections_keep_their_own_bytes(loop, server_ctx, client_ctx):
+    # uvpy's TLS connections share one receive buffer per loop: bytes of
+    # different connections, arriving interleaved, must never mix.
+    async def one(port, i):
+        payload = bytes([i]) * 150_000 + bytes(range(256)) * 100
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_ctx,
+                                                       server_hostname="localhost")
+        writer.write(payload)
+        got = await reader.readexactly(len(payload))
+        writer.close()
+        await writer.wait_closed()
+        return got == payload
+
+    async def main():
+        server, port = await echo_server(loop, server_ctx)
+        results = await asyncio.gather(*(one(port, i) for i in range(8)))
+        server.close()
+        await server.wait_closed()
+        return results
+
+    assert run(loop, main()) == [True] * 8

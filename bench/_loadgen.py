@@ -235,10 +235,13 @@ def loadgen_command(port: int, conns: int, size: int, duration: float,
 
 
 async def drive_echo(loop, port: int, conns: int, size: int, duration: float,
-                     warmup: float, reconnect: bool = False) -> tuple[int, dict]:
+                     warmup: float, reconnect: bool = False,
+                     command: list[str] | None = None) -> tuple[int, dict]:
     """Runs the load generator against 127.0.0.1:port; returns (round trips,
-    extras) with the headline "value" = round trips/s over the window."""
-    cmd = loadgen_command(port, conns, size, duration, warmup, reconnect)
+    extras) with the headline "value" = round trips/s over the window.
+    command: another generator speaking loadgen's output protocol ("start",
+    "stop", then one JSON line), e.g. bench/tls_client.py."""
+    cmd = command or loadgen_command(port, conns, size, duration, warmup, reconnect)
     window = CpuWindow()
     result: dict = {}
 

@@ -8,10 +8,10 @@ stopping, futures and tasks, exception handlers, debug mode, async
 generators, the default executor, fd watchers and signal handlers.
 
 The sock_* coroutines come from _sock.SockMixin, TCP (create_connection,
-create_server, connect_accepted_socket) from _tcp.TCPMixin. UDP, Unix
-sockets, pipes, subprocesses, TLS and sendfile are not implemented yet:
-_unsupported.UnsupportedMixin raises a NotImplementedError that names the
-method.
+create_server, connect_accepted_socket) from _tcp.TCPMixin, TLS (their
+ssl= and start_tls) from _tls.TLSMixin. What is not implemented yet raises,
+from _unsupported.UnsupportedMixin (last among the mixins), a
+NotImplementedError that names the method.
 
 fd watchers follow asyncio's selector loop: a watcher registered with a
 file object (a socket) remembers it, so remove_reader/remove_writer still
@@ -39,6 +39,7 @@ from asyncio.log import logger
 from . import _executor, _uvpy
 from ._sock import SockMixin
 from ._tcp import TCPMixin
+from ._tls import TLSMixin
 from ._unsupported import UnsupportedMixin
 
 __all__ = ("Loop",)
@@ -61,7 +62,8 @@ def _fileobj_to_fd(fileobj):
     return selectors._fileobj_to_fd(fileobj)
 
 
-class Loop(SockMixin, TCPMixin, UnsupportedMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
+class Loop(SockMixin, TCPMixin, TLSMixin, UnsupportedMixin, _uvpy.LoopCore,
+           asyncio.AbstractEventLoop):
     """An asyncio event loop on uvpy's native reactor.
 
     ``backend`` picks how the reactor waits for I/O: ``"libuv"`` (portable),

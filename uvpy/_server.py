@@ -28,8 +28,13 @@ __all__ = ("Server",)
 class Server(events.AbstractServer):
     """A TCP server created by uvpy.Loop.create_server()."""
 
-    def __init__(self, loop, sockets, protocol_factory, backlog):
+    def __init__(self, loop, sockets, protocol_factory, backlog, ssl_context=None,
+                 ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
         self._loop = loop
+        # Accepted connections of a TLS server go through _tls.TLSMixin.
+        self._ssl_context = ssl_context
+        self._ssl_handshake_timeout = ssl_handshake_timeout
+        self._ssl_shutdown_timeout = ssl_shutdown_timeout
         self._sockets = sockets
         self._protocol_factory = protocol_factory
         self._backlog = backlog

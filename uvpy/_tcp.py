@@ -18,8 +18,9 @@ Invariants:
    accept callback (asyncio goes through a task); protocol_factory() errors
    close the accepted socket and are reported in debug mode, as asyncio
    reports them.
-4. ssl= is validated exactly as asyncio does, then refused with
-   NotImplementedError: TLS is a later issue.
+4. ssl= is validated exactly as asyncio does; a TLS connection is a
+   TCPTransport under asyncio's SSLProtocol (loop._make_ssl_transport and
+   start_tls, see _tls.py).
 """
 
 from __future__ import annotations
@@ -44,8 +45,6 @@ __all__ = ("TCPTransport", "TCPMixin")
 _READ = _uvpy.READABLE
 _NATIVE_ACCEPT = frozenset({socket.AF_INET, socket.AF_INET6})  # see _start_serving
 
-_NO_TLS = "TLS (ssl=) is not implemented in uvpy yet"
-
 _LAZY_EXTRA = frozenset({"socket", "sockname"})
 
 
@@ -66,7 +65,7 @@ class TCPTransport(_uvpy.TransportCore):
 
     # asyncio's loop.sendfile() falls back to plain writes for us.
     _sendfile_compatible = constants._SendfileMode.FALLBACK
-    _start_tls_compatible = False
+    _start_tls_compatible = True
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None, peername=None,
                  tcp=False):
@@ -190,15 +189,16 @@ class TCPMixin:
         """Connect to host:port (or use sock); return (transport, protocol)."""
         if server_hostname is not None and not ssl:
             raise ValueError("server_hostname is only meaningful with ssl")
-        if server_hostname is None and ssl and not host:
-            raise ValueError("You must set server_hostname when using ssl without a host")
+        if server_hostname is None and ssl:
+            # host is the name to verify; server_hostname="" skips the check.
+            if not host:
+                raise ValueError("You must set server_hostname when using ssl without a host")
+            server_hostname = host
         _check_ssl_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         if sock is not None:
             base_events._check_ssl_socket(sock)
         if happy_eyeballs_delay is not None and interleave is None:
             interleave = 1  # alternate address families, RFC 8305
-        if ssl:
-            raise NotImplementedError(_NO_TLS)
 
         if host is not None or port is not None:
             if sock is not None:
@@ -210,7 +210,10 @@ class TCPMixin:
         else:
             _stream_socket_required(sock)
 
-        transport, protocol = await self._create_connection_transport(sock, protocol_factory)
+        transport, protocol = await self._create_connection_transport(
+            sock, protocol_factory, ssl, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
         if self.get_debug():
             logger.debug("%r connected to %s:%r: (%r, %r)",
                          transport.get_extra_info("socket"), host, port, transport, protocol)
@@ -297,12 +300,21 @@ class TCPMixin:
             raise mine.pop()
         raise OSError(f"no matching local address with {family=} found")
 
-    async def _create_connection_transport(self, sock, protocol_factory, server=None,
-                                           extra=None):
+    async def _create_connection_transport(self, sock, protocol_factory, ssl=None,
+                                           server_hostname=None, server_side=False,
+                                           ssl_handshake_timeout=None,
+                                           ssl_shutdown_timeout=None):
         sock.setblocking(False)
         protocol = protocol_factory()
         waiter = self.create_future()
-        transport = TCPTransport(self, sock, protocol, waiter, extra, server)
+        if ssl:
+            sslcontext = None if isinstance(ssl, bool) else ssl
+            transport = self._make_ssl_transport(
+                sock, protocol, sslcontext, waiter, server_side=server_side,
+                server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
+                ssl_shutdown_timeout=ssl_shutdown_timeout)
+        else:
+            transport = TCPTransport(self, sock, protocol, waiter)
         try:
             await waiter
         except BaseException:
@@ -316,9 +328,10 @@ class TCPMixin:
         _stream_socket_required(sock)
         _check_ssl_timeouts(ssl, ssl_handshake_timeout, ssl_shutdown_timeout)
         base_events._check_ssl_socket(sock)
-        if ssl:
-            raise NotImplementedError(_NO_TLS)
-        transport, protocol = await self._create_connection_transport(sock, protocol_factory)
+        transport, protocol = await self._create_connection_transport(
+            sock, protocol_factory, ssl, "", server_side=True,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
         if self.get_debug():
             logger.debug("%r handled: (%r, %r)", transport.get_extra_info("socket"),
                          transport, protocol)
@@ -340,8 +353,6 @@ class TCPMixin:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         if sock is not None:
             base_events._check_ssl_socket(sock)
-        if ssl is not None:
-            raise NotImplementedError(_NO_TLS)
 
         if host is not None or port is not None:
             if sock is not None:
@@ -360,7 +371,8 @@ class TCPMixin:
             sock.setblocking(False)
             if keep_alive:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
-        server = Server(self, sockets, protocol_factory, backlog)
+        server = Server(self, sockets, protocol_factory, backlog, ssl, ssl_handshake_timeout,
+                        ssl_shutdown_timeout)
         if start_serving:
             server._start_serving()
             await tasks.sleep(0)  # let the accept watchers settle, as asyncio
@@ -476,8 +488,11 @@ class TCPMixin:
         protocol = None
         try:
             conn.setblocking(False)
-            protocol = protocol_factory()
-            TCPTransport(self, conn, protocol, None, None, server, addr, tcp)
+            if server._ssl_context is not None:
+                self._serve_tls_connection(protocol_factory, conn, addr, server, tcp)
+            else:
+                protocol = protocol_factory()
+                TCPTransport(self, conn, protocol, None, None, server, addr, tcp)
         except (SystemExit, KeyboardInterrupt):
             conn.close()
             raise

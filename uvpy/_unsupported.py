@@ -13,16 +13,10 @@ __all__ = ("UnsupportedMixin", "UNSUPPORTED")
 
 # Every coroutine method of asyncio.AbstractEventLoop that uvpy.Loop lacks.
 UNSUPPORTED = (
-    "create_datagram_endpoint",
-    "create_unix_connection",
-    "create_unix_server",
     "connect_read_pipe",
     "connect_write_pipe",
     "subprocess_exec",
     "subprocess_shell",
-    "start_tls",
-    "sendfile",
-    "sock_sendfile",
 )
 
 

@@ -30,9 +30,8 @@ _UDP = ("networking: UDP (loop.create_datagram_endpoint) is not implemented "
 _UNIX = ("networking: Unix sockets (loop.create_unix_connection / "
          "create_unix_server) are not implemented in uvpy yet; lands with a "
          "later networking issue (after #3)")
-_TLS = ("networking: TLS (ssl= on create_connection/create_server/"
-        "connect_accepted_socket) is not implemented in uvpy yet; lands with "
-        "a later issue (after #3, TCP)")
+_UNIX_TLS = ("networking: TLS over Unix sockets needs loop.create_unix_connection / "
+             "create_unix_server, not implemented in uvpy yet (ssl= itself works over TCP)")
 _PIPES = ("pipes: loop.connect_read_pipe / connect_write_pipe (incl. on "
           "ptys) are not implemented in uvpy yet; lands with a later issue (after #3)")
 _SUBPROCESS = ("subprocess: loop.subprocess_exec / subprocess_shell are not "
@@ -43,11 +42,8 @@ _SENDFILE = ("networking: loop.sendfile / loop.sock_sendfile are not "
 
 UVPY_SKIPS: dict[str, str] = {
     # --- test_events.EventLoopTests (EventLoopTestsMixin + SubprocessTestsMixin)
-    "test_events.EventLoopTests.test_create_server_ssl*": _TLS,
-    "test_events.EventLoopTests.test_create_ssl_connection": _TLS,
-    "test_events.EventLoopTests.test_create_ssl_unix_connection": _TLS,
-    "test_events.EventLoopTests.test_create_unix_server_ssl*": _TLS,
-    "test_events.EventLoopTests.test_ssl_connect_accepted_socket": _TLS,
+    "test_events.EventLoopTests.test_create_ssl_unix_connection": _UNIX_TLS,
+    "test_events.EventLoopTests.test_create_unix_server_ssl*": _UNIX_TLS,
     "test_events.EventLoopTests.test_create_datagram_endpoint*": _UDP,
     "test_events.EventLoopTests.test_create_unix_connection": _UNIX,
     "test_events.EventLoopTests.test_create_unix_server": _UNIX,
@@ -75,9 +71,6 @@ UVPY_SKIPS: dict[str, str] = {
     "test_sendfile.SendfileTests": _SENDFILE,
 
     # --- test_streams (asyncio.StreamReader/Writer over uvpy's transports)
-    "test_streams.StreamTests.test_open_connection_no_loop_ssl": _TLS,
-    "test_streams.StreamTests.test_start_tls":
-        _TLS + " (loop.start_tls / StreamWriter.start_tls)",
     "test_streams.StreamTests.test_open_unix_connection*": _UNIX,
     "test_streams.StreamTests.test_start_unix_server": _UNIX,
     "test_streams.StreamTests.test_read_all_from_pipe_reader": _PIPES,

@@ -1,0 +1,127 @@
+"""TLS echo servers on each loop, driven by a TLS closed-loop client.
+
+The workload process starts a TLS echo server (ssl= on create_server, a
+certificate for "localhost" from a throwaway trustme CA) on the loop under
+test and runs bench/tls_client.py as a child: C connections each send a
+SIZE-byte message and wait for all of it to come back before sending the
+next. The client is the same for every contender (Python on uvloop, see its
+docstring), so on a small machine it is often the bottleneck: the number to
+compare is the server's cpu_us_per_op (its own CPU per round trip over the
+measured window), with client_util saying how busy the client was.
+
+Server kinds (as in echo.py):
+
+  protocol   asyncio.Protocol: data_received() -> transport.write(data)
+  streams    asyncio.start_server: reader.read(256 KiB) -> writer.write(data)
+             -> await writer.drain()
+  handshake  the protocol server, but every round trip on a fresh
+             connection (full TLS 1.3 handshake, one 1 KiB echo,
+             close_notify): round trips/s are handshakes per second.
+
+Workloads: KIND_SIZE_cCONNS for sizes 1k and 100k and 10 or 1000
+connections, plus handshake_1k_c10. n is the measured window in ms (2000,
+--quick 300) after an uncounted warm-up of n/4 ms (0.1-0.5 s). Needs the
+trustme package (skipped without it).
+
+Run one directly:  python bench/tls.py --loop uvpy --workload protocol_1k_c10
+"""
+import asyncio
+import os
+import ssl
+import sys
+import tempfile
+
+import _loadgen
+from _harness import Workload, workload_main
+from echo import READ_SIZE, EchoProtocol, _finish
+
+SIZES = {"1k": 1024, "100k": 100 * 1024}
+CONCURRENCY = (10, 1000)
+CLIENT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tls_client.py")
+
+_stream_tasks = set()
+
+
+async def _stream_handler(reader, writer):
+    task = asyncio.current_task()
+    _stream_tasks.add(task)
+    task.add_done_callback(_stream_tasks.discard)
+    try:
+        while True:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                break
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, ssl.SSLError):
+        pass
+    finally:
+        writer.close()
+
+
+def _certificates(tmp):
+    """(server SSLContext, path of the CA the client trusts)."""
+    try:
+        import trustme
+    except ImportError:
+        _loadgen.skip("the trustme package is not installed")
+    ca = trustme.CA()
+    ca_path = os.path.join(tmp, "ca.pem")
+    ca.cert_pem.write_to_path(ca_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(ctx)
+    return ctx, ca_path
+
+
+def _make(kind: str, size: int, conns: int):
+    def setup(loop, n):
+        _loadgen.raise_nofile(2 * conns + 256)
+        _loadgen.pin_server()
+        tmp = tempfile.mkdtemp(prefix="uvpy-tls-bench-")
+        server_ctx, ca_path = _certificates(tmp)
+        duration = n / 1000
+        warmup = min(0.5, max(0.1, duration / 4))
+
+        async def main():
+            if kind == "streams":
+                server = await asyncio.start_server(_stream_handler, "127.0.0.1", 0,
+                                                    ssl=server_ctx, backlog=_loadgen.BACKLOG)
+            else:
+                server = await loop.create_server(EchoProtocol, "127.0.0.1", 0,
+                                                  ssl=server_ctx, backlog=_loadgen.BACKLOG)
+            port = server.sockets[0].getsockname()[1]
+            cmd = [sys.executable, CLIENT, "-p", str(port), "-c", str(conns), "-s", str(size),
+                   "-d", f"{duration:.3f}", "-w", f"{warmup:.3f}", "--ca", ca_path]
+            if kind == "handshake":
+                cmd.append("-r")
+            try:
+                return await _loadgen.drive_echo(loop, port, conns, size, duration, warmup,
+                                                 command=cmd)
+            finally:
+                server.close()
+                await _finish(_stream_tasks)
+                for _ in range(3):  # let connection_lost() callbacks run
+                    await asyncio.sleep(0)
+                for name in os.listdir(tmp):
+                    os.unlink(os.path.join(tmp, name))
+                os.rmdir(tmp)
+
+        return main()
+
+    return setup
+
+
+def _workloads() -> list[Workload]:
+    grid = [(kind, label, conns) for kind in ("protocol", "streams")
+            for label in SIZES for conns in CONCURRENCY]
+    grid.append(("handshake", "1k", 10))
+    return [Workload(f"{kind}_{label}_c{conns}", _make(kind, SIZES[label], conns),
+                     n=2000, quick_n=300, unit="round trips/s",
+                     in_quick=(label, conns) == ("1k", 10))
+            for kind, label, conns in grid]
+
+
+WORKLOADS = _workloads()
+
+if __name__ == "__main__":
+    raise SystemExit(_loadgen.main_with_skips(workload_main, WORKLOADS))

@@ -1,0 +1,148 @@
+"""TLS on uvpy: ssl= transports and loop.start_tls().
+
+Design: asyncio's own sslproto.SSLProtocol, layered over uvpy's native TCP
+transport exactly as BaseEventLoop layers it over the selector transport.
+The native transport feeds the records to SSLProtocol through its
+BufferedProtocol path (get_buffer/buffer_updated, no bytes object per
+read); SSLProtocol runs them through the ssl module's MemoryBIO/SSLObject
+(so the crypto is the OpenSSL that `ssl` itself links, and everything set
+on the user's SSLContext is honoured) and hands application data to the
+user's protocol through its _SSLProtocolTransport. Behaviour, defaults and
+error messages are therefore asyncio's by construction. The record path
+is Python (SSLProtocol, one SSLObject.read/write per chunk); docs/tls.md
+measures what that costs against uvloop's Cython SSLProtocol.
+
+Only public or version-stable names of asyncio are used: SSLProtocol's
+constructor (the same from 3.11 through 3.14), its _app_transport, and the
+transport methods it calls (write, close, pause/resume_reading,
+get_extra_info, _force_close, which TCPTransport provides).
+
+Invariants:
+
+1. A TLS connection is one TCPTransport (registered under its fd, the
+   socket's only owner) whose protocol is an SSLProtocol; the user sees the
+   SSLProtocol's app transport. Closing either closes the socket.
+2. A handshake that fails or times out closes the TCP transport (through
+   SSLProtocol._fatal_error / _force_close), so the socket is closed, and
+   the waiter carries asyncio's exception.
+3. Accepted TLS connections complete their handshake without a task: the
+   waiter's done callback closes the app transport on failure and reports
+   in debug mode, as asyncio's _accept_connection2 does.
+4. start_tls() pauses reading before swapping in the SSLProtocol, so no
+   record reaches it before its connection_made (asyncio's order).
+5. Every SSLProtocol of a loop receives into the loop's one 256 KiB read
+   buffer instead of a buffer of its own (asyncio's SSLProtocol allocates
+   and zeroes 256 KiB per connection: 250 MiB resident for 1000 idle
+   connections). Sharing is safe because the native transport calls
+   get_buffer(), recv() and buffer_updated() back to back on the loop
+   thread, and buffer_updated() copies the bytes into the SSLObject's
+   MemoryBIO before returning; a nested SSLProtocol (TLS in TLS) reads
+   into the buffer only after the outer one has copied out of it.
+"""
+
+from __future__ import annotations
+
+import functools
+import ssl
+from asyncio import sslproto
+
+from ._tcp import TCPTransport
+
+__all__ = ("TLSMixin",)
+
+
+class SSLProtocol(sslproto.SSLProtocol):
+    """asyncio's SSLProtocol, receiving into its loop's shared buffer (5)."""
+
+    def __init__(self, loop, *args, **kwargs):
+        super().__init__(loop, *args, **kwargs)
+        self._ssl_buffer = loop._tls_read_buffer
+        self._ssl_buffer_view = loop._tls_read_view
+
+    def get_buffer(self, n):
+        return self._ssl_buffer_view
+
+
+class TLSMixin:
+    """_make_ssl_transport, accepted TLS connections and start_tls."""
+
+    @functools.cached_property
+    def _tls_read_buffer(self):
+        return bytearray(sslproto.SSLProtocol.max_size)
+
+    @functools.cached_property
+    def _tls_read_view(self):
+        return memoryview(self._tls_read_buffer)
+
+    def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
+                            server_side=False, server_hostname=None, extra=None, server=None,
+                            ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
+                            peername=None, tcp=False):
+        ssl_protocol = SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        TCPTransport(self, rawsock, ssl_protocol, None, extra, server, peername, tcp)
+        return ssl_protocol._app_transport
+
+    def _serve_tls_connection(self, protocol_factory, conn, addr, server, tcp):
+        """An accepted connection of a TLS server; raises as TCPTransport() does."""
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = self._make_ssl_transport(
+            conn, protocol, server._ssl_context, waiter, server_side=True, server=server,
+            ssl_handshake_timeout=server._ssl_handshake_timeout,
+            ssl_shutdown_timeout=server._ssl_shutdown_timeout, peername=addr, tcp=tcp)
+        waiter.add_done_callback(
+            lambda fut: self._tls_accepted(fut, transport, protocol))
+
+    def _tls_accepted(self, waiter, transport, protocol):
+        if waiter.cancelled():
+            transport.close()
+            return
+        exc = waiter.exception()
+        if exc is None:
+            return
+        transport.close()
+        if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+            raise exc
+        if self.get_debug():
+            self.call_exception_handler({
+                "message": "Error on transport creation for incoming connection",
+                "exception": exc,
+                "protocol": protocol,
+                "transport": transport,
+            })
+
+    async def start_tls(self, transport, protocol, sslcontext, *, server_side=False,
+                        server_hostname=None, ssl_handshake_timeout=None,
+                        ssl_shutdown_timeout=None):
+        """Upgrade transport to TLS; return the transport protocol should use now."""
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(
+                f"sslcontext is expected to be an instance of ssl.SSLContext, "
+                f"got {sslcontext!r}")
+        if not getattr(transport, "_start_tls_compatible", False):
+            raise TypeError(f"transport {transport!r} is not supported by start_tls()")
+
+        waiter = self.create_future()
+        ssl_protocol = SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+            call_connection_made=False)
+
+        # Invariant 4: records wait until the SSLProtocol is connected.
+        transport.pause_reading()
+        transport.set_protocol(ssl_protocol)
+        conmade_cb = self.call_soon(ssl_protocol.connection_made, transport)
+        resume_cb = self.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            conmade_cb.cancel()
+            resume_cb.cancel()
+            raise
+        return ssl_protocol._app_transport
+

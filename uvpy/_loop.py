@@ -8,9 +8,10 @@ stopping, futures and tasks, exception handlers, debug mode, async
 generators, the default executor, fd watchers and signal handlers.
 
 The sock_* coroutines come from _sock.SockMixin, TCP (create_connection,
-create_server, connect_accepted_socket) from _tcp.TCPMixin. UDP, Unix
-sockets, pipes, subprocesses, TLS and sendfile arrive with their own
-issues; until then those methods raise the NotImplementedError of
+create_server, connect_accepted_socket) from _tcp.TCPMixin, Unix stream
+sockets from _unix.UnixMixin and datagram endpoints from _udp.DatagramMixin.
+Pipes, subprocesses, TLS and sendfile arrive with their own issues; until
+then those methods raise the NotImplementedError of
 asyncio.AbstractEventLoop.
 """
 
@@ -34,6 +35,8 @@ from asyncio.log import logger
 from . import _executor, _uvpy
 from ._sock import SockMixin
 from ._tcp import TCPMixin
+from ._udp import DatagramMixin
+from ._unix import UnixMixin
 
 __all__ = ("Loop",)
 
@@ -55,7 +58,8 @@ def _fileobj_to_fd(fileobj):
     return selectors._fileobj_to_fd(fileobj)
 
 
-class Loop(SockMixin, TCPMixin, _uvpy.LoopCore, asyncio.AbstractEventLoop):
+class Loop(SockMixin, UnixMixin, DatagramMixin, TCPMixin, _uvpy.LoopCore,
+           asyncio.AbstractEventLoop):
     """An asyncio event loop on uvpy's native reactor.
 
     ``backend`` picks how the reactor waits for I/O: ``"libuv"`` (portable),

@@ -25,11 +25,6 @@ test_skiplist.py fails if a key matches no bound test (stale entry).
 
 # Not implemented in uvpy yet: uvpy.Loop inherits AbstractEventLoop's
 # NotImplementedError for these (see uvpy/_loop.py docstring).
-_UDP = ("networking: UDP (loop.create_datagram_endpoint) is not implemented "
-        "in uvpy yet; lands with a later networking issue (after #3)")
-_UNIX = ("networking: Unix sockets (loop.create_unix_connection / "
-         "create_unix_server) are not implemented in uvpy yet; lands with a "
-         "later networking issue (after #3)")
 _TLS = ("networking: TLS (ssl= on create_connection/create_server/"
         "connect_accepted_socket) is not implemented in uvpy yet; lands with "
         "a later issue (after #3, TCP)")
@@ -48,11 +43,6 @@ UVPY_SKIPS: dict[str, str] = {
     "test_events.EventLoopTests.test_create_ssl_unix_connection": _TLS,
     "test_events.EventLoopTests.test_create_unix_server_ssl*": _TLS,
     "test_events.EventLoopTests.test_ssl_connect_accepted_socket": _TLS,
-    "test_events.EventLoopTests.test_create_datagram_endpoint*": _UDP,
-    "test_events.EventLoopTests.test_create_unix_connection": _UNIX,
-    "test_events.EventLoopTests.test_create_unix_server": _UNIX,
-    "test_events.EventLoopTests.test_create_unix_server_path_socket_error":
-        _UNIX,
     "test_events.EventLoopTests.test_read_pipe": _PIPES,
     "test_events.EventLoopTests.test_write_pipe*": _PIPES,
     "test_events.EventLoopTests.test_unclosed_pipe_transport": _PIPES,
@@ -71,15 +61,13 @@ UVPY_SKIPS: dict[str, str] = {
         "native and has no _run_once (uvloop skips it too)",
 
     # --- networking mixins (test_sock_lowlevel, test_buffered_proto run)
-    "test_server.StartServerTests.test_start_unix_server_1": _UNIX,
     "test_sendfile.SendfileTests": _SENDFILE,
 
     # --- test_streams (asyncio.StreamReader/Writer over uvpy's transports)
     "test_streams.StreamTests.test_open_connection_no_loop_ssl": _TLS,
+    "test_streams.StreamTests.test_open_unix_connection_no_loop_ssl": _TLS,
     "test_streams.StreamTests.test_start_tls":
         _TLS + " (loop.start_tls / StreamWriter.start_tls)",
-    "test_streams.StreamTests.test_open_unix_connection*": _UNIX,
-    "test_streams.StreamTests.test_start_unix_server": _UNIX,
     "test_streams.StreamTests.test_read_all_from_pipe_reader": _PIPES,
 }
 

@@ -9,8 +9,9 @@ generators, the default executor, fd watchers and signal handlers.
 
 The sock_* coroutines come from _sock.SockMixin, TCP (create_connection,
 create_server, connect_accepted_socket) from _tcp.TCPMixin, Unix stream
-sockets from _unix.UnixMixin and datagram endpoints from _udp.DatagramMixin.
-Pipes, subprocesses, TLS and sendfile arrive with their own issues; until
+sockets from _unix.UnixMixin, datagram endpoints from _udp.DatagramMixin and
+sendfile / sock_sendfile from _sendfile.SendfileMixin. Pipes, subprocesses
+and TLS arrive with their own issues; until
 then those methods raise the NotImplementedError of
 asyncio.AbstractEventLoop.
 """
@@ -33,6 +34,7 @@ from asyncio import base_events, coroutines, events, format_helpers, futures, ta
 from asyncio.log import logger
 
 from . import _executor, _uvpy
+from ._sendfile import SendfileMixin
 from ._sock import SockMixin
 from ._tcp import TCPMixin
 from ._udp import DatagramMixin
@@ -58,7 +60,7 @@ def _fileobj_to_fd(fileobj):
     return selectors._fileobj_to_fd(fileobj)
 
 
-class Loop(SockMixin, UnixMixin, DatagramMixin, TCPMixin, _uvpy.LoopCore,
+class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, _uvpy.LoopCore,
            asyncio.AbstractEventLoop):
     """An asyncio event loop on uvpy's native reactor.
 

@@ -30,11 +30,13 @@ _TLS = ("networking: TLS (ssl= on create_connection/create_server/"
         "a later issue (after #3, TCP)")
 _PIPES = ("pipes: loop.connect_read_pipe / connect_write_pipe (incl. on "
           "ptys) are not implemented in uvpy yet; lands with a later issue (after #3)")
+_SENDFILE_NATIVE = ("networking: loop.sendfile on uvpy's stream transports copies "
+                    "through transport.write() (_sendfile_compatible is FALLBACK): "
+                    "zero-copy sendfile(2) on the native transport, which refuses "
+                    "bare writes while it runs, is not implemented yet "
+                    "(sock_sendfile is zero-copy)")
 _SUBPROCESS = ("subprocess: loop.subprocess_exec / subprocess_shell are not "
                "implemented in uvpy yet; lands with a later issue")
-_SENDFILE = ("networking: loop.sendfile / loop.sock_sendfile are not "
-             "implemented in uvpy yet (TCP transports and sock_* are: issue #3); "
-             "lands with a later issue")
 
 UVPY_SKIPS: dict[str, str] = {
     # --- test_events.EventLoopTests (EventLoopTestsMixin + SubprocessTestsMixin)
@@ -61,7 +63,10 @@ UVPY_SKIPS: dict[str, str] = {
         "native and has no _run_once (uvloop skips it too)",
 
     # --- networking mixins (test_sock_lowlevel, test_buffered_proto run)
-    "test_sendfile.SendfileTests": _SENDFILE,
+    "test_sendfile.SendfileTests.test_sendfile_ssl*": _TLS,
+    "test_sendfile.SendfileTests.test_sendfile_force_unsupported_native":
+        _SENDFILE_NATIVE,
+    "test_sendfile.SendfileTests.test_sendfile_prevents_bare_write": _SENDFILE_NATIVE,
 
     # --- test_streams (asyncio.StreamReader/Writer over uvpy's transports)
     "test_streams.StreamTests.test_open_connection_no_loop_ssl": _TLS,

@@ -9,9 +9,11 @@ generators, the default executor, fd watchers and signal handlers.
 
 The sock_* coroutines come from _sock.SockMixin, TCP (create_connection,
 create_server, connect_accepted_socket) from _tcp.TCPMixin, TLS (their
-ssl= and start_tls) from _tls.TLSMixin. What is not implemented yet raises,
-from _unsupported.UnsupportedMixin (last among the mixins), a
-NotImplementedError that names the method.
+ssl= and start_tls) from _tls.TLSMixin, Unix stream sockets from
+_unix.UnixMixin, datagram endpoints from _udp.DatagramMixin and sendfile /
+sock_sendfile from _sendfile.SendfileMixin. What is not implemented yet
+(pipes, subprocesses) raises, from _unsupported.UnsupportedMixin (last among
+the mixins), a NotImplementedError that names the method.
 
 fd watchers follow asyncio's selector loop: a watcher registered with a
 file object (a socket) remembers it, so remove_reader/remove_writer still
@@ -37,9 +39,12 @@ from asyncio import base_events, coroutines, events, format_helpers, futures, ta
 from asyncio.log import logger
 
 from . import _executor, _uvpy
+from ._sendfile import SendfileMixin
 from ._sock import SockMixin
 from ._tcp import TCPMixin
 from ._tls import TLSMixin
+from ._udp import DatagramMixin
+from ._unix import UnixMixin
 from ._unsupported import UnsupportedMixin
 
 __all__ = ("Loop",)
@@ -62,7 +67,8 @@ def _fileobj_to_fd(fileobj):
     return selectors._fileobj_to_fd(fileobj)
 
 
-class Loop(SockMixin, TCPMixin, TLSMixin, UnsupportedMixin, _uvpy.LoopCore,
+class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixin,
+           UnsupportedMixin, _uvpy.LoopCore,
            asyncio.AbstractEventLoop):
     """An asyncio event loop on uvpy's native reactor.
 

@@ -21,6 +21,9 @@ Invariants:
 4. ssl= is validated exactly as asyncio does; a TLS connection is a
    TCPTransport under asyncio's SSLProtocol (loop._make_ssl_transport and
    start_tls, see _tls.py).
+5. Unix stream connections (uvpy/_unix.py) use the same native transport
+   through the UnixTransport subclass; the accept path picks the class by
+   the listener's family.
 """
 
 from __future__ import annotations
@@ -66,6 +69,8 @@ class TCPTransport(_uvpy.TransportCore):
     # asyncio's loop.sendfile() falls back to plain writes for us.
     _sendfile_compatible = constants._SendfileMode.FALLBACK
     _start_tls_compatible = True
+    # Whether the socket may be an IP one that wants TCP_NODELAY.
+    _maybe_ip = True
 
     def __init__(self, loop, sock, protocol, waiter=None, extra=None, server=None, peername=None,
                  tcp=False):
@@ -88,7 +93,7 @@ class TCPTransport(_uvpy.TransportCore):
         loop._transports[sock.fileno()] = weakref.ref(self)
         if tcp:  # known to be IP TCP (accepted from an IP TCP listener)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        else:
+        elif self._maybe_ip:
             base_events._set_nodelay(sock)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start_reading)
@@ -303,7 +308,8 @@ class TCPMixin:
     async def _create_connection_transport(self, sock, protocol_factory, ssl=None,
                                            server_hostname=None, server_side=False,
                                            ssl_handshake_timeout=None,
-                                           ssl_shutdown_timeout=None):
+                                           ssl_shutdown_timeout=None,
+                                           transport_type=TCPTransport):
         sock.setblocking(False)
         protocol = protocol_factory()
         waiter = self.create_future()
@@ -314,7 +320,7 @@ class TCPMixin:
                 server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
                 ssl_shutdown_timeout=ssl_shutdown_timeout)
         else:
-            transport = TCPTransport(self, sock, protocol, waiter)
+            transport = transport_type(self, sock, protocol, waiter)
         try:
             await waiter
         except BaseException:
@@ -482,9 +488,18 @@ class TCPMixin:
                 return
             if self.get_debug():
                 logger.debug("%r got a new connection from %r: %r", server, addr, conn)
-            self._serve_connection(protocol_factory, conn, addr, server, kind is not None)
+            if kind is not None:
+                self._serve_connection(protocol_factory, conn, addr, server, True)
+            else:
+                self._serve_connection(protocol_factory, conn, addr, server, False,
+                                       self._stream_transport_type(sock.family))
 
-    def _serve_connection(self, protocol_factory, conn, addr, server, tcp=False):
+    def _stream_transport_type(self, family):
+        """The transport class for a stream socket of this family (see _unix)."""
+        return TCPTransport
+
+    def _serve_connection(self, protocol_factory, conn, addr, server, tcp=False,
+                          transport_type=TCPTransport):
         protocol = None
         try:
             conn.setblocking(False)
@@ -492,7 +507,7 @@ class TCPMixin:
                 self._serve_tls_connection(protocol_factory, conn, addr, server, tcp)
             else:
                 protocol = protocol_factory()
-                TCPTransport(self, conn, protocol, None, None, server, addr, tcp)
+                transport_type(self, conn, protocol, None, None, server, addr, tcp)
         except (SystemExit, KeyboardInterrupt):
             conn.close()
             raise

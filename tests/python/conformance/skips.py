@@ -25,30 +25,23 @@ test_skiplist.py fails if a key matches no bound test (stale entry).
 
 # Not implemented in uvpy yet: uvpy.Loop inherits AbstractEventLoop's
 # NotImplementedError for these (see uvpy/_loop.py docstring).
-_UDP = ("networking: UDP (loop.create_datagram_endpoint) is not implemented "
-        "in uvpy yet; lands with a later networking issue (after #3)")
-_UNIX = ("networking: Unix sockets (loop.create_unix_connection / "
-         "create_unix_server) are not implemented in uvpy yet; lands with a "
-         "later networking issue (after #3)")
-_UNIX_TLS = ("networking: TLS over Unix sockets needs loop.create_unix_connection / "
-             "create_unix_server, not implemented in uvpy yet (ssl= itself works over TCP)")
+_UNIX_TLS = ("networking: TLS over Unix sockets: create_unix_connection / "
+             "create_unix_server refuse ssl= in uvpy yet (ssl= works over TCP, "
+             "and Unix sockets without TLS)")
 _PIPES = ("pipes: loop.connect_read_pipe / connect_write_pipe (incl. on "
           "ptys) are not implemented in uvpy yet; lands with a later issue (after #3)")
+_SENDFILE_NATIVE = ("networking: loop.sendfile on uvpy's stream transports copies "
+                    "through transport.write() (_sendfile_compatible is FALLBACK): "
+                    "zero-copy sendfile(2) on the native transport, which refuses "
+                    "bare writes while it runs, is not implemented yet "
+                    "(sock_sendfile is zero-copy)")
 _SUBPROCESS = ("subprocess: loop.subprocess_exec / subprocess_shell are not "
                "implemented in uvpy yet; lands with a later issue")
-_SENDFILE = ("networking: loop.sendfile / loop.sock_sendfile are not "
-             "implemented in uvpy yet (TCP transports and sock_* are: issue #3); "
-             "lands with a later issue")
 
 UVPY_SKIPS: dict[str, str] = {
     # --- test_events.EventLoopTests (EventLoopTestsMixin + SubprocessTestsMixin)
     "test_events.EventLoopTests.test_create_ssl_unix_connection": _UNIX_TLS,
     "test_events.EventLoopTests.test_create_unix_server_ssl*": _UNIX_TLS,
-    "test_events.EventLoopTests.test_create_datagram_endpoint*": _UDP,
-    "test_events.EventLoopTests.test_create_unix_connection": _UNIX,
-    "test_events.EventLoopTests.test_create_unix_server": _UNIX,
-    "test_events.EventLoopTests.test_create_unix_server_path_socket_error":
-        _UNIX,
     "test_events.EventLoopTests.test_read_pipe": _PIPES,
     "test_events.EventLoopTests.test_write_pipe*": _PIPES,
     "test_events.EventLoopTests.test_unclosed_pipe_transport": _PIPES,
@@ -67,12 +60,12 @@ UVPY_SKIPS: dict[str, str] = {
         "native and has no _run_once (uvloop skips it too)",
 
     # --- networking mixins (test_sock_lowlevel, test_buffered_proto run)
-    "test_server.StartServerTests.test_start_unix_server_1": _UNIX,
-    "test_sendfile.SendfileTests": _SENDFILE,
+    "test_sendfile.SendfileTests.test_sendfile_force_unsupported_native":
+        _SENDFILE_NATIVE,
+    "test_sendfile.SendfileTests.test_sendfile_prevents_bare_write": _SENDFILE_NATIVE,
 
     # --- test_streams (asyncio.StreamReader/Writer over uvpy's transports)
-    "test_streams.StreamTests.test_open_unix_connection*": _UNIX,
-    "test_streams.StreamTests.test_start_unix_server": _UNIX,
+    "test_streams.StreamTests.test_open_unix_connection_no_loop_ssl": _UNIX_TLS,
     "test_streams.StreamTests.test_read_all_from_pipe_reader": _PIPES,
 }
 

@@ -1,0 +1,373 @@
+"""Datagram endpoints: create_datagram_endpoint and its transport, on both
+loops (UDP over IPv4/IPv6, Unix datagram sockets).
+
+Datagram boundaries, order and counts are checked exactly; the send queue is
+filled with a Unix datagram peer that does not read (its receive queue is
+small), so EAGAIN buffering and flow control are exercised without timing.
+"""
+
+import asyncio
+import errno
+import socket
+import sys
+
+import pytest
+
+from conftest import collect, open_fds
+
+
+def run(loop, coro):
+    return loop.run_until_complete(coro)
+
+
+def fds_after_warmup(loop):
+    run(loop, asyncio.sleep(0))  # a loop's first run makes its own fds
+    return open_fds()
+
+
+def has_ipv6():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class Recorder(asyncio.DatagramProtocol):
+    def __init__(self, loop, expect=1):
+        self.loop = loop
+        self.datagrams = []
+        self.errors = []
+        self.expect = expect
+        self.got = loop.create_future()
+        self.error = loop.create_future()
+        self.lost = loop.create_future()
+        self.paused = 0
+        self.resumed = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.datagrams.append((data, addr))
+        if len(self.datagrams) == self.expect and not self.got.done():
+            self.got.set_result(None)
+
+    def error_received(self, exc):
+        self.errors.append(exc)
+        if not self.error.done():
+            self.error.set_result(exc)
+
+    def pause_writing(self):
+        self.paused += 1
+
+    def resume_writing(self):
+        self.resumed += 1
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+async def closed(*transports):
+    protocols = [t.get_protocol() for t in transports]
+    for t in transports:
+        t.close()
+    for p in protocols:
+        await asyncio.wait_for(p.lost, 10)
+
+
+def _round_trip(loop, host, family):
+    sizes = [1, 1024, 0x7FFF, 60000]
+
+    async def main():
+        server, sp = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop, len(sizes)), local_addr=(host, 0))
+        addr = server.get_extra_info("sockname")
+        client, cp = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop, len(sizes)), remote_addr=addr[:2])
+        assert isinstance(server, asyncio.Transport)
+        if type(loop).__module__.startswith("uvpy") or sys.version_info >= (3, 12):
+            assert isinstance(server, asyncio.DatagramTransport)
+        assert server.get_extra_info("socket").family == family
+        assert server.get_extra_info("peername") is None
+        assert client.get_extra_info("peername")[:2] == addr[:2]
+        for n in sizes:
+            client.sendto(bytes([n % 251]) * n)
+        await asyncio.wait_for(sp.got, 10)
+        # Whole datagrams, each once, in order (loopback does not reorder).
+        assert [d for d, _ in sp.datagrams] == [bytes([n % 251]) * n for n in sizes]
+        peer = sp.datagrams[0][1]
+        assert peer[:2] == client.get_extra_info("sockname")[:2]
+        for data, src in sp.datagrams:
+            server.sendto(data, src)
+        await asyncio.wait_for(cp.got, 10)
+        assert [d for d, _ in cp.datagrams] == [d for d, _ in sp.datagrams]
+        await closed(server, client)
+        assert server.is_closing()
+
+    run(loop, main())
+
+
+def test_round_trip_ipv4(loop):
+    _round_trip(loop, "127.0.0.1", socket.AF_INET)
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback on this machine")
+def test_round_trip_ipv6(loop):
+    _round_trip(loop, "::1", socket.AF_INET6)
+
+
+def test_unix_datagram_endpoints(loop, tmp_path):
+    spath = str(tmp_path / "server")
+    cpath = str(tmp_path / "client")
+
+    async def main():
+        server, sp = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=spath, family=socket.AF_UNIX)
+        client, cp = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=cpath, remote_addr=spath, family=socket.AF_UNIX)
+        assert client.get_extra_info("peername") == spath
+        client.sendto(b"over unix")
+        await asyncio.wait_for(sp.got, 10)
+        assert sp.datagrams == [(b"over unix", cpath)]
+        server.sendto(b"back", cpath)
+        await asyncio.wait_for(cp.got, 10)
+        assert cp.datagrams == [(b"back", spath)]
+        await closed(server, client)
+
+    run(loop, main())
+
+
+def test_icmp_error_on_connected_socket_is_error_received(loop):
+    # Nothing listens on the port: the kernel's ICMP port-unreachable comes
+    # back as ECONNREFUSED on the connected socket.
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    addr = probe.getsockname()
+    probe.close()
+
+    async def main():
+        t, p = await loop.create_datagram_endpoint(lambda: Recorder(loop), remote_addr=addr)
+        t.sendto(b"anyone?")
+        exc = await asyncio.wait_for(p.error, 10)
+        assert isinstance(exc, ConnectionRefusedError)
+        assert not t.is_closing()  # reading carries on
+        await closed(t)
+
+    run(loop, main())
+
+
+def test_datagram_too_large_is_error_received(loop):
+    async def main():
+        t, p = await loop.create_datagram_endpoint(lambda: Recorder(loop),
+                                                   local_addr=("127.0.0.1", 0))
+        t.sendto(b"x" * 70000, t.get_extra_info("sockname"))
+        exc = await asyncio.wait_for(p.error, 10)
+        assert exc.errno == errno.EMSGSIZE
+        assert t.get_write_buffer_size() == 0
+        await closed(t)
+
+    run(loop, main())
+
+
+def test_zero_length_datagram(loop):
+    # Sent from Python 3.13 on; silently ignored before (as the stock loop does).
+    async def main():
+        server, sp = await loop.create_datagram_endpoint(lambda: Recorder(loop),
+                                                         local_addr=("127.0.0.1", 0))
+        client, _ = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), remote_addr=server.get_extra_info("sockname"))
+        client.sendto(b"")
+        client.sendto(b"after")
+        await asyncio.wait_for(sp.got, 10)
+        first = sp.datagrams[0][0]
+        assert first == (b"" if sys.version_info >= (3, 13) else b"after")
+        await closed(server, client)
+
+    run(loop, main())
+
+
+def test_sendto_checks(loop):
+    async def main():
+        t, _ = await loop.create_datagram_endpoint(lambda: Recorder(loop),
+                                                   remote_addr=("127.0.0.1", 9))
+        with pytest.raises(TypeError) as info:
+            t.sendto("text")
+        assert str(info.value) == "data argument must be a bytes-like object, not 'str'"
+        with pytest.raises(ValueError) as info:
+            t.sendto(b"x", ("127.0.0.1", 10))
+        assert str(info.value) == "Invalid address: must be None or ('127.0.0.1', 9)"
+        await closed(t)
+
+    run(loop, main())
+
+
+def _fill(loop, tmp_path, high=None):
+    """A connected sender whose peer does not read, with a queue built up."""
+
+    async def main():
+        spath = str(tmp_path / "r")
+        receiver, rp = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop, 0), local_addr=spath, family=socket.AF_UNIX)
+        receiver.pause_reading()
+        sender, sp = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), remote_addr=spath, family=socket.AF_UNIX)
+        if high is not None:
+            sender.set_write_buffer_limits(high=high)
+        n = 0
+        while sender.get_write_buffer_size() == 0:
+            sender.sendto(n.to_bytes(4, "big") * 256)
+            n += 1
+            assert n < 100000
+        for _ in range(50):  # well past the first EAGAIN
+            sender.sendto(n.to_bytes(4, "big") * 256)
+            n += 1
+        return receiver, rp, sender, sp, n
+
+    return run(loop, main())
+
+
+def test_send_queue_keeps_every_datagram_in_order(loop, tmp_path):
+    receiver, rp, sender, sp, n = _fill(loop, tmp_path, high=4096)
+    assert sp.paused == 1  # once, however far past the mark
+    assert sender.get_write_buffer_size() > 4096
+    rp.expect = n
+
+    async def main():
+        receiver.resume_reading()
+        await asyncio.wait_for(rp.got, 10)
+        assert [int.from_bytes(d[:4], "big") for d, _ in rp.datagrams] == list(range(n))
+        assert all(len(d) == 1024 for d, _ in rp.datagrams)
+        while sender.get_write_buffer_size():
+            await asyncio.sleep(0)
+        assert sp.resumed == 1
+        await closed(receiver, sender)
+
+    run(loop, main())
+
+
+def test_close_waits_for_the_queue(loop, tmp_path):
+    receiver, rp, sender, sp, n = _fill(loop, tmp_path)
+    rp.expect = n
+
+    async def main():
+        sender.close()
+        assert sender.is_closing()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not sp.lost.done()  # still queued: nobody reads yet
+        receiver.resume_reading()
+        assert await asyncio.wait_for(sp.lost, 10) is None
+        await asyncio.wait_for(rp.got, 10)
+        assert len(rp.datagrams) == n
+        await closed(receiver)
+
+    run(loop, main())
+
+
+def test_abort_drops_the_queue(loop, tmp_path):
+    receiver, rp, sender, sp, n = _fill(loop, tmp_path)
+
+    async def main():
+        sender.abort()
+        assert await asyncio.wait_for(sp.lost, 10) is None
+        receiver.resume_reading()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert 0 < len(rp.datagrams) < n  # what the kernel took, not the queue
+        await closed(receiver)
+
+    run(loop, main())
+
+
+def test_argument_checks(loop):
+    stream = socket.socket()
+    dgram = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        cases = [
+            (loop.create_datagram_endpoint(asyncio.DatagramProtocol), ValueError,
+             "unexpected address family"),
+            (loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=stream), ValueError,
+             f"A UDP Socket was expected, got {stream!r}"),
+            (loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=dgram,
+                                           local_addr=("127.0.0.1", 0), reuse_port=True),
+             ValueError, "socket modifier keyword arguments can not be used when sock is "
+                         "specified. (local_addr=('127.0.0.1', 0), reuse_port=True)"),
+            (loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr="x"),
+             TypeError, "2-tuple is expected"),
+            (loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("x", 1, 2)),
+             TypeError, "2-tuple is expected"),
+            (loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("::1", 0),
+                                           family=socket.AF_INET),
+             socket.gaierror, None),
+            (loop.create_datagram_endpoint(asyncio.DatagramProtocol, family=socket.AF_UNIX,
+                                           local_addr=("x", 1)),
+             TypeError, "string is expected"),
+        ]
+        for coro, exc_type, message in cases:
+            with pytest.raises(exc_type) as info:
+                run(loop, coro)
+            if message is not None:
+                assert str(info.value) == message
+        with pytest.raises(TypeError):  # removed from asyncio in 3.11
+            run(loop, loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                    local_addr=("127.0.0.1", 0),
+                                                    reuse_address=True))
+    finally:
+        stream.close()
+        dgram.close()
+
+
+def test_sock_and_family_only(loop):
+    async def main():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        t, p = await loop.create_datagram_endpoint(lambda: Recorder(loop), sock=s)
+        assert t.get_extra_info("sockname") == s.getsockname()
+        assert not s.getblocking()
+        u, q = await loop.create_datagram_endpoint(lambda: Recorder(loop),
+                                                   family=socket.AF_INET)
+        u.sendto(b"unbound", s.getsockname())
+        await asyncio.wait_for(p.got, 10)
+        assert p.datagrams[0][0] == b"unbound"
+        await closed(t, u)
+        assert s.fileno() == -1  # the transport closed its socket
+
+    run(loop, main())
+
+
+def test_bind_error_leaks_nothing(loop):
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    try:
+        before = fds_after_warmup(loop)
+        with pytest.raises(OSError) as info:
+            run(loop, loop.create_datagram_endpoint(asyncio.DatagramProtocol,
+                                                    local_addr=taken.getsockname()))
+        assert info.value.errno == errno.EADDRINUSE
+        assert open_fds() == before
+    finally:
+        taken.close()
+
+
+def test_fds_stay_flat_over_many_rounds(loop):
+    async def one():
+        t, p = await loop.create_datagram_endpoint(lambda: Recorder(loop),
+                                                   local_addr=("127.0.0.1", 0))
+        t.sendto(b"self", t.get_extra_info("sockname"))
+        await p.got
+        t.abort()
+        await p.lost
+
+    async def main():
+        for _ in range(20):
+            await one()
+        collect()
+        before = open_fds()
+        for _ in range(500):
+            await one()
+        collect()
+        assert open_fds() == before
+
+    run(loop, main())

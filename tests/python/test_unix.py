@@ -1,0 +1,342 @@
+"""Unix stream sockets: create_unix_server, create_unix_connection and the
+asyncio streams API over them, on both loops.
+
+Paths are str, bytes and os.PathLike, plus Linux abstract names; bad input
+must raise what the stock loop raises and leak no fd and no socket file.
+"""
+
+import asyncio
+import errno
+import itertools
+import os
+import pathlib
+import socket
+import sys
+
+import pytest
+
+from conftest import collect, open_fds
+
+_abstract_ids = itertools.count()
+
+
+def run(loop, coro):
+    return loop.run_until_complete(coro)
+
+
+def fds_after_warmup(loop):
+    # A loop's first run makes its own fds (the signal wakeup pair).
+    run(loop, asyncio.sleep(0))
+    return open_fds()
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+
+    def eof_received(self):
+        self.transport.close()
+
+
+class Client(asyncio.Protocol):
+    def __init__(self, loop):
+        self.data = bytearray()
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.data += data
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+async def echo_round(loop, path, payload=b"ping" * 1000):
+    transport, client = await loop.create_unix_connection(lambda: Client(loop), path)
+    transport.write(payload)
+    transport.write_eof()
+    assert await asyncio.wait_for(client.lost, 10) is None
+    assert bytes(client.data) == payload
+    return transport
+
+
+@pytest.mark.parametrize("kind", ["str", "bytes", "pathlike"])
+def test_echo_over_each_path_type(loop, tmp_path, kind):
+    path = {"str": str(tmp_path / "s"), "bytes": os.fsencode(tmp_path / "s"),
+            "pathlike": pathlib.Path(tmp_path / "s")}[kind]
+
+    async def main():
+        server = await loop.create_unix_server(Echo, path)
+        assert server.is_serving()
+        (sockname,) = [s.getsockname() for s in server.sockets]
+        assert sockname == str(tmp_path / "s")
+        transport = await echo_round(loop, path)
+        assert isinstance(transport, asyncio.Transport)
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_extra_info_matches_socket_calls(loop, tmp_path):
+    path = str(tmp_path / "s")
+    accepted = []
+
+    class Server(Echo):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            accepted.append(transport)
+
+    async def main():
+        server = await loop.create_unix_server(Server, path)
+        transport, client = await loop.create_unix_connection(lambda: Client(loop), path)
+        while not accepted:
+            await asyncio.sleep(0)
+        # The client is unnamed: the server sees "" as its peer.
+        assert transport.get_extra_info("peername") == path
+        assert transport.get_extra_info("sockname") == ""
+        assert accepted[0].get_extra_info("peername") == ""
+        assert accepted[0].get_extra_info("sockname") == path
+        sock = transport.get_extra_info("socket")
+        assert sock.family == socket.AF_UNIX and sock.type == socket.SOCK_STREAM
+        transport.close()
+        await client.lost
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract names are Linux's")
+def test_abstract_name_leaves_no_file(loop, tmp_path):
+    name = f"\0uvpy-test-{os.getpid()}-{next(_abstract_ids)}"
+
+    async def main():
+        server = await loop.create_unix_server(Echo, name)
+        await echo_round(loop, name)
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert os.listdir(tmp_path) == []
+
+
+def test_stale_socket_file_is_replaced(loop, tmp_path):
+    path = str(tmp_path / "s")
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(path)
+    stale.close()  # the file stays behind
+    assert os.path.exists(path)
+
+    async def main():
+        server = await loop.create_unix_server(Echo, path)
+        await echo_round(loop, path)
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_path_that_is_not_a_socket_is_left_alone(loop, tmp_path):
+    path = tmp_path / "file"
+    path.write_bytes(b"keep me")
+    before = fds_after_warmup(loop)
+    with pytest.raises(OSError) as info:
+        run(loop, loop.create_unix_server(Echo, str(path)))
+    assert info.value.errno == errno.EADDRINUSE
+    assert str(info.value) == f"[Errno {errno.EADDRINUSE}] Address {str(path)!r} is already in use"
+    assert path.read_bytes() == b"keep me"
+    assert open_fds() == before
+
+
+def test_listening_twice_on_one_path_replaces_the_first(loop, tmp_path):
+    # asyncio removes whatever socket file is there, even a live one.
+    path = str(tmp_path / "s")
+
+    async def main():
+        first = await loop.create_unix_server(Echo, path)
+        second = await loop.create_unix_server(Echo, path)
+        await echo_round(loop, path)
+        for server in (first, second):
+            server.close()
+            await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_path_too_long(loop):
+    path = "/tmp/" + "x" * 200
+    before = fds_after_warmup(loop)
+    with pytest.raises(OSError):
+        run(loop, loop.create_unix_server(Echo, path))
+    with pytest.raises(OSError):
+        run(loop, loop.create_unix_connection(asyncio.Protocol, path))
+    assert open_fds() == before
+
+
+def test_connect_errors(loop, tmp_path):
+    missing = str(tmp_path / "missing")
+    dead = str(tmp_path / "dead")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(dead)
+    s.close()
+    before = fds_after_warmup(loop)
+    with pytest.raises(FileNotFoundError):
+        run(loop, loop.create_unix_connection(asyncio.Protocol, missing))
+    with pytest.raises(ConnectionRefusedError):
+        run(loop, loop.create_unix_connection(asyncio.Protocol, dead))
+    assert open_fds() == before
+
+
+def test_argument_checks(loop, tmp_path):
+    path = str(tmp_path / "s")
+    tcp = socket.socket()
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    unix = socket.socket(socket.AF_UNIX)
+    try:
+        cases = [
+            (loop.create_unix_server(Echo), ValueError,
+             "path was not specified, and no sock specified"),
+            (loop.create_unix_server(Echo, path, sock=unix), ValueError,
+             "path and sock can not be specified at the same time"),
+            (loop.create_unix_server(Echo, sock=tcp), ValueError,
+             f"A UNIX Domain Stream Socket was expected, got {tcp!r}"),
+            (loop.create_unix_server(Echo, sock=dgram), ValueError,
+             f"A UNIX Domain Stream Socket was expected, got {dgram!r}"),
+            (loop.create_unix_server(Echo, path, ssl=True), TypeError,
+             "ssl argument must be an SSLContext or None"),
+            (loop.create_unix_server(Echo, path, ssl_handshake_timeout=1), ValueError,
+             "ssl_handshake_timeout is only meaningful with ssl"),
+            (loop.create_unix_server(Echo, path, ssl_shutdown_timeout=1), ValueError,
+             "ssl_shutdown_timeout is only meaningful with ssl"),
+            (loop.create_unix_connection(Echo), ValueError, "no path and sock were specified"),
+            (loop.create_unix_connection(Echo, path, sock=unix), ValueError,
+             "path and sock can not be specified at the same time"),
+            (loop.create_unix_connection(Echo, sock=tcp), ValueError,
+             f"A UNIX Domain Stream Socket was expected, got {tcp!r}"),
+            (loop.create_unix_connection(Echo, path, server_hostname="h"), ValueError,
+             "server_hostname is only meaningful with ssl"),
+            (loop.create_unix_connection(Echo, path, ssl_handshake_timeout=1), ValueError,
+             "ssl_handshake_timeout is only meaningful with ssl"),
+            (loop.create_unix_connection(Echo, path, ssl_shutdown_timeout=1), ValueError,
+             "ssl_shutdown_timeout is only meaningful with ssl"),
+            (loop.create_unix_connection(Echo, path, ssl=True), ValueError,
+             "you have to pass server_hostname when using ssl"),
+        ]
+        for coro, exc_type, message in cases:
+            with pytest.raises(exc_type) as info:
+                run(loop, coro)
+            assert str(info.value) == message
+        assert not os.path.exists(path)
+    finally:
+        for s in (tcp, dgram, unix):
+            s.close()
+
+
+def test_sock_listener_and_sock_connection(loop, tmp_path):
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+
+    async def main():
+        server = await loop.create_unix_server(Echo, sock=listener)
+        c = socket.socket(socket.AF_UNIX)
+        c.connect(path)
+        transport, client = await loop.create_unix_connection(lambda: Client(loop), sock=c)
+        transport.write(b"via sock")
+        transport.write_eof()
+        await asyncio.wait_for(client.lost, 10)
+        assert client.data == b"via sock"
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="cleanup_socket is Python 3.13's")
+def test_cleanup_socket_removes_only_its_own_file(loop, tmp_path):
+    path = str(tmp_path / "s")
+
+    async def main():
+        server = await loop.create_unix_server(Echo, path)
+        server.close()
+        await server.wait_closed()
+        assert not os.path.exists(path)
+        kept = await loop.create_unix_server(Echo, path, cleanup_socket=False)
+        kept.close()
+        await kept.wait_closed()
+        assert os.path.exists(path)
+        # A newer listener took the path over: the older one leaves it.
+        old = await loop.create_unix_server(Echo, path)
+        new = await loop.create_unix_server(Echo, path)
+        old.close()
+        await old.wait_closed()
+        assert os.path.exists(path)
+        await echo_round(loop, path)
+        new.close()
+        await new.wait_closed()
+        assert not os.path.exists(path)
+
+    run(loop, main())
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 13), reason="before 3.13 the file stays")
+def test_socket_file_stays_after_close_before_3_13(loop, tmp_path):
+    path = str(tmp_path / "s")
+
+    async def main():
+        server = await loop.create_unix_server(Echo, path)
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    assert os.path.exists(path)
+
+
+def test_streams_api(loop, tmp_path):
+    path = str(tmp_path / "s")
+
+    async def handle(reader, writer):
+        line = await reader.readline()
+        writer.write(line.upper())
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_unix_server(handle, path)
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b"hello unix\n")
+        assert await reader.read() == b"HELLO UNIX\n"
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+def test_fds_stay_flat_over_many_rounds(loop, tmp_path):
+    path = str(tmp_path / "s")
+    missing = str(tmp_path / "missing")
+
+    async def main():
+        server = await loop.create_unix_server(Echo, path)
+        for _ in range(20):  # warm up lazily made objects
+            await echo_round(loop, path, b"x")
+        collect()
+        before = open_fds()
+        for _ in range(500):
+            await echo_round(loop, path, b"x")
+            with pytest.raises(FileNotFoundError):
+                await loop.create_unix_connection(asyncio.Protocol, missing)
+        collect()
+        assert open_fds() == before
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())

@@ -1,0 +1,264 @@
+"""loop.sock_sendfile and loop.sendfile.
+
+sock_sendfile() is zero-copy: os.sendfile() (sendfile(2)) straight from the
+file's fd to the socket, one call per writability of the socket (the
+_sock.SockMixin parking machinery), falling back to read-and-send when the
+file has no fd or sendfile(2) refuses it before anything was sent.
+
+sendfile(transport, ...) follows the transport's _sendfile_compatible mode
+as asyncio does. uvpy's stream transports say FALLBACK: their write queue
+is native and has no way yet to hold writes issued during a sendfile(2)
+behind it, so the file is copied through transport.write() with the
+transport's flow control (no zero-copy path on transports yet).
+
+Invariants (asyncio's, which is the oracle):
+
+1. Arguments are checked before anything is sent, with asyncio's messages.
+2. On return, error or cancellation the file position is just past the
+   last byte sent, when anything was sent (lseek on the fd for the native
+   path, file.seek for the fallback).
+3. A connection lost after some bytes went out raises the send's error
+   (ENOTCONN as ConnectionError); sendfile(2) failing before the first
+   byte is SendfileNotAvailableError, which fallback=True turns into the
+   read-and-send path.
+4. The fallback on a transport pauses reading and swaps in a protocol
+   that tracks pause_writing/resume_writing; the original protocol, its
+   reading and a pending resume_writing are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import socket
+from asyncio import base_events, constants, exceptions, protocols
+
+from . import _uvpy
+from ._sock import _AGAIN, _WOULD_BLOCK
+
+__all__ = ("SendfileMixin",)
+
+_WRITE = _uvpy.WRITABLE
+
+_FALLBACK_BLOCK = 16384  # asyncio's transport fallback block size
+
+
+def _check_sendfile_params(sock, file, offset, count):
+    if "b" not in getattr(file, "mode", "b"):
+        raise ValueError("file should be opened in binary mode")
+    if not sock.type == socket.SOCK_STREAM:
+        raise ValueError("only SOCK_STREAM type sockets are supported")
+    if count is not None:
+        if not isinstance(count, int):
+            raise TypeError(f"count must be a positive integer (got {count!r})")
+        if count <= 0:
+            raise ValueError(f"count must be a positive integer (got {count!r})")
+    if not isinstance(offset, int):
+        raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
+    if offset < 0:
+        raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
+
+
+class _FallbackProtocol(protocols.Protocol):
+    """Stands in for a transport's protocol while the fallback copies (invariant 4)."""
+
+    def __init__(self, transport):
+        self._transport = transport
+        self._proto = transport.get_protocol()
+        self._should_resume_reading = transport.is_reading()
+        self._should_resume_writing = transport._protocol_paused
+        transport.pause_reading()
+        transport.set_protocol(self)
+        self._write_ready_fut = (transport._loop.create_future()
+                                 if self._should_resume_writing else None)
+
+    async def drain(self):
+        if self._transport.is_closing():
+            raise ConnectionError("Connection closed by peer")
+        fut = self._write_ready_fut
+        if fut is not None:
+            await fut
+
+    def connection_made(self, transport):
+        raise RuntimeError("Invalid state: connection should have been established already.")
+
+    def connection_lost(self, exc):
+        if self._write_ready_fut is not None:
+            if exc is None:
+                self._write_ready_fut.set_exception(ConnectionError("Connection is closed by peer"))
+            else:
+                self._write_ready_fut.set_exception(exc)
+        self._proto.connection_lost(exc)
+
+    def pause_writing(self):
+        if self._write_ready_fut is None:
+            self._write_ready_fut = self._transport._loop.create_future()
+
+    def resume_writing(self):
+        if self._write_ready_fut is not None:
+            self._write_ready_fut.set_result(False)
+            self._write_ready_fut = None
+
+    def data_received(self, data):
+        raise RuntimeError("Invalid state: reading should be paused")
+
+    def eof_received(self):
+        raise RuntimeError("Invalid state: reading should be paused")
+
+    async def restore(self):
+        self._transport.set_protocol(self._proto)
+        if self._should_resume_reading:
+            self._transport.resume_reading()
+        if self._write_ready_fut is not None:
+            # The transport stopped writing for us (closed under us, say):
+            # nobody awaits this future any more.
+            self._write_ready_fut.cancel()
+        if self._should_resume_writing:
+            self._proto.resume_writing()
+
+
+class SendfileMixin:
+    """sock_sendfile / sendfile (see the module docstring)."""
+
+    # -- sockets ---------------------------------------------------------------------
+
+    async def sock_sendfile(self, sock, file, offset=0, count=None, *, fallback=True):
+        """Send file over sock with sendfile(2); return the number of bytes sent."""
+        if self.get_debug() and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+        base_events._check_ssl_socket(sock)
+        _check_sendfile_params(sock, file, offset, count)
+        try:
+            return await self._sock_sendfile_native(sock, file, offset, count)
+        except exceptions.SendfileNotAvailableError:
+            if not fallback:
+                raise
+        return await self._sock_sendfile_fallback(sock, file, offset, count)
+
+    async def _sock_sendfile_native(self, sock, file, offset, count):
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        try:
+            fsize = os.fstat(fileno).st_size
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file") from None
+        blocksize = count if count else fsize
+        if not blocksize:
+            return 0  # an empty file
+        self._ensure_fd_no_transport(sock.fileno())
+        fd = sock.fileno()
+        # [offset, total_sent], advanced by each sendfile(2).
+        state = [offset, 0]
+
+        def step():
+            start, total = state
+            size = count - total if count else blocksize
+            if size <= 0:
+                return total
+            try:
+                sent = os.sendfile(fd, fileno, start, size)
+            except _WOULD_BLOCK:
+                raise
+            except OSError as exc:
+                if total == 0:
+                    # Not a file sendfile(2) can read (a pipe, say): the
+                    # caller may copy instead.
+                    raise exceptions.SendfileNotAvailableError("os.sendfile call failed") \
+                        from None
+                if exc.errno == errno.ENOTCONN and type(exc) is not ConnectionError:
+                    new = ConnectionError("socket is not connected", errno.ENOTCONN)
+                    new.__cause__ = exc
+                    raise new from exc
+                raise
+            if sent == 0:
+                return total  # end of file
+            state[0] = start + sent
+            state[1] = total + sent
+            return _AGAIN
+
+        try:
+            try:
+                result = step()
+                if result is not _AGAIN:
+                    return result
+            except _WOULD_BLOCK:
+                pass
+            return await self._sock_park(sock, _WRITE, step)
+        finally:
+            if state[1] > 0:
+                os.lseek(fileno, state[0], os.SEEK_SET)
+
+    async def _sock_sendfile_fallback(self, sock, file, offset, count):
+        if offset:
+            file.seek(offset)
+        blocksize = (min(count, constants.SENDFILE_FALLBACK_READBUFFER_SIZE)
+                     if count else constants.SENDFILE_FALLBACK_READBUFFER_SIZE)
+        buf = bytearray(blocksize)
+        total_sent = 0
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total_sent, blocksize)
+                    if blocksize <= 0:
+                        break
+                view = memoryview(buf)[:blocksize]
+                read = await self.run_in_executor(None, file.readinto, view)
+                if not read:
+                    break  # end of file
+                await self.sock_sendall(sock, view[:read])
+                total_sent += read
+            return total_sent
+        finally:
+            if total_sent > 0 and hasattr(file, "seek"):
+                file.seek(offset + total_sent)
+
+    # -- transports ------------------------------------------------------------------
+
+    async def sendfile(self, transport, file, offset=0, count=None, *, fallback=True):
+        """Send file over transport; return the number of bytes sent."""
+        if transport.is_closing():
+            raise RuntimeError("Transport is closing")
+        mode = getattr(transport, "_sendfile_compatible", constants._SendfileMode.UNSUPPORTED)
+        if mode is constants._SendfileMode.UNSUPPORTED:
+            raise RuntimeError(f"sendfile is not supported for transport {transport!r}")
+        if mode is constants._SendfileMode.TRY_NATIVE:
+            try:
+                return await self._sendfile_native(transport, file, offset, count)
+            except exceptions.SendfileNotAvailableError:
+                if not fallback:
+                    raise
+        if not fallback:
+            raise RuntimeError(f"fallback is disabled and native sendfile is not "
+                               f"supported for transport {transport!r}")
+        return await self._sendfile_fallback(transport, file, offset, count)
+
+    async def _sendfile_native(self, transport, file, offset, count):
+        raise exceptions.SendfileNotAvailableError("sendfile syscall is not supported")
+
+    async def _sendfile_fallback(self, transport, file, offset, count):
+        if offset:
+            file.seek(offset)
+        blocksize = min(count, _FALLBACK_BLOCK) if count else _FALLBACK_BLOCK
+        buf = bytearray(blocksize)
+        total_sent = 0
+        proto = _FallbackProtocol(transport)
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total_sent, blocksize)
+                    if blocksize <= 0:
+                        return total_sent
+                view = memoryview(buf)[:blocksize]
+                read = await self.run_in_executor(None, file.readinto, view)
+                if not read:
+                    return total_sent  # end of file
+                await proto.drain()
+                transport.write(view[:read])
+                total_sent += read
+        finally:
+            if total_sent > 0 and hasattr(file, "seek"):
+                file.seek(offset + total_sent)
+            await proto.restore()

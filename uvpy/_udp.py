@@ -1,0 +1,489 @@
+"""Datagram sockets on uvpy: DatagramTransport and the loop's
+create_datagram_endpoint, for UDP over IPv4/IPv6 and Unix datagram sockets.
+
+The transport is readiness-based: the loop's reader (Loop._watch) calls
+_read_ready, which takes whole datagrams with recvfrom(); sendto() sends at
+once and queues on EAGAIN, and the loop's writer drains the queue. The
+semantics are those of asyncio's selector datagram transport, which is the
+oracle for every rule below.
+
+Invariants:
+
+1. One recvfrom() is one datagram_received(): the loop never merges, splits
+   or drops a datagram it read. A receive error (e.g. ECONNREFUSED from an
+   ICMP error on a connected socket) goes to error_received() and reading
+   carries on; a non-OSError is fatal.
+2. A datagram is sent whole or queued whole, in order: sendto() only sends
+   directly when the queue is empty, and the writer sends the queue front
+   first. A send error other than EAGAIN goes to error_received() and the
+   datagram is dropped, as asyncio drops it.
+3. The reader is installed iff reading is on (connection_made() ran, not
+   paused, not closing); the writer iff the queue is non-empty and the
+   transport not lost.
+4. close() stops reading at once and loses the connection when the queue
+   has drained; abort() and fatal errors drop the queue. connection_lost()
+   runs once, from call_soon, and only then is the socket closed.
+5. Write-buffer size counts each queued datagram's payload plus a per-
+   datagram header (8 bytes from Python 3.13 on, none before, as the stock
+   loop of the running version counts); pause_writing()/resume_writing()
+   fire once per crossing of the high/low-water marks.
+6. Zero-length datagrams are sent from Python 3.13 on and ignored before,
+   as the stock loop of the running version does.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import socket
+import stat
+import sys
+import warnings
+import weakref
+from asyncio import base_events, constants, futures, transports, trsock
+from asyncio.log import logger
+
+from . import _uvpy
+
+__all__ = ("DatagramTransport", "DatagramMixin")
+
+_READ = _uvpy.READABLE
+_WRITE = _uvpy.WRITABLE
+
+_NEW_SENDTO = sys.version_info >= (3, 13)  # invariants 5 and 6
+_HEADER_SIZE = 8 if _NEW_SENDTO else 0
+
+# Datagrams taken per readiness event before yielding to other callbacks.
+_READS_PER_WAKEUP = 16
+
+
+class DatagramTransport(transports.Transport, transports.DatagramTransport):
+    """A datagram socket as an asyncio.DatagramTransport.
+
+    Also an asyncio.Transport, as the stock loop's datagram transport is
+    (its stream-only write methods raise NotImplementedError there too).
+    """
+
+    max_size = 256 * 1024  # the largest datagram recvfrom() takes
+
+    def __init__(self, loop, sock, protocol, address=None, waiter=None, extra=None):
+        super().__init__(extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        self._loop = loop
+        self._sock = sock
+        self._sock_fd = sock.fileno()
+        self._protocol = None
+        self._protocol_connected = False
+        self.set_protocol(protocol)
+        self._address = address
+        self._buffer = collections.deque()
+        self._buffer_size = 0
+        self._conn_lost = 0  # set when connection_lost() is scheduled
+        self._closing = False
+        self._paused = False
+        self._reading = False  # the reader is installed
+        self._writing = False  # the writer is installed
+        self._protocol_paused = False
+        self._set_write_buffer_limits()
+        loop._transports[self._sock_fd] = weakref.ref(self)
+        loop.call_soon(self._protocol.connection_made, self)
+        # Reading starts only after connection_made() (invariant 3).
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self):
+        info = [type(self).__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._loop is not None and not self._loop.is_closed():
+            info.append("read=polling" if self._reading else "read=idle")
+            state = "polling" if self._writing else "idle"
+            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+
+    # -- the loop's watchers ---------------------------------------------------
+
+    def _start_reading(self):
+        if self._reading or not self.is_reading():
+            return
+        self._loop._watch(self._sock_fd, _READ, self._read_ready, ())
+        self._reading = True
+
+    def _stop_reading(self):
+        if self._reading:
+            self._reading = False
+            self._loop._unwatch(self._sock_fd, _READ)
+
+    def _start_writing(self):
+        if not self._writing:
+            self._loop._watch(self._sock_fd, _WRITE, self._sendto_ready, ())
+            self._writing = True
+
+    def _stop_writing(self):
+        if self._writing:
+            self._writing = False
+            self._loop._unwatch(self._sock_fd, _WRITE)
+
+    # -- asyncio.BaseTransport / ReadTransport -----------------------------------
+
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+        self._protocol_connected = True
+
+    def get_protocol(self):
+        return self._protocol
+
+    def is_closing(self):
+        return self._closing
+
+    def is_reading(self):
+        return not self._closing and not self._paused
+
+    def pause_reading(self):
+        if not self.is_reading():
+            return
+        self._paused = True
+        self._stop_reading()
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def close(self):
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if not self._buffer:
+            self._conn_lost += 1
+            self._stop_writing()
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self):
+        self._force_close(None)
+
+    # -- flow control (asyncio's _FlowControlMixin rules) ----------------------------
+
+    def get_write_buffer_size(self):
+        return self._buffer_size
+
+    def get_write_buffer_limits(self):
+        return (self._low_water, self._high_water)
+
+    def _set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water = high
+        self._low_water = low
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._set_write_buffer_limits(high=high, low=low)
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self):
+        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        try:
+            self._protocol.pause_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": "protocol.pause_writing() failed",
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+
+    def _maybe_resume_protocol(self):
+        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
+            self._protocol_paused = False
+            try:
+                self._protocol.resume_writing()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._loop.call_exception_handler({
+                    "message": "protocol.resume_writing() failed",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                })
+
+    # -- receiving -------------------------------------------------------------------
+
+    def _read_ready(self):
+        for _ in range(_READS_PER_WAKEUP):
+            if self._conn_lost or not self._reading:
+                return
+            try:
+                data, addr = self._sock.recvfrom(self.max_size)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal read error on datagram transport")
+                return
+            self._protocol.datagram_received(data, addr)
+
+    # -- sending ---------------------------------------------------------------------
+
+    def sendto(self, data, addr=None):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__!r}")
+        if not data and not _NEW_SENDTO:
+            return
+
+        if self._address:
+            if addr not in (None, self._address):
+                raise ValueError(f"Invalid address: must be None or {self._address}")
+            addr = self._address
+
+        if self._conn_lost and self._address:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+
+        if not self._buffer:
+            try:
+                if self._extra["peername"]:
+                    self._sock.send(data)
+                else:
+                    self._sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self._start_writing()
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on datagram transport")
+                return
+
+        self._buffer.append((bytes(data), addr))  # immutable from here on
+        self._buffer_size += len(data) + _HEADER_SIZE
+        self._maybe_pause_protocol()
+
+    def _sendto_ready(self):
+        buffer = self._buffer
+        while buffer:
+            data, addr = buffer.popleft()
+            self._buffer_size -= len(data) + _HEADER_SIZE
+            try:
+                if self._extra["peername"]:
+                    self._sock.send(data)
+                else:
+                    self._sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                buffer.appendleft((data, addr))  # whole, on the next wakeup
+                self._buffer_size += len(data) + _HEADER_SIZE
+                break
+            except OSError as exc:
+                self._protocol.error_received(exc)
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal write error on datagram transport")
+                return
+
+        self._maybe_resume_protocol()  # may queue more
+        if not buffer:
+            self._stop_writing()
+            if self._closing:
+                self._call_connection_lost(None)
+
+    # -- ending ----------------------------------------------------------------------
+
+    def _fatal_error(self, exc, message="Fatal error on transport"):
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        self._force_close(exc)
+
+    def _force_close(self, exc):
+        if self._conn_lost:
+            return
+        if self._buffer:
+            self._buffer.clear()
+            self._buffer_size = 0
+            self._stop_writing()
+        if not self._closing:
+            self._closing = True
+            self._stop_reading()
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc):
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._stop_writing()
+            self._sock.close()
+            self._sock = None
+            self._protocol = None
+            self._loop = None
+
+
+class DatagramMixin:
+    """create_datagram_endpoint (asyncio's checks and messages)."""
+
+    async def create_datagram_endpoint(self, protocol_factory, local_addr=None, remote_addr=None,
+                                       *, family=0, proto=0, flags=0, reuse_port=None,
+                                       allow_broadcast=None, sock=None):
+        """Create a datagram endpoint; return (transport, protocol)."""
+        if sock is not None:
+            if sock.type != socket.SOCK_DGRAM:
+                raise ValueError(f"A UDP Socket was expected, got {sock!r}")
+            if (local_addr or remote_addr or family or proto or flags or reuse_port
+                    or allow_broadcast):
+                opts = dict(local_addr=local_addr, remote_addr=remote_addr, family=family,
+                            proto=proto, flags=flags, reuse_port=reuse_port,
+                            allow_broadcast=allow_broadcast)
+                problems = ", ".join(f"{k}={v}" for k, v in opts.items() if v)
+                raise ValueError("socket modifier keyword arguments can not be used "
+                                 f"when sock is specified. ({problems})")
+            sock.setblocking(False)
+            r_addr = None
+        else:
+            pairs = await self._datagram_address_pairs(local_addr, remote_addr, family, proto,
+                                                       flags)
+            sock, r_addr = await self._datagram_socket(pairs, local_addr, remote_addr,
+                                                       reuse_port, allow_broadcast)
+
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = DatagramTransport(self, sock, protocol, r_addr, waiter)
+        if self.get_debug():
+            if local_addr:
+                logger.info("Datagram endpoint local_addr=%r remote_addr=%r created: (%r, %r)",
+                            local_addr, remote_addr, transport, protocol)
+            else:
+                logger.debug("Datagram endpoint remote_addr=%r created: (%r, %r)",
+                             remote_addr, transport, protocol)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+        return transport, protocol
+
+    async def _datagram_address_pairs(self, local_addr, remote_addr, family, proto, flags):
+        """[((family, proto), (local, remote))] to try, in order."""
+        if not (local_addr or remote_addr):
+            if family == 0:
+                raise ValueError("unexpected address family")
+            return [((family, proto), (None, None))]
+        if family == socket.AF_UNIX:
+            for addr in (local_addr, remote_addr):
+                if addr is not None and not isinstance(addr, str):
+                    raise TypeError("string is expected")
+            if local_addr and local_addr[0] not in (0, "\x00"):
+                try:
+                    if stat.S_ISSOCK(os.stat(local_addr).st_mode):
+                        os.remove(local_addr)
+                except FileNotFoundError:
+                    pass
+                except OSError as err:
+                    logger.error("Unable to check or remove stale UNIX socket %r: %r",
+                                 local_addr, err)
+            return [((family, proto), (local_addr, remote_addr))]
+
+        addr_infos = {}  # (family, proto) -> [local, remote], in resolution order
+        for idx, addr in ((0, local_addr), (1, remote_addr)):
+            if addr is None:
+                continue
+            if not (isinstance(addr, tuple) and len(addr) == 2):
+                raise TypeError("2-tuple is expected")
+            infos = await self._ensure_resolved(addr, family=family, type=socket.SOCK_DGRAM,
+                                                proto=proto, flags=flags)
+            if not infos:
+                raise OSError("getaddrinfo() returned empty list")
+            for fam, _, pro, _, address in infos:
+                addr_infos.setdefault((fam, pro), [None, None])[idx] = address
+        # Each (family, proto) must have an address for each side asked for.
+        pairs = [(key, pair) for key, pair in addr_infos.items()
+                 if not ((local_addr and pair[0] is None) or (remote_addr and pair[1] is None))]
+        if not pairs:
+            raise ValueError("can not get address information")
+        return pairs
+
+    async def _datagram_socket(self, pairs, local_addr, remote_addr, reuse_port,
+                               allow_broadcast):
+        """The first socket that binds and connects as asked, and its remote address."""
+        exceptions = []
+        for (family, proto), (local_address, remote_address) in pairs:
+            sock = None
+            r_addr = None
+            try:
+                sock = socket.socket(family=family, type=socket.SOCK_DGRAM, proto=proto)
+                if reuse_port:
+                    base_events._set_reuseport(sock)
+                if allow_broadcast:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                sock.setblocking(False)
+                if local_addr:
+                    sock.bind(local_address)
+                if remote_addr:
+                    if not allow_broadcast:
+                        await self.sock_connect(sock, remote_address)
+                    r_addr = remote_address
+            except OSError as exc:
+                if sock is not None:
+                    sock.close()
+                exceptions.append(exc)
+            except BaseException:
+                if sock is not None:
+                    sock.close()
+                raise
+            else:
+                return sock, r_addr
+        try:
+            raise exceptions[0]
+        finally:
+            exceptions = None

@@ -87,13 +87,14 @@ int BlockingPool::submit(Job* j, bool blocking) {
     tail_ = j;
     ++len_;
     queued_.store(len_, std::memory_order_release);
-    if (idle_ > 0) {  // rule 2: claim a waiting thread
+    const unsigned busy = threads_ - idle_;  // running, or claimed to run
+    if (idle_ > 0 && busy < opts_.max_threads) {  // rule 2: claim a waiting thread
       --idle_;
       ++claimed_;
       // Spinners take queued jobs without being woken (one each): wake a
       // sleeper only for the jobs they cannot cover.
       wake = len_ > spinning_;
-    } else if (threads_ < opts_.max_threads) {  // rule 2: or start one, or the core (rule 8)
+    } else if (idle_ == 0 && threads_ < opts_.max_threads) {  // rule 2: or start one, or the core (rule 8)
       unsigned want = std::max(1u, opts_.core_threads > threads_ ? opts_.core_threads - threads_ : 0u);
       want = std::min({want, opts_.max_threads - threads_, unsigned(sizeof starts / sizeof starts[0])});
       for (unsigned index = 0; n_start < want; ++index) {
@@ -218,12 +219,22 @@ void BlockingPool::thread_main(unsigned index) {
     --spinning_;
     bool timed_out = false;
     const bool core = index < opts_.core_threads;  // rule 8: waits without a keep-alive
-    while (head_ == nullptr && !stopping_ && threads_ <= opts_.max_threads && !timed_out) {
+    bool take = false;
+    for (;;) {
+      // A queued job is ours if a submitter claimed a thread for it, or if
+      // fewer than max_threads run jobs (rule 2: the limit holds for
+      // spinners too); when draining at shutdown, always.
+      const unsigned running = threads_ - idle_ - claimed_;
+      if (head_ != nullptr && (claimed_ > 0 || running < opts_.max_threads || stopping_)) {
+        take = true;
+        break;
+      }
+      if (timed_out || stopping_ || threads_ > opts_.max_threads) break;
       if (core) cv_.wait(lk);
       else timed_out = cv_.wait_for(lk, keep_alive) == std::cv_status::timeout;
     }
     leave_idle_locked();
-    if (head_ == nullptr && (timed_out || stopping_ || threads_ > opts_.max_threads)) break;
+    if (!take) break;
   }
   --threads_;
   index_used_[index] = false;

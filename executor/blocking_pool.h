@@ -26,7 +26,9 @@
 //     thread if there is one (idle_ -> claimed_, one notify), otherwise it
 //     starts a thread while threads_ < max_threads. With the pool at its
 //     limit and no thread idle, the job waits for the next thread to finish
-//     its job; that is the bound, as with asyncio's ThreadPoolExecutor.
+//     its job; that is the bound, as with asyncio's ThreadPoolExecutor. An
+//     idle thread is claimed only while fewer than max_threads run jobs, so
+//     a lowered limit holds at once, before the extra threads have exited.
 //  3. idle_ + claimed_ is always the number of waiting threads, and
 //     claimed_ <= len_: a claim stands for a queued job. A thread that stops
 //     waiting (to take a job, or to exit) consumes a claim if there is one,

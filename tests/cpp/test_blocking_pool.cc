@@ -148,6 +148,20 @@ TEST_CASE("lowering the limit lets the extra idle threads go", "[executor][block
   REQUIRE(loop.run_until([&] { return total(jobs, &TestJob::completes) == 4; }));
   REQUIRE(pool.metrics().threads == 4);
   pool.set_max_threads(1);
+  // The lowered limit holds at once, even while the extra threads are still there.
+  std::atomic<int> inside{0}, most{0};
+  std::deque<TestJob> more;
+  add_jobs(more, 4, &loop.port, [&](TestJob&) {
+    int now = inside.fetch_add(1) + 1;
+    int prev = most.load();
+    while (now > prev && !most.compare_exchange_weak(prev, now)) {
+    }
+    std::this_thread::sleep_for(2ms);
+    inside.fetch_sub(1);
+  });
+  for (auto& j : more) REQUIRE(pool.submit(&j.job) == 0);
+  REQUIRE(loop.run_until([&] { return total(more, &TestJob::completes) == 4; }));
+  REQUIRE(most.load() == 1);
   REQUIRE(eventually([&] { return pool.metrics().threads == 1; }));
 }
 

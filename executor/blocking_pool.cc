@@ -58,14 +58,7 @@ BlockingPool::~BlockingPool() {
 // --- submit ---------------------------------------------------------------------
 
 int BlockingPool::submit(Job* j, bool blocking) {
-  if (j == nullptr || j->run == nullptr || j->complete == nullptr || j->port == nullptr)
-    return -EINVAL;
-  int s = j->state.load(std::memory_order_acquire);
-  if (s == kJobQueued || s == kJobRunning) return -EBUSY;
-  j->cancel_requested.store(false, std::memory_order_relaxed);
-  j->abort = &abort_;
-  j->submit_ns = now_ns();
-  j->start_ns = j->end_ns = 0;
+  if (int rc = begin_submit(j, &abort_, now_ns())) return rc;
   j->next = nullptr;
 
   unsigned starts[64];  // slots reserved for threads to start (rule 5)
@@ -273,12 +266,8 @@ void BlockingPool::run_job(Job* j) {  // rule 1
 }
 
 void BlockingPool::hand_back_cancelled(Job* j) {
-  int expected = kJobQueued;
-  j->state.compare_exchange_strong(expected, kJobCancelled, std::memory_order_acq_rel,
-                                   std::memory_order_relaxed);
-  j->cancel_requested.store(true, std::memory_order_relaxed);
   cancelled_.fetch_add(1, std::memory_order_relaxed);
-  j->port->push(j);
+  exec::hand_back_cancelled(j);
 }
 
 // --- shutdown and metrics -------------------------------------------------------------

@@ -100,4 +100,15 @@ class CompletionPort {
   alignas(64) std::atomic<int64_t> outstanding_{0};
 };
 
+// Hands back a job taken out of a queue without running it (job.h rule 3):
+// cancelled if it was still queued (a shutdown's), already cancelled
+// otherwise (try_cancel's), and pushed to its port.
+inline void hand_back_cancelled(Job* j) {
+  int expected = kJobQueued;
+  j->state.compare_exchange_strong(expected, kJobCancelled, std::memory_order_acq_rel,
+                                   std::memory_order_relaxed);
+  j->cancel_requested.store(true, std::memory_order_relaxed);
+  j->port->push(j);
+}
+
 }  // namespace uvpy::exec

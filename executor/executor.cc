@@ -139,14 +139,7 @@ void* Executor::worker_entry(void* arg) {
 // --- submit -------------------------------------------------------------------
 
 int Executor::submit(Job* j, bool blocking) {
-  if (j == nullptr || j->run == nullptr || j->complete == nullptr || j->port == nullptr)
-    return -EINVAL;
-  int s = j->state.load(std::memory_order_acquire);
-  if (s == kJobQueued || s == kJobRunning) return -EBUSY;
-  j->cancel_requested.store(false, std::memory_order_relaxed);
-  j->abort = &abort_;
-  j->submit_ns = now_ns();
-  j->start_ns = j->end_ns = 0;
+  if (int rc = begin_submit(j, &abort_, now_ns())) return rc;
   j->state.store(kJobQueued, std::memory_order_relaxed);  // published by the queue
   CompletionPort* port = j->port;
   port->outstanding_.fetch_add(1, std::memory_order_relaxed);

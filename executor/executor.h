@@ -126,7 +126,6 @@ class Executor {
   void park(Worker* w, bool* searching);
   bool work_pending() const;
   void execute(Worker* w, Job* j);
-  void hand_back_cancelled(Job* j);
   void notify_parked();
   void wake_all();
   void cancel_injected();

@@ -37,6 +37,7 @@
 //     keeps it, and complete() is not called.
 #pragma once
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 
 namespace uvpy::exec {
@@ -82,6 +83,22 @@ struct Job {
            (abort != nullptr && abort->load(std::memory_order_relaxed));
   }
 };
+
+// The checks and resets every executor makes before it accepts j (its state
+// still idle, done or cancelled): 0, -EINVAL (run, complete or port missing)
+// or -EBUSY (queued or running). abort: the executor's flag should_stop()
+// reads; now: the submit time.
+inline int begin_submit(Job* j, const std::atomic<bool>* abort, int64_t now) {
+  if (j == nullptr || j->run == nullptr || j->complete == nullptr || j->port == nullptr)
+    return -EINVAL;
+  int s = j->state.load(std::memory_order_acquire);
+  if (s == kJobQueued || s == kJobRunning) return -EBUSY;
+  j->cancel_requested.store(false, std::memory_order_relaxed);
+  j->abort = abort;
+  j->submit_ns = now;
+  j->start_ns = j->end_ns = 0;
+  return 0;
+}
 
 // Requests cancellation (rule 4) and succeeds only if the job had not started
 // (rule 3). Any thread, but only between submit() and complete().

@@ -165,12 +165,4 @@ void Executor::execute(Worker* w, Job* j) {
   j->port->push(j);  // j may be gone once this returns
 }
 
-void Executor::hand_back_cancelled(Job* j) {
-  int expected = kJobQueued;
-  j->state.compare_exchange_strong(expected, kJobCancelled, std::memory_order_acq_rel,
-                                   std::memory_order_relaxed);
-  j->cancel_requested.store(true, std::memory_order_relaxed);
-  j->port->push(j);
-}
-
 }  // namespace uvpy::exec

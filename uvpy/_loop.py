@@ -11,9 +11,9 @@ The sock_* coroutines come from _sock.SockMixin, TCP (create_connection,
 create_server, connect_accepted_socket) from _tcp.TCPMixin, TLS (their
 ssl= and start_tls) from _tls.TLSMixin, Unix stream sockets from
 _unix.UnixMixin, datagram endpoints from _udp.DatagramMixin and sendfile /
-sock_sendfile from _sendfile.SendfileMixin. What is not implemented yet
-(pipes, subprocesses) raises, from _unsupported.UnsupportedMixin (last among
-the mixins), a NotImplementedError that names the method.
+sock_sendfile from _sendfile.SendfileMixin, pipes (connect_read_pipe,
+connect_write_pipe) from _pipes.PipeMixin and subprocesses
+(subprocess_exec, subprocess_shell) from _process.ProcessMixin.
 
 fd watchers follow asyncio's selector loop: a watcher registered with a
 file object (a socket) remembers it, so remove_reader/remove_writer still
@@ -43,9 +43,10 @@ from ._sendfile import SendfileMixin
 from ._sock import SockMixin
 from ._tcp import TCPMixin
 from ._tls import TLSMixin
+from ._pipes import PipeMixin
+from ._process import ProcessMixin
 from ._udp import DatagramMixin
 from ._unix import UnixMixin
-from ._unsupported import UnsupportedMixin
 
 __all__ = ("Loop",)
 
@@ -68,7 +69,7 @@ def _fileobj_to_fd(fileobj):
 
 
 class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixin,
-           UnsupportedMixin, _uvpy.LoopCore,
+           PipeMixin, ProcessMixin, _uvpy.LoopCore,
            asyncio.AbstractEventLoop):
     """An asyncio event loop on uvpy's native reactor.
 
@@ -94,6 +95,7 @@ class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixi
         # (fd, which) -> the file object a watcher was registered with, for
         # the watchers registered with one (not with a plain int).
         self._io_fileobjs = {}
+        self._children = {}  # pidfd -> SubprocessTransport (_process)
         self.set_debug(coroutines._is_debug_mode())
         # CPython's C Task and Future look up loop.call_soon on every step
         # and every done-callback; a bound method cached in the instance
@@ -194,6 +196,7 @@ class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixi
         for sig in list(self._signal_handlers):
             self.remove_signal_handler(sig)
         self._close_signal_pipe()
+        self._close_children()
         self._close_native()
         self._io_fileobjs.clear()
         self._executor_shutdown_called = True
@@ -201,6 +204,11 @@ class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixi
         if executor is not None:
             self._default_executor = None
             executor.shutdown(wait=False)
+
+    def _timer_handle_cancelled(self, handle):
+        # asyncio.TimerHandle.cancel() notifies its loop; an asyncio.TimerHandle
+        # made by hand with this loop is in no heap of ours: nothing to clean.
+        pass
 
     # -- debug -------------------------------------------------------------------
 

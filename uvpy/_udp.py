@@ -44,6 +44,7 @@ from asyncio import base_events, constants, futures, transports, trsock
 from asyncio.log import logger
 
 from . import _uvpy
+from ._flow import WriteFlowControl
 
 __all__ = ("DatagramTransport", "DatagramMixin")
 
@@ -57,7 +58,7 @@ _HEADER_SIZE = 8 if _NEW_SENDTO else 0
 _READS_PER_WAKEUP = 16
 
 
-class DatagramTransport(transports.Transport, transports.DatagramTransport):
+class DatagramTransport(WriteFlowControl, transports.Transport, transports.DatagramTransport):
     """A datagram socket as an asyncio.DatagramTransport.
 
     Also an asyncio.Transport, as the stock loop's datagram transport is
@@ -92,8 +93,7 @@ class DatagramTransport(transports.Transport, transports.DatagramTransport):
         self._paused = False
         self._reading = False  # the reader is installed
         self._writing = False  # the writer is installed
-        self._protocol_paused = False
-        self._set_write_buffer_limits()
+        self._init_flow_control()
         loop._transports[self._sock_fd] = weakref.ref(self)
         loop.call_soon(self._protocol.connection_made, self)
         # Reading starts only after connection_made() (invariant 3).
@@ -186,58 +186,10 @@ class DatagramTransport(transports.Transport, transports.DatagramTransport):
     def abort(self):
         self._force_close(None)
 
-    # -- flow control (asyncio's _FlowControlMixin rules) ----------------------------
+    # -- flow control (_flow.WriteFlowControl) ---------------------------------------
 
     def get_write_buffer_size(self):
         return self._buffer_size
-
-    def get_write_buffer_limits(self):
-        return (self._low_water, self._high_water)
-
-    def _set_write_buffer_limits(self, high=None, low=None):
-        if high is None:
-            high = 64 * 1024 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high_water = high
-        self._low_water = low
-
-    def set_write_buffer_limits(self, high=None, low=None):
-        self._set_write_buffer_limits(high=high, low=low)
-        self._maybe_pause_protocol()
-
-    def _maybe_pause_protocol(self):
-        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
-            return
-        self._protocol_paused = True
-        try:
-            self._protocol.pause_writing()
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._loop.call_exception_handler({
-                "message": "protocol.pause_writing() failed",
-                "exception": exc,
-                "transport": self,
-                "protocol": self._protocol,
-            })
-
-    def _maybe_resume_protocol(self):
-        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
-            self._protocol_paused = False
-            try:
-                self._protocol.resume_writing()
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self._loop.call_exception_handler({
-                    "message": "protocol.resume_writing() failed",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                })
 
     # -- receiving -------------------------------------------------------------------
 

@@ -28,27 +28,15 @@ test_skiplist.py fails if a key matches no bound test (stale entry).
 _UNIX_TLS = ("networking: TLS over Unix sockets: create_unix_connection / "
              "create_unix_server refuse ssl= in uvpy yet (ssl= works over TCP, "
              "and Unix sockets without TLS)")
-_PIPES = ("pipes: loop.connect_read_pipe / connect_write_pipe (incl. on "
-          "ptys) are not implemented in uvpy yet; lands with a later issue (after #3)")
 _SENDFILE_NATIVE = ("networking: loop.sendfile on uvpy's stream transports copies "
                     "through transport.write() (_sendfile_compatible is FALLBACK): "
                     "zero-copy sendfile(2) on the native transport, which refuses "
                     "bare writes while it runs, is not implemented yet "
                     "(sock_sendfile is zero-copy)")
-_SUBPROCESS = ("subprocess: loop.subprocess_exec / subprocess_shell are not "
-               "implemented in uvpy yet; lands with a later issue")
-
 UVPY_SKIPS: dict[str, str] = {
     # --- test_events.EventLoopTests (EventLoopTestsMixin + SubprocessTestsMixin)
     "test_events.EventLoopTests.test_create_ssl_unix_connection": _UNIX_TLS,
     "test_events.EventLoopTests.test_create_unix_server_ssl*": _UNIX_TLS,
-    "test_events.EventLoopTests.test_read_pipe": _PIPES,
-    "test_events.EventLoopTests.test_write_pipe*": _PIPES,
-    "test_events.EventLoopTests.test_unclosed_pipe_transport": _PIPES,
-    "test_events.EventLoopTests.test_read_pty_output": _PIPES,
-    "test_events.EventLoopTests.test_write_pty": _PIPES,
-    "test_events.EventLoopTests.test_bidirectional_pty": _PIPES,
-    "test_events.EventLoopTests.test_subprocess_*": _SUBPROCESS,
     "test_events.EventLoopTests.test_create_server_multiple_hosts_*":
         "white-box test of BaseEventLoop.create_server: it patches "
         "asyncio.base_events.socket so that binding to 1.2.3.4 / ::2 "
@@ -66,7 +54,6 @@ UVPY_SKIPS: dict[str, str] = {
 
     # --- test_streams (asyncio.StreamReader/Writer over uvpy's transports)
     "test_streams.StreamTests.test_open_unix_connection_no_loop_ssl": _UNIX_TLS,
-    "test_streams.StreamTests.test_read_all_from_pipe_reader": _PIPES,
 }
 
 UVPY_XFAILS: dict[str, str] = {}

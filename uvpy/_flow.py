@@ -1,0 +1,71 @@
+"""Write-side flow control shared by uvpy's Python-level transports (pipes,
+datagram endpoints), with the rules of asyncio's transports._FlowControlMixin.
+
+A transport that mixes this in keeps ``_protocol``, ``_loop`` and
+``get_write_buffer_size()``, calls ``_init_flow_control()`` once, and calls
+``_maybe_pause_protocol()`` after its buffer grows and
+``_maybe_resume_protocol()`` after it shrinks.
+
+Invariants:
+
+1. pause_writing() is called once when the buffer rises above the high-water
+   mark, resume_writing() once when it then falls to the low-water mark or
+   below; never two of the same in a row.
+2. An exception from either goes to the loop's exception handler with
+   asyncio's message; it never reaches the code that wrote.
+3. The marks default to 64 KiB high and a quarter of that low; a given low
+   without a high makes high four times low; high >= low >= 0 or ValueError.
+"""
+
+from __future__ import annotations
+
+__all__ = ("WriteFlowControl",)
+
+
+class WriteFlowControl:
+    """set/get_write_buffer_limits and the pause/resume edges (module docstring)."""
+
+    def _init_flow_control(self):
+        self._protocol_paused = False
+        self._set_write_buffer_limits()
+
+    def get_write_buffer_limits(self):
+        return (self._low_water, self._high_water)
+
+    def _set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water = high
+        self._low_water = low
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        self._set_write_buffer_limits(high=high, low=low)
+        self._maybe_pause_protocol()
+
+    def _maybe_pause_protocol(self):
+        if self.get_write_buffer_size() <= self._high_water or self._protocol_paused:
+            return
+        self._protocol_paused = True
+        self._call_protocol("pause_writing")
+
+    def _maybe_resume_protocol(self):
+        if self._protocol_paused and self.get_write_buffer_size() <= self._low_water:
+            self._protocol_paused = False
+            self._call_protocol("resume_writing")
+
+    def _call_protocol(self, name):
+        try:
+            getattr(self._protocol, name)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": f"protocol.{name}() failed",
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })

@@ -1,0 +1,375 @@
+"""Pipes on uvpy: ReadPipeTransport, WritePipeTransport and the loop's
+connect_read_pipe / connect_write_pipe, for pipes, FIFOs, sockets,
+character devices and pseudo-terminals.
+
+Both transports are readiness-based: the loop's reader and writer
+(Loop._watch, a native watcher on either backend) call _read_ready and
+_write_ready, which read() and write() the fd directly. Their rules are
+those of asyncio's Unix pipe transports, the oracle for every one below.
+
+Invariants:
+
+1. Only FIFOs, sockets and character devices are taken (ValueError
+   otherwise, before anything is changed); the fd is made non-blocking and
+   belongs to the transport from then on: it is closed exactly once, right
+   after connection_lost(), or by __del__ with a ResourceWarning when the
+   transport was never closed.
+2. connection_made() runs first, from call_soon; reading starts only after
+   it, and the waiter of connect_*_pipe() is woken after it.
+3. The read side: one read() of up to max_size per readiness event is one
+   data_received(). An empty read is the peer's end: eof_received(), then
+   connection_lost(None). EIO (a pty whose other side closed) ends the
+   transport quietly with connection_lost(EIO); other read errors go to
+   the exception handler first.
+4. The write side: write() sends at once when nothing is queued and
+   queues what the kernel did not take; the writer drains the queue in
+   order. Nothing queued is dropped except by abort() or an error. The
+   reader trick: on a pipe or socket the write side also watches for
+   readability, which there means the reading end went away; the transport
+   then closes, with BrokenPipeError if data was still queued.
+5. write_eof() and close() on the write side are the same: no more
+   writes, and connection_lost(None) once the queue has drained (closing
+   the fd is what a pipe's reader sees as EOF).
+6. connection_lost() runs once, after every watcher of the transport is
+   gone: from call_soon, or straight from the writer that drained the
+   queue after close() (as asyncio does).
+
+Deliberate difference: write() of something that is not bytes-like raises
+TypeError (asyncio asserts, which -O turns off).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import warnings
+from asyncio import constants, futures, transports
+from asyncio.log import logger
+
+from . import _uvpy
+from ._flow import WriteFlowControl
+
+__all__ = ("ReadPipeTransport", "WritePipeTransport", "PipeMixin")
+
+_READ = _uvpy.READABLE
+_WRITE = _uvpy.WRITABLE
+
+
+def _pipe_fd(pipe, message):
+    """pipe's fd, checked to be a FIFO, socket or character device (invariant 1)."""
+    fd = pipe.fileno()
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+        raise ValueError(message)
+    return fd, mode
+
+
+class _PipeTransport:
+    """What both pipe transports share: the pipe, its fd, the protocol, closing."""
+
+    def _init_pipe(self, loop, pipe, protocol, fd):
+        self._extra["pipe"] = pipe
+        self._loop = loop
+        self._pipe = pipe
+        self._fileno = fd
+        self._protocol = protocol
+        self._closing = False
+        os.set_blocking(fd, False)
+
+    def __repr__(self):
+        info = [type(self).__name__]
+        if self._pipe is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._fileno}")
+        if self._pipe is None or self._loop is None or self._loop.is_closed():
+            info.append("open" if self._pipe is not None else "closed")
+        else:
+            info.extend(self._repr_state())
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn=warnings.warn):
+        if self._pipe is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._pipe.close()
+
+    def set_protocol(self, protocol):
+        self._protocol = protocol
+
+    def get_protocol(self):
+        return self._protocol
+
+    def is_closing(self):
+        return self._closing
+
+    def _call_connection_lost(self, exc):
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._pipe.close()
+            self._pipe = None
+            self._protocol = None
+            self._loop = None
+
+
+class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
+    """The reading end of a pipe as an asyncio.ReadTransport."""
+
+    max_size = 256 * 1024  # the most one read() takes
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        super().__init__(extra)
+        fd, _ = _pipe_fd(pipe, "Pipe transport is for pipes/sockets only.")
+        self._init_pipe(loop, pipe, protocol, fd)
+        self._paused = False
+        self._reading = False  # the reader is installed
+        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(self._start_reading)  # invariant 2
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def _repr_state(self):
+        return ["polling" if self._reading else "idle"]
+
+    def _start_reading(self):
+        if self._reading or not self.is_reading():
+            return
+        self._loop._watch(self._fileno, _READ, self._read_ready, ())
+        self._reading = True
+
+    def _stop_reading(self):
+        if self._reading:
+            self._reading = False
+            self._loop._unwatch(self._fileno, _READ)
+
+    def _read_ready(self):
+        try:
+            data = os.read(self._fileno, self.max_size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal read error on pipe transport")
+            return
+        if data:
+            self._protocol.data_received(data)
+            return
+        if self._loop.get_debug():
+            logger.info("%r was closed by peer", self)
+        self._closing = True
+        self._stop_reading()
+        self._loop.call_soon(self._protocol.eof_received)
+        self._loop.call_soon(self._call_connection_lost, None)
+
+    def is_reading(self):
+        return not self._paused and not self._closing
+
+    def pause_reading(self):
+        if not self.is_reading():
+            return
+        self._paused = True
+        self._stop_reading()
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def close(self):
+        if not self._closing:
+            self._close(None)
+
+    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
+        if isinstance(exc, OSError) and exc.errno == errno.EIO:
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        self._close(exc)
+
+    def _close(self, exc):
+        self._closing = True
+        self._stop_reading()
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+
+class WritePipeTransport(_PipeTransport, WriteFlowControl, transports.WriteTransport):
+    """The writing end of a pipe as an asyncio.WriteTransport."""
+
+    def __init__(self, loop, pipe, protocol, waiter=None, extra=None):
+        super().__init__(extra)
+        fd, mode = _pipe_fd(pipe, "Pipe transport is only for pipes, sockets and character devices")
+        self._init_pipe(loop, pipe, protocol, fd)
+        self._init_flow_control()
+        self._buffer = bytearray()
+        self._conn_lost = 0
+        self._writing = False  # the writer is installed
+        self._watching_peer = False  # the reader trick (invariant 4)
+        self._lost = False  # connection_lost() is scheduled or done (invariant 6)
+        loop.call_soon(protocol.connection_made, self)
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            loop.call_soon(self._watch_peer)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def _repr_state(self):
+        return ["polling" if self._writing else "idle", f"bufsize={len(self._buffer)}"]
+
+    def _watch_peer(self):
+        if self._pipe is not None and not self._closing:
+            self._loop._watch(self._fileno, _READ, self._peer_gone, ())
+            self._watching_peer = True
+
+    def _unwatch(self):
+        if self._watching_peer:
+            self._watching_peer = False
+            self._loop._unwatch(self._fileno, _READ)
+        if self._writing:
+            self._writing = False
+            self._loop._unwatch(self._fileno, _WRITE)
+
+    def _peer_gone(self):
+        if self._loop.get_debug():
+            logger.info("%r was closed by peer", self)
+        self._close(BrokenPipeError() if self._buffer else None)
+
+    def get_write_buffer_size(self):
+        return len(self._buffer)
+
+    def write(self, data):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, "
+                            f"not {type(data).__name__!r}")
+        if not data:
+            return
+        if self._conn_lost or self._closing:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("pipe closed by peer or os.write(pipe, data) raised exception.")
+            self._conn_lost += 1
+            return
+        if not self._buffer:
+            try:
+                n = os.write(self._fileno, data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._conn_lost += 1
+                self._fatal_error(exc, "Fatal write error on pipe transport")
+                return
+            if n == len(data):
+                return
+            data = memoryview(data)[n:]
+            self._loop._watch(self._fileno, _WRITE, self._write_ready, ())
+            self._writing = True
+        self._buffer += data
+        self._maybe_pause_protocol()
+
+    def _write_ready(self):
+        try:
+            n = os.write(self._fileno, self._buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._buffer.clear()
+            self._conn_lost += 1
+            self._fatal_error(exc, "Fatal write error on pipe transport")
+            return
+        if n < len(self._buffer):
+            del self._buffer[:n]
+            return
+        self._buffer.clear()
+        self._writing = False
+        self._loop._unwatch(self._fileno, _WRITE)
+        self._maybe_resume_protocol()  # may write again
+        if self._closing and not self._buffer:
+            self._unwatch()
+            self._lose(None, at_once=True)
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        if self._closing:
+            return
+        self._closing = True
+        if not self._buffer:
+            self._unwatch()
+            self._lose(None)
+
+    def close(self):
+        if self._pipe is not None and not self._closing:
+            self.write_eof()  # invariant 5
+
+    def abort(self):
+        self._close(None)
+
+    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        self._close(exc)
+
+    def _close(self, exc=None):
+        if self._lost:
+            return
+        self._closing = True
+        self._buffer.clear()
+        self._unwatch()
+        self._lose(exc)
+
+    def _lose(self, exc, at_once=False):
+        self._lost = True
+        if at_once:
+            self._call_connection_lost(exc)
+        else:
+            self._loop.call_soon(self._call_connection_lost, exc)
+
+
+class PipeMixin:
+    """connect_read_pipe / connect_write_pipe (see the module docstring)."""
+
+    async def connect_read_pipe(self, protocol_factory, pipe):
+        """Register the read end of pipe in the loop; return (transport, protocol)."""
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = ReadPipeTransport(self, pipe, protocol, waiter)
+        return await self._pipe_connected(transport, protocol, waiter, pipe)
+
+    async def connect_write_pipe(self, protocol_factory, pipe):
+        """Register the write end of pipe in the loop; return (transport, protocol)."""
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = WritePipeTransport(self, pipe, protocol, waiter)
+        return await self._pipe_connected(transport, protocol, waiter, pipe)
+
+    async def _pipe_connected(self, transport, protocol, waiter, pipe):
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+        if self.get_debug():
+            logger.debug("Pipe %r connected: (%r, %r)", pipe.fileno(), transport, protocol)
+        return transport, protocol

@@ -199,6 +199,7 @@ class UringBackend final : public Backend {
   // Makes the epoll registration match `mask` (0: none). A closed fd parks s.
   void ep_apply(FdState* s, int mask);
   void ep_forget(FdState* s);
+  bool ep_pollable(int fd);  // epoll would take fd (not EPERM)
   // The one-shot poll on the epoll fd itself; re-armed in every flush
   // while anything is registered.
   void arm_epoll();

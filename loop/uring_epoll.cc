@@ -73,6 +73,17 @@ void UringBackend::ep_apply(FdState* s, int mask) {
   s->ep_mask = mask;
 }
 
+bool UringBackend::ep_pollable(int fd) {
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = fd;
+  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) == 0) {
+    epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, &ev);
+    return true;
+  }
+  return errno != EPERM;  // EEXIST: registered already, so pollable
+}
+
 void UringBackend::ep_forget(FdState* s) {
   s->ep_sync = false;
   if (s->ep_mask == 0) return;

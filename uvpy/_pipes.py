@@ -32,7 +32,8 @@ Invariants:
    the fd is what a pipe's reader sees as EOF).
 6. connection_lost() runs once, after every watcher of the transport is
    gone: from call_soon, or straight from the writer that drained the
-   queue after close() (as asyncio does).
+   queue after close() (as asyncio does). Closed after its loop closed,
+   a transport closes its fd at once; its protocol is not called.
 
 Deliberate difference: write() of something that is not bytes-like raises
 TypeError (asyncio asserts, which -O turns off).
@@ -67,6 +68,8 @@ def _pipe_fd(pipe, message):
 
 class _PipeTransport:
     """What both pipe transports share: the pipe, its fd, the protocol, closing."""
+
+    _pipe = None  # until _init_pipe(): a refused pipe leaves nothing to close
 
     def _init_pipe(self, loop, pipe, protocol, fd):
         self._extra["pipe"] = pipe
@@ -103,6 +106,15 @@ class _PipeTransport:
 
     def is_closing(self):
         return self._closing
+
+    def _schedule_connection_lost(self, exc):
+        if self._loop.is_closed():
+            # Nothing can run on a closed loop: the protocol is not told,
+            # but the fd is not left open either.
+            self._pipe.close()
+            self._pipe = None
+            return
+        self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc):
         try:
@@ -160,7 +172,7 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         self._closing = True
         self._stop_reading()
         self._loop.call_soon(self._protocol.eof_received)
-        self._loop.call_soon(self._call_connection_lost, None)
+        self._schedule_connection_lost(None)
 
     def is_reading(self):
         return not self._paused and not self._closing
@@ -201,7 +213,7 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
     def _close(self, exc):
         self._closing = True
         self._stop_reading()
-        self._loop.call_soon(self._call_connection_lost, exc)
+        self._schedule_connection_lost(exc)
 
 
 class WritePipeTransport(_PipeTransport, WriteFlowControl, transports.WriteTransport):
@@ -344,7 +356,7 @@ class WritePipeTransport(_PipeTransport, WriteFlowControl, transports.WriteTrans
         if at_once:
             self._call_connection_lost(exc)
         else:
-            self._loop.call_soon(self._call_connection_lost, exc)
+            self._schedule_connection_lost(exc)
 
 
 class PipeMixin:

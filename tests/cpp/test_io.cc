@@ -87,6 +87,30 @@ TEST_CASE("watching a regular file fails with EPERM and leaves nothing", "[io]")
   close(fd);
 }
 
+TEST_CASE("watching a character device without poll support fails with EPERM", "[io]") {
+  // /dev/null has no poll method: epoll refuses it, as asyncio's selector
+  // reports; a pty (also a character device) can be polled.
+  auto r = make_reactor();
+  int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  REQUIRE(fd >= 0);
+  Probe p;
+  Callback old;
+  REQUIRE(r->set_io(fd, kReadable, p.cb(), &old) == -EPERM);
+  REQUIRE(r->watcher_count() == 0);
+  REQUIRE(p.refs == 0);
+  int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  REQUIRE(master >= 0);
+  REQUIRE(r->set_io(master, kWritable, p.cb(), &old) == 0);
+  r->run_once(nullptr);
+  REQUIRE(p.runs >= 1);
+  r->clear_io(master, kWritable, &old);
+  old.release();
+  r->close();
+  REQUIRE(p.refs == 0);
+  close(master);
+  close(fd);
+}
+
 TEST_CASE("watching a closed fd fails with EBADF", "[io]") {
   auto r = make_reactor();
   int fds[2];

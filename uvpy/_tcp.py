@@ -22,8 +22,8 @@ Invariants:
    TCPTransport under asyncio's SSLProtocol (loop._make_ssl_transport and
    start_tls, see _tls.py).
 5. Unix stream connections (uvpy/_unix.py) use the same native transport
-   through the UnixTransport subclass; the accept path picks the class by
-   the listener's family.
+   through the UnixTransport subclass, with TLS or without; the accept path
+   picks the class by the listener's family.
 """
 
 from __future__ import annotations
@@ -318,7 +318,7 @@ class TCPMixin:
             transport = self._make_ssl_transport(
                 sock, protocol, sslcontext, waiter, server_side=server_side,
                 server_hostname=server_hostname, ssl_handshake_timeout=ssl_handshake_timeout,
-                ssl_shutdown_timeout=ssl_shutdown_timeout)
+                ssl_shutdown_timeout=ssl_shutdown_timeout, transport_type=transport_type)
         else:
             transport = transport_type(self, sock, protocol, waiter)
         try:
@@ -504,7 +504,8 @@ class TCPMixin:
         try:
             conn.setblocking(False)
             if server._ssl_context is not None:
-                self._serve_tls_connection(protocol_factory, conn, addr, server, tcp)
+                self._serve_tls_connection(protocol_factory, conn, addr, server, tcp,
+                                           transport_type)
             else:
                 protocol = protocol_factory()
                 transport_type(self, conn, protocol, None, None, server, addr, tcp)

@@ -1,7 +1,8 @@
 """TLS on uvpy: ssl= transports and loop.start_tls().
 
-Design: asyncio's own sslproto.SSLProtocol, layered over uvpy's native TCP
-transport exactly as BaseEventLoop layers it over the selector transport.
+Design: asyncio's own sslproto.SSLProtocol, layered over uvpy's native
+stream transport (TCPTransport, or UnixTransport for a Unix socket) exactly
+as BaseEventLoop layers it over the selector transport.
 The native transport feeds the records to SSLProtocol through its
 BufferedProtocol path (get_buffer/buffer_updated, no bytes object per
 read); SSLProtocol runs them through the ssl module's MemoryBIO/SSLObject
@@ -19,10 +20,11 @@ get_extra_info, _force_close, which TCPTransport provides).
 
 Invariants:
 
-1. A TLS connection is one TCPTransport (registered under its fd, the
-   socket's only owner) whose protocol is an SSLProtocol; the user sees the
+1. A TLS connection is one native transport (a TCPTransport, or a
+   UnixTransport for a Unix socket; registered under its fd, the socket's
+   only owner) whose protocol is an SSLProtocol; the user sees the
    SSLProtocol's app transport. Closing either closes the socket.
-2. A handshake that fails or times out closes the TCP transport (through
+2. A handshake that fails or times out closes the native transport (through
    SSLProtocol._fatal_error / _force_close), so the socket is closed, and
    the waiter carries asyncio's exception.
 3. Accepted TLS connections complete their handshake without a task: the
@@ -77,22 +79,24 @@ class TLSMixin:
     def _make_ssl_transport(self, rawsock, protocol, sslcontext, waiter=None, *,
                             server_side=False, server_hostname=None, extra=None, server=None,
                             ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
-                            peername=None, tcp=False):
+                            peername=None, tcp=False, transport_type=TCPTransport):
         ssl_protocol = SSLProtocol(
             self, protocol, sslcontext, waiter, server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout)
-        TCPTransport(self, rawsock, ssl_protocol, None, extra, server, peername, tcp)
+        transport_type(self, rawsock, ssl_protocol, None, extra, server, peername, tcp)
         return ssl_protocol._app_transport
 
-    def _serve_tls_connection(self, protocol_factory, conn, addr, server, tcp):
+    def _serve_tls_connection(self, protocol_factory, conn, addr, server, tcp,
+                              transport_type=TCPTransport):
         """An accepted connection of a TLS server; raises as TCPTransport() does."""
         protocol = protocol_factory()
         waiter = self.create_future()
         transport = self._make_ssl_transport(
             conn, protocol, server._ssl_context, waiter, server_side=True, server=server,
             ssl_handshake_timeout=server._ssl_handshake_timeout,
-            ssl_shutdown_timeout=server._ssl_shutdown_timeout, peername=addr, tcp=tcp)
+            ssl_shutdown_timeout=server._ssl_shutdown_timeout, peername=addr, tcp=tcp,
+            transport_type=transport_type)
         waiter.add_done_callback(
             lambda fut: self._tls_accepted(fut, transport, protocol))
 

@@ -5,7 +5,9 @@ A Unix stream connection is the same native transport as a TCP one
 (_uvpy.TransportCore over one loop::Stream, see _tcp.TCPTransport);
 UnixTransport only names it and skips the TCP_NODELAY probe. Listeners
 are served by _tcp.TCPMixin's accept path, which asks
-_stream_transport_type() for the class by the listener's family.
+_stream_transport_type() for the class by the listener's family. TLS
+(ssl=) runs over it as over TCP: asyncio's SSLProtocol on a UnixTransport
+(_tls.py).
 
 Invariants (asyncio's _UnixSelectorEventLoop has the same ones):
 
@@ -19,8 +21,11 @@ Invariants (asyncio's _UnixSelectorEventLoop has the same ones):
    inode of the bound path; when the server stops serving that socket the
    path is unlinked only if it still has that inode, so a newer server's
    socket at the same path survives.
-4. ssl= is validated as asyncio validates it, then refused with
-   NotImplementedError, before any socket or file is touched.
+4. ssl= is checked as asyncio checks it, before any socket or file is
+   touched: create_unix_connection with ssl needs server_hostname (""
+   skips the name check), create_unix_server takes an SSLContext or None.
+   A TLS connection is a UnixTransport under SSLProtocol, so a handshake
+   that fails closes the socket (_tls invariant 2).
 """
 
 from __future__ import annotations
@@ -35,9 +40,6 @@ from asyncio.log import logger
 
 from ._server import Server
 from ._tcp import TCPTransport
-
-_NO_TLS = ("TLS over Unix sockets (ssl= on create_unix_connection / create_unix_server) "
-           "is not supported by uvpy yet")
 
 __all__ = ("UnixTransport", "UnixMixin")
 
@@ -94,8 +96,6 @@ class UnixMixin:
                 raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
             if ssl_shutdown_timeout is not None:
                 raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
-        if ssl:
-            raise NotImplementedError(_NO_TLS)
 
         if path is not None:
             if sock is not None:
@@ -114,8 +114,10 @@ class UnixMixin:
             _unix_stream_required(sock)
             sock.setblocking(False)
 
-        return await self._create_connection_transport(sock, protocol_factory,
-                                                       transport_type=UnixTransport)
+        return await self._create_connection_transport(
+            sock, protocol_factory, ssl, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout, transport_type=UnixTransport)
 
     async def create_unix_server(self, protocol_factory, path=None, *, sock=None, backlog=100,
                                  ssl=None, ssl_handshake_timeout=None, ssl_shutdown_timeout=None,
@@ -127,8 +129,6 @@ class UnixMixin:
             raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
         if ssl_shutdown_timeout is not None and not ssl:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
-        if ssl is not None:
-            raise NotImplementedError(_NO_TLS)
 
         if path is not None:
             if sock is not None:
@@ -162,7 +162,8 @@ class UnixMixin:
                     pass
 
         sock.setblocking(False)
-        server = Server(self, [sock], protocol_factory, backlog)
+        server = Server(self, [sock], protocol_factory, backlog, ssl, ssl_handshake_timeout,
+                        ssl_shutdown_timeout)
         if start_serving:
             server._start_serving()
             await tasks.sleep(0)  # let the accept watcher settle, as asyncio

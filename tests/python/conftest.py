@@ -13,6 +13,7 @@ import asyncio
 import gc
 import os
 import socket
+import ssl
 
 import pytest
 
@@ -86,6 +87,29 @@ def loop(new_loop):
 def pytest_asyncio_loop_factories(config, item):
     """pytest-asyncio runs every async test once per loop."""
     return dict(LOOP_FACTORIES)
+
+
+@pytest.fixture(scope="module")
+def ca():
+    """A throwaway certificate authority (trustme), one per test module."""
+    trustme = pytest.importorskip("trustme")
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_ctx(ca):
+    """A TLS server context with a certificate for localhost and 127.0.0.1."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture(scope="module")
+def client_ctx(ca):
+    """A TLS client context that trusts ca (and checks host names)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(ctx)
+    return ctx
 
 
 def open_fds():

@@ -1,10 +1,12 @@
 """TLS: ssl= on create_connection / create_server / connect_accepted_socket,
-loop.start_tls and StreamWriter.start_tls, on uvpy and on stock asyncio.
+loop.start_tls and StreamWriter.start_tls, on uvpy and on stock asyncio
+(TLS over Unix sockets is tested in test_unix.py).
 
-Certificates come from trustme (a throwaway CA per module). The stock loop
-is the oracle: every expectation below holds on it too. Each failure case
-checks the exception class asyncio raises and that the process holds no
-more fds afterwards than before.
+Certificates come from trustme (conftest's ca, server_ctx and client_ctx:
+a throwaway CA per module). The stock loop is the oracle: every
+expectation below holds on it too. Each failure case checks the exception
+class asyncio raises and that the process holds no more fds afterwards
+than before.
 """
 
 import asyncio
@@ -16,30 +18,11 @@ import weakref
 
 import pytest
 
-trustme = pytest.importorskip("trustme")
+pytest.importorskip("trustme")
 
 from conftest import collect, open_fds  # noqa: E402
 
 GUARD = 30  # seconds; a hang guard only, never an expectation
-
-
-@pytest.fixture(scope="module")
-def ca():
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_ctx(ca):
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(ctx)
-    return ctx
-
-
-@pytest.fixture(scope="module")
-def client_ctx(ca):
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    ca.configure_trust(ctx)
-    return ctx
 
 
 def run(loop, coro):

@@ -1,8 +1,11 @@
 """Unix stream sockets: create_unix_server, create_unix_connection and the
-asyncio streams API over them, on both loops.
+asyncio streams API over them, plain and with TLS (ssl=, start_tls), on
+both loops.
 
 Paths are str, bytes and os.PathLike, plus Linux abstract names; bad input
 must raise what the stock loop raises and leak no fd and no socket file.
+TLS certificates come from conftest's trustme fixtures; a handshake that
+fails must close its socket as asyncio's does.
 """
 
 import asyncio
@@ -11,7 +14,9 @@ import itertools
 import os
 import pathlib
 import socket
+import ssl
 import sys
+import warnings
 
 import pytest
 
@@ -340,3 +345,299 @@ def test_fds_stay_flat_over_many_rounds(loop, tmp_path):
         await server.wait_closed()
 
     run(loop, main())
+
+
+# -- TLS (ssl= and start_tls) ------------------------------------------------------------
+
+GUARD = 30  # seconds; a hang guard only, never an expectation
+
+_on_linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                               reason="abstract names are Linux's")
+ADDRESS_KINDS = ["path", pytest.param("abstract", marks=_on_linux)]
+
+
+def run_guarded(loop, coro):
+    return loop.run_until_complete(asyncio.wait_for(coro, GUARD))
+
+
+def address_of(kind, tmp_path):
+    if kind == "path":
+        return str(tmp_path / "s")
+    return f"\0uvpy-test-{os.getpid()}-{next(_abstract_ids)}"
+
+
+async def until(pred):
+    for _ in range(100000):
+        if pred():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+def settle(loop):
+    """Let close callbacks run, then collect, so fds can be counted."""
+    for _ in range(6):
+        run(loop, asyncio.sleep(0))
+    collect()
+
+
+@pytest.mark.parametrize("kind", ADDRESS_KINDS)
+def test_tls_echo(loop, tmp_path, server_ctx, client_ctx, kind):
+    address = address_of(kind, tmp_path)
+    payload = bytes(range(256)) * 400  # 100 KiB: many records
+
+    async def main():
+        server = await loop.create_unix_server(Echo, address, ssl=server_ctx)
+        transport, client = await loop.create_unix_connection(
+            lambda: Client(loop), address, ssl=client_ctx, server_hostname="localhost")
+        assert isinstance(transport.get_extra_info("ssl_object"), ssl.SSLObject)
+        transport.write(payload)
+        await until(lambda: len(client.data) >= len(payload))
+        assert bytes(client.data) == payload
+        transport.close()
+        assert await client.lost is None
+        server.close()
+        await server.wait_closed()
+
+    run_guarded(loop, main())
+    if kind == "abstract":
+        assert os.listdir(tmp_path) == []
+
+
+def test_tls_streams_with_an_empty_server_hostname(loop, tmp_path, ca, server_ctx):
+    # server_hostname="" is allowed: the chain is verified, the name is not.
+    path = str(tmp_path / "s")
+    cctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ca.configure_trust(cctx)
+    cctx.check_hostname = False
+
+    async def handle(reader, writer):
+        writer.write((await reader.readline()).upper())
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        server = await asyncio.start_unix_server(handle, path, ssl=server_ctx,
+                                                 ssl_handshake_timeout=10,
+                                                 ssl_shutdown_timeout=10)
+        reader, writer = await asyncio.open_unix_connection(path, ssl=cctx, server_hostname="")
+        assert writer.get_extra_info("ssl_object").server_hostname is None
+        writer.write(b"hello tls over unix\n")
+        assert await reader.readline() == b"HELLO TLS OVER UNIX\n"
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run_guarded(loop, main())
+
+
+def _tls_extra_info(loop, address, server_ctx, client_ctx):
+    """What get_extra_info says on both ends of a TLS connection at address."""
+
+    async def main():
+        accepted = loop.create_future()
+
+        class Server(Echo):
+            def connection_made(self, transport):
+                super().connection_made(transport)
+                accepted.set_result(transport)
+
+        server = await loop.create_unix_server(Server, address, ssl=server_ctx)
+        transport, client = await loop.create_unix_connection(
+            lambda: Client(loop), address, ssl=client_ctx, server_hostname="localhost")
+        info = {}
+        for side, tr, ctx in (("client", transport, client_ctx),
+                              ("server", await accepted, server_ctx)):
+            info[side] = {name: tr.get_extra_info(name)
+                          for name in ("peername", "sockname", "peercert", "cipher")}
+            info[side]["sslcontext is ours"] = tr.get_extra_info("sslcontext") is ctx
+            sock = tr.get_extra_info("socket")
+            info[side]["socket"] = (sock.family, sock.type)
+        transport.close()
+        await client.lost
+        server.close()
+        await server.wait_closed()
+        return info
+
+    return run_guarded(loop, main())
+
+
+@pytest.mark.parametrize("kind", ADDRESS_KINDS)
+def test_tls_extra_info_equals_the_stock_loops(new_loop, tmp_path, server_ctx, client_ctx,
+                                               kind):
+    address = address_of(kind, tmp_path)
+    info = _tls_extra_info(new_loop(), address, server_ctx, client_ctx)
+    stock = asyncio.SelectorEventLoop()
+    try:
+        assert info == _tls_extra_info(stock, address, server_ctx, client_ctx)
+    finally:
+        stock.close()
+    # The client sees the listener's name (bytes for an abstract one);
+    # the server sees the unnamed client as "".
+    assert info["client"]["peername"] == (address if kind == "path" else address.encode())
+    assert info["server"]["peername"] == ""
+    assert info["client"]["peercert"]["subjectAltName"] == (("DNS", "localhost"),
+                                                            ("IP Address", "127.0.0.1"))
+    assert info["server"]["peercert"] is None  # no client certificate asked for
+    assert info["client"]["sslcontext is ours"] and info["server"]["sslcontext is ours"]
+    assert info["client"]["socket"] == (socket.AF_UNIX, socket.SOCK_STREAM)
+
+
+def test_start_tls_on_a_unix_connection(loop, tmp_path, server_ctx, client_ctx):
+    path = str(tmp_path / "s")
+
+    async def handle(reader, writer):
+        assert await reader.readline() == b"STARTTLS\n"
+        writer.write(b"GO\n")
+        await writer.start_tls(server_ctx)
+        assert writer.get_extra_info("sslcontext") is server_ctx
+        assert writer.get_extra_info("peername") == ""
+        writer.write((await reader.readline()).upper())
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        server = await asyncio.start_unix_server(handle, path)
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b"STARTTLS\n")
+        assert await reader.readline() == b"GO\n"
+        await writer.start_tls(client_ctx, server_hostname="localhost")
+        assert writer.get_extra_info("peercert")["subjectAltName"][0] == ("DNS", "localhost")
+        assert writer.get_extra_info("peername") == path
+        writer.write(b"secret\n")
+        assert await reader.readline() == b"SECRET\n"
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run_guarded(loop, main())
+
+
+def test_tls_argument_checks_touch_nothing(loop, tmp_path, server_ctx, client_ctx):
+    path = str(tmp_path / "s")
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    listener.listen()
+    before = fds_after_warmup(loop)
+    try:
+        with pytest.raises(ValueError) as info:
+            run(loop, loop.create_unix_connection(Echo, path, ssl=client_ctx))
+        assert str(info.value) == "you have to pass server_hostname when using ssl"
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # no connection was attempted
+        other = str(tmp_path / "other")
+        for bad in (True, False):
+            with pytest.raises(TypeError) as info:
+                run(loop, loop.create_unix_server(Echo, other, ssl=bad))
+            assert str(info.value) == "ssl argument must be an SSLContext or None"
+        assert not os.path.exists(other)
+        assert open_fds() == before
+    finally:
+        listener.close()
+
+
+def _no_resource_warnings(loop, fn):
+    """Run fn, settle, and fail on any ResourceWarning or extra fd."""
+    settle(loop)
+    before = open_fds()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+        settle(loop)
+    assert [w for w in caught if issubclass(w.category, ResourceWarning)] == []
+    assert open_fds() == before
+
+
+@pytest.mark.parametrize("case", ["untrusted", "wrong_hostname"])
+def test_refused_handshake_closes_the_socket(loop, tmp_path, server_ctx, client_ctx, case):
+    path = str(tmp_path / "s")
+    ctx, hostname = {"untrusted": (ssl.create_default_context(), "localhost"),
+                     "wrong_hostname": (client_ctx, "other.example")}[case]
+
+    async def main():
+        server = await loop.create_unix_server(Echo, path, ssl=server_ctx)
+        try:
+            for _ in range(3):
+                with pytest.raises(ssl.SSLCertVerificationError):
+                    await loop.create_unix_connection(asyncio.Protocol, path, ssl=ctx,
+                                                      server_hostname=hostname)
+            # The server's side of each failed handshake is closed too.
+            await until(lambda: server._active_count == 0)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    _no_resource_warnings(loop, lambda: run_guarded(loop, main()))
+
+
+def test_handshake_timeout_closes_the_given_sock(loop, client_ctx):
+    def attempt():
+        mine, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:  # the peer takes the ClientHello and never answers
+            with pytest.raises(ConnectionAbortedError,
+                               match="SSL handshake is taking longer than 0.1 seconds"):
+                run_guarded(loop, loop.create_unix_connection(
+                    asyncio.Protocol, sock=mine, ssl=client_ctx, server_hostname="localhost",
+                    ssl_handshake_timeout=0.1))
+            settle(loop)
+            assert mine.fileno() == -1  # the transport owned it, and closed it
+        finally:
+            peer.close()
+
+    _no_resource_warnings(loop, attempt)
+
+
+def test_tls_client_to_a_plain_server(loop, tmp_path):
+    path = str(tmp_path / "s")
+
+    class Refuser(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(b"not tls\r\n")
+            self.transport.close()
+
+    async def main():
+        server = await loop.create_unix_server(Refuser, path)
+        try:
+            with pytest.raises(ssl.SSLError):
+                await loop.create_unix_connection(asyncio.Protocol, path,
+                                                  ssl=ssl.create_default_context(),
+                                                  server_hostname="localhost")
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    _no_resource_warnings(loop, lambda: run_guarded(loop, main()))
+
+
+def test_plain_client_to_a_tls_server(loop, tmp_path, server_ctx):
+    path = str(tmp_path / "s")
+    errors = []
+    loop.set_exception_handler(lambda lp, ctx: errors.append(ctx))
+    loop.set_debug(True)
+
+    async def main():
+        server = await loop.create_unix_server(Echo, path, ssl=server_ctx)
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(b"GET / HTTP/1.0\r\n\r\n")
+        while await reader.read(1024):  # the server drops the connection
+            pass
+        writer.close()
+        await writer.wait_closed()
+        await until(lambda: server._active_count == 0)
+        server.close()
+        await server.wait_closed()
+
+    _no_resource_warnings(loop, lambda: run_guarded(loop, main()))
+    reported = [c for c in errors
+                if c["message"] == "Error on transport creation for incoming connection"]
+    assert len(reported) == 1 and isinstance(reported[0]["exception"], ssl.SSLError)

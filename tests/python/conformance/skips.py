@@ -23,11 +23,7 @@ reason pytest shows -- be specific: what is missing and what brings it.
 test_skiplist.py fails if a key matches no bound test (stale entry).
 """
 
-# Not implemented in uvpy yet: uvpy.Loop inherits AbstractEventLoop's
-# NotImplementedError for these (see uvpy/_loop.py docstring).
-_UNIX_TLS = ("networking: TLS over Unix sockets: create_unix_connection / "
-             "create_unix_server refuse ssl= in uvpy yet (ssl= works over TCP, "
-             "and Unix sockets without TLS)")
+# Not implemented in uvpy yet (the reason says what is missing).
 _SENDFILE_NATIVE = ("networking: loop.sendfile on uvpy's stream transports copies "
                     "through transport.write() (_sendfile_compatible is FALLBACK): "
                     "zero-copy sendfile(2) on the native transport, which refuses "
@@ -35,8 +31,6 @@ _SENDFILE_NATIVE = ("networking: loop.sendfile on uvpy's stream transports copie
                     "(sock_sendfile is zero-copy)")
 UVPY_SKIPS: dict[str, str] = {
     # --- test_events.EventLoopTests (EventLoopTestsMixin + SubprocessTestsMixin)
-    "test_events.EventLoopTests.test_create_ssl_unix_connection": _UNIX_TLS,
-    "test_events.EventLoopTests.test_create_unix_server_ssl*": _UNIX_TLS,
     "test_events.EventLoopTests.test_create_server_multiple_hosts_*":
         "white-box test of BaseEventLoop.create_server: it patches "
         "asyncio.base_events.socket so that binding to 1.2.3.4 / ::2 "
@@ -51,9 +45,6 @@ UVPY_SKIPS: dict[str, str] = {
     "test_sendfile.SendfileTests.test_sendfile_force_unsupported_native":
         _SENDFILE_NATIVE,
     "test_sendfile.SendfileTests.test_sendfile_prevents_bare_write": _SENDFILE_NATIVE,
-
-    # --- test_streams (asyncio.StreamReader/Writer over uvpy's transports)
-    "test_streams.StreamTests.test_open_unix_connection_no_loop_ssl": _UNIX_TLS,
 }
 
 UVPY_XFAILS: dict[str, str] = {}

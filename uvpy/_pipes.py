@@ -26,8 +26,9 @@ Invariants:
    transport quietly with connection_lost(EIO); other read errors go to
    the exception handler first.
 4. The write side: write() sends at once when nothing is queued and
-   queues what the kernel did not take; the writer drains the queue in
-   order. Nothing queued is dropped except by abort() or an error. The
+   queues what the kernel did not take (a bytes object by reference, a
+   bytearray or memoryview as a copy, since the caller may change it); the
+   writer drains the queue in order, several chunks per writev(). Nothing queued is dropped except by abort() or an error. The
    reader trick: on a pipe or socket the write side also watches for
    readability, which there means the reading end went away; the transport
    then closes, with BrokenPipeError if data was still queued.
@@ -45,7 +46,9 @@ TypeError (asyncio asserts, which -O turns off).
 
 from __future__ import annotations
 
+import collections
 import errno
+import itertools
 import os
 import stat
 import warnings
@@ -59,6 +62,7 @@ __all__ = ("ReadPipeTransport", "WritePipeTransport", "PipeMixin")
 
 _READ = _uvpy.READABLE
 _WRITE = _uvpy.WRITABLE
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
 
 
 def _pipe_fd(pipe, message):
@@ -241,7 +245,8 @@ class WritePipeTransport(_PipeTransport, WriteFlowControl, transports.WriteTrans
         fd, mode = _pipe_fd(pipe, "Pipe transport is only for pipes, sockets and character devices")
         self._init_pipe(loop, pipe, protocol, fd)
         self._init_flow_control()
-        self._buffer = bytearray()
+        self._queue = collections.deque()  # what the kernel has not taken yet, in order
+        self._queued = 0  # bytes in _queue
         self._conn_lost = 0
         self._writing = False  # the writer is installed
         self._watching_peer = False  # the reader trick (invariant 4)
@@ -253,7 +258,7 @@ class WritePipeTransport(_PipeTransport, WriteFlowControl, transports.WriteTrans
             loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
     def _repr_state(self):
-        return ["polling" if self._writing else "idle", f"bufsize={len(self._buffer)}"]
+        return ["polling" if self._writing else "idle", f"bufsize={self._queued}"]
 
     def _watch_peer(self):
         if self._pipe is not None and not self._closing:
@@ -271,15 +276,17 @@ class WritePipeTransport(_PipeTransport, WriteFlowControl, transports.WriteTrans
     def _peer_gone(self):
         if self._loop.get_debug():
             logger.info("%r was closed by peer", self)
-        self._close(BrokenPipeError() if self._buffer else None)
+        self._close(BrokenPipeError() if self._queue else None)
 
     def get_write_buffer_size(self):
-        return len(self._buffer)
+        return self._queued
 
     def write(self, data):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, "
                             f"not {type(data).__name__!r}")
+        if isinstance(data, memoryview):
+            data = data.cast("B") if data.format != "B" or data.ndim != 1 else data
         if not data:
             return
         if self._conn_lost or self._closing:
@@ -287,11 +294,12 @@ class WritePipeTransport(_PipeTransport, WriteFlowControl, transports.WriteTrans
                 logger.warning("pipe closed by peer or os.write(pipe, data) raised exception.")
             self._conn_lost += 1
             return
-        if not self._buffer:
+        n = 0
+        if not self._queue:
             try:
                 n = os.write(self._fileno, data)
             except (BlockingIOError, InterruptedError):
-                n = 0
+                pass
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as exc:
@@ -300,32 +308,46 @@ class WritePipeTransport(_PipeTransport, WriteFlowControl, transports.WriteTrans
                 return
             if n == len(data):
                 return
-            data = memoryview(data)[n:]
             self._loop._watch(self._fileno, _WRITE, self._write_ready, ())
             self._writing = True
-        self._buffer += data
+        # Queued by reference when immutable (bytes), copied otherwise: the
+        # caller may change a bytearray once write() returns (invariant 4).
+        rest = memoryview(data)[n:] if n else data
+        self._queue.append(rest if type(data) is bytes else bytes(rest))
+        self._queued += len(data) - n
         self._maybe_pause_protocol()
 
     def _write_ready(self):
+        queue = self._queue
         try:
-            n = os.write(self._fileno, self._buffer)
+            if len(queue) == 1:
+                n = os.write(self._fileno, queue[0])
+            else:
+                n = os.writev(self._fileno, list(itertools.islice(queue, _IOV_MAX)))
         except (BlockingIOError, InterruptedError):
             return
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._buffer.clear()
+            queue.clear()
+            self._queued = 0
             self._conn_lost += 1
             self._fatal_error(exc, "Fatal write error on pipe transport")
             return
-        if n < len(self._buffer):
-            del self._buffer[:n]
+        self._queued -= n
+        while n:
+            head = queue[0]
+            if n < len(head):
+                queue[0] = memoryview(head)[n:]
+                break
+            n -= len(head)
+            queue.popleft()
+        if queue:
             return
-        self._buffer.clear()
         self._writing = False
         self._loop._unwatch(self._fileno, _WRITE)
         self._maybe_resume_protocol()  # may write again
-        if self._closing and not self._buffer:
+        if self._closing and not self._queue:
             self._unwatch()
             self._lose(None, at_once=True)
 
@@ -336,7 +358,7 @@ class WritePipeTransport(_PipeTransport, WriteFlowControl, transports.WriteTrans
         if self._closing:
             return
         self._closing = True
-        if not self._buffer:
+        if not self._queue:
             self._unwatch()
             self._lose(None)
 
@@ -364,7 +386,8 @@ class WritePipeTransport(_PipeTransport, WriteFlowControl, transports.WriteTrans
         if self._lost:
             return
         self._closing = True
-        self._buffer.clear()
+        self._queue.clear()
+        self._queued = 0
         self._unwatch()
         self._lose(exc)
 

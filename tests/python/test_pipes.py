@@ -300,3 +300,43 @@ def test_uvpy_write_refuses_str(loop_name, new_loop):
 
     run(loop, main())
     os.close(r)
+
+
+@pytest.mark.parametrize("first", ["bytes", "wide memoryview"])
+def test_write_pipe_keeps_what_was_written(loop_name, new_loop, first):
+    """A queued bytearray changed after write(), and a memoryview of wider
+    items: the reader gets the bytes as they were at write() time, all of them."""
+    import array
+    if first == "wide memoryview" and loop_name == "asyncio":
+        pytest.skip("asyncio's pipe transport compares os.write()'s byte count with "
+                    "len() of the view, which counts items, and drops the rest of the write")
+    loop = new_loop()
+    r, w = os.pipe()
+    words = array.array("i", range(50_000))  # 200,000 bytes
+    head = memoryview(words) if first == "wide memoryview" else words.tobytes()
+    mutable = bytearray(b"a" * 100_000)
+
+    async def main():
+        transport, proto = await loop.connect_write_pipe(lambda: Writer(loop), open(w, "wb", 0))
+        transport.write(head)
+        transport.write(mutable)
+        assert transport.get_write_buffer_size() == 300_000 - 65536
+        mutable[:] = b"b" * 100_000
+        transport.close()
+        got = bytearray()
+        os.set_blocking(r, False)
+        while True:
+            try:
+                chunk = os.read(r, 1 << 16)
+            except BlockingIOError:
+                await asyncio.sleep(0)
+                continue
+            if not chunk:
+                break
+            got += chunk
+        await proto.lost
+        return bytes(got)
+
+    got = run(loop, main())
+    os.close(r)
+    assert got == words.tobytes() + b"a" * 100_000

@@ -436,3 +436,51 @@ def test_uvpy_watches_exits_without_threads(loop_name):
     finally:
         loop.close()
     gc.collect()
+
+
+# --- options passed through to the child ---------------------------------------------------
+
+
+def test_popen_options_reach_the_child(loop, tmp_path):
+    r, w = os.pipe()
+    code = ("import os, sys; print(os.getcwd(), os.environ.get('UVPY_T'), "
+            "os.getsid(0) == os.getpid(), oct(os.umask(0)), os.write(%d, b'via fd') > 0)" % w)
+
+    async def main():
+        proc = await asyncio.create_subprocess_exec(
+            PY, "-c", code, stdout=PIPE, cwd=str(tmp_path),
+            env={**os.environ, "UVPY_T": "set"}, start_new_session=True,
+            umask=0o027, pass_fds=(w,))
+        out, _ = await proc.communicate()
+        return out.decode().split(), proc.returncode
+
+    fields, returncode = run(loop, main())
+    os.close(w)
+    assert os.read(r, 100) == b"via fd"
+    os.close(r)
+    assert returncode == 0
+    assert fields == [str(tmp_path), "set", "True", "0o27", "True"]
+
+
+def test_stdio_as_devnull_stdout_a_file_and_an_fd(loop, tmp_path):
+    path = tmp_path / "out"
+    code = "import sys; print('out'); print('err', file=sys.stderr); print(sys.stdin.read() == '')"
+
+    async def main():
+        with open(path, "wb") as f:
+            proc = await asyncio.create_subprocess_exec(
+                PY, "-c", code, stdin=asyncio.subprocess.DEVNULL, stdout=f,
+                stderr=asyncio.subprocess.STDOUT)
+            assert proc.stdin is None and proc.stdout is None and proc.stderr is None
+            await proc.wait()
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                PY, "-c", "import sys; sys.stdout.write(sys.stdin.read().upper())",
+                stdin=fd, stdout=PIPE)
+            out, _ = await proc.communicate()
+        finally:
+            os.close(fd)
+        return out
+
+    assert run(loop, main()) == b"OUT\nERR\nTRUE\n"

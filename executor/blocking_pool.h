@@ -39,10 +39,7 @@
 //     at the thread limit they would queue behind it with nobody to run them.
 //     A claim notifies cv_ only when more jobs are queued than threads spin:
 //     a spinner that gives up re-checks the queue under mu_ before it
-//     sleeps, so the job that went unnotified is still seen. A claim notifies
-//     cv_ only when more jobs are queued than threads spin: a spinner that
-//     gives up re-checks the queue under mu_ before it sleeps, so the job
-//     that went unnotified is still seen.
+//     sleeps, so the job that went unnotified is still seen.
 //  4. A waiting thread exits after keep_alive_ms without work, or at once
 //     when threads_ exceeds max_threads (the limit was lowered), so an idle
 //     process holds no threads and a burst's extra threads go away.
@@ -71,6 +68,13 @@
 //     spinning on a free core: a single thread shares its core with the
 //     submitting loop about half the time, and a hand-off then waits for
 //     the scheduler instead of a spin.
+//  9. A job's completion goes to its port before the next job of its batch
+//     starts, or, for the batch's last job, after leave(). The loop thread
+//     that the push wakes takes the GIL next: pushed after leave(), it finds
+//     the GIL free instead of sleeping on it until leave() (a futex wake and
+//     a context switch, measured as the no-op round trip's p50 rising from
+//     5.0 to 5.7 µs); pushed before the next job, a completion is never held
+//     back by a job that blocks.
 //
 // Errors are negative errno values; nothing throws.
 //   submit: -EINVAL (job lacks run, complete or port), -EBUSY (already
@@ -144,7 +148,8 @@ class BlockingPool {
   void leave_idle_locked();
   void release_stale_claim_locked();
   void hand_back_cancelled(Job* j);
-  void run_job(Job* j);
+  bool run_job(Job* j);  // true: it ran, and finish(j) is due
+  void finish(Job* j);   // done: to the port (rule 9)
   void run_batch(Job* first);
   void spin_for_work(std::unique_lock<std::mutex>& lk);
 

@@ -243,7 +243,6 @@ PyObject* LoopCore_run_forever_native(PyObject* self, PyObject*) {
   }
   loop->running = true;
   loop->thread_id = PyThread_get_thread_ident();
-  const bool main_thread = _PyOS_IsMainThread();
   LoopCore* const outer = t_running_loop;
   t_running_loop = loop;
   GilRelease gil;
@@ -256,7 +255,8 @@ PyObject* LoopCore_run_forever_native(PyObject* self, PyObject*) {
     }
     // Python-level signal handlers (Ctrl-C) run here; the signal's wakeup
     // fd is what interrupted the poll.
-    if (main_thread && PyErr_CheckSignals() < 0) {
+    // (Only the main thread runs them: elsewhere this returns 0 at once.)
+    if (PyErr_CheckSignals() < 0) {
       result = nullptr;
       break;
     }

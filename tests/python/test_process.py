@@ -487,3 +487,28 @@ def test_stdio_as_devnull_stdout_a_file_and_an_fd(loop, tmp_path):
         return out
 
     assert run(loop, main()) == b"OUT\nERR\nTRUE\n"
+
+
+def test_uvpy_without_pidfd_waits_in_a_thread(loop_name, monkeypatch):
+    """uvpy-only: where pidfd_open fails (old kernel, seccomp), a thread per
+    child waits for it; exits, output and reaping are the same."""
+    if loop_name != "uvpy":
+        pytest.skip("uvpy's fallback path")
+
+    def no_pidfd(pid, flags=0):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    loop = LOOP_FACTORIES[loop_name]()
+    try:
+        outs = run(loop, _echo_n(3))
+        assert outs == [(f"{i}\n".encode(), 0) for i in range(3)]
+        assert loop._children == {}
+        proc = run(loop, spawn_py("import sys; sys.stdin.read()"))
+        names = {t.name for t in threading.enumerate()}
+        assert f"uvpy-waitpid-{proc.pid}" in names
+        proc.kill()
+        assert run(loop, proc.wait()) == -signal.SIGKILL
+    finally:
+        loop.close()
+    assert zombies() == []

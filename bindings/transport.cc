@@ -203,6 +203,28 @@ PyObject* raise_errno(int rc) {
   return PyErr_SetFromErrno(PyExc_OSError);
 }
 
+void settle_empty_waiter(Transport* t, PyObject* exc) {
+  PyObject* fut = t->empty_waiter;
+  if (fut == nullptr) return;
+  Py_INCREF(fut);
+  PyObject *etype, *evalue, *etb;  // a pending error survives
+  PyErr_Fetch(&etype, &evalue, &etb);
+  PyObject* done = PyObject_CallMethod(fut, "done", nullptr);
+  int is_done = done ? PyObject_IsTrue(done) : -1;
+  Py_XDECREF(done);
+  PyObject* r = nullptr;
+  if (is_done == 0) {
+    r = exc ? PyObject_CallMethod(fut, "set_exception", "O", exc)
+            : PyObject_CallMethod(fut, "set_result", "O", Py_None);
+  } else if (is_done == 1) {
+    r = Py_NewRef(Py_None);
+  }
+  if (r == nullptr) PyErr_WriteUnraisable(fut);
+  Py_XDECREF(r);
+  Py_DECREF(fut);
+  PyErr_Restore(etype, evalue, etb);
+}
+
 bool force_close(Transport* t, PyObject* exc) {
   if (t->conn_lost) return true;
   t->stream->discard_writes();
@@ -272,6 +294,16 @@ int connection_lost(Transport* t, PyObject* exc) {
     Py_DECREF(server);
   }
   Py_XDECREF(protocol);
+  if (t->empty_waiter) {
+    // A sendfile waiting for the queue to drain learns the connection went.
+    PyObject* lost = PyObject_CallFunction(PyExc_ConnectionError, "s", "Connection is closed by peer");
+    if (lost == nullptr) {
+      PyErr_WriteUnraisable(as_obj(t));
+    } else {
+      settle_empty_waiter(t, lost);
+      Py_DECREF(lost);
+    }
+  }
   if (rc < 0) PyErr_Restore(etype, evalue, etb);
   return rc;
 }
@@ -395,7 +427,14 @@ int Owner::on_read(ssize_t n) {
 }
 
 int Owner::on_write_error(int err) {
-  return in_context(t_, [&] { return fail_errno(t_, err, "Fatal write error on socket transport"); });
+  return in_context(t_, [&] {
+    PyObject* exc = errno_exception(err);
+    if (exc == nullptr) return swallow(as_obj(t_));
+    int rc = fatal(t_, exc, "Fatal write error on socket transport");
+    if (rc == 0) settle_empty_waiter(t_, exc);
+    Py_DECREF(exc);
+    return rc;
+  });
 }
 
 int Owner::on_pause_writing() {
@@ -417,6 +456,7 @@ int Owner::on_resume_writing() {
 }
 
 int Owner::on_drain() {
+  settle_empty_waiter(t_, nullptr);
   if (!t_->closing) return 0;
   return in_context(t_, [&] {
     LoopCore* loop = reinterpret_cast<LoopCore*>(Py_XNewRef(reinterpret_cast<PyObject*>(t_->loop)));

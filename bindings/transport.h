@@ -52,6 +52,11 @@ struct Transport {
   PyObject* get_buffer;
   PyObject* buffer_updated;
   uint8_t unbound;  // kUnboundDataReceived | kUnboundGetBuffer | kUnboundBufferUpdated
+  // asyncio's _empty_waiter: a future set while loop.sendfile() owns the
+  // socket (uvpy/_sendfile.py). It completes when the write queue drains
+  // and fails on a write error or connection_lost; write() and
+  // writelines() refuse while it is set.
+  PyObject* empty_waiter;
   // The stream and its owner live inside the transport (constructed by
   // __init__, destroyed by dealloc): one allocation per connection, and the
   // read path touches one object's cache lines, not three objects'.
@@ -99,5 +104,8 @@ bool drop_write(Transport* t);
 int fail_errno(Transport* t, int err, const char* message);
 // Raises for a -errno from the stream (the loop's message when closed).
 PyObject* raise_errno(int rc);
+// Completes the empty waiter, if set and not done: its result (exc null)
+// or exc. Errors are unraisable.
+void settle_empty_waiter(Transport* t, PyObject* exc);
 
 }  // namespace uvpy::py::transport

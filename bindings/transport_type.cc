@@ -7,8 +7,8 @@
 //  1. Every method but the trivial getters first checks that __init__ ran
 //     (a RuntimeError otherwise: the stream does not exist yet).
 //  2. write()/writelines() validate like asyncio, in asyncio's order: type,
-//     write_eof, empty data, lost connection; then hand the bytes to the
-//     stream, which sends now or queues.
+//     write_eof, a sendfile in progress, empty data, lost connection; then
+//     hand the bytes to the stream, which sends now or queues.
 #include <memory>
 
 #include "transport.h"
@@ -25,6 +25,8 @@ PyTypeObject* transport_type;
 
 Transport* T(PyObject* self) { return reinterpret_cast<Transport*>(self); }
 
+constexpr const char* kSendfileInProgress = "unable to write; sendfile is in progress";
+
 PyObject* Transport_write(PyObject* self, PyObject* data) {
   Transport* t = T(self);
   if (!check_ready(t)) return nullptr;
@@ -38,6 +40,10 @@ PyObject* Transport_write(PyObject* self, PyObject* data) {
   }
   if (t->eof) {
     PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+    return nullptr;
+  }
+  if (t->empty_waiter) {
+    PyErr_SetString(PyExc_RuntimeError, kSendfileInProgress);
     return nullptr;
   }
   Py_buffer view;
@@ -81,6 +87,10 @@ PyObject* Transport_writelines(PyObject* self, PyObject* list) {
   }
   if (t->eof) {
     PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+    goto done;
+  }
+  if (t->empty_waiter) {
+    PyErr_SetString(PyExc_RuntimeError, kSendfileInProgress);
     goto done;
   }
   if (total == 0) {
@@ -210,6 +220,39 @@ PyObject* Transport_get_write_buffer_size(PyObject* self, PyObject*) {
   return PyLong_FromSize_t(t->stream ? t->stream->queued() : 0);
 }
 
+// asyncio's _make_empty_waiter(): a future, done at once when nothing is
+// queued, else when the queue drains (Owner::on_drain); write() refuses
+// until _reset_empty_waiter().
+PyObject* Transport_make_empty_waiter(PyObject* self, PyObject*) {
+  Transport* t = T(self);
+  if (!check_ready(t)) return nullptr;
+  if (t->empty_waiter) {
+    PyErr_SetString(PyExc_RuntimeError, "Empty waiter is already set");
+    return nullptr;
+  }
+  if (t->loop == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return nullptr;
+  }
+  PyObject* fut = PyObject_CallMethod(reinterpret_cast<PyObject*>(t->loop), "create_future", nullptr);
+  if (fut == nullptr) return nullptr;
+  if (t->stream->queued() == 0) {
+    PyObject* r = PyObject_CallMethod(fut, "set_result", "O", Py_None);
+    if (r == nullptr) {
+      Py_DECREF(fut);
+      return nullptr;
+    }
+    Py_DECREF(r);
+  }
+  t->empty_waiter = Py_NewRef(fut);
+  return fut;
+}
+
+PyObject* Transport_reset_empty_waiter(PyObject* self, PyObject*) {
+  Py_CLEAR(T(self)->empty_waiter);
+  Py_RETURN_NONE;
+}
+
 PyObject* Transport_set_protocol(PyObject* self, PyObject* protocol) {
   if (!set_protocol(T(self), protocol)) return nullptr;
   Py_RETURN_NONE;
@@ -300,6 +343,7 @@ PyObject* Transport_get_read_active(PyObject* self, void*) {
   Transport* t = T(self);
   return PyBool_FromLong(t->stream && !t->stream->closed() && t->stream->reading());
 }
+PyObject* Transport_get_empty_waiter(PyObject* self, void*) { return get_obj(T(self)->empty_waiter); }
 PyObject* Transport_get_write_active(PyObject* self, void*) {
   Transport* t = T(self);
   return PyBool_FromLong(t->stream && !t->stream->closed() && t->stream->queued() > 0);
@@ -325,6 +369,7 @@ int Transport_traverse(PyObject* self, visitproc visit, void* arg) {
   Py_VISIT(t->data_received);
   Py_VISIT(t->get_buffer);
   Py_VISIT(t->buffer_updated);
+  Py_VISIT(t->empty_waiter);
   if (t->have_view) Py_VISIT(t->view.obj);
   return 0;
 }
@@ -340,6 +385,7 @@ int Transport_clear(PyObject* self) {
   Py_CLEAR(t->data_received);
   Py_CLEAR(t->get_buffer);
   Py_CLEAR(t->buffer_updated);
+  Py_CLEAR(t->empty_waiter);
   // The loop and socket stay until dealloc: the stream still names the
   // loop's reactor and the socket's fd.
   return 0;
@@ -384,6 +430,8 @@ PyMethodDef Transport_methods[] = {
     METH("_start_reading", Transport_start_reading, METH_NOARGS, nullptr),
     METH("_force_close", Transport_force_close, METH_O, nullptr),
     METH("_call_connection_lost", Transport_call_connection_lost, METH_O, nullptr),
+    METH("_make_empty_waiter", Transport_make_empty_waiter, METH_NOARGS, nullptr),
+    METH("_reset_empty_waiter", Transport_reset_empty_waiter, METH_NOARGS, nullptr),
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -404,6 +452,7 @@ PyGetSetDef Transport_getset[] = {
     {"_protocol_paused", Transport_get_protocol_paused, nullptr, nullptr, nullptr},
     {"_read_active", Transport_get_read_active, nullptr, nullptr, nullptr},
     {"_write_active", Transport_get_write_active, nullptr, nullptr, nullptr},
+    {"_empty_waiter", Transport_get_empty_waiter, nullptr, nullptr, nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 

@@ -6,10 +6,14 @@ _sock.SockMixin parking machinery), falling back to read-and-send when the
 file has no fd or sendfile(2) refuses it before anything was sent.
 
 sendfile(transport, ...) follows the transport's _sendfile_compatible mode
-as asyncio does. uvpy's stream transports say FALLBACK: their write queue
-is native and has no way yet to hold writes issued during a sendfile(2)
-behind it, so the file is copied through transport.write() with the
-transport's flow control (no zero-copy path on transports yet).
+as asyncio does. uvpy's stream transports (TCPTransport, UnixTransport) say
+TRY_NATIVE: _sendfile_native() pauses the transport's reading, waits for
+its native write queue to drain (transport._make_empty_waiter(), completed
+by the stream's drain), then sends with sock_sendfile()'s zero-copy path
+on the transport's socket; write() and writelines() raise "unable to
+write; sendfile is in progress" meanwhile. Other transports (TLS, say)
+say FALLBACK: the file is copied through transport.write() with the
+transport's flow control.
 
 Invariants (asyncio's, which is the oracle):
 
@@ -24,6 +28,15 @@ Invariants (asyncio's, which is the oracle):
 4. The fallback on a transport pauses reading and swaps in a protocol
    that tracks pause_writing/resume_writing; the original protocol, its
    reading and a pending resume_writing are restored afterwards.
+5. The native path on a transport sends only while the stream holds no
+   watcher on the fd: its consuming reader (which may read ahead on
+   io_uring) is off because reading is paused, and its writer is off
+   because the queue is empty and write() refuses. The socket path's
+   plain writability watcher is then the fd's only one, on either
+   backend. The transport leaves loop._transports for that time (asyncio
+   does the same) and gets its reading, its write() and its registry
+   entry back on return, error or cancellation, the wait for the drain
+   included.
 """
 
 from __future__ import annotations
@@ -236,7 +249,24 @@ class SendfileMixin:
         return await self._sendfile_fallback(transport, file, offset, count)
 
     async def _sendfile_native(self, transport, file, offset, count):
-        raise exceptions.SendfileNotAvailableError("sendfile syscall is not supported")
+        # Invariant 5: the stream lets go of the fd (no reader, an empty
+        # write queue) and the socket path sends; the transport takes the
+        # fd back afterwards.
+        fd = transport._sock_fd
+        transports = self._transports
+        ref = transports.pop(fd, None)
+        resume_reading = transport.is_reading()
+        transport.pause_reading()
+        try:
+            await transport._make_empty_waiter()
+            return await self.sock_sendfile(transport._sock, file, offset, count,
+                                            fallback=False)
+        finally:
+            transport._reset_empty_waiter()
+            if resume_reading:
+                transport.resume_reading()
+            if ref is not None:
+                transports[fd] = ref
 
     async def _sendfile_fallback(self, transport, file, offset, count):
         if offset:

@@ -66,8 +66,9 @@ class TCPTransport(_uvpy.TransportCore):
     # loop._transports holds the transports weakly, as asyncio does.
     __slots__ = ("__weakref__",)
 
-    # asyncio's loop.sendfile() falls back to plain writes for us.
-    _sendfile_compatible = constants._SendfileMode.FALLBACK
+    # loop.sendfile() sends with sendfile(2) once the write queue drains
+    # (uvpy/_sendfile.py).
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
     _start_tls_compatible = True
     # Whether the socket may be an IP one that wants TCP_NODELAY.
     _maybe_ip = True

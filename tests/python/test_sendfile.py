@@ -189,3 +189,222 @@ def test_sendfile_refusals(loop, datafile):
         await asyncio.sleep(0)
 
     run(loop, main())
+
+
+# --- loop.sendfile on a native stream transport (zero-copy: fallback=False) ---
+
+
+class Sink(asyncio.Protocol):
+    """The receiving end: collects bytes; may start paused or close early."""
+
+    def __init__(self, loop, paused=False, close_after=None):
+        self.data = bytearray()
+        self.paused = paused
+        self.close_after = close_after
+        self.transport = None
+        self.connected = loop.create_future()
+        self.done = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+        if self.paused:
+            transport.pause_reading()
+        self.connected.set_result(None)
+
+    def data_received(self, data):
+        self.data += data
+        if self.close_after is not None and len(self.data) >= self.close_after:
+            self.transport.close()
+
+    def connection_lost(self, exc):
+        self.done.set_result(None)
+
+
+class Source(asyncio.Protocol):
+    """The sending end: records flow control and anything it receives."""
+
+    def __init__(self, loop):
+        self.events = []
+        self.received = bytearray()
+        self.resumed = None
+        self.done = loop.create_future()
+
+    def data_received(self, data):
+        self.received += data
+
+    def pause_writing(self):
+        self.events.append("pause")
+        self.resumed = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self):
+        self.events.append("resume")
+        self.resumed.set_result(None)
+
+    def connection_lost(self, exc):
+        self.done.set_result(exc)
+
+
+async def connect(loop, family, tmp_path, sink):
+    """(server, transport, source) over TCP or a Unix socket to sink."""
+    if family == "tcp":
+        server = await loop.create_server(lambda: sink, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, source = await loop.create_connection(lambda: Source(loop), "127.0.0.1",
+                                                         port)
+    else:
+        path = str(tmp_path / "s")
+        server = await loop.create_unix_server(lambda: sink, path)
+        transport, source = await loop.create_unix_connection(lambda: Source(loop), path)
+    await sink.connected
+    return server, transport, source
+
+
+async def finish(server, transport, sink):
+    transport.close()
+    await sink.done
+    server.close()
+    await server.wait_closed()
+
+
+FAMILIES = ["tcp", "unix"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("offset,count", [(0, None), (1000, None), (1000, 5000),
+                                          (len(DATA) - 10, 1000)])
+def test_transport_sendfile_sends_the_range_between_writes(loop, datafile, tmp_path, family,
+                                                           offset, count):
+    expected = DATA[offset:offset + count] if count else DATA[offset:]
+    head = b"H" * 300000  # more than the kernel takes at once: queued
+
+    async def main():
+        sink = Sink(loop)
+        server, transport, source = await connect(loop, family, tmp_path, sink)
+        transport.write(head)
+        sent = await loop.sendfile(transport, datafile, offset, count, fallback=False)
+        assert sent == len(expected)
+        assert datafile.tell() == offset + len(expected)
+        assert transport.is_reading()
+        assert transport.get_protocol() is source
+        transport.write(b"tail")
+        await finish(server, transport, sink)
+        assert bytes(sink.data) == head + expected + b"tail"
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_write_during_transport_sendfile_raises(loop, datafile, tmp_path, family):
+    async def main():
+        sink = Sink(loop, paused=True)  # the queue cannot drain yet
+        server, transport, source = await connect(loop, family, tmp_path, sink)
+        transport.write(b"H" * 1000000)
+        task = asyncio.ensure_future(loop.sendfile(transport, datafile, fallback=False))
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert not task.done()
+        assert not transport.is_reading()  # paused for the sendfile, as asyncio
+        for call in (lambda: transport.write(b"x"), lambda: transport.writelines([b"x"])):
+            with pytest.raises(RuntimeError) as info:
+                call()
+            assert str(info.value) == "unable to write; sendfile is in progress"
+        sink.transport.resume_reading()
+        assert await task == len(DATA)
+        transport.write(b"tail")
+        await finish(server, transport, sink)
+        assert bytes(sink.data) == b"H" * 1000000 + DATA + b"tail"
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_peer_closing_mid_transport_sendfile(loop, datafile, tmp_path, family):
+    run(loop, asyncio.sleep(0))
+    collect()
+    before = open_fds()
+
+    async def main():
+        sink = Sink(loop, close_after=1024)
+        server, transport, source = await connect(loop, family, tmp_path, sink)
+        transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF,
+                                                      4096)
+        with pytest.raises(ConnectionError):
+            await loop.sendfile(transport, datafile, fallback=False)
+        assert 1024 <= len(sink.data) < len(DATA)
+        assert bytes(sink.data) == DATA[:len(sink.data)]
+        assert 0 < datafile.tell() < len(DATA)
+        await sink.done
+        transport.close()
+        await source.done
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+    run(loop, asyncio.sleep(0))
+    collect()
+    assert open_fds() == before
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cancelled_transport_sendfile_leaves_the_transport_usable(loop, loop_name, tmp_path,
+                                                                  family):
+    path = tmp_path / "data32"
+    path.write_bytes(DATA * 32)  # more than the socket buffers of a paused peer hold
+
+    async def main():
+        sink = Sink(loop, paused=True)
+        server, transport, source = await connect(loop, family, tmp_path, sink)
+        task = asyncio.ensure_future(loop.sendfile(transport, datafile, fallback=False))
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+        assert not task.done()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert transport.is_reading()
+        transport.write(b"after")  # no longer refused
+        sink.transport.write(b"reply")
+        sink.transport.resume_reading()
+        while source.received != b"reply":  # read, so that close() sends no RST
+            await asyncio.sleep(0.001)
+        await finish(server, transport, sink)
+        got = bytes(sink.data)
+        k = len(got) - len(b"after")
+        assert 0 < k < len(DATA) * 32
+        assert got == (DATA * 32)[:k] + b"after"
+        if loop_name == "uvpy":  # asyncio leaves the position where it was
+            assert datafile.tell() == k
+
+    with open(path, "rb") as datafile:
+        run(loop, main())
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_64_mib_transport_sendfile_keeps_flow_control(loop, tmp_path, family):
+    big = tmp_path / "big"
+    block = os.urandom(1 << 20)
+    with open(big, "wb") as f:
+        for _ in range(64):
+            f.write(block)
+    burst = b"B" * (16 << 20)  # more than a paused peer's socket buffers take
+
+    async def main():
+        sink = Sink(loop)
+        server, transport, source = await connect(loop, family, tmp_path, sink)
+        for _ in range(2):  # flow control before and after the sendfile
+            sink.transport.pause_reading()
+            transport.write(burst)
+            assert source.events[-1] == "pause"
+            sink.transport.resume_reading()
+            await source.resumed
+            if len(source.events) == 2:
+                with open(big, "rb") as f:
+                    assert await loop.sendfile(transport, f, fallback=False) == 64 << 20
+                    assert f.tell() == 64 << 20
+        assert source.events == ["pause", "resume", "pause", "resume"]
+        await finish(server, transport, sink)
+        assert len(sink.data) == (96 << 20)
+        assert sink.data[:16 << 20] == burst and sink.data[-(16 << 20):] == burst
+        assert sink.data[16 << 20:80 << 20] == block * 64
+
+    run(loop, main())

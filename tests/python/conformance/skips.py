@@ -23,12 +23,6 @@ reason pytest shows -- be specific: what is missing and what brings it.
 test_skiplist.py fails if a key matches no bound test (stale entry).
 """
 
-# Not implemented in uvpy yet (the reason says what is missing).
-_SENDFILE_NATIVE = ("networking: loop.sendfile on uvpy's stream transports copies "
-                    "through transport.write() (_sendfile_compatible is FALLBACK): "
-                    "zero-copy sendfile(2) on the native transport, which refuses "
-                    "bare writes while it runs, is not implemented yet "
-                    "(sock_sendfile is zero-copy)")
 UVPY_SKIPS: dict[str, str] = {
     # --- test_events.EventLoopTests (EventLoopTestsMixin + SubprocessTestsMixin)
     "test_events.EventLoopTests.test_create_server_multiple_hosts_*":
@@ -40,11 +34,6 @@ UVPY_SKIPS: dict[str, str] = {
         "white-box test of the selector loop: it patches "
         "BaseEventLoop._run_once to count iterations; uvpy's run loop is "
         "native and has no _run_once (uvloop skips it too)",
-
-    # --- networking mixins (test_sock_lowlevel, test_buffered_proto run)
-    "test_sendfile.SendfileTests.test_sendfile_force_unsupported_native":
-        _SENDFILE_NATIVE,
-    "test_sendfile.SendfileTests.test_sendfile_prevents_bare_write": _SENDFILE_NATIVE,
 }
 
 UVPY_XFAILS: dict[str, str] = {}

@@ -222,12 +222,17 @@ def wait_rusage(proc: subprocess.Popen) -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def loadgen_command(port: int, conns: int, size: int, duration: float,
-                    warmup: float, reconnect: bool = False) -> list[str]:
+def loadgen_command(port: int | None, conns: int, size: int, duration: float,
+                    warmup: float, reconnect: bool = False, unix_path: str | None = None,
+                    verify: bool = False) -> list[str]:
     """The load generator's command line, pinned to client_cpus(). reconnect:
-    every round trip on a fresh connection (loadgen -r)."""
-    cmd = [binary(), "-p", str(port), "-c", str(conns), "-s", str(size),
-           "-d", f"{duration:.3f}", "-w", f"{warmup:.3f}"] + (["-r"] if reconnect else [])
+    every round trip on a fresh connection (loadgen -r); unix_path: connect
+    to that Unix stream socket instead of 127.0.0.1:port (loadgen -U);
+    verify: compare every echoed byte (loadgen -v: a mismatch is an error)."""
+    target = ["-U", unix_path] if unix_path else ["-p", str(port)]
+    cmd = [binary(), *target, "-c", str(conns), "-s", str(size),
+           "-d", f"{duration:.3f}", "-w", f"{warmup:.3f}"]
+    cmd += (["-r"] if reconnect else []) + (["-v"] if verify else [])
     cpus = client_cpus()
     if cpus:
         cmd += ["-a", ",".join(map(str, cpus))]

@@ -2,6 +2,7 @@
  *
  *   loadgen -p PORT [-H 127.0.0.1] [-c CONNS] [-s SIZE] [-d SECONDS]
  *           [-w WARMUP_SECONDS] [-t THREADS] [-a CPU[,CPU...]] [-v] [-i] [-r]
+ *   loadgen -U PATH ...                  (the same over a Unix stream socket)
  *
  * Each of CONNS connections sends SIZE bytes and waits until it has read
  * SIZE bytes back before it sends again (one message in flight per
@@ -60,6 +61,7 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -92,7 +94,8 @@ struct worker {
 static size_t g_size = 1024;
 static int g_verify;
 static int g_reconnect;
-static struct sockaddr_in g_addr;
+static struct sockaddr_storage g_addr; /* AF_INET, or AF_UNIX with -U */
+static socklen_t g_addrlen;
 static char* g_msg;
 static size_t g_scratch = 256 * 1024;
 static atomic_int g_phase;
@@ -145,6 +148,16 @@ static void set_out(struct worker* w, struct conn* c, int on) {
   struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0), .data.ptr = c};
   if (epoll_ctl(w->ep, EPOLL_CTL_MOD, c->fd, &ev) < 0) die("epoll_ctl");
   c->out_armed = on;
+}
+
+/* A non-blocking stream socket of g_addr's family (TCP_NODELAY on TCP). */
+static int new_socket(void) {
+  int fd = socket(g_addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd >= 0 && g_addr.ss_family == AF_INET) {
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  return fd;
 }
 
 static void drop(struct worker* w, struct conn* c) {
@@ -258,10 +271,8 @@ static int reconnect(struct worker* w, struct conn* c, uint64_t t) {
   setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
   epoll_ctl(w->ep, EPOLL_CTL_DEL, c->fd, NULL);
   close(c->fd);
-  c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  c->fd = new_socket();
   if (c->fd < 0) die("socket");
-  int one = 1;
-  setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   w->inflight++;
   c->busy = 1;
   c->sent = c->recvd = 0;
@@ -270,7 +281,7 @@ static int reconnect(struct worker* w, struct conn* c, uint64_t t) {
   c->connecting = 1;
   struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
   if (epoll_ctl(w->ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl");
-  if (connect(c->fd, (const struct sockaddr*)&g_addr, sizeof g_addr) < 0 && errno != EINPROGRESS) {
+  if (connect(c->fd, (const struct sockaddr*)&g_addr, g_addrlen) < 0 && errno != EINPROGRESS) {
     drop(w, c);
     return -1;
   }
@@ -327,7 +338,7 @@ static void* worker_main(void* arg) {
 
 /* Opens n non-blocking connections, at most kConnectBatch in progress at a
  * time. conns[i].fd is -1 for each that failed. Returns the failures. */
-static int connect_all(const struct sockaddr_in* addr, struct conn* conns, int n) {
+static int connect_all(struct conn* conns, int n) {
   int ep = epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) die("epoll_create1");
   int next = 0, pending = 0, failed = 0;
@@ -336,15 +347,13 @@ static int connect_all(const struct sockaddr_in* addr, struct conn* conns, int n
     while (next < n && pending < kConnectBatch) {
       struct conn* c = &conns[next++];
       memset(c, 0, sizeof *c);
-      c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      c->fd = new_socket();
       if (c->fd < 0) {
         perror("loadgen: socket");
         failed++;
         continue;
       }
-      int one = 1;
-      setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      if (connect(c->fd, (const struct sockaddr*)addr, sizeof *addr) < 0 && errno != EINPROGRESS) {
+      if (connect(c->fd, (const struct sockaddr*)&g_addr, g_addrlen) < 0 && errno != EINPROGRESS) {
         perror("loadgen: connect");
         close(c->fd);
         c->fd = -1;
@@ -419,21 +428,24 @@ static void pin(const char* list) {
 
 static void usage(void) {
   fprintf(stderr,
-          "usage: loadgen -p PORT [-H HOST] [-c CONNS] [-s SIZE] [-d SECONDS] [-w SECONDS]\n"
-          "               [-t THREADS] [-a CPU,...] [-v] [-i] [-r]\n");
+          "usage: loadgen {-p PORT [-H HOST] | -U PATH} [-c CONNS] [-s SIZE] [-d SECONDS]\n"
+          "               [-w SECONDS]"
+          " [-t THREADS] [-a CPU,...] [-v] [-i] [-r]\n");
   exit(1);
 }
 
 int main(int argc, char** argv) {
   const char* host = "127.0.0.1";
+  const char* unix_path = NULL;
   int port = 0, nconns = 10, nthreads = 1, idle = 0;
   double duration = 5.0, warmup = 1.0;
   const char* cpus = NULL;
   int opt;
-  while ((opt = getopt(argc, argv, "H:p:c:s:d:w:t:a:vir")) != -1) {
+  while ((opt = getopt(argc, argv, "H:p:U:c:s:d:w:t:a:vir")) != -1) {
     switch (opt) {
       case 'H': host = optarg; break;
       case 'p': port = atoi(optarg); break;
+      case 'U': unix_path = optarg; break;
       case 'c': nconns = atoi(optarg); break;
       case 's': g_size = (size_t)strtoull(optarg, NULL, 10); break;
       case 'd': duration = atof(optarg); break;
@@ -446,27 +458,36 @@ int main(int argc, char** argv) {
       default: usage();
     }
   }
-  if (port <= 0 || nconns <= 0 || g_size == 0 || nthreads <= 0 || duration <= 0 || warmup < 0) usage();
+  if ((port <= 0) == !unix_path || nconns <= 0 || g_size == 0 || nthreads <= 0 || duration <= 0 || warmup < 0) usage();
   if (nthreads > nconns) nthreads = nconns;
   signal(SIGPIPE, SIG_IGN);
   if (cpus) pin(cpus);
   raise_nofile(nconns + 64);
 
-  struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  if (inet_pton(AF_INET, host, &addr.sin_addr) != 1) {
-    struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res;
-    if (getaddrinfo(host, NULL, &hints, &res) != 0) {
-      fprintf(stderr, "loadgen: cannot resolve %s\n", host);
-      return 1;
+  if (unix_path) {
+    struct sockaddr_un* un = (struct sockaddr_un*)&g_addr;
+    if (strlen(unix_path) >= sizeof un->sun_path) usage();
+    un->sun_family = AF_UNIX;
+    strcpy(un->sun_path, unix_path);
+    g_addrlen = sizeof *un;
+  } else {
+    struct sockaddr_in* in = (struct sockaddr_in*)&g_addr;
+    in->sin_family = AF_INET;
+    in->sin_port = htons((uint16_t)port);
+    if (inet_pton(AF_INET, host, &in->sin_addr) != 1) {
+      struct addrinfo hints = {.ai_family = AF_INET, .ai_socktype = SOCK_STREAM}, *res;
+      if (getaddrinfo(host, NULL, &hints, &res) != 0) {
+        fprintf(stderr, "loadgen: cannot resolve %s\n", host);
+        return 1;
+      }
+      in->sin_addr = ((struct sockaddr_in*)res->ai_addr)->sin_addr;
+      freeaddrinfo(res);
     }
-    addr.sin_addr = ((struct sockaddr_in*)res->ai_addr)->sin_addr;
-    freeaddrinfo(res);
+    g_addrlen = sizeof *in;
   }
-
-  g_addr = addr;
   struct conn* conns = calloc((size_t)nconns, sizeof *conns);
   if (!conns) die("calloc");
-  int connect_errors = connect_all(&addr, conns, nconns);
+  int connect_errors = connect_all(conns, nconns);
   if (connect_errors == nconns) {
     fprintf(stderr, "loadgen: no connection could be opened\n");
     return 2;

@@ -12,6 +12,7 @@ scripts/test.sh runs the suite once with libuv and once with io_uring.
 import asyncio
 import gc
 import os
+import resource
 import socket
 import ssl
 
@@ -128,3 +129,15 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def raise_nofile(need):
+    """Soft RLIMIT_NOFILE up to `need` (at most the hard limit), restored by
+    the returned callable; skips the test when the hard limit is too low."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return lambda: None
+    if hard != resource.RLIM_INFINITY and hard < need:
+        pytest.skip(f"needs {need} file descriptors, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

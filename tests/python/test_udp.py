@@ -371,3 +371,81 @@ def test_fds_stay_flat_over_many_rounds(loop):
         assert open_fds() == before
 
     run(loop, main())
+
+
+SOAK_DATAGRAMS = 10_000
+SOAK_BATCH = 100  # in flight at most: a few KiB of the receive buffer
+
+
+class Counter(asyncio.DatagramProtocol):
+    """Counts datagrams per sender; wakes a waiter at a target count."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.by_sender = {}
+        self.total = 0
+        self.target = None
+        self.reached = None
+        self.lost = loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.by_sender.setdefault(addr, []).append(data)
+        self.total += 1
+        if self.reached is not None and self.total >= self.target and not self.reached.done():
+            self.reached.set_result(None)
+
+    def error_received(self, exc):
+        raise AssertionError(f"error_received({exc!r})")
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+    async def wait_for_total(self, target):
+        self.target, self.reached = target, self.loop.create_future()
+        if self.total < target:
+            await asyncio.wait_for(self.reached, 10)
+
+
+@pytest.mark.soak
+def test_ten_thousand_datagrams_each_way_arrive_exactly(loop):
+    """10,000 datagrams through a connected endpoint (remote_addr=) and
+    10,000 through an unconnected one (sendto with an address), interleaved,
+    reach one endpoint over loopback: exactly that many from each sender, in
+    order, unaltered. The sender pauses every SOAK_BATCH datagrams until all
+    of them arrived, and the receive buffer is raised, so the kernel has no
+    reason to drop one."""
+    fds = fds_after_warmup(loop)
+
+    async def main():
+        sink_t, sink = await loop.create_datagram_endpoint(
+            lambda: Counter(loop), local_addr=("127.0.0.1", 0))
+        sink_t.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        addr = sink_t.get_extra_info("sockname")
+        conn_t, _ = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), remote_addr=addr)
+        free_t, _ = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop), local_addr=("127.0.0.1", 0))
+        senders = {"connected": conn_t.get_extra_info("sockname"),
+                   "unconnected": free_t.get_extra_info("sockname")}
+        for i in range(SOAK_DATAGRAMS):
+            conn_t.sendto(b"c%05d" % i)
+            free_t.sendto(b"u%05d" % i + bytes(i % 64), addr)
+            if (i + 1) % SOAK_BATCH == 0:
+                await sink.wait_for_total(2 * (i + 1))
+        await sink.wait_for_total(2 * SOAK_DATAGRAMS)
+        await asyncio.sleep(0.05)  # nothing more may come
+        assert sink.total == 2 * SOAK_DATAGRAMS
+        assert set(sink.by_sender) == set(senders.values())
+        assert sink.by_sender[senders["connected"]] == [
+            b"c%05d" % i for i in range(SOAK_DATAGRAMS)]
+        assert sink.by_sender[senders["unconnected"]] == [
+            b"u%05d" % i + bytes(i % 64) for i in range(SOAK_DATAGRAMS)]
+        assert conn_t.get_write_buffer_size() == free_t.get_write_buffer_size() == 0
+        await closed(sink_t, conn_t, free_t)
+
+    run(loop, main())
+    collect()
+    assert open_fds() == fds

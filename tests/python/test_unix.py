@@ -15,12 +15,14 @@ import os
 import pathlib
 import socket
 import ssl
+import subprocess
 import sys
+import time
 import warnings
 
 import pytest
 
-from conftest import collect, open_fds
+from conftest import collect, open_fds, raise_nofile
 
 _abstract_ids = itertools.count()
 
@@ -345,6 +347,106 @@ def test_fds_stay_flat_over_many_rounds(loop, tmp_path):
         await server.wait_closed()
 
     run(loop, main())
+
+
+SOAK_CONNS = 10_000
+
+# The client side of the soak, in its own process (its own fd table, so the
+# test process holds only the server's 10,000 ends): connects one blocking
+# socket at a time, sends its 8-byte number and reads the echo, keeps every
+# socket open until stdin closes, then closes them all.
+SOAK_CLIENT = """
+import resource, socket, sys
+path, n = sys.argv[1], int(sys.argv[2])
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+socks = []
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(path)
+    msg = b"%08d" % i
+    s.sendall(msg)
+    got = b""
+    while len(got) < len(msg):
+        chunk = s.recv(len(msg) - len(got))
+        if not chunk:
+            sys.exit(f"connection {i}: end of stream before the echo")
+        got += chunk
+    if got != msg:
+        sys.exit(f"connection {i}: echo {got!r}, sent {msg!r}")
+    socks.append(s)
+sys.stdin.read()
+for s in socks:
+    s.close()
+"""
+
+
+class SoakEcho(asyncio.Protocol):
+    """Echoes; counts the connections made, the bytes echoed and the losses."""
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.stats["made"] += 1
+
+    def data_received(self, data):
+        self.stats["bytes"] += len(data)
+        self.transport.write(data)
+
+    def connection_lost(self, exc):
+        self.stats["lost"] += 1
+
+
+async def until_client(pred, proc, what, timeout=60):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert proc.poll() in (None, 0), f"the client exited {proc.returncode} while {what}"
+        assert time.monotonic() < deadline, f"timed out while {what}"
+        await asyncio.sleep(0.005)
+
+
+@pytest.mark.soak
+def test_ten_thousand_connections_then_all_closed(loop, tmp_path):
+    """10,000 connections held open at once against one server, each echoing
+    8 bytes; after the client closes them all, every server end is lost, no
+    fd is left over and the server still serves."""
+    restore = raise_nofile(SOAK_CONNS + 200)
+    path = str(tmp_path / "s")
+    stats = {"made": 0, "bytes": 0, "lost": 0}
+
+    async def main():
+        server = await loop.create_unix_server(lambda: SoakEcho(stats), path, backlog=1024)
+        await echo_round(loop, path, b"x")  # warm up lazily made objects
+        collect()
+        before = open_fds()
+        stats.update(made=0, bytes=0, lost=0)
+        proc = subprocess.Popen([sys.executable, "-c", SOAK_CLIENT, path, str(SOAK_CONNS)],
+                                stdin=subprocess.PIPE)
+        try:
+            await until_client(lambda: stats["bytes"] == 8 * SOAK_CONNS, proc, "connecting")
+            assert stats["made"] == SOAK_CONNS and stats["lost"] == 0
+            assert open_fds() >= before + SOAK_CONNS
+            proc.stdin.close()
+            await until_client(lambda: stats["lost"] == SOAK_CONNS, proc, "closing")
+        finally:
+            if proc.stdin and not proc.stdin.closed:
+                proc.stdin.close()
+            proc.wait(30)
+        assert proc.returncode == 0
+        collect()
+        assert open_fds() == before
+        for _ in range(3):  # still serving
+            await echo_round(loop, path)
+        server.close()
+        await server.wait_closed()
+
+    try:
+        run(loop, main())
+    finally:
+        restore()
 
 
 # -- TLS (ssl= and start_tls) ------------------------------------------------------------

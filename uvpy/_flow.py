@@ -1,5 +1,7 @@
-"""Write-side flow control shared by uvpy's Python-level transports (pipes,
-datagram endpoints), with the rules of asyncio's transports._FlowControlMixin.
+"""Flow control shared by uvpy's Python-level transports (pipes, datagram
+endpoints): the write side with the rules of asyncio's
+transports._FlowControlMixin, the read side with those of its
+pause_reading()/resume_reading().
 
 A transport that mixes this in keeps ``_protocol``, ``_loop`` and
 ``get_write_buffer_size()``, calls ``_init_flow_control()`` once, and calls
@@ -15,11 +17,25 @@ Invariants:
    asyncio's message; it never reaches the code that wrote.
 3. The marks default to 64 KiB high and a quarter of that low; a given low
    without a high makes high four times low; high >= low >= 0 or ValueError.
+
+ReadControl: a transport calls ``_init_read_control(fd)`` once, keeps
+``_loop``, ``_closing`` and a ``_read_ready`` callback, and starts reading
+with ``_start_reading()`` (from call_soon, after connection_made()).
+
+4. The loop's reader on fd is installed iff reading was started and the
+   transport is neither paused nor closing; pause_reading() and
+   resume_reading() are no-ops where asyncio's are.
 """
 
 from __future__ import annotations
 
-__all__ = ("WriteFlowControl",)
+from asyncio.log import logger
+
+from . import _uvpy
+
+__all__ = ("WriteFlowControl", "ReadControl")
+
+_READ = _uvpy.READABLE
 
 
 class WriteFlowControl:
@@ -69,3 +85,42 @@ class WriteFlowControl:
                 "transport": self,
                 "protocol": self._protocol,
             })
+
+
+class ReadControl:
+    """is_reading / pause_reading / resume_reading over the loop's reader (rule 4)."""
+
+    def _init_read_control(self, fd):
+        self._read_fd = fd
+        self._paused = False
+        self._reading = False  # the reader is installed
+
+    def _start_reading(self):
+        if self._reading or not self.is_reading():
+            return
+        self._loop._watch(self._read_fd, _READ, self._read_ready, ())
+        self._reading = True
+
+    def _stop_reading(self):
+        if self._reading:
+            self._reading = False
+            self._loop._unwatch(self._read_fd, _READ)
+
+    def is_reading(self):
+        return not self._closing and not self._paused
+
+    def pause_reading(self):
+        if not self.is_reading():
+            return
+        self._paused = True
+        self._stop_reading()
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)

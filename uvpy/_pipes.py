@@ -56,7 +56,7 @@ from asyncio import constants, futures, transports
 from asyncio.log import logger
 
 from . import _uvpy
-from ._flow import WriteFlowControl
+from ._flow import ReadControl, WriteFlowControl
 
 __all__ = ("ReadPipeTransport", "WritePipeTransport", "PipeMixin")
 
@@ -127,6 +127,21 @@ class _PipeTransport:
     def is_closing(self):
         return self._closing
 
+    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
+        # An error the protocol learns of from connection_lost() anyway
+        # (_quiet) is only logged in debug mode, as asyncio does.
+        if self._quiet(exc):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        self._close(exc)
+
     def _schedule_connection_lost(self, exc):
         if self._loop.is_closed():
             # Nothing can run on a closed loop: the protocol is not told,
@@ -146,7 +161,7 @@ class _PipeTransport:
             self._loop = None
 
 
-class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
+class ReadPipeTransport(_PipeTransport, ReadControl, transports.ReadTransport):
     """The reading end of a pipe as an asyncio.ReadTransport."""
 
     max_size = 256 * 1024  # the most one read() takes
@@ -155,8 +170,7 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         super().__init__(extra)
         fd, _ = _pipe_fd(pipe, "Pipe transport is for pipes/sockets only.")
         self._init_pipe(loop, pipe, protocol, fd)
-        self._paused = False
-        self._reading = False  # the reader is installed
+        self._init_read_control(fd)
         self._buf, self._view = _read_buffer(loop)
         loop.call_soon(protocol.connection_made, self)
         loop.call_soon(self._start_reading)  # invariant 2
@@ -165,17 +179,6 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
 
     def _repr_state(self):
         return ["polling" if self._reading else "idle"]
-
-    def _start_reading(self):
-        if self._reading or not self.is_reading():
-            return
-        self._loop._watch(self._fileno, _READ, self._read_ready, ())
-        self._reading = True
-
-    def _stop_reading(self):
-        if self._reading:
-            self._reading = False
-            self._loop._unwatch(self._fileno, _READ)
 
     def _read_ready(self):
         try:
@@ -195,41 +198,13 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         self._loop.call_soon(self._protocol.eof_received)
         self._schedule_connection_lost(None)
 
-    def is_reading(self):
-        return not self._paused and not self._closing
-
-    def pause_reading(self):
-        if not self.is_reading():
-            return
-        self._paused = True
-        self._stop_reading()
-        if self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self):
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        self._start_reading()
-        if self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
-
     def close(self):
         if not self._closing:
             self._close(None)
 
-    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
-        if isinstance(exc, OSError) and exc.errno == errno.EIO:
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler({
-                "message": message,
-                "exception": exc,
-                "transport": self,
-                "protocol": self._protocol,
-            })
-        self._close(exc)
+    @staticmethod
+    def _quiet(exc):
+        return isinstance(exc, OSError) and exc.errno == errno.EIO  # invariant 3
 
     def _close(self, exc):
         self._closing = True
@@ -369,18 +344,9 @@ class WritePipeTransport(_PipeTransport, WriteFlowControl, transports.WriteTrans
     def abort(self):
         self._close(None)
 
-    def _fatal_error(self, exc, message="Fatal error on pipe transport"):
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler({
-                "message": message,
-                "exception": exc,
-                "transport": self,
-                "protocol": self._protocol,
-            })
-        self._close(exc)
+    @staticmethod
+    def _quiet(exc):
+        return isinstance(exc, OSError)  # the peer went away: connection_lost() says so
 
     def _close(self, exc=None):
         if self._lost:

@@ -132,17 +132,9 @@ class ProcessMixin:
         if not shell:
             raise ValueError("shell must be True")
         _check_text_args(bufsize, text, encoding, errors)
-        protocol = protocol_factory()
-        debug_log = None
-        if self.get_debug():
-            # Not the command itself: it may hold a password, or be long.
-            debug_log = f"run shell command {cmd!r}"
-            self._log_subprocess(debug_log, stdin, stdout, stderr)
-        transport = await self._make_subprocess_transport(
-            protocol, cmd, True, stdin, stdout, stderr, bufsize, **kwargs)
-        if debug_log is not None:
-            logger.info("%s: %r", debug_log, transport)
-        return transport, protocol
+        debug_log = f"run shell command {cmd!r}" if self.get_debug() else None
+        return await self._spawn(protocol_factory, cmd, True, debug_log, stdin, stdout, stderr,
+                                 bufsize, kwargs)
 
     async def subprocess_exec(self, protocol_factory, program, *args, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -154,13 +146,18 @@ class ProcessMixin:
         if shell:
             raise ValueError("shell must be False")
         _check_text_args(bufsize, text, encoding, errors)
+        # The program, not its arguments: they may hold a password, or be long.
+        debug_log = f"execute program {program!r}" if self.get_debug() else None
+        return await self._spawn(protocol_factory, (program,) + args, False, debug_log, stdin,
+                                 stdout, stderr, bufsize, kwargs)
+
+    async def _spawn(self, protocol_factory, args, shell, debug_log, stdin, stdout, stderr,
+                     bufsize, kwargs):
         protocol = protocol_factory()
-        debug_log = None
-        if self.get_debug():
-            debug_log = f"execute program {program!r}"
+        if debug_log is not None:
             self._log_subprocess(debug_log, stdin, stdout, stderr)
         transport = await self._make_subprocess_transport(
-            protocol, (program,) + args, False, stdin, stdout, stderr, bufsize, **kwargs)
+            protocol, args, shell, stdin, stdout, stderr, bufsize, **kwargs)
         if debug_log is not None:
             logger.info("%s: %r", debug_log, transport)
         return transport, protocol

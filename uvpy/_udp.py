@@ -44,7 +44,7 @@ from asyncio import base_events, constants, futures, transports, trsock
 from asyncio.log import logger
 
 from . import _uvpy
-from ._flow import WriteFlowControl
+from ._flow import ReadControl, WriteFlowControl
 
 __all__ = ("DatagramTransport", "DatagramMixin")
 
@@ -62,7 +62,7 @@ _HEADER_SIZE = 8 if _NEW_SENDTO else 0
 _READS_PER_WAKEUP = 64
 
 
-class DatagramTransport(WriteFlowControl, transports.Transport, transports.DatagramTransport):
+class DatagramTransport(ReadControl, WriteFlowControl, transports.Transport, transports.DatagramTransport):
     """A datagram socket as an asyncio.DatagramTransport.
 
     Also an asyncio.Transport, as the stock loop's datagram transport is
@@ -94,8 +94,7 @@ class DatagramTransport(WriteFlowControl, transports.Transport, transports.Datag
         self._buffer_size = 0
         self._conn_lost = 0  # set when connection_lost() is scheduled
         self._closing = False
-        self._paused = False
-        self._reading = False  # the reader is installed
+        self._init_read_control(self._sock_fd)
         self._writing = False  # the writer is installed
         self._init_flow_control()
         loop._transports[self._sock_fd] = weakref.ref(self)
@@ -125,17 +124,6 @@ class DatagramTransport(WriteFlowControl, transports.Transport, transports.Datag
 
     # -- the loop's watchers ---------------------------------------------------
 
-    def _start_reading(self):
-        if self._reading or not self.is_reading():
-            return
-        self._loop._watch(self._sock_fd, _READ, self._read_ready, ())
-        self._reading = True
-
-    def _stop_reading(self):
-        if self._reading:
-            self._reading = False
-            self._loop._unwatch(self._sock_fd, _READ)
-
     def _start_writing(self):
         if not self._writing:
             self._loop._watch(self._sock_fd, _WRITE, self._sendto_ready, ())
@@ -157,25 +145,6 @@ class DatagramTransport(WriteFlowControl, transports.Transport, transports.Datag
 
     def is_closing(self):
         return self._closing
-
-    def is_reading(self):
-        return not self._closing and not self._paused
-
-    def pause_reading(self):
-        if not self.is_reading():
-            return
-        self._paused = True
-        self._stop_reading()
-        if self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self):
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        self._start_reading()
-        if self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
 
     def close(self):
         if self._closing:

@@ -264,6 +264,7 @@ int connection_lost(Transport* t, PyObject* exc) {
   if (rc < 0) PyErr_Fetch(&etype, &evalue, &etb);
   if (t->stream) t->stream->close();
   release_view(t);
+  tls::detach(t);
   if (t->sock) {
     // The extras a subclass computes lazily (TCPTransport: socket,
     // sockname) must outlive the socket, as asyncio's eager ones do.
@@ -309,6 +310,7 @@ int connection_lost(Transport* t, PyObject* exc) {
 }
 
 bool set_protocol(Transport* t, PyObject* protocol) {
+  tls::detach(t);  // an SSLProtocol attaches itself again after this
   int buffered = PyObject_IsInstance(protocol, buffered_protocol_type);
   if (buffered < 0) return false;
   Py_INCREF(protocol);
@@ -340,6 +342,22 @@ bool set_protocol(Transport* t, PyObject* protocol) {
 }
 
 bool is_reading(Transport* t) { return !t->closing && !t->paused; }
+
+bool write_bytes(Transport* t, const void* data, size_t len) {
+  if (t->eof) {
+    PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+    return false;
+  }
+  if (t->empty_waiter) {
+    PyErr_SetString(PyExc_RuntimeError, "unable to write; sendfile is in progress");
+    return false;
+  }
+  if (len == 0) return true;
+  if (t->conn_lost) return drop_write(t);
+  int rc = t->stream->write(data, len);
+  if (PyErr_Occurred()) return false;  // pause_writing() raised SystemExit
+  return rc == 0 || fail_errno(t, -rc, "Fatal write error on socket transport") == 0;
+}
 
 bool drop_write(Transport* t) {
   if (t->conn_lost >= kLogThreshold) {
@@ -377,7 +395,7 @@ void Owner::release() { Py_DECREF(as_obj(t_)); }
 int Owner::read_buffer(char** buf, size_t* len) {
   Transport* t = t_;
   if (t->conn_lost || t->protocol == nullptr) return 0;
-  if (!t->buffered) {
+  if (!t->buffered || t->tls) {  // a TLS link takes the records natively
     *buf = shared_read_buffer();
     *len = kReadSize;
     return 1;
@@ -407,6 +425,10 @@ int Owner::on_read(ssize_t n) {
     if (n == -EAGAIN) return 0;
     if (n < 0) return fail_errno(t, static_cast<int>(-n), "Fatal read error on socket transport");
     if (n == 0) return eof_received(t);
+    if (t->tls) {
+      if (tls::on_records(t, shared_read_buffer(), static_cast<size_t>(n)) == 0) return 0;
+      return fail(t, "Fatal error: protocol.buffer_updated() call failed.");
+    }
     PyObject* r;
     if (t->buffered) {
       PyObject* count = PyLong_FromSsize_t(n);

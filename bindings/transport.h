@@ -10,6 +10,7 @@
 
 #include "py.h"
 #include "stream.h"
+#include "tls.h"
 
 namespace uvpy::py::transport {
 
@@ -63,6 +64,8 @@ struct Transport {
   // `stream` is null until __init__ ran.
   loop::Stream* stream;
   Owner* owner;
+  // The TLS record path while an SSLProtocol is attached (tls.cc), else null.
+  tls::Link* tls;
   Py_buffer view;  // BufferedProtocol: get_buffer()'s buffer during a recv
   Py_ssize_t conn_lost;
   bool have_view;
@@ -96,6 +99,11 @@ bool close_transport(Transport* t);
 bool force_close(Transport* t, PyObject* exc);
 int connection_lost(Transport* t, PyObject* exc);  // -1: the protocol raised
 void release_view(Transport* t);
+// True for a TransportCore (or subclass) instance.
+bool is_transport(PyObject* obj);
+// write(bytes) after the type check: asyncio's checks (write_eof, sendfile,
+// empty, lost connection), then the stream. False with an exception set.
+bool write_bytes(Transport* t, const void* data, size_t len);
 // A write after the connection was lost: counted, dropped, logged from the
 // 5th on. False if logging raised.
 bool drop_write(Transport* t);

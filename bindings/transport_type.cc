@@ -38,29 +38,11 @@ PyObject* Transport_write(PyObject* self, PyObject* data) {
     }
     return nullptr;
   }
-  if (t->eof) {
-    PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
-    return nullptr;
-  }
-  if (t->empty_waiter) {
-    PyErr_SetString(PyExc_RuntimeError, kSendfileInProgress);
-    return nullptr;
-  }
   Py_buffer view;
   if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return nullptr;
-  if (view.len == 0) {
-    PyBuffer_Release(&view);
-    Py_RETURN_NONE;
-  }
-  if (t->conn_lost) {
-    PyBuffer_Release(&view);
-    if (!drop_write(t)) return nullptr;
-    Py_RETURN_NONE;
-  }
-  int rc = t->stream->write(view.buf, static_cast<size_t>(view.len));
+  bool ok = write_bytes(t, view.buf, static_cast<size_t>(view.len));
   PyBuffer_Release(&view);
-  if (PyErr_Occurred()) return nullptr;  // pause_writing() raised SystemExit
-  if (rc < 0 && fail_errno(t, -rc, "Fatal write error on socket transport") < 0) return nullptr;
+  if (!ok) return nullptr;
   Py_RETURN_NONE;
 }
 
@@ -253,6 +235,23 @@ PyObject* Transport_reset_empty_waiter(PyObject* self, PyObject*) {
   Py_RETURN_NONE;
 }
 
+// _tls_attach(sslproto): the TLS record path for the SSLProtocol just set as
+// this transport's protocol (tls.cc). True when attached, False when the
+// native path is unavailable and the SSLProtocol reads through Python.
+PyObject* Transport_tls_attach(PyObject* self, PyObject* sslproto) {
+  Transport* t = T(self);
+  if (!check_ready(t)) return nullptr;
+  if (t->protocol != sslproto) {
+    PyErr_SetString(PyExc_ValueError, "_tls_attach() needs the transport's own protocol");
+    return nullptr;
+  }
+  int rc = tls::attach(t, sslproto);
+  if (rc < 0) return nullptr;
+  return PyBool_FromLong(rc);
+}
+
+PyObject* Transport_get_tls_attached(PyObject* self, void*) { return PyBool_FromLong(T(self)->tls != nullptr); }
+
 PyObject* Transport_set_protocol(PyObject* self, PyObject* protocol) {
   if (!set_protocol(T(self), protocol)) return nullptr;
   Py_RETURN_NONE;
@@ -371,12 +370,13 @@ int Transport_traverse(PyObject* self, visitproc visit, void* arg) {
   Py_VISIT(t->buffer_updated);
   Py_VISIT(t->empty_waiter);
   if (t->have_view) Py_VISIT(t->view.obj);
-  return 0;
+  return tls::traverse(t->tls, visit, arg);
 }
 
 int Transport_clear(PyObject* self) {
   Transport* t = T(self);
   release_view(t);
+  tls::detach(t);
   Py_CLEAR(t->extra);
   Py_CLEAR(t->protocol);
   Py_CLEAR(t->server);
@@ -430,6 +430,7 @@ PyMethodDef Transport_methods[] = {
     METH("_start_reading", Transport_start_reading, METH_NOARGS, nullptr),
     METH("_force_close", Transport_force_close, METH_O, nullptr),
     METH("_call_connection_lost", Transport_call_connection_lost, METH_O, nullptr),
+    METH("_tls_attach", Transport_tls_attach, METH_O, nullptr),
     METH("_make_empty_waiter", Transport_make_empty_waiter, METH_NOARGS, nullptr),
     METH("_reset_empty_waiter", Transport_reset_empty_waiter, METH_NOARGS, nullptr),
     {nullptr, nullptr, 0, nullptr},
@@ -453,10 +454,13 @@ PyGetSetDef Transport_getset[] = {
     {"_read_active", Transport_get_read_active, nullptr, nullptr, nullptr},
     {"_write_active", Transport_get_write_active, nullptr, nullptr, nullptr},
     {"_empty_waiter", Transport_get_empty_waiter, nullptr, nullptr, nullptr},
+    {"_tls_attached", Transport_get_tls_attached, nullptr, nullptr, nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 
 }  // namespace
+
+bool transport::is_transport(PyObject* obj) { return PyObject_TypeCheck(obj, transport_type); }
 
 PyObject* transport::ensure_extra(Transport* t) {
   if (t->extra != nullptr) return t->extra;
@@ -509,7 +513,8 @@ bool ready_transport(PyObject* module) {
                            : nullptr;
     Py_XDECREF(bases);
     ok = transport_type != nullptr &&
-         PyModule_AddObjectRef(module, "TransportCore", reinterpret_cast<PyObject*>(transport_type)) == 0;
+         PyModule_AddObjectRef(module, "TransportCore", reinterpret_cast<PyObject*>(transport_type)) == 0 &&
+         tls::ready(module);
   }
   Py_XDECREF(transports);
   Py_XDECREF(base);

@@ -48,13 +48,28 @@ import functools
 import ssl
 from asyncio import sslproto
 
+from . import _uvpy
 from ._tcp import TCPTransport
+
+SSLProtocolState = sslproto.SSLProtocolState
 
 __all__ = ("TLSMixin",)
 
 
+class SSLProtocolTransport(sslproto._SSLProtocolTransport):
+    """asyncio's app transport; write() is native where available (6)."""
+
+    __slots__ = ()
+
+
+# Invariant 6: False where the native record path is unavailable; then
+# _uvpy._tls_status() says why.
+NATIVE = _uvpy._tls_install_write(SSLProtocolTransport)
+
+
 class SSLProtocol(sslproto.SSLProtocol):
-    """asyncio's SSLProtocol, receiving into its loop's shared buffer (5)."""
+    """asyncio's SSLProtocol, receiving into its loop's shared buffer (5)
+    and attached to the native record path (6)."""
 
     def __init__(self, loop, *args, **kwargs):
         super().__init__(loop, *args, **kwargs)
@@ -63,6 +78,35 @@ class SSLProtocol(sslproto.SSLProtocol):
 
     def get_buffer(self, n):
         return self._ssl_buffer_view
+
+    def _get_app_transport(self):
+        if self._app_transport is None:
+            if self._app_transport_created:
+                raise RuntimeError("Creating _SSLProtocolTransport twice")
+            self._app_transport = SSLProtocolTransport(self._loop, self)
+            self._app_transport_created = True
+        return self._app_transport
+
+    def _records_received(self):
+        """buffer_updated() after its first step, which the native record
+        path took: the records are in self._incoming already."""
+        state = self._state
+        if state == SSLProtocolState.DO_HANDSHAKE:
+            self._do_handshake()
+        elif state == SSLProtocolState.WRAPPED:
+            self._do_read()
+        elif state == SSLProtocolState.FLUSHING:
+            self._do_flush()
+        elif state == SSLProtocolState.SHUTDOWN:
+            self._do_shutdown()
+
+
+def _attach(transport, ssl_protocol):
+    """Invariant 6: the native record path, where the transport has one."""
+    if NATIVE:
+        attach = getattr(transport, "_tls_attach", None)
+        if attach is not None:
+            attach(ssl_protocol)
 
 
 class TLSMixin:
@@ -84,7 +128,8 @@ class TLSMixin:
             self, protocol, sslcontext, waiter, server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout)
-        transport_type(self, rawsock, ssl_protocol, None, extra, server, peername, tcp)
+        transport = transport_type(self, rawsock, ssl_protocol, None, extra, server, peername, tcp)
+        _attach(transport, ssl_protocol)
         return ssl_protocol._app_transport
 
     def _serve_tls_connection(self, protocol_factory, conn, addr, server, tcp,
@@ -139,6 +184,7 @@ class TLSMixin:
         # Invariant 4: records wait until the SSLProtocol is connected.
         transport.pause_reading()
         transport.set_protocol(ssl_protocol)
+        _attach(transport, ssl_protocol)
         conmade_cb = self.call_soon(ssl_protocol.connection_made, transport)
         resume_cb = self.call_soon(transport.resume_reading)
         try:

@@ -2,16 +2,18 @@
 
 Design: asyncio's own sslproto.SSLProtocol, layered over uvpy's native
 stream transport (TCPTransport, or UnixTransport for a Unix socket) exactly
-as BaseEventLoop layers it over the selector transport.
-The native transport feeds the records to SSLProtocol through its
-BufferedProtocol path (get_buffer/buffer_updated, no bytes object per
-read); SSLProtocol runs them through the ssl module's MemoryBIO/SSLObject
-(so the crypto is the OpenSSL that `ssl` itself links, and everything set
-on the user's SSLContext is honoured) and hands application data to the
-user's protocol through its _SSLProtocolTransport. Behaviour, defaults and
-error messages are therefore asyncio's by construction. The record path
-is Python (SSLProtocol, one SSLObject.read/write per chunk); docs/tls.md
-measures what that costs against uvloop's Cython SSLProtocol.
+as BaseEventLoop layers it over the selector transport. SSLProtocol runs
+the records through the ssl module's MemoryBIO/SSLObject, so the crypto is
+the OpenSSL that `ssl` itself links and everything set on the user's
+SSLContext is honoured; behaviour, defaults and error messages are
+asyncio's by construction.
+
+In SSLProtocol's steady state (WRAPPED) the records bypass its Python
+code: the native transport feeds received records through SSL_read on the
+same SSL object and hands the plaintext to the app protocol, and the app
+transport's write() runs SSL_write and queues the records on the stream
+(bindings/tls.cc, invariant 6). The handshake, shutdown, errors and
+flow-control decisions stay SSLProtocol's.
 
 Only public or version-stable names of asyncio are used: SSLProtocol's
 constructor (the same from 3.11 through 3.14), its _app_transport, and the
@@ -40,6 +42,14 @@ Invariants:
    thread, and buffer_updated() copies the bytes into the SSLObject's
    MemoryBIO before returning; a nested SSLProtocol (TLS in TLS) reads
    into the buffer only after the outer one has copied out of it.
+6. Where _uvpy._tls_status() is "native", every SSLProtocol over a native
+   transport is attached to its record path right after it becomes the
+   transport's protocol (_attach), before any record can arrive, and its
+   app transport is SSLProtocolTransport, whose write() is native. The
+   native transport then calls _records_received() for every state but
+   WRAPPED (and for a paused or BufferedProtocol app), after putting the
+   records into self._incoming as buffer_updated() does first. Elsewhere
+   (another Python, another OpenSSL) the Python path runs unchanged.
 """
 
 from __future__ import annotations

@@ -106,6 +106,7 @@ struct Api {
   int (*SSL_read_ex)(SSL*, void*, size_t, size_t*);
   int (*SSL_write_ex)(SSL*, const void*, size_t, size_t*);
   int (*SSL_get_error)(const SSL*, int);
+  int (*SSL_pending)(const SSL*);
   BIO* (*SSL_get_rbio)(const SSL*);
   BIO* (*SSL_get_wbio)(const SSL*);
   void* (*SSL_get_ex_data)(const SSL*, int);
@@ -165,9 +166,7 @@ struct Scratch {
   }
 };
 
-// Plaintext gathered for data_received(); records for the stream. Two,
-// because a write from inside data_received() needs its own.
-thread_local Scratch read_scratch;
+// The outgoing records on their way to the stream.
 thread_local Scratch write_scratch;
 
 bool intern(PyObject** slot, const char* s) {
@@ -279,6 +278,7 @@ bool resolve() {
   bool found = sym(handle, "SSL_read_ex", &api.SSL_read_ex) &&
                sym(handle, "SSL_write_ex", &api.SSL_write_ex) &&
                sym(handle, "SSL_get_error", &api.SSL_get_error) &&
+               sym(handle, "SSL_pending", &api.SSL_pending) &&
                sym(handle, "SSL_get_rbio", &api.SSL_get_rbio) &&
                sym(handle, "SSL_get_wbio", &api.SSL_get_wbio) &&
                sym(handle, "SSL_get_ex_data", &api.SSL_get_ex_data) &&
@@ -413,33 +413,62 @@ int control_ssl_reading(Link* link, PyObject* sslproto) {
 
 enum class ReadEnd { kWantRead, kCloseNotify, kOther };
 
-// SSLProtocol._do_read() for a plain Protocol that is not paused (rule 3).
-int read_wrapped(Transport* t, Link* link, PyObject* sslproto) {
-  size_t total = 0;
-  ReadEnd end;
-  api.ERR_clear_error();
+// SSL_read_ex into `data` (a bytes object of `cap` bytes, being filled)
+// until OpenSSL has no more: how it stopped, and the bytes read in *total.
+// -1 with an exception if growing `data` failed.
+int drain_records(Link* link, PyObject** data, size_t* total, ReadEnd* end) {
+  size_t cap = *data ? static_cast<size_t>(PyBytes_GET_SIZE(*data)) : 0;
   for (;;) {
-    // Room for at least one whole record (16 KiB of plaintext).
-    char* buf = read_scratch.reserve(total + kRecordMax, total);
+    if (*total == cap) {
+      // TLS does not expand data (and ssl disables compression), so the
+      // first size rarely falls short; a record still undecrypted does.
+      cap = cap ? cap * 2 : kRecordMax;
+      if (*data == nullptr ? (*data = PyBytes_FromStringAndSize(nullptr, cap)) == nullptr
+                           : _PyBytes_Resize(data, static_cast<Py_ssize_t>(cap)) < 0)
+        return -1;
+    }
     size_t got = 0;
-    int rc = api.SSL_read_ex(link->ssl, buf + total, read_scratch.cap - total, &got);
+    int rc = api.SSL_read_ex(link->ssl, PyBytes_AS_STRING(*data) + *total, cap - *total, &got);
     if (rc == 1) {
-      total += got;
+      *total += got;
       continue;
     }
     int err = api.SSL_get_error(link->ssl, rc);
-    end = err == kErrorWantRead ? ReadEnd::kWantRead
-                                : err == kErrorZeroReturn ? ReadEnd::kCloseNotify : ReadEnd::kOther;
-    break;
+    *end = err == kErrorWantRead ? ReadEnd::kWantRead
+                                 : err == kErrorZeroReturn ? ReadEnd::kCloseNotify : ReadEnd::kOther;
+    return 0;
   }
+}
+
+// SSLProtocol._do_read() for a plain Protocol that is not paused (rule 3).
+int read_wrapped(Transport* t, Link* link, PyObject* sslproto) {
+  // The plaintext waiting is at most the ciphertext in the incoming BIO plus
+  // what OpenSSL decrypted and has not returned yet, so SSL_read_ex writes
+  // straight into a bytes object of that size: no scratch copy.
+  size_t bound = api.BIO_ctrl_pending(link->in) + static_cast<size_t>(api.SSL_pending(link->ssl));
+  PyObject* data = nullptr;
+  size_t total = 0;
+  ReadEnd end = ReadEnd::kWantRead;
+  api.ERR_clear_error();
+  if (bound > 0) {
+    data = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(bound));
+    if (data == nullptr || drain_records(link, &data, &total, &end) < 0) {
+      Py_XDECREF(data);
+      return protocol_error(sslproto);
+    }
+  }
+  if (total > 0 && total < static_cast<size_t>(PyBytes_GET_SIZE(data)) &&
+      _PyBytes_Resize(&data, static_cast<Py_ssize_t>(total)) < 0)
+    return protocol_error(sslproto);
   if (total > 0) {
-    PyObject* data = PyBytes_FromStringAndSize(read_scratch.data.get(), static_cast<Py_ssize_t>(total));
-    PyObject* app = data ? PyObject_GetAttr(sslproto, s_app_protocol) : nullptr;
+    PyObject* app = PyObject_GetAttr(sslproto, s_app_protocol);
     PyObject* r = app ? PyObject_CallMethodOneArg(app, s_data_received, data) : nullptr;
     Py_XDECREF(app);
-    Py_XDECREF(data);
+    Py_DECREF(data);
     if (r == nullptr) return protocol_error(sslproto);
     Py_DECREF(r);
+  } else {
+    Py_XDECREF(data);
   }
   if (end == ReadEnd::kCloseNotify) {
     if (call0(sslproto, s_call_eof_received) < 0 || call0(sslproto, s_start_shutdown) < 0)

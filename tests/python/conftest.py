@@ -117,6 +117,13 @@ def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
+def active_connections(server):
+    """Connections a server still tracks (asyncio's Server keeps a count up
+    to Python 3.12 and a set of transports from 3.13)."""
+    count = getattr(server, "_active_count", None)
+    return count if count is not None else len(server._clients)
+
+
 def collect():
     for _ in range(3):
         gc.collect()

@@ -20,7 +20,7 @@ import pytest
 
 pytest.importorskip("trustme")
 
-from conftest import collect, open_fds  # noqa: E402
+from conftest import active_connections, collect, open_fds  # noqa: E402
 
 GUARD = 30  # seconds; a hang guard only, never an expectation
 
@@ -365,7 +365,7 @@ def test_plain_tcp_to_a_tls_port(loop, server_ctx):
         while await reader.read(1024):
             pass
         writer.close()
-        await until(lambda: server._active_count == 0)
+        await until(lambda: active_connections(server) == 0)
         server.close()
         await server.wait_closed()
 

@@ -22,7 +22,7 @@ import warnings
 
 import pytest
 
-from conftest import collect, open_fds, raise_nofile
+from conftest import active_connections, collect, open_fds, raise_nofile
 
 _abstract_ids = itertools.count()
 
@@ -671,7 +671,7 @@ def test_refused_handshake_closes_the_socket(loop, tmp_path, server_ctx, client_
                     await loop.create_unix_connection(asyncio.Protocol, path, ssl=ctx,
                                                       server_hostname=hostname)
             # The server's side of each failed handshake is closed too.
-            await until(lambda: server._active_count == 0)
+            await until(lambda: active_connections(server) == 0)
         finally:
             server.close()
             await server.wait_closed()
@@ -735,7 +735,7 @@ def test_plain_client_to_a_tls_server(loop, tmp_path, server_ctx):
             pass
         writer.close()
         await writer.wait_closed()
-        await until(lambda: server._active_count == 0)
+        await until(lambda: active_connections(server) == 0)
         server.close()
         await server.wait_closed()
 

@@ -17,16 +17,19 @@
 //     protocol.datagram_received(bytes, addr) at once; before every
 //     recvfrom it re-reads `_conn_lost` and `_reading`, so close(), abort()
 //     or pause_reading() from inside datagram_received() ends the batch
-//     with nothing read that was not delivered.
+//     with nothing read that was not delivered. (recvmmsg() would save the
+//     recvfrom() that ends each wakeup with EAGAIN, but it made no
+//     measurable difference to the sockets suite's UDP echo or flood, and
+//     it would take datagrams past a pause that then must be held.)
 //  2. `addr` is the object socket.recvfrom() returns for the family:
 //     (host, port) for AF_INET, (host, port, flowinfo, scope_id) for
 //     AF_INET6, str / bytes (abstract) / None (unnamed) for AF_UNIX. For
 //     other families _read_ready() is the Python _read_ready_py().
-//  3. The last kPeerSlots senders' address objects are kept, keyed by the
-//     sockaddr bytes the kernel wrote: a datagram from a known peer reuses
-//     the same (immutable) tuple, so an echo round trip builds no tuple or
-//     str. A slot is replaced, never updated, so an entry always converts
-//     its own bytes.
+//  3. Senders' address objects are kept in kPeerSlots slots, direct-mapped
+//     by a hash of the sockaddr bytes the kernel wrote: a datagram from a
+//     known peer reuses the same (immutable) tuple, so an echo round trip
+//     builds no tuple or str. A slot is replaced, never updated, so an
+//     entry always converts its own bytes.
 //  4. Errors are asyncio's: an OSError from recvfrom goes to
 //     protocol.error_received() and ends the batch; another error while
 //     reading (MemoryError) goes to self._fatal_error(); an exception from
@@ -68,13 +71,8 @@ constexpr int kReadsPerWakeup = 64;
 constexpr unsigned kPeerSlots = 16;  // invariant 3; a power of two
 constexpr unsigned kSendSlots = 8;   // invariant 6; a power of two
 
-struct PeerSlot {
-  PyObject* addr;  // strong; nullptr when empty
-  socklen_t len;
-  sockaddr_storage sa;
-};
-
-struct SendSlot {
+// An address object and the sockaddr it stands for (invariants 3 and 6).
+struct AddrSlot {
   PyObject* addr;  // strong; nullptr when empty
   socklen_t len;
   sockaddr_storage sa;
@@ -92,8 +90,8 @@ struct Datagram {
   char reading;          // _reading: the reader is installed (_flow.ReadControl)
   char connected;        // _connected: the socket has a peer; send(), not sendto()
   // Made on first use: most endpoints see few peers, some see none.
-  PeerSlot* peers;
-  SendSlot* sends;
+  AddrSlot* peers;
+  AddrSlot* sends;
 };
 
 PyTypeObject* datagram_type;
@@ -155,8 +153,8 @@ PyObject* make_address(const sockaddr_storage& ss, socklen_t len) {
 // A new reference to the sender's address object, from the cache when the
 // bytes match (invariant 3).
 PyObject* peer_address(Datagram* d, const sockaddr_storage& ss, socklen_t len) {
-  if (d->peers == nullptr) d->peers = new PeerSlot[kPeerSlots]();
-  PeerSlot& slot = d->peers[hash_bytes(&ss, len) & (kPeerSlots - 1)];
+  if (d->peers == nullptr) d->peers = new AddrSlot[kPeerSlots]();
+  AddrSlot& slot = d->peers[hash_bytes(&ss, len) & (kPeerSlots - 1)];
   if (slot.addr != nullptr && slot.len == len && std::memcmp(&slot.sa, &ss, len) == 0)
     return Py_NewRef(slot.addr);
   PyObject* addr = make_address(ss, len);
@@ -295,10 +293,10 @@ bool parse_address(int family, PyObject* addr, sockaddr_storage* ss, socklen_t* 
 
 // The sockaddr for `addr`, from the identity cache or parsed into it
 // (invariant 6); nullptr when the fast path does not take the address.
-const SendSlot* destination(Datagram* d, PyObject* addr) {
-  if (d->sends == nullptr) d->sends = new SendSlot[kSendSlots]();
+const AddrSlot* destination(Datagram* d, PyObject* addr) {
+  if (d->sends == nullptr) d->sends = new AddrSlot[kSendSlots]();
   auto key = reinterpret_cast<uintptr_t>(addr);
-  SendSlot& slot = d->sends[(key >> 4 ^ key >> 10) & (kSendSlots - 1)];
+  AddrSlot& slot = d->sends[(key >> 4 ^ key >> 10) & (kSendSlots - 1)];
   if (slot.addr == addr) return &slot;
   sockaddr_storage ss;
   socklen_t len;
@@ -337,7 +335,7 @@ PyObject* Datagram_sendto(PyObject* self, PyObject* const* args, Py_ssize_t narg
       addr = d->address;
     }
   }
-  const SendSlot* to = nullptr;
+  const AddrSlot* to = nullptr;
   if (!d->connected && (to = destination(d, addr)) == nullptr) return slow();
   Py_buffer view;
   if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {

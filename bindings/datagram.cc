@@ -331,7 +331,12 @@ PyObject* Datagram_sendto(PyObject* self, PyObject* const* args, Py_ssize_t narg
     int truth = PyObject_IsTrue(d->address);
     if (truth < 0) return nullptr;
     if (truth) {
-      if (addr != Py_None && addr != d->address) return slow();  // asyncio compares
+      // asyncio: `addr not in (None, self._address)` raises ValueError.
+      if (addr != Py_None) {
+        int same = PyObject_RichCompareBool(d->address, addr, Py_EQ);
+        if (same < 0) return nullptr;
+        if (!same) return slow();
+      }
       addr = d->address;
     }
   }

@@ -545,11 +545,14 @@ def test_pause_reading_inside_datagram_received_ends_the_batch(loop):
 
 def test_sendto_argument_forms(loop):
     async def main():
-        server, sp = await loop.create_datagram_endpoint(lambda: Recorder(loop, 4),
+        server, sp = await loop.create_datagram_endpoint(lambda: Recorder(loop, 5),
                                                          local_addr=("127.0.0.1", 0))
         port = server.get_extra_info("sockname")[1]
         client, _ = await loop.create_datagram_endpoint(lambda: Recorder(loop),
                                                         local_addr=("127.0.0.1", 0))
+        connected, _ = await loop.create_datagram_endpoint(lambda: Recorder(loop),
+                                                           remote_addr=("127.0.0.1", port))
+        connected.sendto(b"equal address", tuple(["127.0.0.1", port]))  # equal, not the same
         client.sendto(b"keyword", addr=("127.0.0.1", port))
         client.sendto(data=bytearray(b"bytearray"), addr=("127.0.0.1", port))
         client.sendto(memoryview(b"xmemoryview")[1:], ("127.0.0.1", port))
@@ -559,9 +562,9 @@ def test_sendto_argument_forms(loop):
         with pytest.raises(TypeError):
             client.sendto(b"x", ("127.0.0.1", port), None)
         await asyncio.wait_for(sp.got, 10)
-        assert sorted(d for d, _ in sp.datagrams) == [b"bytearray", b"hostname", b"keyword",
-                                                      b"memoryview"]
-        await closed(server, client)
+        assert sorted(d for d, _ in sp.datagrams) == [b"bytearray", b"equal address", b"hostname",
+                                                      b"keyword", b"memoryview"]
+        await closed(server, client, connected)
 
     run(loop, main())
 

@@ -10,7 +10,9 @@ Workloads:
              round trips are done. Every echo is compared with what its
              client sent (client id and sequence number in the first 12
              bytes). Unit: round trips/s; the JSON line also has p50_us and
-             p99_us per round trip (send to echo, on the loop's clock).
+             p99_us per round trip (send to echo, on the loop's clock) and
+             cpu_us_per_op, the process's user+system CPU per round trip
+             (getrusage over the echo phase; both ends are in the process).
   udp_flood  One client endpoint sends N 64-byte datagrams as fast as the
              transport's flow control allows (pause_writing stops it), and
              yields to the loop after every 64 so the receiving endpoint is
@@ -100,6 +102,11 @@ class _UdpClient(asyncio.DatagramProtocol):
             self.done.set_exception(exc)
 
 
+def _cpu_s():
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _udp_echo(size):
     def setup(loop, n):
         async def main():
@@ -114,11 +121,13 @@ def _udp_echo(size):
                         lambda i=i, done=done: _UdpClient(i, size, share + (i < extra), latencies, done),
                         remote_addr=addr)
                     clients.append(proto)
+                cpu0 = _cpu_s()
                 for c in clients:
                     c.send()
                 # Loopback does not drop a datagram at this depth; a lost one
                 # would stall its client, so a stall fails the run.
                 await asyncio.wait_for(asyncio.gather(*(c.done for c in clients)), 60)
+                cpu = _cpu_s() - cpu0
             finally:
                 for c in clients:
                     c.transport.close()
@@ -129,7 +138,7 @@ def _udp_echo(size):
                   f"{len(latencies)} of {n} echoes arrived, {bad} differed from what was sent")
             lat = sorted(latencies)
             return n, {"p50_us": lat[len(lat) // 2] * 1e6, "p99_us": lat[int(len(lat) * 0.99)] * 1e6,
-                       "size": size}
+                       "cpu_us_per_op": cpu / n * 1e6, "size": size}
 
         return main()
 

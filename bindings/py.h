@@ -84,5 +84,7 @@ PyObject* exec_pending(LoopCore* loop);
 int64_t exec_spin_ns(LoopCore* loop);
 // Creates TransportCore (transport.cc), a subclass of asyncio.Transport.
 bool ready_transport(PyObject* module);
+// Creates DatagramCore (datagram.cc), the native base of DatagramTransport.
+bool ready_datagram(PyObject* module);
 
 }  // namespace uvpy::py

@@ -7,6 +7,13 @@ once and queues on EAGAIN, and the loop's writer drains the queue. The
 semantics are those of asyncio's selector datagram transport, which is the
 oracle for every rule below.
 
+The hot paths are native (bindings/datagram.cc, DatagramCore): _read_ready
+(recvfrom and datagram_received, with the senders' address objects cached)
+and sendto() when it can send at once. This class keeps the rest and the
+cases the native code hands back: _sendto_slow() (every check and message
+of asyncio's sendto), _sendto_blocked() (EAGAIN) and _read_ready_py()
+(address families the native reader does not convert).
+
 Invariants:
 
 1. One recvfrom() is one datagram_received(): the loop never merges, splits
@@ -54,19 +61,19 @@ _WRITE = _uvpy.WRITABLE
 _NEW_SENDTO = sys.version_info >= (3, 13)  # invariants 5 and 6
 _HEADER_SIZE = 8 if _NEW_SENDTO else 0
 
-# Datagrams taken per readiness event before yielding to other callbacks
-# (libuv takes 32). Under a flood the kernel drops what a slow reader leaves
-# in its receive queue: bench/sockets.py's udp_flood received 26-32k/s with
-# 75% lost at 16, 33-39k/s with 50% lost at 32, 44-47k/s with none lost at
-# 64; at ~1.5 µs a datagram, 64 hold other callbacks back ~0.1 ms at most.
+# Datagrams taken per readiness event before yielding to other callbacks,
+# as the native reader takes them (datagram.cc, kReadsPerWakeup).
 _READS_PER_WAKEUP = 64
 
 
-class DatagramTransport(ReadControl, WriteFlowControl, transports.Transport, transports.DatagramTransport):
+class DatagramTransport(_uvpy.DatagramCore, ReadControl, WriteFlowControl, transports.Transport,
+                        transports.DatagramTransport):
     """A datagram socket as an asyncio.DatagramTransport.
 
     Also an asyncio.Transport, as the stock loop's datagram transport is
     (its stream-only write methods raise NotImplementedError there too).
+    _protocol, _buffer, _address, _conn_lost, _sock_fd, _family, _reading
+    and _connected are DatagramCore's fields, shared with the native code.
     """
 
     max_size = 256 * 1024  # the largest datagram recvfrom() takes
@@ -86,6 +93,8 @@ class DatagramTransport(ReadControl, WriteFlowControl, transports.Transport, tra
         self._loop = loop
         self._sock = sock
         self._sock_fd = sock.fileno()
+        self._family = sock.family
+        self._connected = bool(self._extra["peername"])  # send(), not sendto()
         self._protocol = None
         self._protocol_connected = False
         self.set_protocol(protocol)
@@ -166,7 +175,8 @@ class DatagramTransport(ReadControl, WriteFlowControl, transports.Transport, tra
 
     # -- receiving -------------------------------------------------------------------
 
-    def _read_ready(self):
+    def _read_ready_py(self):
+        """_read_ready for families DatagramCore does not convert addresses of."""
         for _ in range(_READS_PER_WAKEUP):
             if self._conn_lost or not self._reading:
                 return
@@ -186,7 +196,8 @@ class DatagramTransport(ReadControl, WriteFlowControl, transports.Transport, tra
 
     # -- sending ---------------------------------------------------------------------
 
-    def sendto(self, data, addr=None):
+    def _sendto_slow(self, data, addr=None):
+        """asyncio's sendto(), for each case DatagramCore.sendto() does not take."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, "
                             f"not {type(data).__name__!r}")
@@ -206,7 +217,7 @@ class DatagramTransport(ReadControl, WriteFlowControl, transports.Transport, tra
 
         if not self._buffer:
             try:
-                if self._extra["peername"]:
+                if self._connected:
                     self._sock.send(data)
                 else:
                     self._sock.sendto(data, addr)
@@ -222,6 +233,14 @@ class DatagramTransport(ReadControl, WriteFlowControl, transports.Transport, tra
                 self._fatal_error(exc, "Fatal write error on datagram transport")
                 return
 
+        self._queue(data, addr)
+
+    def _sendto_blocked(self, data, addr):
+        """DatagramCore.sendto() got EAGAIN: the writer takes it from here."""
+        self._start_writing()
+        self._queue(data, addr)
+
+    def _queue(self, data, addr):
         self._buffer.append((bytes(data), addr))  # immutable from here on
         self._buffer_size += len(data) + _HEADER_SIZE
         self._maybe_pause_protocol()
@@ -232,7 +251,7 @@ class DatagramTransport(ReadControl, WriteFlowControl, transports.Transport, tra
             data, addr = buffer.popleft()
             self._buffer_size -= len(data) + _HEADER_SIZE
             try:
-                if self._extra["peername"]:
+                if self._connected:
                     self._sock.send(data)
                 else:
                     self._sock.sendto(data, addr)

@@ -373,6 +373,202 @@ def test_fds_stay_flat_over_many_rounds(loop):
     run(loop, main())
 
 
+# -- the receive loop and sendto() (native on uvpy: bindings/datagram.cc) ------------
+
+
+class Echo(Recorder):
+    """Records and echoes each datagram back to the address it came from."""
+
+    def datagram_received(self, data, addr):
+        super().datagram_received(data, addr)
+        self.transport.sendto(data, addr)
+
+
+PEERS = 40  # more than the native address cache holds (16), so entries get replaced
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_alternating_peers_each_get_their_own_address(loop, host):
+    """Datagrams from 40 endpoints, round-robin, each come with their own
+    sender's address (as getsockname() spells it), and the server sends back
+    to that address given as the object it got, an equal new tuple, and (for
+    IPv6) the 2-tuple form: each peer gets exactly its own datagrams."""
+    if host == "::1" and not has_ipv6():
+        pytest.skip("no IPv6 loopback on this machine")
+    rounds = 3
+
+    async def main():
+        server, sp = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop, PEERS * rounds), local_addr=(host, 0))
+        addr = server.get_extra_info("sockname")
+        peers = []
+        for _ in range(PEERS):
+            peers.append(await loop.create_datagram_endpoint(
+                lambda: Recorder(loop, rounds), remote_addr=addr[:2]))
+        names = [t.get_extra_info("sockname") for t, _ in peers]
+        for r in range(rounds):
+            for i, (t, _) in enumerate(peers):
+                t.sendto(b"%d:%d" % (i, r))
+            while len(sp.datagrams) < PEERS * (r + 1):  # one round at a time
+                await asyncio.sleep(0)
+        await asyncio.wait_for(sp.got, 10)
+        assert [(d, a) for d, a in sp.datagrams] == [
+            (b"%d:%d" % (i, r), names[i]) for r in range(rounds) for i in range(PEERS)]
+        for n, (data, src) in enumerate(sp.datagrams):
+            how = n // PEERS
+            dest = src if how == 0 else tuple(list(src)) if how == 1 else src[:2]
+            server.sendto(data, dest)
+        for i, (_, p) in enumerate(peers):
+            await asyncio.wait_for(p.got, 10)
+            assert p.datagrams == [(b"%d:%d" % (i, r), addr) for r in range(rounds)]
+        await closed(server, *(t for t, _ in peers))
+
+    run(loop, main())
+
+
+def test_unix_datagram_sender_addresses(loop, tmp_path):
+    """A named sender is its path (str), an abstract one its name (bytes),
+    an unnamed one None, as socket.recvfrom() gives them, alternating."""
+    spath = str(tmp_path / "server")
+    named = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    named.bind(str(tmp_path / "named"))
+    abstract = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    abstract.bind(b"\0uvpy-test-%d" % id(abstract))
+    unnamed = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    senders = [(named, str(tmp_path / "named")), (abstract, abstract.getsockname()),
+               (unnamed, None)]
+
+    async def main():
+        server, sp = await loop.create_datagram_endpoint(
+            lambda: Recorder(loop, 3 * len(senders)), local_addr=spath, family=socket.AF_UNIX)
+        for r in range(3):
+            for i, (s, _) in enumerate(senders):
+                s.sendto(b"%d:%d" % (i, r), spath)
+        await asyncio.wait_for(sp.got, 10)
+        assert sp.datagrams == [(b"%d:%d" % (i, r), name)
+                                for r in range(3) for i, (_, name) in enumerate(senders)]
+        assert isinstance(sp.datagrams[1][1], bytes)
+        server.sendto(b"to abstract", sp.datagrams[1][1])
+        server.sendto(b"to named", sp.datagrams[0][1])
+        assert abstract.recvfrom(100) == (b"to abstract", spath)
+        assert named.recvfrom(100) == (b"to named", spath)
+        await closed(server)
+
+    try:
+        run(loop, main())
+    finally:
+        for s, _ in senders:
+            s.close()
+
+
+def _queued(loop, protocol, count):
+    """An endpoint whose receive queue already holds `count` datagrams."""
+
+    async def main():
+        t, p = await loop.create_datagram_endpoint(protocol, local_addr=("127.0.0.1", 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(count):
+                s.sendto(b"%d" % i, t.get_extra_info("sockname"))
+        return t, p
+
+    return run(loop, main())
+
+
+class Raises(Recorder):
+    def datagram_received(self, data, addr):
+        super().datagram_received(data, addr)
+        if data == b"1":
+            raise RuntimeError("protocol bug")
+
+
+def test_protocol_that_raises_is_reported_and_reading_goes_on(loop):
+    contexts = []
+    loop.set_exception_handler(lambda _, ctx: contexts.append(ctx))
+    t, p = _queued(loop, lambda: Raises(loop, 4), 4)
+
+    async def main():
+        await asyncio.wait_for(p.got, 10)
+        assert [d for d, _ in p.datagrams] == [b"0", b"1", b"2", b"3"]
+        assert len(contexts) == 1
+        assert str(contexts[0]["exception"]) == "protocol bug"
+        assert contexts[0]["message"].startswith("Exception in callback")
+        assert not t.is_closing()
+        await closed(t)
+
+    run(loop, main())
+
+
+class EndsOnFirst(Recorder):
+    def __init__(self, loop, how):
+        super().__init__(loop)
+        self.how = how
+
+    def datagram_received(self, data, addr):
+        super().datagram_received(data, addr)
+        getattr(self.transport, self.how)()
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_close_or_abort_inside_datagram_received_ends_the_batch(loop, how):
+    t, p = _queued(loop, lambda: EndsOnFirst(loop, how), 5)
+
+    async def main():
+        assert await asyncio.wait_for(p.lost, 10) is None
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert [d for d, _ in p.datagrams] == [b"0"]
+        assert t.is_closing()
+
+    run(loop, main())
+
+
+class PausesEach(Recorder):
+    def datagram_received(self, data, addr):
+        super().datagram_received(data, addr)
+        self.transport.pause_reading()
+
+
+def test_pause_reading_inside_datagram_received_ends_the_batch(loop):
+    t, p = _queued(loop, lambda: PausesEach(loop), 5)
+
+    async def main():
+        for n in range(1, 6):
+            for _ in range(5):
+                await asyncio.sleep(0)
+            assert [d for d, _ in p.datagrams] == [b"%d" % i for i in range(n)]
+            assert not t.is_reading()
+            t.resume_reading()
+        await closed(t)
+
+    run(loop, main())
+
+
+def test_sendto_argument_forms(loop):
+    async def main():
+        server, sp = await loop.create_datagram_endpoint(lambda: Recorder(loop, 5),
+                                                         local_addr=("127.0.0.1", 0))
+        port = server.get_extra_info("sockname")[1]
+        client, _ = await loop.create_datagram_endpoint(lambda: Recorder(loop),
+                                                        local_addr=("127.0.0.1", 0))
+        connected, _ = await loop.create_datagram_endpoint(lambda: Recorder(loop),
+                                                           remote_addr=("127.0.0.1", port))
+        connected.sendto(b"equal address", tuple(["127.0.0.1", port]))  # equal, not the same
+        client.sendto(b"keyword", addr=("127.0.0.1", port))
+        client.sendto(data=bytearray(b"bytearray"), addr=("127.0.0.1", port))
+        client.sendto(memoryview(b"xmemoryview")[1:], ("127.0.0.1", port))
+        client.sendto(b"hostname", ("localhost", port))
+        with pytest.raises(TypeError):
+            client.sendto()
+        with pytest.raises(TypeError):
+            client.sendto(b"x", ("127.0.0.1", port), None)
+        await asyncio.wait_for(sp.got, 10)
+        assert sorted(d for d, _ in sp.datagrams) == [b"bytearray", b"equal address", b"hostname",
+                                                      b"keyword", b"memoryview"]
+        await closed(server, client, connected)
+
+    run(loop, main())
+
+
 SOAK_DATAGRAMS = 10_000
 SOAK_BATCH = 100  # in flight at most: a few KiB of the receive buffer
 

@@ -19,6 +19,7 @@ import pytest
 from conftest import GUARD, need_module
 
 anyio = need_module("anyio")
+from anyio.streams.buffered import BufferedByteReceiveStream  # noqa: E402
 
 
 @pytest.fixture
@@ -215,11 +216,14 @@ def test_subprocesses(arun):
             await anyio.run_process([sys.executable, "-c", "import sys; sys.stderr.write('bad'); sys.exit(3)"])
         assert info.value.returncode == 3 and info.value.stderr == b"bad"
 
-        async with await anyio.open_process([sys.executable, "-u", "-c", "import sys\nfor line in sys.stdin: print(line.strip().upper(), flush=True)"]) as proc:
+        child = "import sys\nfor line in sys.stdin: print(line.strip().upper(), flush=True)"
+        async with await anyio.open_process([sys.executable, "-u", "-c", child]) as proc:
+            # A line may come in more than one read: buffer up to each newline.
+            stdout = BufferedByteReceiveStream(proc.stdout)
             lines = []
             for word in ("alpha", "beta", "gamma"):
                 await proc.stdin.send(word.encode() + b"\n")
-                lines.append((await proc.stdout.receive()).strip())
+                lines.append(await stdout.receive_until(b"\n", 100))
             await proc.stdin.aclose()
             assert await proc.wait() == 0
         assert lines == [b"ALPHA", b"BETA", b"GAMMA"]

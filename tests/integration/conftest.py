@@ -18,6 +18,10 @@ Rules the fixtures below keep:
    package is treated the same way.
 3. Nothing here waits without a bound: every coroutine runs under GUARD
    seconds, a hang guard that no test uses as an expectation.
+4. Nothing reaches the loop's exception handler: an error a library
+   could not hand to its caller ("Exception in callback", "Task exception
+   was never retrieved", a fatal transport error) fails the test, on
+   either loop.
 """
 
 import asyncio
@@ -122,12 +126,15 @@ class GuardedRunner:
 
 @pytest.fixture
 def runner(loop_factory):
-    """Runs coroutines on a fresh loop of the parametrised kind (rule 1)."""
+    """Runs coroutines on a fresh loop of the parametrised kind (rules 1, 4)."""
+    reported = []
     with asyncio.Runner(loop_factory=loop_factory) as r:
-        yield GuardedRunner(r)
         loop = r.get_loop()
+        loop.set_exception_handler(lambda loop, context: reported.append(context))
+        yield GuardedRunner(r)
         assert not loop.is_running()
     assert loop.is_closed()
+    assert not reported, "\n".join(f"{c.get('message')}: {c.get('exception')!r}" for c in reported)
 
 
 def expected_loop(loop_name):

@@ -192,3 +192,34 @@ def test_file_response_over_tls(runner, big_file, server_ctx, client_ctx):
 
     runner.run(main())
     assert calls == [(0, BIG)]  # asyncio's sendfile falls back to writes over TLS, on both loops
+
+
+def test_client_leaving_mid_download(runner, big_file, caplog):
+    """A client that drops the connection 2 MiB into the 64 MiB sendfile:
+    the server's transfer ends quietly (no error logged, nothing reaches
+    the loop's exception handler) and the server goes on serving."""
+    path, digest = big_file
+    calls = []
+
+    async def main():
+        server, port = await serve(make_app(path, calls))
+        try:
+            async with aiohttp.ClientSession() as session:
+                for _ in range(3):
+                    r = await session.get(f"http://127.0.0.1:{port}/big")
+                    assert len(await r.content.readexactly(2 << 20)) == 2 << 20
+                    r.close()  # drops the connection
+                async with session.get(f"http://127.0.0.1:{port}/hello", params={"n": 5}) as r:
+                    assert (await r.json()) == {"n": 5}
+                async with session.get(f"http://127.0.0.1:{port}/big") as r:
+                    h = hashlib.sha256()
+                    async for chunk in r.content.iter_chunked(1 << 20):
+                        h.update(chunk)
+                    assert h.hexdigest() == digest
+        finally:
+            await server.cleanup()
+
+    with caplog.at_level("WARNING"):
+        runner.run(main())
+    assert [r.getMessage() for r in caplog.records if r.levelno >= 30] == []
+    assert calls == [(0, BIG)] * 4

@@ -133,6 +133,33 @@ class Server:
             return "killed after 30 s"
 
     def stop_cleanly(self):
+        """SIGTERM with connections still open: one idle after a keep-alive
+        response, one that never sent a request. uvicorn closes both at
+        shutdown (the client sees EOF; over TLS, after close_notify, which
+        the server waits for the client to answer, here by closing), and
+        must exit 0 with nothing bad in its log."""
+        idle = []
+        for send in (True, False):
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+            if self.client_ctx is not None:
+                sock = self.client_ctx.wrap_socket(sock, server_hostname="127.0.0.1")
+            if send:
+                sock.sendall(b"GET /n/7 HTTP/1.1\r\nHost: x\r\n\r\n")
+                response = b""
+                while not response.endswith(b"}"):  # the JSON body ends the response
+                    chunk = sock.recv(4096)
+                    assert chunk, response
+                    response += chunk
+                assert response.startswith(b"HTTP/1.1 200") and response.endswith(b'{"n":7,"square":49}')
+            idle.append(sock)
+        self.proc.send_signal(signal.SIGTERM)
+        for sock in idle:
+            try:
+                assert sock.recv(4096) == b""  # closed by the server, with nothing more sent
+            except ConnectionResetError:
+                pass  # closed too
+            finally:
+                sock.close()
         rc = self.stop()
         log = self.log()
         assert rc == 0, f"uvicorn exited with {rc}:\n{log}"

@@ -32,10 +32,11 @@ cmd="$1"
 dir="$2"
 
 # Runs a command as the owner of the PostgreSQL files: initdb and postgres
-# refuse to run as root.
+# refuse to run as root. From DIR, which that user can enter (the caller's
+# working directory may not be).
 as_pg() {
   if [ "$(id -u)" -eq 0 ]; then
-    runuser -u postgres -- "$@"
+    (cd "$dir" && runuser -u postgres -- "$@")
   else
     "$@"
   fi

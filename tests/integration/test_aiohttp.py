@@ -160,7 +160,8 @@ def test_file_response_64mib_uses_sendfile(runner, big_file):
                     assert (n, h.hexdigest()) == (BIG, digest)
                 # A range: sendfile from an offset.
                 start, end = 12345, 12345 + (3 << 20)
-                async with session.get(f"http://127.0.0.1:{port}/big", headers={"Range": f"bytes={start}-{end - 1}"}) as r:
+                headers = {"Range": f"bytes={start}-{end - 1}"}
+                async with session.get(f"http://127.0.0.1:{port}/big", headers=headers) as r:
                     assert r.status == 206
                     part = await r.read()
                 with open(path, "rb") as f:

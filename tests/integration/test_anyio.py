@@ -209,7 +209,8 @@ def test_udp(arun):
 def test_subprocesses(arun):
     async def main():
         data = os.urandom(1 << 20)
-        result = await anyio.run_process([sys.executable, "-c", "import sys; d = sys.stdin.buffer.read(); sys.stdout.buffer.write(d[::-1])"], input=data)
+        reverse = "import sys; d = sys.stdin.buffer.read(); sys.stdout.buffer.write(d[::-1])"
+        result = await anyio.run_process([sys.executable, "-c", reverse], input=data)
         assert result.returncode == 0 and result.stdout == data[::-1]
 
         with pytest.raises(subprocess.CalledProcessError) as info:

@@ -81,7 +81,8 @@ def test_copy_in_and_out(runner, dsn):
             assert await conn.fetchval("SELECT count(*) FROM c") == 25000
 
             out = io.BytesIO()
-            assert await conn.copy_from_query("SELECT * FROM c WHERE id < 20000 ORDER BY id", output=out) == "COPY 20000"
+            query = "SELECT * FROM c WHERE id < 20000 ORDER BY id"
+            assert await conn.copy_from_query(query, output=out) == "COPY 20000"
             lines = out.getvalue().decode().splitlines()
             assert [tuple(line.split("\t")[:2]) for line in lines] == [(str(i), f"row {i}") for i in range(20000)]
 

@@ -87,7 +87,8 @@ def test_ctypes_kernel_through_offload(runner, loop_name, lib):
         # Many small offloads at once, each on its own slice.
         y3 = y0.copy()
         step = 1 << 14
-        await asyncio.gather(*(uvpy.offload(kernel, 0.75, x[i : i + step], y3[i : i + step]) for i in range(0, len(y3), step)))
+        slices = [slice(i, i + step) for i in range(0, len(y3), step)]
+        await asyncio.gather(*(uvpy.offload(kernel, 0.75, x[s], y3[s]) for s in slices))
         with pytest.raises(uvpy.KernelError) as info:
             await uvpy.offload(kernel, 0.75, x[:10], y0.copy())  # lengths differ
         assert info.value.code == 22

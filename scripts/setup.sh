@@ -27,5 +27,5 @@ fi
 # (it rebuilds only what changed in build/).
 .venv/bin/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" cmake ninja
 echo "== building uvpy"
-.venv/bin/python -m pip install -q --no-build-isolation -e ".[test,bench]"
+.venv/bin/python -m pip install -q --no-build-isolation -e ".[test,bench,integration]"
 .venv/bin/python -c "import uvpy, sys; print('uvpy', uvpy.__version__, 'ready on Python', sys.version.split()[0])"

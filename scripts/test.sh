@@ -3,7 +3,9 @@
 # with ASan+UBSan, and with TSan; each ctest run covers both backends, the
 # io_uring one reported as skipped where io_uring cannot run), then the Python
 # suite (our tests on uvpy and stock asyncio, and CPython's own asyncio tests
-# bound to both loops) on libuv, and its uvpy half again on io_uring.
+# bound to both loops) on libuv, and its uvpy half again on io_uring; then the
+# integration suite (tests/integration) the same two ways, against PostgreSQL
+# and Redis started by scripts/services.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -33,9 +35,33 @@ stage "Python: pytest on libuv (uvpy and stock asyncio)"
 # pytest exits 5 when it collected no tests; set -e turns that into a failure.
 UVPY_BACKEND=libuv python -m pytest tests/python -q -p no:cacheprovider -rs "$@"
 
+uring=1
+why="$(python -c 'import uvpy; uvpy.new_event_loop("io_uring").close()' 2>&1)" || uring=0
+
 stage "Python: pytest on io_uring (the uvpy half; the stock loop already ran)"
-if why="$(python -c 'import uvpy; uvpy.new_event_loop("io_uring").close()' 2>&1)"; then
+if ((uring)); then
   UVPY_BACKEND=io_uring python -m pytest tests/python -q -p no:cacheprovider --uvpy-only "$@"
+else
+  echo "SKIPPED: io_uring cannot run here: ${why##*$'\n'}"
+fi
+
+# Real programs (uvicorn, aiohttp, asyncpg, redis, anyio, numpy) against
+# throwaway PostgreSQL and Redis servers that live in $services and are
+# stopped however this script ends. Under CI=true a test whose service is
+# missing fails instead of skipping. --timeout (pytest-timeout) is a hang guard only.
+stage "Integration: start PostgreSQL and Redis"
+services="$(mktemp -d /tmp/uvpy-services.XXXXXX)"
+trap 'bash scripts/services.sh stop "$services"' EXIT
+bash scripts/services.sh start "$services"
+# shellcheck source=/dev/null
+source "$services/env"
+
+stage "Integration: pytest on libuv (uvpy and stock asyncio)"
+UVPY_BACKEND=libuv python -m pytest tests/integration -q -p no:cacheprovider -rfEs --timeout=300
+
+stage "Integration: pytest on io_uring (the uvpy half)"
+if ((uring)); then
+  UVPY_BACKEND=io_uring python -m pytest tests/integration -q -p no:cacheprovider -rfEs --timeout=300 --uvpy-only
 else
   echo "SKIPPED: io_uring cannot run here: ${why##*$'\n'}"
 fi

@@ -340,6 +340,7 @@ def sendfile(loop, n):
 
 SERVE_CONNS = 10
 _COPY_BLOCK = 256 * 1024
+_STALL_S = 60
 
 
 class _FileServer(asyncio.Protocol):
@@ -429,7 +430,10 @@ def _serve_file(kind):
             try:
                 await asyncio.wait_for(all_in, 30)
                 window.start()
-                sent = await asyncio.gather(*(serve(loop, p, path) for p in accepted))
+                # A stall (a transport that never resumes writing) fails the
+                # cell instead of holding the run until the harness's timeout.
+                sent = await asyncio.wait_for(
+                    asyncio.gather(*(serve(loop, p, path) for p in accepted)), _STALL_S)
                 for p in accepted:
                     p.transport.close()  # end of file for the client
                 await reader.done

@@ -37,15 +37,32 @@ Workloads:
              the os.sendfile() calls made from Python (0: the loop sends
              natively or copies; a loop whose sock_sendfile raises
              NotImplementedError is reported as skipped).
+  sendfile_c10, copy_c10
+             A file server on the loop under test: 10 TCP clients (the
+             native drain client, bench/loadgen/drain.c, in a second
+             process: it reads with MSG_TRUNC and checks each connection's
+             byte count) each download an N MiB file (64 at full size,
+             random bytes in the page cache). sendfile_c10 serves each
+             connection with loop.sendfile(transport, file) (zero-copy
+             where the loop sends natively; asyncio's transport fallback
+             copies otherwise); copy_c10 is the read/write loop it
+             replaces: file.readinto() of 256 KiB at a time and
+             transport.write(), waiting for resume_writing() whenever
+             the transport paused the protocol. The window runs from the
+             first send to the client's last end of file. Unit: MiB/s
+             over the 10 connections; the JSON line also has the server's
+             CPU per MiB (cpu_us_per_op, split into user and system).
 
 Run one directly:  python bench/sockets.py --loop uvpy --workload udp_flood
 """
 import asyncio
+import json
 import os
 import resource
 import shutil
 import socket
 import struct
+import subprocess
 import tempfile
 import time
 import zlib
@@ -328,6 +345,131 @@ def sendfile(loop, n):
     return main()
 
 
+# ------------------------------------------------- serving a file (c10)
+
+SERVE_CONNS = 10
+_COPY_BLOCK = 256 * 1024
+_STALL_S = 60
+
+
+class _FileServer(asyncio.Protocol):
+    """One client's connection; the workload sends once all are accepted."""
+
+    def __init__(self, loop, accepted, want, all_in):
+        self.loop, self.accepted, self.want, self.all_in = loop, accepted, want, all_in
+        self.resume = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.accepted.append(self)
+        if len(self.accepted) == self.want:
+            self.all_in.set_result(None)
+
+    def pause_writing(self):
+        self.resume = self.loop.create_future()
+
+    def resume_writing(self):
+        fut, self.resume = self.resume, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def connection_lost(self, exc):
+        fut, self.resume = self.resume, None
+        if fut is not None and not fut.done():
+            fut.set_exception(exc or ConnectionError("connection lost mid-download"))
+
+
+async def _serve_sendfile(loop, proto, path):
+    with open(path, "rb") as f:
+        return await loop.sendfile(proto.transport, f)
+
+
+async def _serve_copy(loop, proto, path):
+    # The loop a server without sendfile runs: read a block, write it, wait
+    # while the transport has paused the protocol (its buffer is over the
+    # high-water mark). The reads are blocking: the file is in the page
+    # cache, as it is for the sendfile workload.
+    sent = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            block = f.read(_COPY_BLOCK)
+            if not block:
+                return sent
+            proto.transport.write(block)
+            sent += len(block)
+            if proto.resume is not None:
+                await proto.resume
+
+
+def _serve_file(kind):
+    serve = _serve_sendfile if kind == "sendfile" else _serve_copy
+
+    def setup(loop, n):
+        drain = _loadgen.binary("drain")  # build before anything is timed
+        _loadgen.pin_server()
+        size = n * _CHUNK
+        tmp = tempfile.mkdtemp(prefix="uvpy-bench-")
+        path = os.path.join(tmp, "served")
+        block = os.urandom(_CHUNK)
+        with open(path, "wb") as f:
+            for _ in range(n):
+                f.write(block)
+
+        async def main():
+            accepted = []
+            all_in = loop.create_future()
+
+            window = _loadgen.CpuWindow()
+            result = {}
+
+            def on_line(line):
+                if line.startswith("{") and hasattr(window, "_t0"):
+                    window.stop()  # the client saw its last end of file
+                    result.update(json.loads(line))
+
+            server = await loop.create_server(
+                lambda: _FileServer(loop, accepted, SERVE_CONNS, all_in), "127.0.0.1", 0,
+                                              backlog=_loadgen.BACKLOG)
+            port = server.sockets[0].getsockname()[1]
+            proc = subprocess.Popen(
+                [drain, "-p", str(port), "-c", str(SERVE_CONNS), "-n", str(size)],
+                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                preexec_fn=_loadgen.preexec_pin(_loadgen.client_cpus()))
+            reader = _loadgen.LineReader(loop, proc, on_line)
+            try:
+                await asyncio.wait_for(all_in, 30)
+                window.start()
+                # A stall (a transport that never resumes writing) fails the
+                # cell instead of holding the run until the harness's timeout.
+                sent = await asyncio.wait_for(
+                    asyncio.gather(*(serve(loop, p, path) for p in accepted)), _STALL_S)
+                for p in accepted:
+                    p.transport.close()  # end of file for the client
+                await reader.done
+            except BaseException:
+                proc.kill()  # not waiting for the client's end of file
+                raise
+            finally:
+                server.close()
+                proc.stdout.close()
+                _loadgen.wait_rusage(proc)
+                for _ in range(3):  # let connection_lost() callbacks run
+                    await asyncio.sleep(0)
+                shutil.rmtree(tmp, ignore_errors=True)
+            check(sent == [size] * SERVE_CONNS and result.get("bytes") == size * SERVE_CONNS
+                  and result.get("short") == 0 and result.get("errors") == 0,
+                  f"sent {sent}, the client reported {result or 'nothing'}")
+            mib = n * SERVE_CONNS
+            extras = window.extras(mib)
+            extras.update({"value": mib / window.wall_s, "conns": SERVE_CONNS,
+                           "pinned": _loadgen.client_cpus() is not None})
+            return mib, extras
+
+        return main()
+
+    return setup
+
+
 WORKLOADS = [
     Workload("udp_echo_64", _udp_echo(64), n=30_000, quick_n=3_000, unit="round trips/s"),
     Workload("udp_echo_1400", _udp_echo(1400), n=30_000, quick_n=3_000, unit="round trips/s"),
@@ -339,6 +481,8 @@ WORKLOADS = [
     Workload("tcp_64k_c10", _stream_echo("tcp", 64 * 1024), n=1500, quick_n=300,
              unit="round trips/s", in_quick=False),
     Workload("sendfile", sendfile, n=64, quick_n=16, unit="MiB/s"),
+    Workload("sendfile_c10", _serve_file("sendfile"), n=64, quick_n=16, unit="MiB/s"),
+    Workload("copy_c10", _serve_file("copy"), n=64, quick_n=16, unit="MiB/s"),
 ]
 
 if __name__ == "__main__":

@@ -262,6 +262,19 @@ int connection_lost(Transport* t, PyObject* exc) {
   }
   PyObject *etype = nullptr, *evalue = nullptr, *etb = nullptr;
   if (rc < 0) PyErr_Fetch(&etype, &evalue, &etb);
+  if (t->empty_waiter) {
+    // A sendfile waiting for the queue to drain, or sending natively,
+    // learns that the connection went (asyncio's message whoever closed
+    // it), before the socket closes: the native send stops watching the
+    // fd while the fd is still this socket's.
+    PyObject* lost = PyObject_CallFunction(PyExc_ConnectionError, "s", "Connection is closed by peer");
+    if (lost == nullptr) {
+      PyErr_WriteUnraisable(as_obj(t));
+    } else {
+      settle_empty_waiter(t, lost);
+      Py_DECREF(lost);
+    }
+  }
   if (t->stream) t->stream->close();
   release_view(t);
   tls::detach(t);
@@ -295,16 +308,6 @@ int connection_lost(Transport* t, PyObject* exc) {
     Py_DECREF(server);
   }
   Py_XDECREF(protocol);
-  if (t->empty_waiter) {
-    // A sendfile waiting for the queue to drain learns the connection went.
-    PyObject* lost = PyObject_CallFunction(PyExc_ConnectionError, "s", "Connection is closed by peer");
-    if (lost == nullptr) {
-      PyErr_WriteUnraisable(as_obj(t));
-    } else {
-      settle_empty_waiter(t, lost);
-      Py_DECREF(lost);
-    }
-  }
   if (rc < 0) PyErr_Restore(etype, evalue, etb);
   return rc;
 }

@@ -56,7 +56,10 @@ struct Transport {
   // asyncio's _empty_waiter: a future set while loop.sendfile() owns the
   // socket (uvpy/_sendfile.py). It completes when the write queue drains
   // and fails on a write error or connection_lost; write() and
-  // writelines() refuse while it is set.
+  // writelines() refuse while it is set. During the native send itself
+  // sendfile sets its own guard here (anything with done() and
+  // set_exception()), which connection_lost settles before the socket
+  // closes.
   PyObject* empty_waiter;
   // The stream and its owner live inside the transport (constructed by
   // __init__, destroyed by dealloc): one allocation per connection, and the

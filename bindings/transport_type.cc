@@ -343,6 +343,18 @@ PyObject* Transport_get_read_active(PyObject* self, void*) {
   return PyBool_FromLong(t->stream && !t->stream->closed() && t->stream->reading());
 }
 PyObject* Transport_get_empty_waiter(PyObject* self, void*) { return get_obj(T(self)->empty_waiter); }
+// loop.sendfile()'s native send swaps in its own waiter once the queue is
+// empty: one with done() and set_exception() that connection_lost settles
+// (uvpy/_sendfile.py, invariant 6). None clears it.
+int Transport_set_empty_waiter(PyObject* self, PyObject* value, void*) {
+  Transport* t = T(self);
+  if (value == nullptr || value == Py_None) {
+    Py_CLEAR(t->empty_waiter);
+  } else {
+    Py_XSETREF(t->empty_waiter, Py_NewRef(value));
+  }
+  return 0;
+}
 PyObject* Transport_get_write_active(PyObject* self, void*) {
   Transport* t = T(self);
   return PyBool_FromLong(t->stream && !t->stream->closed() && t->stream->queued() > 0);
@@ -453,7 +465,7 @@ PyGetSetDef Transport_getset[] = {
     {"_protocol_paused", Transport_get_protocol_paused, nullptr, nullptr, nullptr},
     {"_read_active", Transport_get_read_active, nullptr, nullptr, nullptr},
     {"_write_active", Transport_get_write_active, nullptr, nullptr, nullptr},
-    {"_empty_waiter", Transport_get_empty_waiter, nullptr, nullptr, nullptr},
+    {"_empty_waiter", Transport_get_empty_waiter, Transport_set_empty_waiter, nullptr, nullptr},
     {"_tls_attached", Transport_get_tls_attached, nullptr, nullptr, nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},
 };

@@ -36,7 +36,18 @@ Invariants (asyncio's, which is the oracle):
    backend. The transport leaves loop._transports for that time (asyncio
    does the same) and gets its reading, its write() and its registry
    entry back on return, error or cancellation, the wait for the drain
-   included.
+   included (the entry only where no other transport has taken the fd
+   number since).
+6. A native send on a transport ends when the transport's connection goes,
+   whoever ends it (transport.close() or abort(), or connection_lost after
+   an error): once the queue has drained, the transport's empty waiter is a
+   _SendGuard, which connection_lost settles before it closes the socket;
+   the guard removes the send's writability watcher while the fd is still
+   this socket's and fails the send with ConnectionError("Connection is
+   closed by peer") (asyncio's message for its empty waiter). Stock
+   asyncio removes the send's watcher in close() and never completes the
+   awaiting sendfile; here it raises, with the file position just past
+   the bytes sent (invariant 2).
 """
 
 from __future__ import annotations
@@ -131,6 +142,40 @@ class _FallbackProtocol(protocols.Protocol):
             self._proto.resume_writing()
 
 
+class _SendGuard:
+    """The transport's empty waiter while a native send runs (invariant 6).
+
+    The transport calls done() and set_exception() on it from
+    connection_lost (set_result() on a drain, which cannot happen while
+    write() refuses): enough of a future for that, and synchronous, so that
+    the watcher goes before the socket closes.
+    """
+
+    __slots__ = ("_loop", "_fd", "_park", "_exc")
+
+    def __init__(self, loop, fd):
+        self._loop = loop
+        self._fd = fd
+        self._park = None  # the send's parked future, while it waits for writability
+        self._exc = None
+
+    def done(self):
+        return self._exc is not None
+
+    def set_result(self, result):
+        pass
+
+    def set_exception(self, exc):
+        if self._exc is not None:
+            return
+        self._exc = exc
+        park, self._park = self._park, None
+        if park is not None and not park.done():
+            # Cancels the watcher's handle: _sock_unpark then leaves the fd alone.
+            self._loop._unwatch(self._fd, _WRITE)
+            park.set_exception(exc)
+
+
 class SendfileMixin:
     """sock_sendfile / sendfile (see the module docstring)."""
 
@@ -149,7 +194,7 @@ class SendfileMixin:
                 raise
         return await self._sock_sendfile_fallback(sock, file, offset, count)
 
-    async def _sock_sendfile_native(self, sock, file, offset, count):
+    async def _sock_sendfile_native(self, sock, file, offset, count, guard=None):
         try:
             fileno = file.fileno()
         except (AttributeError, io.UnsupportedOperation):
@@ -199,8 +244,13 @@ class SendfileMixin:
                     return result
             except _WOULD_BLOCK:
                 pass
-            return await self._sock_park(sock, _WRITE, step)
+            park = self._sock_park(sock, _WRITE, step)
+            if guard is not None:
+                guard._park = park
+            return await park
         finally:
+            if guard is not None:
+                guard._park = None
             if state[1] > 0:
                 os.lseek(fileno, state[0], os.SEEK_SET)
 
@@ -251,7 +301,8 @@ class SendfileMixin:
     async def _sendfile_native(self, transport, file, offset, count):
         # Invariant 5: the stream lets go of the fd (no reader, an empty
         # write queue) and the socket path sends; the transport takes the
-        # fd back afterwards.
+        # fd back afterwards. Invariant 6: the guard ends the send when
+        # the connection goes.
         fd = transport._sock_fd
         transports = self._transports
         ref = transports.pop(fd, None)
@@ -259,14 +310,19 @@ class SendfileMixin:
         transport.pause_reading()
         try:
             await transport._make_empty_waiter()
-            return await self.sock_sendfile(transport._sock, file, offset, count,
-                                            fallback=False)
+            if transport.is_closing():  # closed while the queue drained
+                raise ConnectionError("Connection is closed by peer")
+            sock = transport._sock
+            _check_sendfile_params(sock, file, offset, count)
+            guard = _SendGuard(self, fd)
+            transport._empty_waiter = guard
+            return await self._sock_sendfile_native(sock, file, offset, count, guard)
         finally:
             transport._reset_empty_waiter()
             if resume_reading:
                 transport.resume_reading()
             if ref is not None:
-                transports[fd] = ref
+                transports.setdefault(fd, ref)
 
     async def _sendfile_fallback(self, transport, file, offset, count):
         if offset:

@@ -46,6 +46,7 @@
 //     reference to an exact tuple of str and int: immutable), kSendSlots of
 //     them: an echo server passes back the object datagram_received() got.
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -131,6 +132,17 @@ PyObject* make_address(const sockaddr_storage& ss, socklen_t len) {
     }
     case AF_INET6: {
       const auto& a = reinterpret_cast<const sockaddr_in6&>(ss);
+      // With a scope (link-local), socket.recvfrom() names it the way
+      // getnameinfo() does ("fe80::1%eth0"); inet_ntop() would not.
+      char scoped[NI_MAXHOST];
+      if (a.sin6_scope_id != 0) {
+        if (getnameinfo(reinterpret_cast<const sockaddr*>(&ss), len, scoped, sizeof scoped, nullptr,
+                        0, NI_NUMERICHOST) != 0)
+          return PyErr_Format(PyExc_OSError, "cannot format an IPv6 address");
+        return Py_BuildValue("(siII)", scoped, static_cast<int>(ntohs(a.sin6_port)),
+                             static_cast<unsigned>(ntohl(a.sin6_flowinfo)),
+                             static_cast<unsigned>(a.sin6_scope_id));
+      }
       if (inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof host) == nullptr)
         return PyErr_SetFromErrno(PyExc_OSError);
       return Py_BuildValue("(siII)", host, static_cast<int>(ntohs(a.sin6_port)),

@@ -36,12 +36,11 @@ _BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _BENCH] + [_BENCH]
 
 import asyncio  # noqa: E402
-import re  # noqa: E402
 import shutil  # noqa: E402
-import subprocess  # noqa: E402
 
 import _loadgen  # noqa: E402
 from _harness import Workload, workload_main  # noqa: E402
+from _wrk import drive_wrk, start_aiohttp  # noqa: E402
 
 CONNECTIONS = 100
 BODY = b"Hello, World!"
@@ -50,29 +49,6 @@ RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
 
 
 # ------------------------------------------------------------------ servers
-
-async def _start_aiohttp(loop):
-    try:
-        from aiohttp import web
-    except ImportError:
-        _loadgen.skip("aiohttp is not installed (pip install aiohttp)")
-
-    async def hello(request):
-        return web.Response(text="Hello, World!")
-
-    app = web.Application()
-    app.router.add_get("/", hello)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=_loadgen.BACKLOG)
-    await site.start()
-    port = runner.addresses[0][1]
-
-    async def close():
-        await runner.cleanup()
-
-    return port, close
-
 
 def _httptools_protocol():
     try:
@@ -125,63 +101,6 @@ async def _start_protocol(loop, factory):
     return server.sockets[0].getsockname()[1], close
 
 
-# ---------------------------------------------------------------------- wrk
-
-_UNITS = {"us": 1.0, "ms": 1e3, "s": 1e6, "m": 60e6, "h": 3600e6}
-
-
-def _usecs(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
-    if not m:
-        raise ValueError(f"unreadable wrk time {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_wrk(out: str) -> dict:
-    """requests, requests/s, p50/p99 latency (µs), errors from wrk --latency."""
-    r = {}
-    m = re.search(r"^\s*(\d+) requests in ([\d.]+)(\w+)", out, re.M)
-    r["requests"] = int(m.group(1)) if m else 0
-    m = re.search(r"^Requests/sec:\s*([\d.]+)", out, re.M)
-    r["requests_per_s"] = float(m.group(1)) if m else 0.0
-    for pct, key in (("50", "p50_us"), ("99", "p99_us")):
-        m = re.search(rf"^\s*{pct}(?:\.0+)?%\s+(\S+)", out, re.M)
-        r[key] = _usecs(m.group(1)) if m else None
-    errors = 0
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if m:
-        errors += sum(int(x) for x in m.groups())
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        errors += int(m.group(1))
-    r["errors"] = errors
-    return r
-
-
-async def _run_wrk(loop, port: int, seconds: int, window: _loadgen.CpuWindow | None):
-    wrk = shutil.which("wrk")
-    cmd = [wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency",
-           f"http://127.0.0.1:{port}/"]
-    lines = []
-    cpus = _loadgen.client_cpus()
-    if window:
-        window.start()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            preexec_fn=_loadgen.preexec_pin(cpus))
-    reader = _loadgen.LineReader(loop, proc, lines.append)
-    try:
-        await reader.done  # end of file: wrk has exited
-    finally:
-        if window:
-            window.stop()
-        proc.stdout.close()
-        client_cpu = _loadgen.wait_rusage(proc)
-    out = "\n".join(lines)
-    if proc.returncode != 0:
-        raise RuntimeError(f"wrk exited {proc.returncode}: {out[-500:]}")
-    return out, client_cpu
-
-
 def _make(kind: str):
     def setup(loop, n):
         if shutil.which("wrk") is None:
@@ -197,32 +116,15 @@ def _make(kind: str):
 
         async def main():
             if kind == "aiohttp":
-                port, close = await _start_aiohttp(loop)
+                port, close = await start_aiohttp(loop)
             elif kind == "httptools":
                 port, close = await _start_protocol(loop, factory)
             else:
                 port, close = await _start_protocol(loop, RawHttpProtocol)
             try:
-                if n >= 3:
-                    await _run_wrk(loop, port, 1, None)  # warm-up
-                window = _loadgen.CpuWindow()
-                out, client_cpu = await _run_wrk(loop, port, n, window)
+                return await drive_wrk(loop, f"http://127.0.0.1:{port}/", CONNECTIONS, n)
             finally:
                 await close()
-            r = parse_wrk(out)
-            if r["requests"] == 0:
-                raise RuntimeError(f"wrk completed no request:\n{out}")
-            extras = window.extras(r["requests"])
-            extras.update({
-                "value": r["requests_per_s"],
-                "p50_us": r["p50_us"],
-                "p99_us": r["p99_us"],
-                "requests": r["requests"],
-                "errors": r["errors"],
-                "client_util": client_cpu / window.wall_s,
-                "pinned": _loadgen.client_cpus() is not None,
-            })
-            return r["requests"], extras
 
         return main()
 

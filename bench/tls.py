@@ -18,22 +18,40 @@ Server kinds (as in echo.py):
              connection (full TLS 1.3 handshake, one 1 KiB echo,
              close_notify): round trips/s are handshakes per second.
 
+  aiohttp_https
+             HTTPS "Hello, World!": http.py's aiohttp application with
+             ssl_context= (the same certificate), driven by `wrk -t1 -c100`
+             over https (wrk links OpenSSL; each connection handshakes
+             once, then keep-alive GETs). n is wrk's measured duration in
+             whole seconds (3, --quick 1; a 1 s warm-up run first at 3 s
+             or more). Requests/s as wrk reports it, the server's CPU per
+             request, p50/p99; skipped without wrk or aiohttp.
+
 Workloads: KIND_SIZE_cCONNS for sizes 1k and 100k and 10 or 1000
-connections, plus handshake_1k_c10. n is the measured window in ms (2000,
+connections, plus handshake_1k_c10 and aiohttp_https. n is the measured window in ms (2000,
 --quick 300) after an uncounted warm-up of n/4 ms (0.1-0.5 s). Needs the
 trustme package (skipped without it).
 
 Run one directly:  python bench/tls.py --loop uvpy --workload protocol_1k_c10
 """
-import asyncio
 import os
-import ssl
 import sys
-import tempfile
 
-import _loadgen
-from _harness import Workload, workload_main
-from echo import READ_SIZE, EchoProtocol, _finish
+# bench/http.py is named like the stdlib's http package, which aiohttp
+# imports: keep bench/ behind the stdlib when this runs as a script (as
+# http.py does).
+_BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _BENCH] + [_BENCH]
+
+import asyncio  # noqa: E402
+import shutil  # noqa: E402
+import ssl  # noqa: E402
+import tempfile  # noqa: E402
+
+import _loadgen  # noqa: E402
+from _harness import Workload, workload_main  # noqa: E402
+from _wrk import drive_wrk, start_aiohttp  # noqa: E402
+from echo import READ_SIZE, EchoProtocol, _finish  # noqa: E402
 
 SIZES = {"1k": 1024, "100k": 100 * 1024}
 CONCURRENCY = (10, 1000)
@@ -111,6 +129,31 @@ def _make(kind: str, size: int, conns: int):
     return setup
 
 
+HTTPS_CONNECTIONS = 100
+
+
+def aiohttp_https(loop, n):
+    if shutil.which("wrk") is None:
+        _loadgen.skip("wrk is not installed (apt-get install wrk)")
+    try:
+        import aiohttp  # noqa: F401
+    except ImportError:
+        _loadgen.skip("aiohttp is not installed (pip install aiohttp)")
+    _loadgen.pin_server()
+    tmp = tempfile.mkdtemp(prefix="uvpy-tls-bench-")
+    server_ctx, _ = _certificates(tmp)
+    shutil.rmtree(tmp)
+
+    async def main():
+        port, close = await start_aiohttp(loop, server_ctx)
+        try:
+            return await drive_wrk(loop, f"https://127.0.0.1:{port}/", HTTPS_CONNECTIONS, n)
+        finally:
+            await close()
+
+    return main()
+
+
 def _workloads() -> list[Workload]:
     grid = [(kind, label, conns) for kind in ("protocol", "streams")
             for label in SIZES for conns in CONCURRENCY]
@@ -118,7 +161,8 @@ def _workloads() -> list[Workload]:
     return [Workload(f"{kind}_{label}_c{conns}", _make(kind, SIZES[label], conns),
                      n=2000, quick_n=300, unit="round trips/s",
                      in_quick=(label, conns) == ("1k", 10))
-            for kind, label, conns in grid]
+            for kind, label, conns in grid] + [
+        Workload("aiohttp_https", aiohttp_https, n=3, quick_n=1, unit="requests/s")]
 
 
 WORKLOADS = _workloads()

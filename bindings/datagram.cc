@@ -440,10 +440,6 @@ PyMemberDef Datagram_members[] = {
 }  // namespace
 
 bool ready_datagram(PyObject* module) {
-  auto intern = [](PyObject** slot, const char* s) {
-    *slot = PyUnicode_InternFromString(s);
-    return *slot != nullptr;
-  };
   if (!(intern(&str_datagram_received, "datagram_received") &&
         intern(&str_error_received, "error_received") && intern(&str_fatal_error, "_fatal_error") &&
         intern(&str_read_ready_py, "_read_ready_py") && intern(&str_sendto_slow, "_sendto_slow") &&

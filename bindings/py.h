@@ -52,6 +52,27 @@ extern thread_local LoopCore* t_running_loop;
 // Returns a new reference (the caller checked PyErr_Occurred()).
 PyObject* fetch_exception();
 
+// The pending exception is SystemExit or KeyboardInterrupt: what asyncio
+// lets through its `except Exception` and the bindings let abort a drain.
+inline bool fatal_exception() {
+  return PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
+}
+
+// *slot = an interned str; false with an exception set.
+inline bool intern(PyObject** slot, const char* s) {
+  *slot = PyUnicode_InternFromString(s);
+  return *slot != nullptr;
+}
+
+// getattr(import module, name): a new reference, or nullptr with an exception.
+inline PyObject* import_attr(const char* module, const char* name) {
+  PyObject* m = PyImport_ImportModule(module);
+  if (m == nullptr) return nullptr;
+  PyObject* attr = PyObject_GetAttrString(m, name);
+  Py_DECREF(m);
+  return attr;
+}
+
 extern PyTypeObject HandleType;
 extern PyTypeObject TimerHandleType;
 extern PyTypeObject LoopCoreType;

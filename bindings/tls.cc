@@ -152,14 +152,12 @@ BIO* bio_of(PyObject* memorybio) { return reinterpret_cast<MemoryBIOHead*>(memor
 struct Scratch {
   std::unique_ptr<char[]> data;
   size_t cap = 0;
-  // At least n bytes, the first `keep` preserved.
-  char* reserve(size_t n, size_t keep = 0) {
+  // At least n bytes; the old contents are not kept.
+  char* reserve(size_t n) {
     if (cap < n) {
       size_t c = cap ? cap : kReadChunk;
       while (c < n) c *= 2;
-      std::unique_ptr<char[]> bigger(new char[c]);
-      if (keep) std::memcpy(bigger.get(), data.get(), keep);
-      data = std::move(bigger);
+      data.reset(new char[c]);
       cap = c;
     }
     return data.get();
@@ -168,11 +166,6 @@ struct Scratch {
 
 // The outgoing records on their way to the stream.
 thread_local Scratch write_scratch;
-
-bool intern(PyObject** slot, const char* s) {
-  *slot = PyUnicode_InternFromString(s);
-  return *slot != nullptr;
-}
 
 bool init_names() {
   return intern(&s_state, "_state") && intern(&s_app_protocol, "_app_protocol") &&
@@ -217,14 +210,6 @@ bool sym(void* handle, const char* name, F* slot) {
   return true;
 }
 
-PyObject* attr_of(const char* module, const char* name) {
-  PyObject* m = PyImport_ImportModule(module);
-  if (m == nullptr) return nullptr;
-  PyObject* a = PyObject_GetAttrString(m, name);
-  Py_DECREF(m);
-  return a;
-}
-
 // Makes an SSLObject over two MemoryBIOs and checks rule 2's layout on it.
 bool check_layout() {
   PyObject* code = PyUnicode_FromString(
@@ -266,7 +251,7 @@ bool resolve() {
 #if !UVPY_TLS_NATIVE
   return unavailable("this Python build (version or free-threading) has no checked _ssl layout");
 #else
-  PyObject* file = attr_of("_ssl", "__file__");
+  PyObject* file = import_attr("_ssl", "__file__");
   void* handle = nullptr;
   if (file != nullptr) {
     const char* path = PyUnicode_AsUTF8(file);
@@ -288,7 +273,7 @@ bool resolve() {
                sym(handle, "OpenSSL_version_num", &api.OpenSSL_version_num);
   if (handle != RTLD_DEFAULT) dlclose(handle);  // RTLD_NOLOAD took a reference
   if (!found) return unavailable("OpenSSL's functions were not found beside the _ssl module");
-  PyObject* number = attr_of("ssl", "OPENSSL_VERSION_NUMBER");
+  PyObject* number = import_attr("ssl", "OPENSSL_VERSION_NUMBER");
   unsigned long expected = number ? PyLong_AsUnsignedLong(number) : 0;
   Py_XDECREF(number);
   PyErr_Clear();
@@ -298,7 +283,7 @@ bool resolve() {
     PyErr_Clear();
     return unavailable("out of memory");
   }
-  PyObject* states = attr_of("asyncio.sslproto", "SSLProtocolState");
+  PyObject* states = import_attr("asyncio.sslproto", "SSLProtocolState");
   wrapped_state = states ? PyObject_GetAttrString(states, "WRAPPED") : nullptr;
   Py_XDECREF(states);
   PyErr_Clear();
@@ -354,10 +339,6 @@ struct Hold {
   Hold(const Hold&) = delete;
   Hold& operator=(const Hold&) = delete;
 };
-
-bool fatal_exception() {
-  return PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
-}
 
 // SSLProtocol's `except Exception as ex: self._fatal_error(ex, 'Fatal error
 // on SSL protocol')` around its read and write steps. SystemExit and

@@ -58,11 +58,6 @@ char* shared_read_buffer() {
   return buf.get();
 }
 
-
-bool fatal_exception() {
-  return PyErr_ExceptionMatches(PyExc_SystemExit) || PyErr_ExceptionMatches(PyExc_KeyboardInterrupt);
-}
-
 PyObject* errno_exception(int err) {
   return PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
 }
@@ -494,23 +489,6 @@ int Owner::on_drain() {
 }
 
 // --- names -------------------------------------------------------------------------
-
-namespace {
-
-bool intern(PyObject** slot, const char* s) {
-  *slot = PyUnicode_InternFromString(s);
-  return *slot != nullptr;
-}
-
-PyObject* import_attr(const char* module, const char* name) {
-  PyObject* m = PyImport_ImportModule(module);
-  if (m == nullptr) return nullptr;
-  PyObject* attr = PyObject_GetAttrString(m, name);
-  Py_DECREF(m);
-  return attr;
-}
-
-}  // namespace
 
 bool init_names() {
   return intern(&str_fatal_error, "_fatal_error") && intern(&str_eof_received, "eof_received") &&

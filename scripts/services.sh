@@ -15,14 +15,17 @@
 # for localhost/127.0.0.1 made here with openssl), scram-sha-256 over TCP,
 # trust over the Unix socket in DIR/pg-socket. Durability is off (fsync,
 # synchronous_commit): the data is thrown away.
-# Redis: redis-server on 127.0.0.1 on a free port and on DIR/redis.sock, no
-# persistence.
+# Redis: redis-server on 127.0.0.1 on a free port, on a second free port
+# with TLS (the same server certificate; clients are not asked for one), and
+# on DIR/redis.sock, no persistence.
 #
 # DIR/env exports:
 #   UVPY_TEST_PG_DSN         postgresql://uvpy:PASSWORD@127.0.0.1:PORT/postgres
 #   UVPY_TEST_PG_SOCKET_DIR  the directory of PostgreSQL's Unix socket (same port)
-#   UVPY_TEST_PG_CA          the CA certificate that signed the server's (PEM)
+#   UVPY_TEST_CA             the CA certificate that signed both servers' (PEM)
+#   UVPY_TEST_PG_CA          the same file (asyncpg's tests name it so)
 #   UVPY_TEST_REDIS_URL      redis://127.0.0.1:PORT/0
+#   UVPY_TEST_REDIS_TLS_URL  rediss://localhost:TLSPORT/0 (verify with UVPY_TEST_CA)
 #   UVPY_TEST_REDIS_SOCKET   the path of Redis's Unix socket
 set -euo pipefail
 
@@ -121,10 +124,13 @@ EOF
 }
 
 start_redis() {
-  local port
+  local port tls_port
   port="$(free_port)"
+  tls_port="$(free_port)"
   mkdir -p "$dir/redis"
   redis-server --bind 127.0.0.1 --port "$port" --unixsocket "$dir/redis.sock" --unixsocketperm 700 \
+    --tls-port "$tls_port" --tls-cert-file "$dir/tls/server.pem" --tls-key-file "$dir/tls/server.key" \
+    --tls-ca-cert-file "$dir/tls/ca.pem" --tls-auth-clients no \
     --daemonize yes --pidfile "$dir/redis/redis.pid" --logfile "$dir/redis/redis.log" \
     --dir "$dir/redis" --save "" --appendonly no
   local i
@@ -135,9 +141,10 @@ start_redis() {
   done
   {
     echo "export UVPY_TEST_REDIS_URL='redis://127.0.0.1:$port/0'"
+    echo "export UVPY_TEST_REDIS_TLS_URL='rediss://localhost:$tls_port/0'"
     echo "export UVPY_TEST_REDIS_SOCKET='$dir/redis.sock'"
   } >>"$dir/env"
-  echo "== Redis $(redis-server --version | awk '{print $3}' | cut -d= -f2) on 127.0.0.1:$port and $dir/redis.sock"
+  echo "== Redis $(redis-server --version | awk '{print $3}' | cut -d= -f2) on 127.0.0.1:$port, TLS on :$tls_port and $dir/redis.sock"
 }
 
 stop_all() {
@@ -162,6 +169,7 @@ case "$cmd" in
     chmod 711 "$dir"
     : >"$dir/env"
     make_certs
+    echo "export UVPY_TEST_CA='$dir/tls/ca.pem'" >>"$dir/env"
     start_postgres
     start_redis
     ;;

@@ -1,5 +1,6 @@
-"""redis.asyncio against a real Redis (scripts/services.sh), over TCP and
-over the Unix socket: pipelines (plain and MULTI/EXEC), pub/sub, blocking
+"""redis.asyncio against a real Redis (scripts/services.sh), over TCP, over
+TLS (verified against the test CA, so the TLS transport carries every
+reply) and over the Unix socket: pipelines (plain and MULTI/EXEC), pub/sub, blocking
 pops that wait and that time out, and many clients at once.
 
 Keys carry a random prefix, so the runs on the two loops never share data.
@@ -17,12 +18,15 @@ redis = need_module("redis")
 import redis.asyncio as aioredis  # noqa: E402
 
 
-@pytest.fixture(params=["tcp", "unix"])
+@pytest.fixture(params=["tcp", "tls", "unix"])
 def connect(request):
     """connect(**kw) -> a redis.asyncio.Redis on the parametrised transport."""
     if request.param == "tcp":
         url = need_env("UVPY_TEST_REDIS_URL")
         return lambda **kw: aioredis.Redis.from_url(url, **kw)
+    if request.param == "tls":
+        url, ca = need_env("UVPY_TEST_REDIS_TLS_URL"), need_env("UVPY_TEST_CA")
+        return lambda **kw: aioredis.Redis.from_url(url, ssl_ca_certs=ca, ssl_cert_reqs="required", **kw)
     path = need_env("UVPY_TEST_REDIS_SOCKET")
     return lambda **kw: aioredis.Redis(unix_socket_path=path, **kw)
 

@@ -18,6 +18,15 @@ Server kinds (as in echo.py):
              connection (full TLS 1.3 handshake, one 1 KiB echo,
              close_notify): round trips/s are handshakes per second.
 
+  handshake_wrk
+             handshakes per second under a native client: a minimal
+             HTTP responder (reads a request, writes a fixed response
+             with "Connection: close", closes: close_notify) driven by
+             `wrk -t1 -c10` over https, which opens a new connection,
+             with a full TLS handshake, for every request. wrk's
+             requests/s are handshakes per second, and the server's CPU
+             per request is its CPU per handshake. n as for aiohttp_https.
+
   aiohttp_https
              HTTPS "Hello, World!": http.py's aiohttp application with
              ssl_context= (the same certificate), driven by `wrk -t1 -c100`
@@ -28,7 +37,7 @@ Server kinds (as in echo.py):
              request, p50/p99; skipped without wrk or aiohttp.
 
 Workloads: KIND_SIZE_cCONNS for sizes 1k and 100k and 10 or 1000
-connections, plus handshake_1k_c10 and aiohttp_https. n is the measured window in ms (2000,
+connections, plus handshake_1k_c10, handshake_wrk and aiohttp_https. n is the measured window in ms (2000,
 --quick 300) after an uncounted warm-up of n/4 ms (0.1-0.5 s). Needs the
 trustme package (skipped without it).
 
@@ -130,11 +139,53 @@ def _make(kind: str, size: int, conns: int):
 
 
 HTTPS_CONNECTIONS = 100
+HANDSHAKE_CONNECTIONS = 10
+_CLOSE_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 13\r\n"
+                   b"Connection: close\r\n\r\nHello, World!")
+
+
+class _AnswerAndClose(asyncio.Protocol):
+    """Answers the first request on a connection, then closes it."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.request = b""
+
+    def data_received(self, data):
+        self.request += data
+        if b"\r\n\r\n" in self.request:
+            self.transport.write(_CLOSE_RESPONSE)
+            self.transport.close()
+
+
+def _need_wrk():
+    if shutil.which("wrk") is None:
+        _loadgen.skip("wrk is not installed (apt-get install wrk)")
+
+
+def handshake_wrk(loop, n):
+    _need_wrk()
+    _loadgen.pin_server()
+    tmp = tempfile.mkdtemp(prefix="uvpy-tls-bench-")
+    server_ctx, _ = _certificates(tmp)
+    shutil.rmtree(tmp)
+
+    async def main():
+        server = await loop.create_server(_AnswerAndClose, "127.0.0.1", 0, ssl=server_ctx,
+                                          backlog=_loadgen.BACKLOG)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await drive_wrk(loop, f"https://127.0.0.1:{port}/", HANDSHAKE_CONNECTIONS, n)
+        finally:
+            server.close()
+            for _ in range(3):  # let connection_lost() callbacks run
+                await asyncio.sleep(0)
+
+    return main()
 
 
 def aiohttp_https(loop, n):
-    if shutil.which("wrk") is None:
-        _loadgen.skip("wrk is not installed (apt-get install wrk)")
+    _need_wrk()
     try:
         import aiohttp  # noqa: F401
     except ImportError:
@@ -162,6 +213,7 @@ def _workloads() -> list[Workload]:
                      n=2000, quick_n=300, unit="round trips/s",
                      in_quick=(label, conns) == ("1k", 10))
             for kind, label, conns in grid] + [
+        Workload("handshake_wrk", handshake_wrk, n=3, quick_n=1, unit="handshakes/s"),
         Workload("aiohttp_https", aiohttp_https, n=3, quick_n=1, unit="requests/s")]
 
 

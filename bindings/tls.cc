@@ -59,6 +59,13 @@
 //     same condition and raises, logs and closes exactly as asyncio does.
 //  6. A Link holds strong references to the _SSLSocket and both MemoryBIOs,
 //     so the SSL* and BIO*s it uses live as long as it does.
+//  7. Rule 4's reads (about twenty per round trip) come from the SSLProtocol's
+//     instance dict, not getattr(), once its class is shown to make the two
+//     equal: lookup is object's own and no class in the MRO defines a data
+//     descriptor of those names (plain_fields(), checked once per class and
+//     type version tag). A key missing from the dict falls back to getattr().
+//     The dict is taken per entry (on_records, write), never kept: a kept
+//     reference would be a cycle through the transport.
 #include "tls.h"
 
 #include <dlfcn.h>
@@ -114,6 +121,7 @@ struct Api {
   int (*BIO_read)(BIO*, void*, int);
   size_t (*BIO_ctrl_pending)(BIO*);
   void (*ERR_clear_error)();
+  unsigned long (*ERR_peek_error)();
   unsigned long (*OpenSSL_version_num)();
 };
 
@@ -270,6 +278,7 @@ bool resolve() {
                sym(handle, "BIO_write", &api.BIO_write) && sym(handle, "BIO_read", &api.BIO_read) &&
                sym(handle, "BIO_ctrl_pending", &api.BIO_ctrl_pending) &&
                sym(handle, "ERR_clear_error", &api.ERR_clear_error) &&
+               sym(handle, "ERR_peek_error", &api.ERR_peek_error) &&
                sym(handle, "OpenSSL_version_num", &api.OpenSSL_version_num);
   if (handle != RTLD_DEFAULT) dlclose(handle);  // RTLD_NOLOAD took a reference
   if (!found) return unavailable("OpenSSL's functions were not found beside the _ssl module");
@@ -296,23 +305,100 @@ bool resolve() {
 
 // --- small helpers -------------------------------------------------------------------
 
-// bool(getattr(obj, name)): 1, 0, or -1 with an exception.
-int attr_true(PyObject* obj, PyObject* name) {
-  PyObject* v = PyObject_GetAttr(obj, name);
-  if (v == nullptr) return -1;
-  int r = PyObject_IsTrue(v);
-  Py_DECREF(v);
-  return r;
+// SSL_get_error() reads the thread's error queue, which must be empty before
+// the I/O call it explains. Peeking is a read of one slot; clearing walks all
+// sixteen, so the queue is cleared only when something is in it.
+void clear_errors() {
+  if (api.ERR_peek_error() != 0) api.ERR_clear_error();
 }
 
-// getattr(obj, name) as a size; -1 with an exception.
-long long attr_size(PyObject* obj, PyObject* name) {
-  PyObject* v = PyObject_GetAttr(obj, name);
-  if (v == nullptr) return -1;
-  long long r = PyLong_AsLongLong(v);
-  Py_DECREF(v);
-  return r;
+// The SSLProtocol fields the native path reads (rule 7).
+PyObject** const kFieldNames[] = {
+    &s_state,           &s_app_protocol,        &s_app_reading_paused, &s_app_protocol_is_buffer,
+    &s_write_backlog,   &s_ssl_writing_paused,  &s_write_buffer_size,  &s_outgoing_high_water,
+    &s_outgoing_low_water, &s_app_writing_paused, &s_ssl_reading_paused, &s_incoming_high_water,
+    &s_incoming_low_water};
+
+// The class, and its version tag, whose instances' fields were last shown to
+// be plain instance attributes (rule 7).
+PyTypeObject* fields_type;
+unsigned int fields_tag;
+
+// Whether getattr(obj, name) is obj.__dict__[name] whenever the key is
+// there, for every field: attribute lookup is object's own, and the class
+// (with its bases) defines no data descriptor of that name. Checked once per
+// class and version tag; any change to the class or a base gives it a new
+// tag (or none, and then the answer is no).
+bool plain_fields(PyTypeObject* type) {
+  if (type == fields_type && type->tp_version_tag == fields_tag && fields_tag != 0) return true;
+  if (type->tp_getattro != PyObject_GenericGetAttr) return false;
+  for (PyObject** name : kFieldNames) {
+    PyObject* v = PyObject_GetAttr(reinterpret_cast<PyObject*>(type), *name);
+    bool descriptor = v != nullptr && Py_TYPE(v)->tp_descr_set != nullptr;
+    Py_XDECREF(v);
+    if (v == nullptr && !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+      PyErr_Clear();
+      return false;
+    }
+    PyErr_Clear();
+    if (descriptor) return false;
+  }
+  // The lookups above gave the class a version tag if it can have one.
+  if (type->tp_version_tag == 0) return false;
+  Py_XSETREF(fields_type, reinterpret_cast<PyTypeObject*>(Py_NewRef(type)));
+  fields_tag = type->tp_version_tag;
+  return true;
 }
+
+// Reads of an SSLProtocol's fields for the length of one entry into this
+// file (rule 7): from the instance dict where plain_fields() allows, else
+// (and for a key the dict lacks) by getattr().
+class Fields {
+ public:
+  explicit Fields(PyObject* obj) : obj_(obj) {
+    if (plain_fields(Py_TYPE(obj))) {
+      dict_ = PyObject_GenericGetDict(obj, nullptr);
+      if (dict_ == nullptr) PyErr_Clear();
+    }
+  }
+  ~Fields() { Py_XDECREF(dict_); }
+  Fields(const Fields&) = delete;
+  Fields& operator=(const Fields&) = delete;
+
+  PyObject* obj() const { return obj_; }
+
+  // getattr(obj, name): a new reference, or nullptr with an exception.
+  PyObject* get(PyObject* name) const {
+    if (dict_ != nullptr) {
+      PyObject* v = PyDict_GetItemWithError(dict_, name);
+      if (v != nullptr) return Py_NewRef(v);
+      if (PyErr_Occurred()) return nullptr;
+    }
+    return PyObject_GetAttr(obj_, name);
+  }
+
+  // bool(getattr(obj, name)): 1, 0, or -1 with an exception.
+  int truth(PyObject* name) const {
+    PyObject* v = get(name);
+    if (v == nullptr) return -1;
+    int r = v == Py_False ? 0 : v == Py_True ? 1 : PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+  }
+
+  // getattr(obj, name) as a size; -1 with an exception.
+  long long size(PyObject* name) const {
+    PyObject* v = get(name);
+    if (v == nullptr) return -1;
+    long long r = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return r;
+  }
+
+ private:
+  PyObject* obj_;  // borrowed: the caller holds it
+  PyObject* dict_ = nullptr;
+};
 
 // obj.name(): 0, or -1 with the exception pending.
 int call0(PyObject* obj, PyObject* name) {
@@ -358,8 +444,8 @@ int protocol_error(PyObject* sslproto) {
 // SSLProtocol._process_outgoing(): the outgoing BIO to the stream unless the
 // stream asked to pause, then _control_app_writing() when a threshold says
 // so. -1 with an exception pending.
-int process_outgoing(Transport* t, Link* link, PyObject* sslproto) {
-  int paused = attr_true(sslproto, s_ssl_writing_paused);
+int process_outgoing(Transport* t, Link* link, const Fields& p) {
+  int paused = p.truth(s_ssl_writing_paused);
   if (paused < 0) return -1;
   if (!paused) {
     size_t pending = api.BIO_ctrl_pending(link->out);
@@ -369,26 +455,26 @@ int process_outgoing(Transport* t, Link* link, PyObject* sslproto) {
       if (n > 0 && !transport::write_bytes(t, buf, static_cast<size_t>(n))) return -1;
     }
   }
-  long long buffered = attr_size(sslproto, s_write_buffer_size);
-  long long high = buffered < 0 ? -1 : attr_size(sslproto, s_outgoing_high_water);
-  long long low = high < 0 ? -1 : attr_size(sslproto, s_outgoing_low_water);
-  int app_paused = low < 0 ? -1 : attr_true(sslproto, s_app_writing_paused);
+  long long buffered = p.size(s_write_buffer_size);
+  long long high = buffered < 0 ? -1 : p.size(s_outgoing_high_water);
+  long long low = high < 0 ? -1 : p.size(s_outgoing_low_water);
+  int app_paused = low < 0 ? -1 : p.truth(s_app_writing_paused);
   if (app_paused < 0) return -1;
   long long size = static_cast<long long>(api.BIO_ctrl_pending(link->out)) + buffered;
   if ((size >= high && !app_paused) || (size <= low && app_paused))
-    return call0(sslproto, s_control_app_writing);
+    return call0(p.obj(), s_control_app_writing);
   return 0;
 }
 
 // SSLProtocol._control_ssl_reading(), entered only when a threshold says a
 // pause or resume is due.
-int control_ssl_reading(Link* link, PyObject* sslproto) {
+int control_ssl_reading(Link* link, const Fields& p) {
   long long size = static_cast<long long>(api.BIO_ctrl_pending(link->in));
-  int paused = attr_true(sslproto, s_ssl_reading_paused);
+  int paused = p.truth(s_ssl_reading_paused);
   if (paused < 0) return -1;
-  long long bound = attr_size(sslproto, paused ? s_incoming_low_water : s_incoming_high_water);
+  long long bound = p.size(paused ? s_incoming_low_water : s_incoming_high_water);
   if (bound < 0 && PyErr_Occurred()) return -1;
-  if ((!paused && size >= bound) || (paused && size <= bound)) return call0(sslproto, s_control_ssl_reading);
+  if ((!paused && size >= bound) || (paused && size <= bound)) return call0(p.obj(), s_control_ssl_reading);
   return 0;
 }
 
@@ -422,7 +508,8 @@ int drain_records(Link* link, PyObject** data, size_t* total, ReadEnd* end) {
 }
 
 // SSLProtocol._do_read() for a plain Protocol that is not paused (rule 3).
-int read_wrapped(Transport* t, Link* link, PyObject* sslproto) {
+int read_wrapped(Transport* t, Link* link, const Fields& p) {
+  PyObject* sslproto = p.obj();
   // The plaintext waiting is at most the ciphertext in the incoming BIO plus
   // what OpenSSL decrypted and has not returned yet, so SSL_read_ex writes
   // straight into a bytes object of that size: no scratch copy.
@@ -430,7 +517,7 @@ int read_wrapped(Transport* t, Link* link, PyObject* sslproto) {
   PyObject* data = nullptr;
   size_t total = 0;
   ReadEnd end = ReadEnd::kWantRead;
-  api.ERR_clear_error();
+  clear_errors();
   if (bound > 0) {
     data = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(bound));
     if (data == nullptr || drain_records(link, &data, &total, &end) < 0) {
@@ -442,7 +529,7 @@ int read_wrapped(Transport* t, Link* link, PyObject* sslproto) {
       _PyBytes_Resize(&data, static_cast<Py_ssize_t>(total)) < 0)
     return protocol_error(sslproto);
   if (total > 0) {
-    PyObject* app = PyObject_GetAttr(sslproto, s_app_protocol);
+    PyObject* app = p.get(s_app_protocol);
     PyObject* r = app ? PyObject_CallMethodOneArg(app, s_data_received, data) : nullptr;
     Py_XDECREF(app);
     Py_DECREF(data);
@@ -459,13 +546,13 @@ int read_wrapped(Transport* t, Link* link, PyObject* sslproto) {
     // with it (it catches what it should itself).
     return call0(sslproto, s_do_read);
   }
-  PyObject* backlog = PyObject_GetAttr(sslproto, s_write_backlog);
+  PyObject* backlog = p.get(s_write_backlog);
   Py_ssize_t queued = backlog ? PyObject_Length(backlog) : -1;
   Py_XDECREF(backlog);
   int rc = queued < 0 ? -1
            : queued > 0 ? call0(sslproto, s_do_write)
-                        : process_outgoing(t, link, sslproto);
-  if (rc == 0) rc = control_ssl_reading(link, sslproto);
+                        : process_outgoing(t, link, p);
+  if (rc == 0) rc = control_ssl_reading(link, p);
   return rc < 0 ? protocol_error(sslproto) : 0;
 }
 
@@ -487,9 +574,10 @@ PyObject* app_write(PyObject* self, PyObject* data) {
   Link* link = t && t->protocol == sslproto ? t->tls : nullptr;
   PyErr_Clear();  // no _transport attribute: the Python path says what is wrong
   bool native = false;
+  Fields p(sslproto);
   if (link != nullptr) {
-    PyObject* st = PyObject_GetAttr(sslproto, s_state);
-    PyObject* backlog = st ? PyObject_GetAttr(sslproto, s_write_backlog) : nullptr;
+    PyObject* st = p.get(s_state);
+    PyObject* backlog = st ? p.get(s_write_backlog) : nullptr;
     Py_ssize_t queued = backlog ? PyObject_Length(backlog) : -1;
     native = st == wrapped_state && queued == 0;
     Py_XDECREF(st);
@@ -498,14 +586,14 @@ PyObject* app_write(PyObject* self, PyObject* data) {
   }
   Py_buffer view;
   if (native && PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) == 0) {
-    api.ERR_clear_error();
+    clear_errors();
     size_t written = 0;
     int rc = api.SSL_write_ex(link->ssl, view.buf, static_cast<size_t>(view.len), &written);
     PyBuffer_Release(&view);
     if (rc == 1) {
       // _write_appdata's `except Exception` covers _process_outgoing too.
       Hold hold(link);
-      if (process_outgoing(t, &hold.link, sslproto) == 0 || protocol_error(sslproto) == 0)
+      if (process_outgoing(t, &hold.link, p) == 0 || protocol_error(sslproto) == 0)
         result = Py_NewRef(Py_None);
       goto done;
     }
@@ -615,11 +703,12 @@ int on_records(Transport* t, const char* buf, size_t n) {
     PyErr_NoMemory();
     rc = protocol_error(sslproto);
   } else {
-    PyObject* st = PyObject_GetAttr(sslproto, s_state);
+    Fields p(sslproto);
+    PyObject* st = p.get(s_state);
     int plain = -1;
     if (st == wrapped_state) {
-      int paused = attr_true(sslproto, s_app_reading_paused);
-      int buffered = paused < 0 ? -1 : attr_true(sslproto, s_app_protocol_is_buffer);
+      int paused = p.truth(s_app_reading_paused);
+      int buffered = paused < 0 ? -1 : p.truth(s_app_protocol_is_buffer);
       plain = buffered < 0 ? -1 : !paused && !buffered;
     } else if (st != nullptr) {
       plain = 0;
@@ -629,7 +718,7 @@ int on_records(Transport* t, const char* buf, size_t n) {
       rc = protocol_error(sslproto);
     } else if (plain) {
       Hold hold(link);
-      rc = read_wrapped(t, &hold.link, sslproto);
+      rc = read_wrapped(t, &hold.link, p);
     } else {
       // Rule 3: the rest of SSLProtocol.buffer_updated(), in Python.
       rc = call0(sslproto, s_records_received);

@@ -467,3 +467,56 @@ def test_wrong_write_arguments_raise_as_asyncio(loop, server_ctx, client_ctx):
         await server.wait_closed()
 
     run(loop, main())
+
+
+def test_a_data_descriptor_on_the_protocol_class_is_honoured(loop, server_ctx, client_ctx, monkeypatch):
+    """SSLProtocol's fields are plain instance attributes, and uvpy reads
+    them from the instance dict (bindings/tls.cc, rule 7). Once a class in
+    the MRO defines a data descriptor of one of those names, Python's lookup
+    goes through it, and so must uvpy's: here a property on _app_protocol,
+    added while a connection is open, sees every read of it."""
+    recorders = []
+
+    def factory():
+        recorders.append(Recorder(loop))
+        return recorders[-1]
+
+    reads = []
+    first, rest = threading.Event(), threading.Event()
+
+    def script(s):
+        s.sendall(b"before")
+        first.wait(GUARD)
+        s.sendall(b"after")
+        rest.wait(GUARD)
+        return b""
+
+    async def main():
+        server, port = await serve(loop, server_ctx, factory)
+        peer = Peer(port, client_ctx, script)
+        peer.start()
+        while not recorders or len(recorders[0].data) < 6:
+            await asyncio.sleep(0.01)
+        rec = recorders[0]
+        cls = type(rec.transport._ssl_protocol)
+
+        def get(self):
+            reads.append(self)
+            return self.__dict__["_app_protocol"]
+
+        def set_(self, value):
+            self.__dict__["_app_protocol"] = value
+
+        monkeypatch.setattr(cls, "_app_protocol", property(get, set_), raising=False)
+        first.set()
+        while len(rec.data) < 11:
+            await asyncio.sleep(0.01)
+        monkeypatch.undo()
+        rest.set()
+        await join(peer)
+        assert bytes(rec.data) == b"beforeafter"
+        assert rec.transport._ssl_protocol in reads  # the property saw the delivery
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())

@@ -455,14 +455,15 @@ int process_outgoing(Transport* t, Link* link, const Fields& p) {
       if (n > 0 && !transport::write_bytes(t, buf, static_cast<size_t>(n))) return -1;
     }
   }
-  long long buffered = p.size(s_write_buffer_size);
-  long long high = buffered < 0 ? -1 : p.size(s_outgoing_high_water);
-  long long low = high < 0 ? -1 : p.size(s_outgoing_low_water);
-  int app_paused = low < 0 ? -1 : p.truth(s_app_writing_paused);
+  // Only the water mark that can change the app's state is read.
+  int app_paused = p.truth(s_app_writing_paused);
   if (app_paused < 0) return -1;
+  long long buffered = p.size(s_write_buffer_size);
+  if (buffered < 0 && PyErr_Occurred()) return -1;
+  long long bound = p.size(app_paused ? s_outgoing_low_water : s_outgoing_high_water);
+  if (bound < 0 && PyErr_Occurred()) return -1;
   long long size = static_cast<long long>(api.BIO_ctrl_pending(link->out)) + buffered;
-  if ((size >= high && !app_paused) || (size <= low && app_paused))
-    return call0(p.obj(), s_control_app_writing);
+  if (app_paused ? size <= bound : size >= bound) return call0(p.obj(), s_control_app_writing);
   return 0;
 }
 

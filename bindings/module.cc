@@ -27,6 +27,7 @@ void set_hooks(py::object extract_stack, py::object handle_repr, py::object call
 
 PYBIND11_MODULE(_uvpy, m) {
   m.doc() = "uvpy's native core: the reactor, handles and the loop's fast paths.";
+  m.attr("__version__") = UVPY_VERSION;  // pyproject.toml's, through CMake
   if (!uvpy::py::ready_types(m.ptr()) || !uvpy::py::init_executor(m.ptr()) ||
       !uvpy::py::ready_transport(m.ptr()) || !uvpy::py::ready_datagram(m.ptr()))
     throw py::error_already_set();

@@ -21,7 +21,7 @@ from ._executor import (
     parallel_for,
 )
 from ._loop import Loop
-from ._uvpy import Handle, TimerHandle
+from ._uvpy import Handle, TimerHandle, __version__
 
 __all__ = (
     "Loop",
@@ -41,8 +41,6 @@ __all__ = (
     "get_include",
     "configure_executor",
 )
-
-__version__ = "0.1.0"
 
 
 def get_include() -> str:

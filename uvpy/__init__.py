@@ -29,6 +29,7 @@ __all__ = (
     "TimerHandle",
     "EventLoopPolicy",
     "new_event_loop",
+    "backends",
     "install",
     "run",
     "offload",
@@ -63,6 +64,23 @@ def new_event_loop(backend: str | None = None) -> Loop:
     the UVPY_BACKEND environment variable, else ``"auto"`` (see ``Loop``).
     """
     return Loop(backend=backend)
+
+
+def backends() -> dict[str, str | None]:
+    """Which backends can run here: ``{"libuv": None, "io_uring": None}``
+    where both can, a backend that can not mapped to the reason (what
+    ``new_event_loop(name)`` raises, e.g. a kernel without io_uring or a
+    seccomp filter that blocks it). Makes and closes one loop per backend.
+    """
+    status: dict[str, str | None] = {}
+    for name in ("libuv", "io_uring"):
+        try:
+            new_event_loop(name).close()
+        except OSError as exc:
+            status[name] = str(exc)
+        else:
+            status[name] = None
+    return status
 
 
 class EventLoopPolicy(_asyncio.DefaultEventLoopPolicy):

@@ -14,7 +14,7 @@ out. Options:
 With the flag, every loop a test runs on is a uvpy loop:
 
 * pytest-asyncio: where it has the ``pytest_asyncio_loop_factories`` hook
-  (1.x), the plugin implements that hook with the one factory uvpy's, called
+  (newer 1.x releases), the plugin implements that hook with one factory, uvpy's, called
   first, so it also replaces the loops a project's own hook asks for. Older
   pytest-asyncio (0.23 on) builds its loops from the event loop policy that
   its ``event_loop_policy`` fixture returns; the plugin makes that fixture
@@ -29,11 +29,11 @@ With the flag, every loop a test runs on is a uvpy loop:
 
 Invariants:
 
-1. Without the flag the plugin adds two options and nothing else: it
-   implements no hook that pytest-asyncio or anyio would see and leaves
-   asyncio's policy alone.
-   Its option names do not overlap the ones a project defines for itself
-   (uvpy's own test suite has ``--uvpy-only``).
+1. Without the flag the plugin adds two options and nothing else (beyond
+   importing uvpy): it implements no hook that pytest-asyncio or anyio
+   would see and leaves asyncio's policy alone. The option names do not
+   overlap the ones a project defines for itself (uvpy's own suite has
+   ``--uvpy-only``).
 2. Everything the flag changes is undone at pytest_unconfigure: the policy
    that was asyncio's before comes back, the hook object is unregistered,
    so an in-process run (pytester) leaves its caller as it found it.

@@ -23,7 +23,7 @@ pytest_plugins = ("pytester",)
 STOCK = f"{asyncio.SelectorEventLoop.__module__}.{asyncio.SelectorEventLoop.__qualname__}"
 UVPY = f"{uvpy.Loop.__module__}.{uvpy.Loop.__qualname__}"
 
-# pytest-asyncio 1.x picks loops through this hook; older ones through the
+# Newer pytest-asyncio picks loops through this hook; older ones through the
 # event_loop_policy fixture, which the plugin handles too (not testable here:
 # one pytest-asyncio is installed).
 HAS_FACTORIES_HOOK = hasattr(pytest_asyncio.plugin, "PytestAsyncioSpecs")
@@ -56,6 +56,7 @@ def record():
 
 PYTEST_ASYNCIO_SUITE = """
 import asyncio
+import unittest
 
 import pytest
 import pytest_asyncio
@@ -97,6 +98,15 @@ def test_asyncio_run(record):
         record("asyncio.run")
 
     asyncio.run(main())
+
+
+class TestUnittest(unittest.IsolatedAsyncioTestCase):
+    @pytest.fixture(autouse=True)
+    def take_record(self, record):
+        self.record = record
+
+    async def test_unittest(self):
+        self.record("unittest")
 """
 
 ANYIO_SUITE = """
@@ -191,20 +201,20 @@ def default_backend():
         loop.close()
 
 
-PYTEST_ASYNCIO_TAGS = ["fixture", "test", "module-fixture", "module-test", "method", "asyncio.run"]
+PYTEST_ASYNCIO_TAGS = ["fixture", "test", "module-fixture", "module-test", "method", "asyncio.run", "unittest"]
 
 
 def test_pytest_asyncio_suite_runs_on_the_stock_loop_without_the_flag(suite):
     suite.write(test_suite=PYTEST_ASYNCIO_SUITE)
     result, loops = suite()
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
     assert loops == [(tag, STOCK, None) for tag in PYTEST_ASYNCIO_TAGS]
 
 
 def test_pytest_asyncio_suite_runs_on_uvpy_with_the_flag(suite):
     suite.write(test_suite=PYTEST_ASYNCIO_SUITE)
     result, loops = suite("--uvpy")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
     assert loops == [(tag, UVPY, default_backend()) for tag in PYTEST_ASYNCIO_TAGS]
     result.stdout.fnmatch_lines([f"uvpy: async tests run on uvpy {uvpy.__version__} loops, backend *"])
 
@@ -216,7 +226,7 @@ def test_backend_option(suite, backend):
     suite.write(test_suite=PYTEST_ASYNCIO_SUITE, test_anyio=ANYIO_SUITE)
     # --uvpy-backend alone implies --uvpy.
     result, loops = suite("--uvpy-backend", backend)
-    result.assert_outcomes(passed=8)
+    result.assert_outcomes(passed=9)
     assert {(kind, b) for _, kind, b in loops} == {(UVPY, backend)}
     assert len(loops) == len(PYTEST_ASYNCIO_TAGS) + 6
 

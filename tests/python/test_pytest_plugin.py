@@ -12,11 +12,13 @@ These tests take no loop fixture: the loops are the inner suite's.
 
 import asyncio
 import json
+import sys
 
 import pytest
 import pytest_asyncio.plugin
 
 import uvpy
+from conftest import NO_URING, needs_x86_64
 
 pytest_plugins = ("pytester",)
 
@@ -286,7 +288,7 @@ async def test_one(record):
 """
 
 
-def test_a_backend_that_can_not_run_is_a_usage_error(suite, monkeypatch):
+def test_an_unknown_backend_is_a_usage_error(suite, monkeypatch):
     suite.write(test_suite=ONE_TEST)
     monkeypatch.setenv("UVPY_BACKEND", "epoll")
     result, loops = suite("--uvpy")
@@ -308,3 +310,13 @@ def test_p_loads_it_where_autoloading_is_off(suite, monkeypatch):
     result, loops = suite("-p", "asyncio", "-p", "uvpy.pytest_plugin", "--uvpy")
     result.assert_outcomes(passed=1)
     assert loops == [("test", UVPY, default_backend())]
+
+
+@needs_x86_64
+def test_a_backend_that_can_not_run_here_is_a_usage_error(suite, pytester):
+    # pytest in a child where io_uring_setup(2) fails (conftest.NO_URING).
+    suite.write(test_suite=ONE_TEST)
+    code = NO_URING + "import pytest\nsys.exit(pytest.main(sys.argv[1:]))\n"
+    result = pytester.run(sys.executable, "-c", code, "-p", "no:cacheprovider", "--uvpy-backend", "io_uring")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--uvpy: the io_uring backend is unavailable: *"])

@@ -18,6 +18,7 @@ import sys
 import pytest
 
 import uvpy
+from conftest import NO_URING, needs_x86_64
 from uvpy import _uvpy
 
 PROBE = """
@@ -227,3 +228,20 @@ def test_info_names_an_unusable_default(tmp_path):
     proc = uvpy_cli("info", cwd=tmp_path, env={**os.environ, "UVPY_BACKEND": "epoll"})
     assert proc.returncode == 0, proc.stderr
     assert "  default   none: UVPY_BACKEND must be 'auto', 'io_uring' or 'libuv', not 'epoll'" in proc.stdout
+
+
+@needs_x86_64
+def test_where_io_uring_can_not_run(script):
+    # The command in a child where io_uring_setup(2) fails (conftest.NO_URING).
+    code = NO_URING + "from uvpy.__main__ import main\nsys.exit(main(sys.argv[1:]))\n"
+    env = {k: v for k, v in os.environ.items() if k != "UVPY_BACKEND"}
+    info = python("-c", code, "info", cwd=script.parent, env=env)
+    assert info.returncode == 0, info.stderr
+    assert "  libuv     can run here" in info.stdout
+    assert "  io_uring  can not run here: the io_uring backend is unavailable: " in info.stdout
+    assert "  default   libuv (auto)" in info.stdout
+
+    run = python("-c", code, "run", "--backend", "io_uring", "probe.py", cwd=script.parent, env=env)
+    assert run.returncode == 1
+    assert run.stderr.startswith("python -m uvpy: the io_uring backend is unavailable: ")
+    assert run.stdout == ""  # the program never started

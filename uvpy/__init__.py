@@ -4,6 +4,9 @@
     uvpy.run(main())                      # like asyncio.run, on uvpy
     uvpy.install()                        # make asyncio.new_event_loop() return uvpy loops
     asyncio.Runner(loop_factory=uvpy.new_event_loop)
+
+    python -m uvpy run script.py          # an unchanged asyncio program on uvpy (__main__.py)
+    pytest --uvpy                         # a project's async tests on uvpy (pytest_plugin.py)
 """
 
 from __future__ import annotations

@@ -28,6 +28,10 @@ Invariants, each the way ``python`` itself behaves:
    a module that can not be found or a backend that can not run here,
    1.
 
+What is not carried over: a child process that multiprocessing starts
+with "spawn" or "forkserver" is a fresh Python that imports the program as
+``__mp_main__``, without uvpy's policy (a "fork" child keeps it).
+
 ``python -m uvpy.bench`` (uvpy/bench.py) runs the benchmarks.
 """
 

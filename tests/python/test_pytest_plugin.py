@@ -26,17 +26,9 @@ STOCK = f"{asyncio.SelectorEventLoop.__module__}.{asyncio.SelectorEventLoop.__qu
 UVPY = f"{uvpy.Loop.__module__}.{uvpy.Loop.__qualname__}"
 
 # Newer pytest-asyncio picks loops through this hook; older ones through the
-# event_loop_policy fixture, which the plugin handles too (not testable here:
-# one pytest-asyncio is installed).
+# event_loop_policy fixture, which the plugin handles too (not exercised
+# here: one pytest-asyncio is installed).
 HAS_FACTORIES_HOOK = hasattr(pytest_asyncio.plugin, "PytestAsyncioSpecs")
-
-
-def _uring_available():
-    try:
-        uvpy.new_event_loop("io_uring").close()
-    except OSError:
-        return False
-    return True
 
 
 CONFTEST = """
@@ -171,8 +163,8 @@ async def test_parametrized(record):
 
 @pytest.fixture
 def suite(pytester):
-    """suite(**modules): writes the conftest and the modules; returns
-    run(*args) -> (RunResult, [(tag, loop class, backend), ...])."""
+    """suite.write(conftest_extra="", **modules) writes the inner suite;
+    suite(*args) runs it: (RunResult, [(tag, loop class, backend), ...])."""
     record_path = pytester.path / "loops.jsonl"
 
     def write(conftest_extra="", **modules):
@@ -223,8 +215,8 @@ def test_pytest_asyncio_suite_runs_on_uvpy_with_the_flag(suite):
 
 @pytest.mark.parametrize("backend", ["libuv", "io_uring"])
 def test_backend_option(suite, backend):
-    if backend == "io_uring" and not _uring_available():
-        pytest.skip("io_uring is unavailable here")
+    if uvpy.backends()[backend] is not None:
+        pytest.skip(f"{backend} can not run here")
     suite.write(test_suite=PYTEST_ASYNCIO_SUITE, test_anyio=ANYIO_SUITE)
     # --uvpy-backend alone implies --uvpy.
     result, loops = suite("--uvpy-backend", backend)

@@ -4,6 +4,9 @@
     uvpy.run(main())                      # like asyncio.run, on uvpy
     uvpy.install()                        # make asyncio.new_event_loop() return uvpy loops
     asyncio.Runner(loop_factory=uvpy.new_event_loop)
+
+    python -m uvpy run script.py          # an unchanged asyncio program on uvpy (__main__.py)
+    pytest --uvpy                         # a project's async tests on uvpy (pytest_plugin.py)
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = (
     "TimerHandle",
     "EventLoopPolicy",
     "new_event_loop",
+    "backends",
     "install",
     "run",
     "offload",
@@ -61,6 +65,23 @@ def new_event_loop(backend: str | None = None) -> Loop:
     the UVPY_BACKEND environment variable, else ``"auto"`` (see ``Loop``).
     """
     return Loop(backend=backend)
+
+
+def backends() -> dict[str, str | None]:
+    """Which backends can run here: ``{"libuv": None, "io_uring": None}``
+    where both can, a backend that can not mapped to the reason (what
+    ``new_event_loop(name)`` raises, e.g. a kernel without io_uring or a
+    seccomp filter that blocks it). Makes and closes one loop per backend.
+    """
+    status: dict[str, str | None] = {}
+    for name in ("libuv", "io_uring"):
+        try:
+            new_event_loop(name).close()
+        except OSError as exc:
+            status[name] = str(exc)
+        else:
+            status[name] = None
+    return status
 
 
 class EventLoopPolicy(_asyncio.DefaultEventLoopPolicy):

@@ -12,9 +12,11 @@ scripts/test.sh runs the suite once with libuv and once with io_uring.
 import asyncio
 import gc
 import os
+import platform
 import resource
 import socket
 import ssl
+import textwrap
 
 import pytest
 
@@ -148,3 +150,31 @@ def raise_nofile(need):
         pytest.skip(f"needs {need} file descriptors, the hard limit is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
     return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+# Python code that makes io_uring_setup(2) fail with ENOSYS in the process
+# that runs it, through a seccomp filter (what Docker's default profile does
+# on some hosts): the start of a child's program, for tests of what uvpy says
+# where io_uring can not run. The filter hardcodes x86_64's syscall number.
+NO_URING = textwrap.dedent(
+    """
+    import ctypes, struct, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    def stmt(code, k, jt=0, jf=0):
+        return struct.pack("HBBI", code, jt, jf, k)
+    LD, JEQ, RET = 0x20, 0x15, 0x06
+    prog = b"".join([
+        stmt(LD, 0),                      # seccomp_data.nr
+        stmt(JEQ, 425, 0, 1),             # __NR_io_uring_setup (x86_64)
+        stmt(RET, 0x00050000 | 38),       # SECCOMP_RET_ERRNO | ENOSYS
+        stmt(RET, 0x7FFF0000),            # SECCOMP_RET_ALLOW
+    ])
+    buf = ctypes.create_string_buffer(prog)
+    class Fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+    fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
+    assert libc.prctl(38, 1, 0, 0, 0) == 0            # PR_SET_NO_NEW_PRIVS
+    assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0  # SECCOMP_MODE_FILTER
+    """
+)
+needs_x86_64 = pytest.mark.skipif(platform.machine() != "x86_64", reason="the seccomp filter hardcodes x86_64")

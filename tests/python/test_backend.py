@@ -7,7 +7,6 @@ runs it once per backend.
 
 import asyncio
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import textwrap
 import pytest
 
 import uvpy
+from conftest import NO_URING, needs_x86_64
 
 
 def _uring_status():
@@ -129,27 +129,9 @@ def test_policy_install_and_run_pass_the_choice(no_env):
         asyncio.set_event_loop_policy(old)
 
 
-# A child process in which io_uring_setup(2) fails with ENOSYS, through a
-# seccomp filter (what Docker's default profile does on some hosts).
-_NO_URING = textwrap.dedent(
+# A child process in which io_uring_setup(2) fails (conftest.NO_URING).
+_NO_URING = NO_URING + textwrap.dedent(
     """
-    import ctypes, struct, sys
-    libc = ctypes.CDLL(None, use_errno=True)
-    def stmt(code, k, jt=0, jf=0):
-        return struct.pack("HBBI", code, jt, jf, k)
-    LD, JEQ, RET = 0x20, 0x15, 0x06
-    prog = b"".join([
-        stmt(LD, 0),                      # seccomp_data.nr
-        stmt(JEQ, 425, 0, 1),             # __NR_io_uring_setup (x86_64)
-        stmt(RET, 0x00050000 | 38),       # SECCOMP_RET_ERRNO | ENOSYS
-        stmt(RET, 0x7FFF0000),            # SECCOMP_RET_ALLOW
-    ])
-    buf = ctypes.create_string_buffer(prog)
-    class Fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-    fprog = Fprog(len(prog) // 8, ctypes.addressof(buf))
-    assert libc.prctl(38, 1, 0, 0, 0) == 0            # PR_SET_NO_NEW_PRIVS
-    assert libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) == 0  # SECCOMP_MODE_FILTER
     import uvpy
     loop = uvpy.new_event_loop("libuv")
     print(loop.backend)
@@ -162,7 +144,7 @@ _NO_URING = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(platform.machine() != "x86_64", reason="the seccomp filter hardcodes x86_64")
+@needs_x86_64
 def test_io_uring_blocked_by_seccomp_explains_why(no_env):
     env = dict(os.environ)
     env.pop("UVPY_BACKEND", None)

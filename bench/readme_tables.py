@@ -1,10 +1,10 @@
-"""Print the README's result tables from a results JSON (medians and ratios).
+"""Print bench/README.md's summary tables from a results JSON (medians and ratios).
 
     python bench/readme_tables.py bench/results/latest.json   # loop core, executor, memory
     python bench/readme_tables.py bench/results/echo.json     # echo and HTTP, CPU per round trip
 
-The README quotes these tables verbatim, so they are regenerated, never
-edited by hand. Ratios say how many times better uvpy is than the peer
+bench/README.md quotes these tables verbatim, so they are regenerated,
+never edited by hand. Ratios say how many times better uvpy is than the peer
 (value / peer for throughputs, peer / value for lower-is-better units).
 """
 import json

@@ -428,7 +428,7 @@ int LoopCore_set_slow(PyObject* self, PyObject* value, void*) {
 // remembered, so later loops skip the attempt). It is off: with completion
 // I/O (multishot recv, ring sends) io_uring beats libuv on 1 KiB echo but
 // not on 10-100 KiB messages, and at 1000 connections its system-time share
-// is not smaller (README, "Backends"; bench/results/uring-completion.md), so
+// is not smaller (docs/io_uring.md, "Measurements"), so
 // io_uring stays opt-in by name.
 constexpr bool kAutoPrefersUring = false;
 

@@ -1,8 +1,8 @@
 """A tiny HTTP/1.1 keep-alive "hello" server on uvpy, driven by a client thread.
 
-uvpy's TCP transports land with their own issue; until then this server is
-written against the loop's fd-watcher API (add_reader / add_writer) on
-non-blocking sockets, which is exactly what uvpy implements natively today.
+The server is written against the loop's lowest layer, the fd-watcher API
+(add_reader / add_writer) on non-blocking sockets, so it runs the same way
+on every loop and shows the cost of the loop itself.
 
     python examples/demo_server.py --requests 2000 [--loop uvpy|asyncio|uvloop]
 """

@@ -77,7 +77,7 @@ def test_io_uring_on_request(no_env):
 
 
 def test_auto_and_the_default_are_libuv(no_env):
-    # io_uring is opt-in by name until it measures faster (README, Backends).
+    # io_uring is opt-in by name until it measures faster (docs/io_uring.md).
     for loop in (uvpy.new_event_loop(), uvpy.new_event_loop("auto"), uvpy.Loop()):
         assert loop.backend == "libuv"
         loop.close()

@@ -9,10 +9,12 @@
 //     and drains on the thread that woke it, one drainer at a time.
 //  2. wake() never touches the reactor of a closed loop: it reads `open`
 //     under Port::mu, and close flips it under the same lock first.
-//  3. The loop never blocks on a full queue (see Port): the job waits in
-//     `waiting`, behind anything already there so order holds, and pump()
-//     resubmits after every drain of the port, or from the retry timer
-//     while nothing of the loop is in the executor to drain.
+//  3. submit_and_watch never blocks the loop on a full queue (see Port): the
+//     job waits in `waiting`, behind anything already there so order holds,
+//     and pump() resubmits after every drain of the port, or from the retry
+//     timer while nothing of the loop is in the executor to drain.
+//     (parallel_for's chunks alone wait for room: executor_kernel.cc
+//     invariant 4.)
 //  4. Closing a loop with work in flight: the Port stops posting, cancels
 //     what is still queued (running kernels see should_stop()), drops what
 //     waits (never submitted, so never completed: job.h rule 5), then drains

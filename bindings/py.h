@@ -39,7 +39,7 @@ struct LoopCore {
   unsigned long thread_id;  // of the thread running the loop, 0 if none
   double slow_callback_duration;
   PyObject* current_handle;  // borrowed; set while a handle runs in debug mode
-  void* exec_port;           // executor.cc's per-loop completion port, lazily made
+  void* exec_port;           // executor_port.cc's per-loop Port, lazily made
   bool debug;
   bool running;
 };

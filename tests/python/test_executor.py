@@ -148,16 +148,19 @@ def test_close_with_python_work_in_flight(new_loop):
 
 def test_close_does_not_wait_for_a_blocked_callable(new_loop):
     loop = new_loop()
+    started = threading.Event()
     release = threading.Event()
     finished = threading.Event()
 
     def blocked():
+        started.set()
         release.wait(30)
         finished.set()
 
     async def main():
         loop.run_in_executor(None, blocked)
-        await asyncio.sleep(0.01)
+        while not started.is_set():  # close would cancel it while still queued
+            await asyncio.sleep(0.001)
 
     run(loop, main())
     t0 = time.monotonic()
@@ -634,6 +637,39 @@ def test_bad_input_raises_clear_errors(loop, loop_name, lib, call, exc, match):
                 await result
 
     run(loop, main())
+
+
+@pytest.mark.parametrize(
+    "args,signature",
+    [
+        ((object(),), None),
+        ((1, 2.0, b"ro"), "idw"),
+        ((1, 2.0), "xyz"),
+        ((1, 2.0, array("d", [0.0])), "iid"),
+        ((1, bytearray(8), object()), None),  # fails after pinning argument 1
+    ],
+)
+def test_offload_and_parallel_for_refuse_bad_input_alike(loop, lib, args, signature):
+    # Both kernel submissions make one set of checks: the same bad input
+    # fails the same way (on asyncio: the missing uvpy loop, for both).
+    async def refusal(call):
+        try:
+            result = call()
+            if asyncio.iscoroutine(result) or asyncio.isfuture(result):
+                await result
+        except Exception as exc:
+            return type(exc), str(exc)
+        pytest.fail("bad input was accepted")
+
+    async def main():
+        by_offload = await refusal(lambda: uvpy.offload(lib.add_scalars, *args, signature=signature))
+        by_chunks = await refusal(lambda: uvpy.parallel_for(lib.add_scalars, 3, *args, grain=1, signature=signature))
+        assert by_offload == by_chunks
+
+    run(loop, main())
+    for arg in args:
+        if isinstance(arg, bytearray):
+            arg.extend(b"x")  # raises BufferError if a refused job kept it pinned
 
 
 # -- built-in kernels -----------------------------------------------------------------

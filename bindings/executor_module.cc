@@ -125,23 +125,12 @@ PyObject* executor_metrics(PyObject*, PyObject*) {
                        "workers", workers, "blocking", blocking);
 }
 
-// configure_executor(workers, pin, nice): only before the pool has started.
-PyObject* configure_executor(PyObject*, PyObject* const* a, Py_ssize_t n) {
-  if (n != 3) {
-    PyErr_SetString(PyExc_TypeError, "configure_executor(workers, pin, nice)");
-    return nullptr;
-  }
-  long workers = PyLong_AsLong(a[0]);
-  int pin = PyObject_IsTrue(a[1]);
-  long nice = PyLong_AsLong(a[2]);
-  if ((workers == -1 && PyErr_Occurred()) || pin < 0 || (nice == -1 && PyErr_Occurred()))
-    return nullptr;
+// configure_executor(workers): only before the pool has started.
+PyObject* configure_executor(PyObject*, PyObject* arg) {
+  long workers = PyLong_AsLong(arg);
+  if (workers == -1 && PyErr_Occurred()) return nullptr;
   if (workers < 0 || workers > 4096) {
     PyErr_SetString(PyExc_ValueError, "workers must be between 0 (one per CPU) and 4096");
-    return nullptr;
-  }
-  if (nice < 0 || nice > 19) {
-    PyErr_SetString(PyExc_ValueError, "nice must be between 0 and 19");
     return nullptr;
   }
   if (g_exec != nullptr) {
@@ -149,8 +138,6 @@ PyObject* configure_executor(PyObject*, PyObject* const* a, Py_ssize_t n) {
     return nullptr;
   }
   g_options.workers = static_cast<unsigned>(workers);
-  g_options.pin = pin;
-  g_options.nice = static_cast<int>(nice);
   Py_RETURN_NONE;
 }
 
@@ -222,7 +209,7 @@ PyObject* executor_shutdown(PyObject*, PyObject*) {
 }
 
 PyMethodDef functions[] = {
-    UVPY_EXEC_FAST("_configure_executor", configure_executor),
+    {"_configure_executor", configure_executor, METH_O, nullptr},
     {"_configure_blocking", configure_blocking, METH_O, nullptr},
     UVPY_EXEC_FAST("_blocking_thread_main", blocking_thread_main),
     {"_set_blocking_starter", set_blocking_starter, METH_O, nullptr},

@@ -75,7 +75,6 @@ Executor::Executor(const Options& opts)
     w.exec = this;
     w.id = i;
     w.rng = 0x9E3779B97F4A7C15ull * (i + 1);
-    if (opts_.pin && !cpus_.empty()) w.cpu = cpus_[i % cpus_.size()];
   }
 }
 
@@ -104,16 +103,7 @@ int Executor::start() {
     pthread_sigmask(SIG_SETMASK, &all, &old);
     for (unsigned i = 0; i < n_ && rc == 0; ++i) {
       Worker& w = workers_[i];
-      pthread_attr_t attr;
-      pthread_attr_init(&attr);
-      if (w.cpu >= 0) {
-        cpu_set_t set;
-        CPU_ZERO(&set);
-        CPU_SET(w.cpu, &set);
-        rc = pthread_attr_setaffinity_np(&attr, sizeof set, &set);
-      }
-      if (rc == 0) rc = pthread_create(&w.thread, &attr, &Executor::worker_entry, &w);
-      pthread_attr_destroy(&attr);
+      rc = pthread_create(&w.thread, nullptr, &Executor::worker_entry, &w);
       if (rc == 0) w.running = true;
     }
     pthread_sigmask(SIG_SETMASK, &old, nullptr);
@@ -241,7 +231,6 @@ Executor::Metrics Executor::metrics() const {
     wm.completed = w.completed.load(std::memory_order_relaxed);
     wm.busy_ns = w.busy_ns.load(std::memory_order_relaxed);
     wm.steals = w.steals.load(std::memory_order_relaxed);
-    wm.cpu = w.cpu;
     m.completed += wm.completed;
     m.steals += wm.steals;
   }

@@ -45,15 +45,8 @@ class Executor {
  public:
   struct Options {
     unsigned workers = 0;         // 0: the CPUs in this process's sched_getaffinity mask
-    bool pin = false;             // pin worker i to the (i mod n)-th CPU of that mask
     size_t queue_capacity = 4096;  // injection queue bound (backpressure)
     unsigned spin_us = 20;        // how long a searching worker spins before parking
-    // Workers run this much "nicer" than the process (Linux per-thread nice),
-    // so a loop thread competing with busy workers is scheduled first. Off by
-    // default: a nicer worker that holds the GIL (a Python callable) can be
-    // preempted while the loop waits for that GIL, which measured worse p99
-    // loop lag than equal priorities; it helps only GIL-free kernel work.
-    int nice = 0;
   };
 
   struct WorkerMetrics {
@@ -61,7 +54,6 @@ class Executor {
     uint64_t completed = 0;  // jobs this worker ran
     uint64_t cancelled = 0;  // cancelled jobs this worker handed back
     uint64_t steals = 0;     // successful steal operations
-    int cpu = -1;            // pinned CPU, or -1
   };
 
   // A snapshot, exact when the executor is quiescent:

@@ -7,10 +7,6 @@
 #include "platform.h"
 #include "worker.h"
 
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 namespace uvpy::exec {
 
 namespace {
@@ -23,12 +19,6 @@ constexpr int kPausesPerProbe = 32;
 }  // namespace
 
 void Executor::worker_main(Worker* w) {
-  if (opts_.nice > 0) {
-    // Per-thread on Linux; best effort (raising niceness needs no privilege).
-    const int tid = static_cast<int>(syscall(SYS_gettid));
-    const int cur = getpriority(PRIO_PROCESS, static_cast<id_t>(tid));
-    setpriority(PRIO_PROCESS, static_cast<id_t>(tid), cur + opts_.nice);
-  }
   bool searching = false;
   for (;;) {
     if (abort_.load(std::memory_order_acquire)) break;

@@ -46,26 +46,19 @@ executor_metrics = _uvpy.executor_metrics
 atexit.register(_uvpy._executor_shutdown)
 
 
-def configure_executor(workers: int = 0, pin: bool = False, nice: int = 0, *,
-                       blocking_threads: int | None = None) -> None:
+def configure_executor(workers: int = 0, *, blocking_threads: int | None = None) -> None:
     """Size the native pools.
 
     blocking_threads bounds the threads that run Python callables, per loop
     that uses the executor (0: asyncio's min(32, cpus + 4)); it may be
     changed at any time. UVPY_BLOCKING_THREADS does the same at import.
 
-    The other arguments size the per-core pool of native kernels, before its
-    first use. workers=0 means one per CPU in the process's affinity mask; pin=True
-    pins worker i to the i-th CPU of that mask; nice=N (0-19) runs the
-    workers N steps nicer than the process (Linux, per thread), so a loop
-    thread that competes with busy workers for the CPUs is scheduled first.
-    That helps GIL-free work (native kernels, numpy, hashlib); a nicer
-    worker that is preempted while it holds the GIL makes the loop wait for
-    it. The environment variables UVPY_EXECUTOR_WORKERS, UVPY_EXECUTOR_PIN=1
-    and UVPY_EXECUTOR_NICE do the same at import. Raises RuntimeError once
+    workers sizes the per-core pool of native kernels, before its first use:
+    0 means one per CPU in the process's affinity mask.
+    UVPY_EXECUTOR_WORKERS does the same at import. Raises RuntimeError once
     the pool has started.
     """
-    checked = [("workers", workers), ("nice", nice)]
+    checked = [("workers", workers)]
     if blocking_threads is not None:
         checked.append(("blocking_threads", blocking_threads))
     for name, value in checked:
@@ -73,8 +66,8 @@ def configure_executor(workers: int = 0, pin: bool = False, nice: int = 0, *,
             raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if blocking_threads is not None:
         _uvpy._configure_blocking(blocking_threads)
-    if (workers, bool(pin), nice) != (0, False, 0) or blocking_threads is None:
-        _uvpy._configure_executor(workers, bool(pin), nice)
+    if workers != 0 or blocking_threads is None:
+        _uvpy._configure_executor(workers)
 
 
 def _configure_from_env():
@@ -87,14 +80,11 @@ def _configure_from_env():
         except ValueError as exc:
             raise ValueError(f"UVPY_BLOCKING_THREADS={blocking!r}: {exc}") from None
     workers = os.environ.get("UVPY_EXECUTOR_WORKERS")
-    pin = os.environ.get("UVPY_EXECUTOR_PIN", "") not in ("", "0")
-    nice = os.environ.get("UVPY_EXECUTOR_NICE")
-    if workers or pin or nice:
+    if workers:
         try:
-            configure_executor(int(workers or 0), pin, int(nice or 0))
+            configure_executor(int(workers))
         except ValueError as exc:
-            raise ValueError(f"UVPY_EXECUTOR_WORKERS={workers!r}, UVPY_EXECUTOR_NICE={nice!r}: "
-                             f"{exc}") from None
+            raise ValueError(f"UVPY_EXECUTOR_WORKERS={workers!r}: {exc}") from None
 
 
 _configure_from_env()

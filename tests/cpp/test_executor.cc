@@ -122,26 +122,19 @@ TEST_CASE("jobs that block never leave a queued job waiting behind them", "[exec
   }
 }
 
-TEST_CASE("pinned workers run on their own CPU of the mask", "[executor]") {
+TEST_CASE("current_worker() names the worker running a job, -1 elsewhere", "[executor]") {
   TestLoop loop;
   std::atomic<int> bad{0};
   std::deque<TestJob> jobs;
-  Executor::Options o = opts(2);
-  o.pin = true;
-  Executor ex(o);
+  Executor ex(opts(2));
   REQUIRE(ex.start() == 0);
-  auto m = ex.metrics();
   add_jobs(jobs, 50, &loop.port, [&](TestJob&) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    sched_getaffinity(0, sizeof set, &set);
     int w = ex.current_worker();
-    if (w < 0 || CPU_COUNT(&set) != 1 || !CPU_ISSET(m.workers[w].cpu, &set)) bad.fetch_add(1);
+    if (w < 0 || w >= 2) bad.fetch_add(1);
   });
   for (auto& j : jobs) REQUIRE(ex.submit(&j.job, true) == 0);
   REQUIRE(loop.run_until([&] { return loop.port.outstanding() == 0; }));
   REQUIRE(bad.load() == 0);
-  REQUIRE(m.workers[0].cpu >= 0);
   REQUIRE(ex.current_worker() == -1);
 }
 
@@ -322,7 +315,6 @@ TEST_CASE("metrics add up", "[executor][metrics]") {
     busy += w.busy_ns;
     steals += w.steals;
     if (w.completed > 0) REQUIRE(w.busy_ns > 0);
-    REQUIRE(w.cpu == -1);
   }
   REQUIRE(completed == 300);
   REQUIRE(cancelled == 100);

@@ -46,7 +46,9 @@
 //     may receive ahead (io_uring: a multishot RECVMSG into a ring of
 //     datagram-sized provided buffers) and reports kReadable while a
 //     datagram or an error waits. A datagram is truncated only where
-//     recvfrom() into the caller's `len` bytes would truncate it.
+//     recvfrom() into the caller's `len` bytes would truncate it, given
+//     an owner whose `len` is at most the backend's payload room
+//     (UringOptions::dgram_buf_size; DatagramCore's max_size).
 //     recv_stop_datagrams() is contract 6 for datagrams: reading ahead
 //     ends, and what was received ahead is handed over in order. Where a
 //     backend cannot receive ahead, recv_datagram() is the plain

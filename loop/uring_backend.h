@@ -26,6 +26,9 @@ constexpr uint16_t kStreamGroup = 0, kDgramGroup = 1;
 // A datagram buffer starts with the kernel's io_uring_recvmsg_out and the
 // sender's address (msg_namelen bytes, always reserved), then the payload.
 constexpr unsigned kDgramHeader = sizeof(io_uring_recvmsg_out) + sizeof(sockaddr_storage);
+// A datagram reader that has taken this many in a row when the held ones
+// run out asks the kernel for more at once (invariant 12).
+constexpr uint32_t kDgramPullAfter = 16;
 constexpr int kNoEnd = 1;  // FdState::end: nothing after the data
 constexpr unsigned kSqEntries = 256;
 constexpr unsigned kCqEntries = 1024;  // overflow is kept by the kernel (FEAT_NODROP)
@@ -64,6 +67,7 @@ struct FdState {
   bool dgram = false;       // the reader takes datagrams: held[] are datagram buffers
   bool recv_dgram = false;  // the recv in flight is a multishot RECVMSG (kTagDgram)
   int inject = 0;           // inject_recv_error(): the next recv arm ends with this
+  uint32_t streak = 0;      // datagrams taken since recv_datagram() last said -EAGAIN
   msghdr recv_msg{};        // what the RECVMSG was prepared with
   int end = kNoEnd;         // after the held data: 0 EOF, -errno an error
   std::vector<Held> held;   // read ahead, not yet recv()'d: held[held_head..]

@@ -94,8 +94,23 @@ ssize_t UringBackend::recv_datagram(IoWatcher* w, int fd, void* buf, size_t len,
                                     sockaddr_storage* addr, socklen_t* alen) {
   auto* s = w ? static_cast<FdState*>(w->backend_data) : nullptr;
   if (s == nullptr || !s->dgram) return Backend::recv_datagram(w, fd, buf, len, addr, alen);
-  if (s->held_head < s->held.size())
+  if (s->held_head == s->held.size() && s->streak >= kDgramPullAfter && s->recv_armed &&
+      !s->recv_cancel && s->end == kNoEnd && on_owner_thread()) {
+    // A flood: the kernel stops a multishot's inline retries after a few
+    // dozen datagrams per task-work run and the rest wait for the next
+    // io_uring_enter, one loop iteration away, while the socket's queue
+    // overflows. One enter now (no submit, no wait) runs that task work,
+    // which costs less than a recvfrom() per datagram. A quiet reader
+    // (short streaks: an echo) never pays for it.
+    s->streak = 0;
+    io_uring_get_events(&ring_);
+    harvest();
+  }
+  if (s->held_head < s->held.size()) {
+    ++s->streak;
     return static_cast<ssize_t>(take_datagram(s, static_cast<char*>(buf), len, addr, alen));
+  }
+  s->streak = 0;
   if (s->end != kNoEnd) {
     int e = s->end;  // delivered once; flush() re-arms the receive
     s->end = kNoEnd;

@@ -99,6 +99,26 @@ def test_queued_datagrams_from_alternating_peers(loop, family, tmp_path):
             s.close()
 
 
+def test_a_flood_queued_at_once_arrives_whole_and_in_order(loop):
+    """200 datagrams queued before the loop looks (more than io_uring's
+    multishot posts per task-work run, and more than the datagram ring's
+    64 buffers): all arrive, in order, through the ring where there is one."""
+    t, p, addr, sender = _endpoint(loop, socket.AF_INET, None, lambda: Recorder(loop, 200))
+    t.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s = sender()
+    before = ring_count(loop)
+    try:
+        for i in range(200):
+            s.sendto(b"%d" % i + bytes(i % 50), addr)
+        run(loop, asyncio.wait_for(p.got, 10))
+        assert [d for d, _ in p.datagrams] == [b"%d" % i + bytes(i % 50) for i in range(200)]
+        if on_ring(loop):
+            assert ring_count(loop) - before == 200
+        run(loop, closed(t))
+    finally:
+        s.close()
+
+
 class PauseAt(Recorder):
     """Pauses reading at the datagrams whose index is in `at`; asserts that
     nothing is delivered while paused."""

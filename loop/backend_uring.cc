@@ -138,7 +138,10 @@
 //     and the receive is re-armed. A pause hands every datagram received
 //     ahead to the reader's owner (recv_stop_datagrams): the kernel has
 //     consumed them, so they cannot be re-read, and the owner holds them
-//     until it reads again.
+//     until it reads again. The kernel caps a multishot's inline retries
+//     per task-work run, so a reader that took kDgramPullAfter in a row
+//     when its held datagrams run out enters the ring once (no submit, no
+//     wait) to run the rest now rather than one iteration later.
 #include <liburing.h>
 #include <poll.h>
 #include <pthread.h>

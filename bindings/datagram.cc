@@ -20,17 +20,6 @@
 //     nothing taken that was not delivered. (recvmmsg() would save the
 //     recvfrom() that ends each wakeup with EAGAIN, but it made no
 //     measurable difference to the sockets suite's UDP echo or flood.)
-//  7. Where a datagram comes from. On libuv (`_ring` false) it is one
-//     recvfrom() on readiness. On io_uring (`_ring` true: the reader is
-//     installed as IO_DATAGRAMS, backend.h contract 9) it is
-//     Reactor::recv_datagram(), which the backend feeds from a multishot
-//     RECVMSG, or a recvfrom() where it fell back. The kernel consumed
-//     what the ring received ahead, so it cannot be re-read after a pause:
-//     _hold_read_ahead() (from _stop_reading, before the watcher goes)
-//     moves those datagrams here, `held`, and _read_ready() delivers them
-//     first, in order, once reading resumes (_start_reading schedules it).
-//     After close() or abort() they are dropped, never delivered, as the
-//     readiness path leaves them unread in a socket about to close.
 //  2. `addr` is the object socket.recvfrom() returns for the family:
 //     (host, port) for AF_INET, (host, port, flowinfo, scope_id) for
 //     AF_INET6, str / bytes (abstract) / None (unnamed) for AF_UNIX. For
@@ -58,9 +47,21 @@
 //     object datagram_received() got. An AF_UNIX destination is an exact
 //     str (encoded as os.fsencode would) or bytes, parsed as
 //     socket.sendto() parses it (a leading NUL: Linux's abstract
-//     namespace); an empty or too long path, or any other type (bytearray,
-//     a PathLike, which socket.sendto() refuses), goes to Python so the
-//     error is socket's own.
+//     namespace); an empty or too long path, a non-ASCII str, or any
+//     other type (a bytearray, which socket.sendto() also takes; a
+//     PathLike, which it refuses) goes to Python, so the outcome and any
+//     error are socket's own.
+//  7. Where a datagram comes from. On libuv (`_ring` false) it is one
+//     recvfrom() on readiness. On io_uring (`_ring` true: the reader is
+//     installed as IO_DATAGRAMS, backend.h contract 9) it is
+//     Reactor::recv_datagram(), which the backend feeds from a multishot
+//     RECVMSG, or a recvfrom() where it fell back. The kernel consumed
+//     what the ring received ahead, so it cannot be re-read after a pause:
+//     _hold_read_ahead() (from _stop_reading, before the watcher goes)
+//     moves those datagrams here, `held`, and _read_ready() delivers them
+//     first, in order, once reading resumes (_start_reading schedules it).
+//     After close() or abort() they are dropped, never delivered, as the
+//     readiness path leaves them unread in a socket about to close.
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>

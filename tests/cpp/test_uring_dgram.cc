@@ -52,7 +52,7 @@ void send_to(int fd, const std::string& data, uint16_t port) {
           static_cast<ssize_t>(data.size()));
 }
 
-// Bytes of the first datagram still in fd's receive queue (0: none).
+// Whether fd's receive queue holds no datagram.
 bool queue_empty(int fd) {
   char c;
   return recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT | MSG_TRUNC) < 0 && errno == EAGAIN;

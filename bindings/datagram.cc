@@ -13,14 +13,13 @@
 //
 // Invariants:
 //  1. _read_ready() is the loop's reader callback. It takes up to
-//     kReadsPerWakeup datagrams, one recvfrom() each, and hands each to
-//     protocol.datagram_received(bytes, addr) at once; before every
-//     recvfrom it re-reads `_conn_lost` and `_reading`, so close(), abort()
-//     or pause_reading() from inside datagram_received() ends the batch
-//     with nothing read that was not delivered. (recvmmsg() would save the
+//     kReadsPerWakeup datagrams, one at a time, and hands each to
+//     protocol.datagram_received(bytes, addr) at once; before taking each
+//     it re-reads `_conn_lost` and `_reading`, so close(), abort() or
+//     pause_reading() from inside datagram_received() ends the batch with
+//     nothing taken that was not delivered. (recvmmsg() would save the
 //     recvfrom() that ends each wakeup with EAGAIN, but it made no
-//     measurable difference to the sockets suite's UDP echo or flood, and
-//     it would take datagrams past a pause that then must be held.)
+//     measurable difference to the sockets suite's UDP echo or flood.)
 //  2. `addr` is the object socket.recvfrom() returns for the family:
 //     (host, port) for AF_INET, (host, port, flowinfo, scope_id) for
 //     AF_INET6, str / bytes (abstract) / None (unnamed) for AF_UNIX. For
@@ -38,23 +37,44 @@
 //     directly: bytes-like non-empty data, the connection not lost, the
 //     send queue empty, and an address that is None or the transport's
 //     own when it has one. Anything else, and an address the fast path
-//     does not parse (a hostname, an AF_UNIX path, a non-tuple), goes to
+//     does not parse (a hostname, a non-tuple, anything unusual), goes to
 //     the Python _sendto_slow(), which does what asyncio does. EAGAIN goes
 //     to _sendto_blocked() (start the writer, queue the datagram); another
 //     send error to protocol.error_received(), and the datagram is dropped.
 //  6. Parsed destination addresses are kept by object identity (a strong
-//     reference to an exact tuple of str and int: immutable), kSendSlots of
-//     them: an echo server passes back the object datagram_received() got.
+//     reference to an exact tuple of str and int, an exact str or bytes:
+//     immutable), kSendSlots of them: an echo server passes back the
+//     object datagram_received() got. An AF_UNIX destination is an exact
+//     str (encoded as os.fsencode would) or bytes, parsed as
+//     socket.sendto() parses it (a leading NUL: Linux's abstract
+//     namespace); an empty or too long path, a non-ASCII str, or any
+//     other type (a bytearray, which socket.sendto() also takes; a
+//     PathLike, which it refuses) goes to Python, so the outcome and any
+//     error are socket's own.
+//  7. Where a datagram comes from. On libuv (`_ring` false) it is one
+//     recvfrom() on readiness. On io_uring (`_ring` true: the reader is
+//     installed as IO_DATAGRAMS, backend.h contract 9) it is
+//     Reactor::recv_datagram(), which the backend feeds from a multishot
+//     RECVMSG, or a recvfrom() where it fell back. The kernel consumed
+//     what the ring received ahead, so it cannot be re-read after a pause:
+//     _hold_read_ahead() (from _stop_reading, before the watcher goes)
+//     moves those datagrams here, `held`, and _read_ready() delivers them
+//     first, in order, once reading resumes (_start_reading schedules it).
+//     After close() or abort() they are dropped, never delivered, as the
+//     readiness path leaves them unread in a socket about to close.
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
+#include <deque>
 #include <memory>
+#include <vector>
 
 #include "py.h"
 // after Python.h
@@ -93,6 +113,9 @@ struct Datagram {
   // Made on first use: most endpoints see few peers, some see none.
   AddrSlot* peers;
   AddrSlot* sends;
+  PyObject* loop;        // _loop: the LoopCore (None once closed)
+  char ring;             // _ring: the reader is an IO_DATAGRAMS one (invariant 7)
+  std::deque<loop::HeldDatagram>* held;  // invariant 7; made on first use
 };
 
 PyTypeObject* datagram_type;
@@ -216,22 +239,53 @@ PyObject* fatal_read_error(PyObject* self) {
 
 // --- receiving ------------------------------------------------------------------------
 
+// The reactor that feeds this transport's reader (invariant 7), or nullptr
+// for readiness and plain recvfrom().
+loop::Reactor* ring_reactor(Datagram* d) {
+  if (!d->ring || d->loop == nullptr || !PyObject_TypeCheck(d->loop, &LoopCoreType)) return nullptr;
+  loop::Reactor* r = reinterpret_cast<LoopCore*>(d->loop)->reactor;
+  return r != nullptr && !r->closed() ? r : nullptr;
+}
+
+// The next datagram into buf (n >= 0 bytes, sender in ss/len), or -errno
+// (-EAGAIN: nothing now). Held datagrams go first (invariant 7).
+ssize_t next_datagram(Datagram* d, loop::Reactor* r, char* buf, sockaddr_storage* ss,
+                      socklen_t* len) {
+  if (d->held != nullptr && !d->held->empty()) {
+    loop::HeldDatagram& h = d->held->front();
+    ssize_t n = h.err;
+    if (n == 0) {
+      n = static_cast<ssize_t>(std::min(h.data.size(), kMaxSize));
+      std::memcpy(buf, h.data.data(), static_cast<size_t>(n));
+      std::memcpy(ss, &h.addr, h.addrlen);
+      *len = h.addrlen;
+    }
+    d->held->pop_front();
+    return n;
+  }
+  if (r != nullptr) return r->recv_datagram(d->fd, buf, kMaxSize, ss, len);
+  for (;;) {
+    *len = sizeof *ss;
+    ssize_t n = ::recvfrom(d->fd, buf, kMaxSize, 0, reinterpret_cast<sockaddr*>(ss), len);
+    if (n >= 0) return n;
+    if (errno != EINTR) return is_again(errno) ? -EAGAIN : -errno;
+  }
+}
+
 PyObject* Datagram_read_ready(PyObject* self, PyObject*) {
   Datagram* d = D(self);
   if (d->family != AF_INET && d->family != AF_INET6 && d->family != AF_UNIX)
     return call_self(self, str_read_ready_py);
   char* buf = read_buffer();
+  loop::Reactor* reactor = ring_reactor(d);
   for (int i = 0; i < kReadsPerWakeup; ++i) {
     if (d->conn_lost || !d->reading) break;  // invariant 1
     sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    ssize_t n;
-    do {
-      n = ::recvfrom(d->fd, buf, kMaxSize, 0, reinterpret_cast<sockaddr*>(&ss), &len);
-    } while (n < 0 && errno == EINTR);
+    socklen_t len = 0;
+    ssize_t n = next_datagram(d, reactor, buf, &ss, &len);
     if (n < 0) {
-      if (is_again(errno)) break;
-      PyObject* r = error_received(d, errno);
+      if (n == -EAGAIN) break;
+      PyObject* r = error_received(d, static_cast<int>(-n));
       if (r == nullptr) return nullptr;
       Py_DECREF(r);
       break;
@@ -258,12 +312,62 @@ PyObject* Datagram_read_ready(PyObject* self, PyObject*) {
   Py_RETURN_NONE;
 }
 
+// _hold_read_ahead(): invariant 7, from _stop_reading() while the reader
+// is still installed.
+PyObject* Datagram_hold_read_ahead(PyObject* self, PyObject*) {
+  Datagram* d = D(self);
+  if (loop::Reactor* r = ring_reactor(d)) {
+    std::vector<loop::HeldDatagram> taken;
+    r->recv_stop_datagrams(d->fd, &taken);
+    if (!taken.empty() && d->held == nullptr) d->held = new std::deque<loop::HeldDatagram>();
+    for (loop::HeldDatagram& h : taken) d->held->push_back(std::move(h));
+  }
+  Py_RETURN_NONE;
+}
+
+// _held_datagrams() -> int: how many wait for the reader (invariant 7).
+PyObject* Datagram_held_datagrams(PyObject* self, PyObject*) {
+  Datagram* d = D(self);
+  return PyLong_FromSize_t(d->held ? d->held->size() : 0);
+}
+
 // --- sending --------------------------------------------------------------------------
+
+// An exact str or bytes path as socket.sendto() parses it for AF_UNIX
+// (invariant 6); false (no exception) for anything else.
+bool parse_unix_address(PyObject* addr, sockaddr_storage* ss, socklen_t* len) {
+  const char* path;
+  Py_ssize_t n;
+  if (PyBytes_CheckExact(addr)) {
+    path = PyBytes_AS_STRING(addr);
+    n = PyBytes_GET_SIZE(addr);
+  } else if (PyUnicode_CheckExact(addr) && PyUnicode_IS_ASCII(addr)) {
+    // ASCII is its own filesystem encoding (UTF-8, or an ASCII locale's
+    // surrogateescape); other str goes the Python way.
+    path = PyUnicode_AsUTF8AndSize(addr, &n);
+    if (path == nullptr) {
+      PyErr_Clear();
+      return false;
+    }
+  } else {
+    return false;
+  }
+  auto* a = reinterpret_cast<sockaddr_un*>(ss);
+  const bool abstract = n > 0 && path[0] == 0;
+  // Empty (autobind) and overlong paths: socket's behaviour and messages.
+  if (n == 0 || static_cast<size_t>(n) > sizeof a->sun_path - (abstract ? 0 : 1)) return false;
+  std::memset(ss, 0, offsetof(sockaddr_un, sun_path) + sizeof a->sun_path);
+  a->sun_family = AF_UNIX;
+  std::memcpy(a->sun_path, path, static_cast<size_t>(n));
+  *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + n + (abstract ? 0 : 1));
+  return true;
+}
 
 // Parses an exact (str, int[, int, int]) tuple for the socket's family into
 // a sockaddr as socket.sendto() would; false (no exception) for anything it
 // does not take, which then goes the Python way.
 bool parse_address(int family, PyObject* addr, sockaddr_storage* ss, socklen_t* len) {
+  if (family == AF_UNIX) return parse_unix_address(addr, ss, len);
   if (!PyTuple_CheckExact(addr)) return false;
   Py_ssize_t n = PyTuple_GET_SIZE(addr);
   if (n < 2 || n > (family == AF_INET6 ? 4 : 2)) return false;
@@ -385,6 +489,7 @@ int Datagram_traverse(PyObject* self, visitproc visit, void* arg) {
   Py_VISIT(d->protocol);
   Py_VISIT(d->buffer);
   Py_VISIT(d->address);
+  Py_VISIT(d->loop);
   // The cached addresses are tuples of str and int: they cannot reach back.
   return 0;
 }
@@ -395,6 +500,9 @@ int Datagram_clear(PyObject* self) {
   Py_CLEAR(d->protocol);
   Py_CLEAR(d->buffer);
   Py_CLEAR(d->address);
+  Py_CLEAR(d->loop);
+  delete d->held;
+  d->held = nullptr;
   if (d->peers != nullptr) {
     for (unsigned i = 0; i < kPeerSlots; ++i) Py_CLEAR(d->peers[i].addr);
     delete[] d->peers;
@@ -422,6 +530,8 @@ PyMethodDef Datagram_methods[] = {
     METH("sendto", Datagram_sendto, METH_FASTCALL | METH_KEYWORDS,
          "sendto(data, addr=None): send a datagram now if possible, else queue it."),
     METH("_read_ready", Datagram_read_ready, METH_NOARGS, nullptr),
+    METH("_hold_read_ahead", Datagram_hold_read_ahead, METH_NOARGS, nullptr),
+    METH("_held_datagrams", Datagram_held_datagrams, METH_NOARGS, nullptr),
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -434,6 +544,8 @@ PyMemberDef Datagram_members[] = {
     {"_family", T_INT, offsetof(Datagram, family), 0, nullptr},
     {"_reading", T_BOOL, offsetof(Datagram, reading), 0, nullptr},
     {"_connected", T_BOOL, offsetof(Datagram, connected), 0, nullptr},
+    {"_loop", T_OBJECT, offsetof(Datagram, loop), 0, nullptr},
+    {"_ring", T_BOOL, offsetof(Datagram, ring), 0, nullptr},
     {nullptr, 0, 0, 0, nullptr},
 };
 

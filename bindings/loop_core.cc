@@ -285,24 +285,28 @@ PyObject* handle_or_none(loop::Callback old) {
   Py_RETURN_NONE;
 }
 
-// _io_set(fd, which, handle[, accepts]) -> previous handle or None.
-// accepts=True (a listening socket's reader): the reader takes its
-// connections only through _accept(), so the backend may accept ahead.
+// _io_set(fd, which, handle[, kind]) -> previous handle or None.
+// kind IO_ACCEPTS (or True; a listening socket's reader): the reader takes
+// its connections only through _accept(), so the backend may accept ahead.
+// kind IO_DATAGRAMS (a DatagramCore's reader): it takes datagrams only
+// through Reactor::recv_datagram (datagram.cc), so the backend may
+// receive ahead (backend.h, contract 9).
 PyObject* LoopCore_io_set(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   auto* loop = reinterpret_cast<LoopCore*>(self);
   if ((nargs != 3 && nargs != 4) || !PyObject_TypeCheck(args[2], &HandleType)) {
-    PyErr_SetString(PyExc_TypeError, "_io_set(fd, which, handle[, accepts])");
+    PyErr_SetString(PyExc_TypeError, "_io_set(fd, which, handle[, kind])");
     return nullptr;
   }
   if (!check_open(loop)) return nullptr;
   int fd = as_int(args[0]);
   int which = as_int(args[1]);
   if (PyErr_Occurred()) return nullptr;
-  int accepts = nargs == 4 ? PyObject_IsTrue(args[3]) : 0;
-  if (accepts < 0) return nullptr;
+  int kind = nargs == 4 ? as_int(args[3]) : 0;
+  if (PyErr_Occurred()) return nullptr;
+  const bool datagrams = kind == 2 && which == loop::kReadable;
   loop::Callback old;
   int rc = loop->reactor->set_io(fd, which, as_callback(reinterpret_cast<Handle*>(args[2])), &old,
-                                 false, accepts != 0);
+                                 datagrams, kind == 1, datagrams);
   if (rc < 0) {
     errno = -rc;
     return PyErr_SetFromErrno(PyExc_OSError);
@@ -388,9 +392,29 @@ PyObject* LoopCore_exec_pending(PyObject* self, PyObject*) {
 
 PyObject* LoopCore_stats(PyObject* self, PyObject*) {
   auto* r = reinterpret_cast<LoopCore*>(self)->reactor;
-  return Py_BuildValue("{s:n,s:n,s:n}", "ready", static_cast<Py_ssize_t>(r->ready_count()),
+  const loop::BackendCounters c = r->backend_counters();
+  return Py_BuildValue("{s:n,s:n,s:n,s:K,s:K}", "ready", static_cast<Py_ssize_t>(r->ready_count()),
                        "timers", static_cast<Py_ssize_t>(r->timer_count()), "watchers",
-                       static_cast<Py_ssize_t>(r->watcher_count()));
+                       static_cast<Py_ssize_t>(r->watcher_count()), "dgram_ring",
+                       static_cast<unsigned long long>(c.dgram_ring), "dgram_nobufs",
+                       static_cast<unsigned long long>(c.dgram_nobufs));
+}
+
+// _inject_recv_error(fd, errno) -> bool: a test hook. The next receive the
+// backend arms for fd's reader ends at once with that error, as if the
+// kernel had refused it (io_uring; other backends ignore it). False when
+// fd has no watcher.
+PyObject* LoopCore_inject_recv_error(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  auto* loop = reinterpret_cast<LoopCore*>(self);
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "_inject_recv_error(fd, errno)");
+    return nullptr;
+  }
+  if (!check_open(loop)) return nullptr;
+  int fd = as_int(args[0]);
+  int err = as_int(args[1]);
+  if (PyErr_Occurred()) return nullptr;
+  return PyBool_FromLong(loop->reactor->inject_recv_error(fd, -err));
 }
 
 PyObject* LoopCore_get_backend(PyObject* self, void*) {
@@ -541,7 +565,9 @@ PyMethodDef LoopCore_methods[] = {
     {"_accept", LoopCore_accept, METH_O, nullptr},
     {"_call_handle", LoopCore_call_handle, METH_O, nullptr},
     {"_exec_pending", LoopCore_exec_pending, METH_NOARGS, nullptr},
-    {"_stats", LoopCore_stats, METH_NOARGS, "Counts of ready callbacks, timers and fd watchers."},
+    {"_stats", LoopCore_stats, METH_NOARGS,
+     "Counts of ready callbacks, timers and fd watchers, and the backend's event counters."},
+    FAST("_inject_recv_error", LoopCore_inject_recv_error, nullptr),
     {nullptr, nullptr, 0, nullptr},
 };
 

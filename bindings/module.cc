@@ -36,4 +36,7 @@ PYBIND11_MODULE(_uvpy, m) {
         "Register the Python helpers the native layer formats and logs through.");
   m.attr("READABLE") = static_cast<int>(uvpy::loop::kReadable);
   m.attr("WRITABLE") = static_cast<int>(uvpy::loop::kWritable);
+  // _io_set()'s reader kinds (loop_core.cc): a listener's, a datagram socket's.
+  m.attr("IO_ACCEPTS") = 1;
+  m.attr("IO_DATAGRAMS") = 2;
 }

@@ -40,13 +40,28 @@
 //     closed when the watcher goes, as the kernel resets those left in a
 //     closed listener's backlog. Where a backend cannot accept ahead,
 //     accept() is the plain accept4(): never a failure.
+//  9. Datagram readers. A consuming reader whose `datagrams` flag is set (a
+//     datagram transport's) reads only through recv_datagram(): one whole
+//     datagram and its sender per call, never merged or split. The backend
+//     may receive ahead (io_uring: a multishot RECVMSG into a ring of
+//     datagram-sized provided buffers) and reports kReadable while a
+//     datagram or an error waits. A datagram is truncated only where
+//     recvfrom() into the caller's `len` bytes would truncate it, given
+//     an owner whose `len` is at most the backend's payload room
+//     (UringOptions::dgram_buf_size; DatagramCore's max_size).
+//     recv_stop_datagrams() is contract 6 for datagrams: reading ahead
+//     ends, and what was received ahead is handed over in order. Where a
+//     backend cannot receive ahead, recv_datagram() is the plain
+//     recvfrom(): never a failure.
 #pragma once
 #include <sys/socket.h>
 #include <sys/types.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace uvpy::loop {
 
@@ -59,6 +74,21 @@ struct SendRef {
   const char* data;
   size_t len;
   std::shared_ptr<char[]> owner;
+};
+
+// One datagram received ahead and handed back by recv_stop_datagrams()
+// (contract 9), or the error the receive ended with (err < 0; no data).
+struct HeldDatagram {
+  std::string data;
+  sockaddr_storage addr;
+  socklen_t addrlen;
+  int err;
+};
+
+// Event counts a backend keeps for tests and benchmarks.
+struct BackendCounters {
+  uint64_t dgram_ring = 0;    // datagrams taken from the provided-buffer ring
+  uint64_t dgram_nobufs = 0;  // datagram receives ended by an empty ring (-ENOBUFS)
 };
 
 class Backend {
@@ -130,6 +160,35 @@ class Backend {
     }
   }
 
+  // Contract 9: n >= 0 bytes of one datagram copied into buf (its first
+  // len bytes when it is longer), its sender in *addr/*alen (*alen 0: an
+  // unnamed sender), -EAGAIN nothing now, other -errno an error (the
+  // socket's pending error, e.g. ECONNREFUSED). w may be null.
+  virtual ssize_t recv_datagram(IoWatcher* w, int fd, void* buf, size_t len,
+                                sockaddr_storage* addr, socklen_t* alen) {
+    (void)w;
+    for (;;) {
+      *alen = sizeof *addr;
+      ssize_t n = ::recvfrom(fd, buf, len, 0, reinterpret_cast<sockaddr*>(addr), alen);
+      if (n >= 0) return n;
+      if (errno == EINTR) continue;
+      return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    }
+  }
+  // Contract 9: appends what was received ahead to *held, in order.
+  // Receiving ahead resumes when the reader is installed again.
+  virtual void recv_stop_datagrams(IoWatcher* w, std::vector<HeldDatagram>* held) {
+    (void)w;
+    (void)held;
+  }
+  // A test hook: the next receive armed for w's fd ends at once with err
+  // (-errno), as if the kernel had refused it.
+  virtual void inject_recv_error(IoWatcher* w, int err) {
+    (void)w;
+    (void)err;
+  }
+  virtual BackendCounters counters() const { return {}; }
+
   void set_sink(Sink* s) { sink_ = s; }
 
  protected:
@@ -157,6 +216,13 @@ struct UringOptions {
   bool completion_accepts = true;  // UVPY_URING_ACCEPT=0: listeners on readiness
   unsigned buf_count = 256;   // provided buffers: a power of two (2 MiB: fits in cache)
   unsigned buf_size = 8192;   // bytes each
+  // Datagram readers (contract 9) receive into a ring of their own, made
+  // when the first one reads: each buffer takes one datagram whole, so its
+  // payload room is the largest datagram a reader takes (the transport's
+  // max_size): the ring truncates exactly where recvfrom() would.
+  bool completion_datagrams = true;
+  unsigned dgram_buf_count = 64;          // a power of two
+  unsigned dgram_buf_size = 256 * 1024;   // payload bytes each
 };
 UringOptions default_uring_options();
 // nullptr (with the reason) when io_uring cannot run here: no kernel

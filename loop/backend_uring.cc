@@ -35,8 +35,9 @@
 //              ignored), 2 the wakeup eventfd's multishot poll, 3 the
 //              multishot recv of an FdState, 4 the send of an FdState,
 //              5 the multishot accept of an FdState, 6 the poll on the
-//              epoll fd of plain watchers (invariant 11)
-//   bits 3-63  tags 0, 3-5: the FdState's address (heap objects, 8-aligned)
+//              epoll fd of plain watchers (invariant 11), 7 the multishot
+//              recvmsg of an FdState's datagram reader (invariant 12)
+//   bits 3-63  tags 0, 3-5, 7: the FdState's address (heap objects, 8-aligned)
 //
 // Invariants:
 //  1. An FdState has at most one poll, one recv and one send in flight. It
@@ -123,6 +124,24 @@
 //     open (no FIN for the peer, a connect carrying on). uring_epoll.cc has
 //     the rules. A Stream's or listener's fd is closed only after io_close,
 //     so their readiness fallbacks stay ring polls (invariant 3).
+// 12. A datagram reader (contract 9) is invariant 6 with one datagram per
+//     CQE: a multishot RECVMSG with IOSQE_BUFFER_SELECT into a ring of its
+//     own (kDgramGroup, made on first use), whose buffers hold the
+//     kernel's header, a full sockaddr_storage and max_size bytes of
+//     payload, so the ring truncates a datagram exactly where the
+//     readiness path's recvfrom() does and never splits or merges one.
+//     Its fallbacks are invariant 6's, per fd: a refusal (-EINVAL,
+//     -EOPNOTSUPP, -ENOTSOCK) turns this fd to readiness for good, -ENOBUFS
+//     until an eighth of that ring is back (counted), and recvfrom() then
+//     runs only when nothing is held. A socket error (ECONNREFUSED) ends
+//     the multishot; it is delivered once, after the datagrams before it,
+//     and the receive is re-armed. A pause hands every datagram received
+//     ahead to the reader's owner (recv_stop_datagrams): the kernel has
+//     consumed them, so they cannot be re-read, and the owner holds them
+//     until it reads again. The kernel caps a multishot's inline retries
+//     per task-work run, so a reader that took kDgramPullAfter in a row
+//     when its held datagrams run out enters the ring once (no submit, no
+//     wait) to run the rest now rather than one iteration later.
 #include <liburing.h>
 #include <poll.h>
 #include <pthread.h>
@@ -203,6 +222,11 @@ bool have_accept_opcodes(io_uring* ring) {
   return ok;
 }
 
+bool have_recvmsg_opcodes(io_uring* ring) {
+  static const bool ok = probe_supports(ring, {IORING_OP_RECVMSG, IORING_OP_ASYNC_CANCEL});
+  return ok;
+}
+
 bool have_recv_opcodes(io_uring* ring) {
   static const bool ok = probe_supports(ring, {IORING_OP_RECV, IORING_OP_ASYNC_CANCEL});
   return ok;
@@ -237,6 +261,7 @@ int UringBackend::init(std::string* err) {
   comp_ = opts_.completion && have_recv_opcodes(&ring_);
   send_ok_ = opts_.completion && opts_.completion_sends && have_send_opcodes(&ring_);
   accept_ok_ = opts_.completion && opts_.completion_accepts && have_accept_opcodes(&ring_);
+  dgram_ok_ = opts_.completion && opts_.completion_datagrams && have_recvmsg_opcodes(&ring_);
   setup_buffers();
   return 0;
 }
@@ -298,6 +323,13 @@ int UringBackend::io_update(IoWatcher* w, int events) {
     w->backend_data = s;
   }
   if ((events & kReadable) && !(s->want & kReadable)) s->recv_paused = false;
+  if (s->dgram != w->datagrams) {
+    // Another kind of reader: what was held belongs to the old one's ring
+    // (and kind), and flush() cancels a recv of the old kind.
+    drop_held(s);
+    s->end = kNoEnd;
+    s->dgram = w->datagrams;
+  }
   if (s->accepts && !w->accepts) {  // invariant 10: the accepting reader went
     drop_accepted(s);
     s->end = kNoEnd;  // its undelivered error too: a plain reader would see it forever
@@ -366,7 +398,7 @@ void UringBackend::close() {
       }
     }
   }
-  const bool buffers_safe = recv_inflight_ == 0;
+  const bool buffers_safe = recv_inflight_ == 0;  // both rings (invariant 7)
   if (send_inflight_ > 0) {
     // Sends we could not reap may still read their memory: keep it.
     for (FdState* s = all_; s != nullptr; s = s->next)
@@ -384,6 +416,7 @@ void UringBackend::close() {
     delete s;
   }
   buf_.release(buffers_safe);
+  dbuf_.release(buffers_safe);
   pending_.clear();
   stash_.clear();
   ready_recv_.clear();
@@ -465,6 +498,7 @@ int UringBackend::rebuild() {
   accept_inflight_ = 0;  // invariant 10: harvest() above took what it posted
   io_uring_queue_exit(&ring_);
   buf_.release(recv_inflight_ == 0);
+  dbuf_.release(recv_inflight_ == 0);  // made again on first use
   recv_inflight_ = 0;
   ring_ = fresh;
   wake_armed_ = false;
@@ -490,7 +524,7 @@ int UringBackend::rebuild() {
 }
 
 void UringBackend::setup_buffers() {
-  if (comp_ && buf_.init(&ring_, 0, opts_.buf_count, opts_.buf_size) < 0) comp_ = false;
+  if (comp_ && buf_.init(&ring_, kStreamGroup, opts_.buf_count, opts_.buf_size) < 0) comp_ = false;
 }
 
 io_uring_sqe* UringBackend::get_sqe() {
@@ -539,27 +573,49 @@ void UringBackend::arm_wakeup() {
 
 void UringBackend::flush() {
   if (!wake_armed_) arm_wakeup();
-  if (!starved_.empty() && buf_.avail() >= std::max(1u, buf_.count() / 8)) {
-    // Buffers are back: starved readers return to multishot recv.
+  if (!starved_.empty()) {
+    // Buffers are back in a reader's ring: it returns to multishot recv.
+    size_t keep_n = 0;
     for (FdState* s : starved_) {
+      const BufRing& ring = ring_of(s);
+      if (ring.ready() && ring.avail() < std::max(1u, ring.count() / 8)) {
+        starved_[keep_n++] = s;
+        continue;
+      }
       s->in_starved = false;
       s->starved = false;
       enqueue(s);
     }
-    starved_.clear();
+    starved_.resize(keep_n);
   }
   size_t done = 0;
   for (; done < pending_.size(); ++done) {
     FdState* s = pending_[done];
     bool ok = true;
     // Invariant 11: a plain watcher's interest goes to the epoll set.
+    if (!s->parked && s->dgram) {
+      // Before poll_want() below: either may turn this reader to readiness.
+      if (wants_recv(s) && !dbuf_.ready()) ensure_dgram_ring();
+      if (s->inject && wants_recv(s) && !s->recv_armed) {
+        // inject_recv_error(): this arm "fails" with the error at once.
+        const int err = s->inject;
+        s->inject = 0;
+        s->recv_armed = true;
+        s->recv_dgram = true;
+        ++recv_inflight_;
+        on_recv(s, err, 0, true);
+      }
+    }
     const int pw = plain(s) ? 0 : poll_want(s);
     if (s->parked) {
       ep_forget(s);
     } else {
       ep_apply(s, plain(s) ? s->want : 0);
       if (wants_recv(s)) {
-        if (!s->recv_armed) ok = prep_recv(s);
+        if (!s->recv_armed)
+          ok = prep_recv(s);
+        else if ((s->recv_dgram != s->dgram || s->inject) && !s->recv_cancel)
+          ok = prep_recv_cancel(s);  // the wrong kind, or a test's error waits
       } else if (s->recv_armed && !s->recv_cancel) {
         ok = prep_recv_cancel(s);
       }
@@ -618,8 +674,10 @@ unsigned UringBackend::harvest() {
   io_uring_cqe* cqe;
   io_uring_for_each_cqe(&ring_, head, cqe) {
     ++n;
-    if ((cqe->user_data & kTagMask) == kTagRecv)
-      on_recv(reinterpret_cast<FdState*>(cqe->user_data & ~kTagMask), cqe->res, cqe->flags);
+    const uint64_t tag = cqe->user_data & kTagMask;
+    if (tag == kTagRecv || tag == kTagDgram)
+      on_recv(reinterpret_cast<FdState*>(cqe->user_data & ~kTagMask), cqe->res, cqe->flags,
+              tag == kTagDgram);
     else if ((cqe->user_data & kTagMask) == kTagAccept)  // an fd: owned at once
       on_accept(reinterpret_cast<FdState*>(cqe->user_data & ~kTagMask), cqe->res, cqe->flags);
     else
@@ -658,7 +716,9 @@ void UringBackend::handle(const Completion& c) {
       ep_ready_ = true;
       break;
     case kTagRecv:
-      on_recv(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res, c.flags);
+    case kTagDgram:
+      on_recv(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res, c.flags,
+              (c.user_data & kTagMask) == kTagDgram);
       break;
     case kTagSend:
       on_send(reinterpret_cast<FdState*>(c.user_data & ~kTagMask), c.res);
@@ -712,6 +772,7 @@ UringOptions default_uring_options() {
   // Tuning knobs for measurements; a bad value falls back at init.
   if (const char* n = std::getenv("UVPY_URING_BUF_COUNT")) o.buf_count = std::strtoul(n, nullptr, 10);
   if (const char* n = std::getenv("UVPY_URING_BUF_SIZE")) o.buf_size = std::strtoul(n, nullptr, 10);
+  if (const char* d = std::getenv("UVPY_URING_DGRAM")) o.completion_datagrams = std::strcmp(d, "0") != 0;
   return o;
 }
 

@@ -23,7 +23,7 @@ Reactor::~Reactor() { close(); }
 double Reactor::time() const { return monotonic_now(); }
 
 int Reactor::set_io(int fd, int which, Callback cb, Callback* old, bool consume,
-                    bool accepts) {
+                    bool accepts, bool datagrams) {
   IoWatcher* w;
   auto it = watchers_.find(fd);
   bool fresh = it == watchers_.end();
@@ -37,14 +37,19 @@ int Reactor::set_io(int fd, int which, Callback cb, Callback* old, bool consume,
   Callback prev = slot;
   const int prev_consume = w->consume;
   const bool prev_accepts = w->accepts;
+  const bool prev_datagrams = w->datagrams;
   slot = cb;
   w->consume = consume ? (w->consume | which) : (w->consume & ~which);
-  if (which == kReadable) w->accepts = accepts;
+  if (which == kReadable) {
+    w->accepts = accepts;
+    w->datagrams = datagrams && consume;
+  }
   int rc = backend_->io_update(w, w->interest());
   if (rc < 0) {
     slot = prev;
     w->consume = prev_consume;
     w->accepts = prev_accepts;
+    w->datagrams = prev_datagrams;
     if (fresh) {
       backend_->io_close(w);
       delete w;
@@ -68,7 +73,10 @@ void Reactor::clear_io(int fd, int which, Callback* old) {
   *old = slot;
   slot = Callback{};
   w->consume &= ~which;
-  if (which == kReadable) w->accepts = false;
+  if (which == kReadable) {
+    w->accepts = false;
+    w->datagrams = false;
+  }
   if (w->interest() == 0) {
     watchers_.erase(it);
     backend_->io_close(w);
@@ -91,6 +99,25 @@ ssize_t Reactor::recv(int fd, void* buf, size_t len) {
 int Reactor::recv_stop(int fd, std::string* held) {
   auto it = watchers_.find(fd);
   return it == watchers_.end() ? 1 : backend_->recv_stop(it->second, held);
+}
+
+ssize_t Reactor::recv_datagram(int fd, void* buf, size_t len, sockaddr_storage* addr,
+                               socklen_t* alen) {
+  auto it = watchers_.find(fd);
+  return backend_->recv_datagram(it == watchers_.end() ? nullptr : it->second, fd, buf, len, addr,
+                                 alen);
+}
+
+void Reactor::recv_stop_datagrams(int fd, std::vector<HeldDatagram>* held) {
+  auto it = watchers_.find(fd);
+  if (it != watchers_.end()) backend_->recv_stop_datagrams(it->second, held);
+}
+
+bool Reactor::inject_recv_error(int fd, int err) {
+  auto it = watchers_.find(fd);
+  if (it == watchers_.end()) return false;
+  backend_->inject_recv_error(it->second, err);
+  return true;
 }
 
 int Reactor::send_start(int fd, const SendRef* parts, int count) {

@@ -50,6 +50,9 @@ struct IoWatcher {
   // A listener whose reader takes connections only via Reactor::accept
   // (contract 8), so the backend may accept ahead for it.
   bool accepts = false;
+  // A datagram socket's consuming reader, which takes one datagram at a
+  // time only via Reactor::recv_datagram (contract 9).
+  bool datagrams = false;
 
   int interest() const { return (reader ? kReadable : 0) | (writer ? kWritable : 0); }
 };
@@ -86,9 +89,11 @@ class Reactor final : private Backend::Sink {
   // which lets the backend read ahead for it (backend.h, contract 5); a
   // writer installed so sends only through send_start() (contract 7).
   // A reader installed with accepts=true (a listening socket's) takes
-  // connections only through accept() below (contract 8).
+  // connections only through accept() below (contract 8); one installed
+  // with datagrams=true (and consume=true) takes datagrams only through
+  // recv_datagram() (contract 9).
   int set_io(int fd, int which, Callback cb, Callback* old, bool consume = false,
-             bool accepts = false);
+             bool accepts = false, bool datagrams = false);
   // Removes the fd's reader (or writer); the callback is handed back in *old
   // with its reference (empty if there was none).
   void clear_io(int fd, int which, Callback* old);
@@ -102,6 +107,13 @@ class Reactor final : private Backend::Sink {
   ssize_t send_result(int fd);
   // An accepting reader's accept: the new fd, -EAGAIN, -errno.
   int accept(int fd, sockaddr_storage* addr, socklen_t* len);
+  // A datagram reader's read; see Backend::recv_datagram.
+  ssize_t recv_datagram(int fd, void* buf, size_t len, sockaddr_storage* addr, socklen_t* alen);
+  // Stops receiving ahead for fd; see Backend::recv_stop_datagrams.
+  void recv_stop_datagrams(int fd, std::vector<HeldDatagram>* held);
+  // Test hook; see Backend::inject_recv_error. false: fd has no watcher.
+  bool inject_recv_error(int fd, int err);
+  BackendCounters backend_counters() const { return backend_->counters(); }
   size_t watcher_count() const { return watchers_.size(); }
 
   // Before blocking in poll, spin up to `ns` (without the GIL) waiting for a

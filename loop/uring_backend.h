@@ -20,7 +20,15 @@
 namespace uvpy::loop::uring {
 
 constexpr uint64_t kTagPoll = 0, kTagCtl = 1, kTagWake = 2, kTagRecv = 3, kTagSend = 4,
-                   kTagAccept = 5, kTagEpoll = 6, kTagMask = 7;
+                   kTagAccept = 5, kTagEpoll = 6, kTagDgram = 7, kTagMask = 7;
+// The provided-buffer groups: stream reads, and datagrams (invariant 12).
+constexpr uint16_t kStreamGroup = 0, kDgramGroup = 1;
+// A datagram buffer starts with the kernel's io_uring_recvmsg_out and the
+// sender's address (msg_namelen bytes, always reserved), then the payload.
+constexpr unsigned kDgramHeader = sizeof(io_uring_recvmsg_out) + sizeof(sockaddr_storage);
+// A datagram reader that has taken this many in a row when the held ones
+// run out asks the kernel for more at once (invariant 12).
+constexpr uint32_t kDgramPullAfter = 16;
 constexpr int kNoEnd = 1;  // FdState::end: nothing after the data
 constexpr unsigned kSqEntries = 256;
 constexpr unsigned kCqEntries = 1024;  // overflow is kept by the kernel (FEAT_NODROP)
@@ -55,6 +63,12 @@ struct FdState {
   bool in_ready = false;    // in ready_recv_
   bool in_starved = false;  // in starved_
   bool pinned = false;      // release_now() still looks at it
+  // Datagram readers (invariant 12).
+  bool dgram = false;       // the reader takes datagrams: held[] are datagram buffers
+  bool recv_dgram = false;  // the recv in flight is a multishot RECVMSG (kTagDgram)
+  int inject = 0;           // inject_recv_error(): the next recv arm ends with this
+  uint32_t streak = 0;      // datagrams taken since recv_datagram() last said -EAGAIN
+  msghdr recv_msg{};        // what the RECVMSG was prepared with
   int end = kNoEnd;         // after the held data: 0 EOF, -errno an error
   std::vector<Held> held;   // read ahead, not yet recv()'d: held[held_head..]
   size_t held_head = 0;
@@ -114,6 +128,11 @@ class UringBackend final : public Backend {
   ssize_t recv(IoWatcher* w, int fd, void* buf, size_t len) override;
   int recv_stop(IoWatcher* w, std::string* out) override;
   int accept(IoWatcher* w, int fd, sockaddr_storage* addr, socklen_t* len) override;
+  ssize_t recv_datagram(IoWatcher* w, int fd, void* buf, size_t len, sockaddr_storage* addr,
+                        socklen_t* alen) override;
+  void recv_stop_datagrams(IoWatcher* w, std::vector<HeldDatagram>* held) override;
+  void inject_recv_error(IoWatcher* w, int err) override;
+  BackendCounters counters() const override { return counters_; }
   void close() override;
 
  private:
@@ -209,7 +228,7 @@ class UringBackend final : public Backend {
   // --- completion reads (invariants 6-8) ----------------------------------------
 
   bool recv_capable(const FdState* s) const {
-    return comp_ && (s->consume & kReadable) && !s->recv_off;
+    return comp_ && (s->consume & kReadable) && !s->recv_off && (!s->dgram || dgram_ok_);
   }
   bool send_capable(const FdState* s) const { return send_ok_ && (s->consume & kWritable); }
   bool wants_send(const FdState* s) const { return send_capable(s) && (s->want & kWritable); }
@@ -268,8 +287,27 @@ class UringBackend final : public Backend {
   bool prep_recv(FdState* s);
 
   // The recv ends with -ECANCELED (after any data it had already taken).
-  bool prep_recv_cancel(FdState* s) { return prep_cancel(s, kTagRecv, &s->recv_cancel); }
-  void on_recv(FdState* s, int res, unsigned flags);
+  bool prep_recv_cancel(FdState* s) {
+    return prep_cancel(s, s->recv_dgram ? kTagDgram : kTagRecv, &s->recv_cancel);
+  }
+  // `dgram`: the CQE is a RECVMSG's (its buffer is from dbuf_).
+  void on_recv(FdState* s, int res, unsigned flags, bool dgram = false);
+  // Pauses s's reader: cancels its recv and waits for the final CQE, so
+  // everything the kernel read for it is in s->held (invariant 6).
+  void stop_receiving(FdState* s);
+
+  // --- datagram readers (invariant 12, uring_dgram.cc) ---------------------------
+
+  // The ring whose buffers s's held entries and recv use.
+  BufRing& ring_of(const FdState* s) { return s->dgram ? dbuf_ : buf_; }
+  // Registers the datagram ring on first use; false (datagram readers stay
+  // on readiness) when it cannot be made.
+  bool ensure_dgram_ring();
+  bool prep_recvmsg(FdState* s);
+  // The first held datagram's payload (up to len bytes) and sender, then
+  // its buffer goes back; returns the bytes copied.
+  size_t take_datagram(FdState* s, char* buf, size_t len, sockaddr_storage* addr,
+                       socklen_t* alen);
 
   // A reader that is not reading (paused) must not hoard provided buffers:
   // its data moves to the heap and the buffer goes back at once.
@@ -324,6 +362,9 @@ class UringBackend final : public Backend {
   // Completion reads.
   bool comp_ = false;       // on: consuming readers get multishot recvs
   BufRing buf_;
+  bool dgram_ok_ = false;   // on: datagram readers get multishot recvmsgs
+  BufRing dbuf_;            // their ring, made on first use
+  BackendCounters counters_;
   int recv_inflight_ = 0;   // multishot recvs whose final CQE is not reaped
   bool send_ok_ = false;    // on: consuming writers get completion sends
   int send_inflight_ = 0;

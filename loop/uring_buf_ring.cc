@@ -7,7 +7,7 @@
 
 namespace uvpy::loop {
 
-int BufRing::init(io_uring* ring, uint16_t group, unsigned count, unsigned size) {
+int BufRing::init(io_uring* ring, uint16_t group, unsigned count, unsigned size, bool no_huge) {
   if (count == 0 || count > 32768 || (count & (count - 1)) != 0 || size == 0) return -EINVAL;
   // Both regions page-aligned and lazily backed: an idle loop pays for the
   // mapping, not for the pages.
@@ -21,6 +21,7 @@ int BufRing::init(io_uring* ring, uint16_t group, unsigned count, unsigned size)
     munmap(mem, ring_bytes);
     return err;
   }
+  if (no_huge) madvise(bufs, bufs_bytes, MADV_NOHUGEPAGE);  // advice only: a failure is harmless
   io_uring_buf_reg reg{};
   reg.ring_addr = reinterpret_cast<uint64_t>(mem);
   reg.ring_entries = count;

@@ -1,6 +1,6 @@
 // uring_buf_ring.h — one provided-buffer ring (IORING_REGISTER_PBUF_RING,
 // Linux 5.19+) for the io_uring backend's multishot recvs. Private to the
-// io_uring backend: only backend_uring.cc includes it.
+// io_uring backend: only its files include it.
 //
 // The kernel picks a free buffer when data arrives and names it in the
 // CQE (IORING_CQE_F_BUFFER, id in the upper 16 bits of flags); the backend
@@ -31,8 +31,10 @@ class BufRing {
   BufRing(const BufRing&) = delete;
   BufRing& operator=(const BufRing&) = delete;
 
-  // count: a power of two up to 32768; size: bytes per buffer.
-  int init(io_uring* ring, uint16_t group, unsigned count, unsigned size);
+  // count: a power of two up to 32768; size: bytes per buffer. no_huge:
+  // keep transparent huge pages off the buffers (large buffers of which
+  // most bytes are never touched).
+  int init(io_uring* ring, uint16_t group, unsigned count, unsigned size, bool no_huge = false);
   bool ready() const { return ring_mem_ != nullptr; }
   uint16_t group() const { return group_; }
   unsigned size() const { return size_; }

@@ -42,7 +42,7 @@ ssize_t UringBackend::send_result(IoWatcher* w) {
 
 ssize_t UringBackend::recv(IoWatcher* w, int fd, void* buf, size_t len) {
   auto* s = w ? static_cast<FdState*>(w->backend_data) : nullptr;
-  if (s == nullptr || !(s->consume & kReadable)) return Backend::recv(w, fd, buf, len);
+  if (s == nullptr || !(s->consume & kReadable) || s->dgram) return Backend::recv(w, fd, buf, len);
   size_t n = take(s, static_cast<char*>(buf), len);
   if (n > 0) return static_cast<ssize_t>(n);
   if (s->end != kNoEnd) {
@@ -60,9 +60,7 @@ ssize_t UringBackend::recv(IoWatcher* w, int fd, void* buf, size_t len) {
   return r;
 }
 
-int UringBackend::recv_stop(IoWatcher* w, std::string* out) {
-  auto* s = static_cast<FdState*>(w->backend_data);
-  if (s == nullptr || !(s->consume & kReadable)) return 1;
+void UringBackend::stop_receiving(FdState* s) {
   s->recv_paused = true;
   if (s->recv_armed && on_owner_thread()) {
     // Invariant 6: wait for the final CQE, so everything the kernel read
@@ -76,6 +74,12 @@ int UringBackend::recv_stop(IoWatcher* w, std::string* out) {
       s->pinned = false;
     }
   }
+}
+
+int UringBackend::recv_stop(IoWatcher* w, std::string* out) {
+  auto* s = static_cast<FdState*>(w->backend_data);
+  if (s == nullptr || !(s->consume & kReadable) || s->dgram) return 1;
+  stop_receiving(s);
   for (size_t i = s->held_head; i < s->held.size(); ++i) {
     const FdState::Held& h = s->held[i];
     out->append((h.heap ? h.heap : buf_.data(h.bid)) + h.off, h.len - h.off);
@@ -151,6 +155,7 @@ void UringBackend::on_send(FdState* s, int res) {
 }
 
 bool UringBackend::prep_recv(FdState* s) {
+  if (s->dgram) return prep_recvmsg(s);
   io_uring_sqe* sqe = get_sqe();
   if (sqe == nullptr) return false;
   io_uring_prep_recv_multishot(sqe, s->fd, nullptr, 0, 0);
@@ -158,27 +163,33 @@ bool UringBackend::prep_recv(FdState* s) {
   sqe->buf_group = buf_.group();
   io_uring_sqe_set_data64(sqe, reinterpret_cast<uint64_t>(s) | kTagRecv);
   s->recv_armed = true;
+  s->recv_dgram = false;
   s->recv_cancel = false;
   ++recv_inflight_;
   return true;
 }
 
-void UringBackend::on_recv(FdState* s, int res, unsigned flags) {
+void UringBackend::on_recv(FdState* s, int res, unsigned flags, bool dgram) {
   const bool more = flags & IORING_CQE_F_MORE;
+  BufRing& ring = dgram ? dbuf_ : buf_;
   // A bulk flow (a whole buffer at a time) is cheaper on readiness: one
   // recv() of the owner's big buffer instead of a CQE and an extra copy
   // per provided buffer, through a cache footprint of the whole ring.
-  if (res > 0 && static_cast<unsigned>(res) >= buf_.size() && !s->bulk && s->watcher) {
+  if (!dgram && res > 0 && static_cast<unsigned>(res) >= buf_.size() && !s->bulk && s->watcher) {
     s->bulk = true;
     enqueue(s);  // flush() cancels the multishot recv
   }
   if (flags & IORING_CQE_F_BUFFER) {
     const unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-    buf_.taken();
-    if (res > 0 && s->watcher != nullptr)
+    ring.taken();
+    // A CQE of the other kind (the reader changed kinds while it was in
+    // flight) carries nothing this reader can take.
+    if (res > 0 && s->watcher != nullptr && s->dgram == dgram) {
       keep(s, bid, static_cast<uint32_t>(res));
-    else
-      buf_.recycle(bid);
+      if (dgram) ++counters_.dgram_ring;
+    } else {
+      ring.recycle(bid);
+    }
   }
   if (!more) {
     s->recv_armed = false;
@@ -189,14 +200,24 @@ void UringBackend::on_recv(FdState* s, int res, unsigned flags) {
     if (!more) maybe_free(s);
     return;
   }
-  if (res == 0) {
-    s->end = 0;
-  } else if (res == -ENOBUFS) {
+  if (dgram && res == -ENOBUFS) ++counters_.dgram_nobufs;
+  if (res == -ENOBUFS) {
     s->starved = true;
     if (!s->in_starved) {
       s->in_starved = true;
       starved_.push_back(s);
     }
+  } else if (dgram) {
+    // Invariant 12: a datagram CQE always carries its header (res > 0). A
+    // refusal turns off this fd's receives alone; another error is the
+    // socket's (an ICMP error: ECONNREFUSED...), delivered once after the
+    // datagrams before it.
+    if (res == -EINVAL || res == -EOPNOTSUPP || res == -ENOTSOCK)
+      s->recv_off = true;
+    else if (res < 0 && res != -ECANCELED && s->dgram)
+      s->end = res;
+  } else if (res == 0) {
+    s->end = 0;
   } else if (res == -EINVAL && !s->has_data()) {
     comp_ = false;  // no multishot recv here (before 6.0): readiness for all
   } else if (res == -ENOTSOCK || res == -EOPNOTSUPP || res == -EINVAL) {
@@ -211,9 +232,10 @@ void UringBackend::on_recv(FdState* s, int res, unsigned flags) {
 void UringBackend::keep(FdState* s, unsigned bid, uint32_t len) {
   char* heap = nullptr;
   if (!(s->want & kReadable) || s->recv_paused) {
+    BufRing& ring = ring_of(s);
     heap = new char[len];
-    std::memcpy(heap, buf_.data(bid), len);
-    buf_.recycle(bid);
+    std::memcpy(heap, ring.data(bid), len);
+    ring.recycle(bid);
   }
   s->held.push_back({heap, static_cast<uint32_t>(bid), 0, len});
 }
@@ -223,7 +245,7 @@ void UringBackend::spill(FdState* s) {
     FdState::Held& h = s->held[i];
     if (h.heap) continue;
     h.heap = new char[h.len];
-    std::memcpy(h.heap, buf_.data(h.bid), h.len);
+    std::memcpy(h.heap, ring_of(s).data(h.bid), h.len);
   }
 }
 
@@ -250,12 +272,13 @@ size_t UringBackend::take(FdState* s, char* buf, size_t len) {
 }
 
 void UringBackend::drop_held(FdState* s) {
+  BufRing& ring = ring_of(s);
   for (size_t i = s->held_head; i < s->held.size(); ++i) {
     FdState::Held& h = s->held[i];
     if (h.heap)
       delete[] h.heap;
-    else if (buf_.ready())
-      buf_.recycle(h.bid);
+    else if (ring.ready())
+      ring.recycle(h.bid);
   }
   s->held.clear();
   s->held_head = 0;

@@ -436,11 +436,11 @@ class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixi
 
     # -- fd watchers ------------------------------------------------------------------
 
-    def _watch(self, fileobj, which, callback, args, accepts=False):
+    def _watch(self, fileobj, which, callback, args, kind=0):
         self._check_closed()
         fd = self._fd_of(fileobj)
         handle = _uvpy.Handle(callback, args, self, None)
-        old = self._io_set(fd, which, handle, accepts)
+        old = self._io_set(fd, which, handle, kind)
         if old is not None:
             old.cancel()
         fileobjs = self._io_fileobjs

@@ -448,7 +448,8 @@ class TCPMixin:
         if sock.family in _NATIVE_ACCEPT and sock.proto in (0, socket.IPPROTO_TCP):
             kind = (int(sock.family), int(sock.type), sock.proto)
         self._watch(sock.fileno(), _READ, self._accept_connection,
-                    (protocol_factory, sock, server, backlog, kind), accepts=kind is not None)
+                    (protocol_factory, sock, server, backlog, kind),
+                    _uvpy.IO_ACCEPTS if kind is not None else 0)
 
     def _stop_serving(self, sock):
         self._unwatch(sock.fileno(), _READ)

@@ -1,9 +1,12 @@
 """Datagram sockets on uvpy: DatagramTransport and the loop's
 create_datagram_endpoint, for UDP over IPv4/IPv6 and Unix datagram sockets.
 
-The transport is readiness-based: the loop's reader (Loop._watch) calls
-_read_ready, which takes whole datagrams with recvfrom(); sendto() sends at
-once and queues on EAGAIN, and the loop's writer drains the queue. The
+The loop's reader (Loop._watch) calls _read_ready, which takes whole
+datagrams: with recvfrom() on readiness on libuv; on io_uring from the
+backend, which receives ahead with a multishot RECVMSG (the reader is an
+IO_DATAGRAMS one: datagram.cc, invariant 7; docs/io_uring.md). sendto()
+sends at once and queues on EAGAIN, and the loop's writer drains the
+queue. The
 semantics are those of asyncio's selector datagram transport, which is the
 oracle for every rule below.
 
@@ -16,8 +19,10 @@ of asyncio's sendto), _sendto_blocked() (EAGAIN) and _read_ready_py()
 
 Invariants:
 
-1. One recvfrom() is one datagram_received(): the loop never merges, splits
-   or drops a datagram it read. A receive error (e.g. ECONNREFUSED from an
+1. One datagram received is one datagram_received(): the loop never
+   merges, splits or drops a datagram it read. Datagrams the io_uring
+   backend received ahead of a pause_reading() are held and delivered
+   first when reading resumes; after close() or abort(), never. A receive error (e.g. ECONNREFUSED from an
    ICMP error on a connected socket) goes to error_received() and reading
    carries on; a non-OSError is fatal.
 2. A datagram is sent whole or queued whole, in order: sendto() only sends
@@ -57,6 +62,10 @@ __all__ = ("DatagramTransport", "DatagramMixin")
 
 _READ = _uvpy.READABLE
 _WRITE = _uvpy.WRITABLE
+_DATAGRAMS = _uvpy.IO_DATAGRAMS
+# The families DatagramCore converts sender addresses of; others read in
+# Python (_read_ready_py), so their reader must stay a plain one.
+_NATIVE_FAMILIES = (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)
 
 _NEW_SENDTO = sys.version_info >= (3, 13)  # invariants 5 and 6
 _HEADER_SIZE = 8 if _NEW_SENDTO else 0
@@ -95,6 +104,7 @@ class DatagramTransport(_uvpy.DatagramCore, ReadControl, WriteFlowControl, trans
         self._sock_fd = sock.fileno()
         self._family = sock.family
         self._connected = bool(self._extra["peername"])  # send(), not sendto()
+        self._ring = loop.backend == "io_uring" and sock.family in _NATIVE_FAMILIES
         self._protocol = None
         self._protocol_connected = False
         self.set_protocol(protocol)
@@ -142,6 +152,23 @@ class DatagramTransport(_uvpy.DatagramCore, ReadControl, WriteFlowControl, trans
         if self._writing:
             self._writing = False
             self._loop._unwatch(self._sock_fd, _WRITE)
+
+    def _start_reading(self):
+        if self._reading or not self.is_reading():
+            return
+        self._loop._watch(self._sock_fd, _READ, self._read_ready, (),
+                          _DATAGRAMS if self._ring else 0)
+        self._reading = True
+        if self._held_datagrams():
+            # Received ahead before a pause: they go first, without waiting
+            # for the socket to become readable again.
+            self._loop.call_soon(self._read_ready)
+
+    def _stop_reading(self):
+        if self._reading:
+            self._reading = False
+            self._hold_read_ahead()  # while the reader is still installed
+            self._loop._unwatch(self._sock_fd, _READ)
 
     # -- asyncio.BaseTransport / ReadTransport -----------------------------------
 

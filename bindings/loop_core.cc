@@ -27,6 +27,8 @@
 #include <cstring>
 #include <string>
 
+#include "backend_select.h"
+
 namespace uvpy::py {
 
 thread_local LoopCore* t_running_loop = nullptr;
@@ -447,20 +449,27 @@ int LoopCore_set_slow(PyObject* self, PyObject* value, void*) {
   return 0;
 }
 
-// "auto" means the backend uvpy recommends here. With this flag set it is
-// io_uring where io_uring can run, else libuv (the first failure is
-// remembered, so later loops skip the attempt). It is off: with completion
-// I/O (multishot recv, ring sends) io_uring beats libuv on 1 KiB echo but
-// not on 10-100 KiB messages, and at 1000 connections its system-time share
-// is not smaller (docs/io_uring.md, "Measurements"), so
-// io_uring stays opt-in by name.
-constexpr bool kAutoPrefersUring = false;
+// The io_uring backend's measurement switches (loop/backend_uring.h): each
+// turns one completion feature off, so that bench/ can price it against
+// readiness on the same build. Read when a loop is made; bad numbers fall
+// back at init, as a bad ring size does.
+loop::UringOptions uring_options_from_env() {
+  loop::UringOptions o;
+  const char* c = std::getenv("UVPY_URING_COMPLETION");
+  if (c && std::strcmp(c, "0") == 0) o.completion = false;
+  if (c && std::strcmp(c, "recv") == 0) o.completion_sends = false;
+  if (const char* a = std::getenv("UVPY_URING_ACCEPT")) o.completion_accepts = std::strcmp(a, "0") != 0;
+  if (const char* d = std::getenv("UVPY_URING_DGRAM")) o.completion_datagrams = std::strcmp(d, "0") != 0;
+  if (const char* n = std::getenv("UVPY_URING_BUF_COUNT")) o.buf_count = std::strtoul(n, nullptr, 10);
+  if (const char* n = std::getenv("UVPY_URING_BUF_SIZE")) o.buf_size = std::strtoul(n, nullptr, 10);
+  return o;
+}
 
 // The backend for a new loop: the `backend` keyword, else $UVPY_BACKEND,
-// else "auto". An explicit "io_uring" that cannot run raises OSError with
-// the reason.
+// else "auto"; loop::make_backend() decides (loop/backend_select.h). A bad
+// name raises ValueError; a backend that cannot run, OSError with the
+// reason.
 std::unique_ptr<loop::Backend> make_backend(PyObject* kwds) {
-  static std::atomic<bool> uring_failed{false};
   std::string choice = "auto";
   const char* source = "backend";
   PyObject* arg = kwds ? PyDict_GetItemString(kwds, "backend") : nullptr;
@@ -476,28 +485,16 @@ std::unique_ptr<loop::Backend> make_backend(PyObject* kwds) {
     choice = env;
     source = "UVPY_BACKEND";
   }
-  std::string err;
-  if (choice == "libuv") {
-    if (auto b = loop::make_uv_backend(&err)) return b;
-    PyErr_Format(PyExc_OSError, "cannot create the libuv backend: %s", err.c_str());
-    return nullptr;
-  }
-  if (choice == "io_uring") {
-    if (auto b = loop::make_uring_backend(&err)) return b;
-    PyErr_Format(PyExc_OSError, "the io_uring backend is unavailable: %s", err.c_str());
-    return nullptr;
-  }
-  if (choice != "auto") {
+  loop::BackendOptions opts;
+  if (!loop::parse_backend(choice, &opts.kind)) {
     PyErr_Format(PyExc_ValueError, "%s must be 'auto', 'io_uring' or 'libuv', not '%s'", source,
                  choice.c_str());
     return nullptr;
   }
-  if (kAutoPrefersUring && !uring_failed.load(std::memory_order_relaxed)) {
-    if (auto b = loop::make_uring_backend(&err)) return b;
-    uring_failed.store(true, std::memory_order_relaxed);
-  }
-  if (auto b = loop::make_uv_backend(&err)) return b;
-  PyErr_Format(PyExc_OSError, "cannot create the libuv backend: %s", err.c_str());
+  opts.uring = uring_options_from_env();
+  std::string err;
+  if (auto b = loop::make_backend(opts, &err)) return b;
+  PyErr_SetString(PyExc_OSError, err.c_str());
   return nullptr;
 }
 

@@ -1,8 +1,11 @@
-// backend.h — the seam between the reactor and the OS's readiness interface.
+// backend.h — the seam between the reactor and the OS's I/O interface.
 //
 // Everything above this file is backend-agnostic: no libuv or liburing type
-// appears in a header outside the backend's own .cc file. A backend only
-// waits and reports; it never runs user code.
+// appears in a header outside the backend's own files. A backend waits for
+// readiness and reports it (contracts 1-4), and, where the OS lets it, does
+// a watcher's I/O itself: reads ahead for a stream or a datagram reader,
+// sends a stream's queue, accepts ahead for a listener (5-9). Either way it
+// only records; it never runs user code.
 //
 // Contract:
 //  1. poll() is called on the loop thread, possibly without the GIL: it may
@@ -195,41 +198,9 @@ class Backend {
   Sink* sink_ = nullptr;
 };
 
-// Factories. Each returns nullptr and sets *err (a reason) when the backend
-// cannot run here.
+// The libuv backend; nullptr and *err (a reason) when it cannot start. The
+// io_uring backend's factory and options are in backend_uring.h; which
+// backend a loop gets is decided in backend_select.h.
 std::unique_ptr<Backend> make_uv_backend(std::string* err);
-
-// io_uring setups, strongest first; the factory starts at `strongest` and
-// falls back down the list while the kernel rejects a flag (EINVAL).
-enum class UringSetup {
-  kDeferTaskrun,  // SINGLE_ISSUER | DEFER_TASKRUN (Linux 6.1+)
-  kCoopTaskrun,   // SINGLE_ISSUER | COOP_TASKRUN (5.19+ / 6.0+)
-  kCoop,          // COOP_TASKRUN alone
-  kPlain,         // no flags
-};
-struct UringOptions {
-  UringSetup strongest = UringSetup::kDeferTaskrun;
-  // Completion I/O for consuming watchers (contract 5). The default is on
-  // unless UVPY_URING_COMPLETION=0 is set in the environment.
-  bool completion = true;
-  bool completion_sends = true;  // UVPY_URING_COMPLETION=recv: reads only
-  bool completion_accepts = true;  // UVPY_URING_ACCEPT=0: listeners on readiness
-  unsigned buf_count = 256;   // provided buffers: a power of two (2 MiB: fits in cache)
-  unsigned buf_size = 8192;   // bytes each
-  // Datagram readers (contract 9) receive into a ring of their own, made
-  // when the first one reads: each buffer takes one datagram whole, so its
-  // payload room is the largest datagram a reader takes (the transport's
-  // max_size): the ring truncates exactly where recvfrom() would.
-  bool completion_datagrams = true;
-  unsigned dgram_buf_count = 64;          // a power of two
-  unsigned dgram_buf_size = 256 * 1024;   // payload bytes each
-};
-UringOptions default_uring_options();
-// nullptr (with the reason) when io_uring cannot run here: no kernel
-// support, disabled by seccomp or sysctl, no memory, or uvpy built without
-// liburing.
-std::unique_ptr<Backend> make_uring_backend(std::string* err, const UringOptions& opts);
-std::unique_ptr<Backend> make_uring_backend(std::string* err,
-                                            UringSetup strongest = UringSetup::kDeferTaskrun);
 
 }  // namespace uvpy::loop

@@ -763,25 +763,6 @@ void UringBackend::maybe_free(FdState* s) {
 }  // namespace uring
 
 
-UringOptions default_uring_options() {
-  UringOptions o;
-  const char* c = std::getenv("UVPY_URING_COMPLETION");
-  if (c && std::strcmp(c, "0") == 0) o.completion = false;
-  if (c && std::strcmp(c, "recv") == 0) o.completion_sends = false;
-  if (const char* a = std::getenv("UVPY_URING_ACCEPT")) o.completion_accepts = std::strcmp(a, "0") != 0;
-  // Tuning knobs for measurements; a bad value falls back at init.
-  if (const char* n = std::getenv("UVPY_URING_BUF_COUNT")) o.buf_count = std::strtoul(n, nullptr, 10);
-  if (const char* n = std::getenv("UVPY_URING_BUF_SIZE")) o.buf_size = std::strtoul(n, nullptr, 10);
-  if (const char* d = std::getenv("UVPY_URING_DGRAM")) o.completion_datagrams = std::strcmp(d, "0") != 0;
-  return o;
-}
-
-std::unique_ptr<Backend> make_uring_backend(std::string* err, UringSetup strongest) {
-  UringOptions o = default_uring_options();
-  o.strongest = strongest;
-  return make_uring_backend(err, o);
-}
-
 std::unique_ptr<Backend> make_uring_backend(std::string* err, const UringOptions& opts) {
   auto b = std::make_unique<uring::UringBackend>(opts);
   std::string why;

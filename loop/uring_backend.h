@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backend.h"
+#include "backend_uring.h"
 #include "reactor.h"
 #include "uring_buf_ring.h"
 

@@ -13,6 +13,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "backend_select.h"
 #include "reactor.h"
 
 namespace uvpy::test {
@@ -44,10 +45,12 @@ inline std::string backend_under_test() {
 
 inline std::unique_ptr<loop::Backend> make_backend(std::string* err) {
   const std::string name = backend_under_test();
-  if (name == "libuv") return loop::make_uv_backend(err);
-  if (name == "io_uring") return loop::make_uring_backend(err);
-  *err = "UVPY_BACKEND must be libuv or io_uring, not " + name;
-  return nullptr;
+  loop::BackendOptions opts;
+  if (!loop::parse_backend(name, &opts.kind) || opts.kind == loop::BackendKind::kAuto) {
+    *err = "UVPY_BACKEND must be libuv or io_uring, not " + name;
+    return nullptr;
+  }
+  return loop::make_backend(opts, err);
 }
 
 // One reactor iteration that never blocks: the test's peer lives on this

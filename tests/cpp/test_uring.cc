@@ -20,7 +20,9 @@ TEST_CASE("each io_uring setup of the fallback ladder runs the reactor", "[uring
   for (UringSetup s : {UringSetup::kDeferTaskrun, UringSetup::kCoopTaskrun, UringSetup::kCoop,
                        UringSetup::kPlain}) {
     std::string err;
-    auto backend = uvpy::loop::make_uring_backend(&err, s);
+    uvpy::loop::UringOptions o;
+    o.strongest = s;
+    auto backend = uvpy::loop::make_uring_backend(&err, o);
     if (!backend) {
       WARN("io_uring setup " << static_cast<int>(s) << " unavailable: " << err);
       continue;

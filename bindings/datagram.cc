@@ -149,8 +149,7 @@ PyObject* make_address(const sockaddr_storage& ss, socklen_t len) {
   switch (ss.ss_family) {
     case AF_INET: {
       const auto& a = reinterpret_cast<const sockaddr_in&>(ss);
-      if (inet_ntop(AF_INET, &a.sin_addr, host, sizeof host) == nullptr)
-        return PyErr_SetFromErrno(PyExc_OSError);
+      if (inet_ntop(AF_INET, &a.sin_addr, host, sizeof host) == nullptr) return raise_os_error(errno);
       return Py_BuildValue("(si)", host, static_cast<int>(ntohs(a.sin_port)));
     }
     case AF_INET6: {
@@ -166,8 +165,7 @@ PyObject* make_address(const sockaddr_storage& ss, socklen_t len) {
                              static_cast<unsigned>(ntohl(a.sin6_flowinfo)),
                              static_cast<unsigned>(a.sin6_scope_id));
       }
-      if (inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof host) == nullptr)
-        return PyErr_SetFromErrno(PyExc_OSError);
+      if (inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof host) == nullptr) return raise_os_error(errno);
       return Py_BuildValue("(siII)", host, static_cast<int>(ntohs(a.sin6_port)),
                            static_cast<unsigned>(ntohl(a.sin6_flowinfo)),
                            static_cast<unsigned>(a.sin6_scope_id));
@@ -212,9 +210,8 @@ PyObject* call_self(PyObject* self, PyObject* name, PyObject* a = nullptr, PyObj
 // protocol.error_received(OSError(err)) (invariants 4 and 5). The protocol
 // is held across the call: the callback may replace it.
 PyObject* error_received(Datagram* d, int err) {
-  errno = err;
-  PyErr_SetFromErrno(PyExc_OSError);  // the OSError subclass socket raises
-  PyObject* exc = fetch_exception();
+  PyObject* exc = os_error(err);  // the OSError subclass socket raises
+  if (exc == nullptr) return nullptr;
   PyObject* protocol = Py_NewRef(d->protocol ? d->protocol : Py_None);
   PyObject* args[2] = {protocol, exc};
   PyObject* r = PyObject_VectorcallMethod(str_error_received, args,

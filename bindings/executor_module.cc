@@ -228,8 +228,7 @@ bool start_executor() {
   int rc = e->start();
   if (rc < 0) {
     delete e;
-    errno = -rc;
-    PyErr_SetFromErrno(PyExc_OSError);
+    raise_os_error(-rc);
     return false;
   }
   g_exec = e;

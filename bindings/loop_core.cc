@@ -309,10 +309,7 @@ PyObject* LoopCore_io_set(PyObject* self, PyObject* const* args, Py_ssize_t narg
   loop::Callback old;
   int rc = loop->reactor->set_io(fd, which, as_callback(reinterpret_cast<Handle*>(args[2])), &old,
                                  datagrams, kind == 1, datagrams);
-  if (rc < 0) {
-    errno = -rc;
-    return PyErr_SetFromErrno(PyExc_OSError);
-  }
+  if (rc < 0) return raise_os_error(-rc);
   return handle_or_none(old);  // the watcher's reference becomes ours
 }
 
@@ -366,10 +363,7 @@ PyObject* LoopCore_accept(PyObject* self, PyObject* arg) {
   socklen_t len = 0;
   int conn = loop->reactor->accept(fd, &ss, &len);
   if (conn == -EAGAIN) Py_RETURN_NONE;
-  if (conn < 0) {
-    errno = -conn;
-    return PyErr_SetFromErrno(PyExc_OSError);
-  }
+  if (conn < 0) return raise_os_error(-conn);
   PyObject* addr = peer_address(ss, len);
   PyObject* r = addr ? Py_BuildValue("(iN)", conn, addr) : nullptr;
   if (r == nullptr) ::close(conn);  // nobody else will

@@ -6,6 +6,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <cstring>
+
 #include "reactor.h"
 
 namespace uvpy::py {
@@ -59,6 +61,23 @@ inline bool fatal_exception() {
 }
 
 // *slot = an interned str; false with an exception set.
+// errno to exception, in one place (as uvloop's convert_error): the OSError
+// subclass that OSError(err, strerror(err)) picks (ConnectionResetError for
+// ECONNRESET, ...), which is what the socket module raises for the same
+// failure. os_error() returns it (a new reference, or nullptr with an
+// exception); raise_os_error() sets it and returns nullptr.
+inline PyObject* os_error(int err) {
+  return PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
+}
+inline PyObject* raise_os_error(int err) {
+  PyObject* exc = os_error(err);
+  if (exc != nullptr) {
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc)), exc);
+    Py_DECREF(exc);
+  }
+  return nullptr;
+}
+
 inline bool intern(PyObject** slot, const char* s) {
   *slot = PyUnicode_InternFromString(s);
   return *slot != nullptr;

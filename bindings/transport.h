@@ -90,6 +90,13 @@ inline PyObject* as_obj(Transport* t) { return reinterpret_cast<PyObject*>(t); }
 // an exception set).
 PyObject* ensure_extra(Transport* t);
 
+// What TransportCore.__init__ does, for callers that have the fd and the
+// objects at hand (the native accept path, acceptor.cc): `extra` and
+// `server` may be null; `peername` is kept only while `extra` is null.
+// Not called twice on one transport. False with an exception set.
+bool init(Transport* t, LoopCore* loop, PyObject* sock, int fd, PyObject* protocol,
+          PyObject* extra, PyObject* server, PyObject* peername);
+
 // Interned names and asyncio objects; false with an exception set.
 bool init_names();
 
@@ -104,6 +111,7 @@ int connection_lost(Transport* t, PyObject* exc);  // -1: the protocol raised
 void release_view(Transport* t);
 // True for a TransportCore (or subclass) instance.
 bool is_transport(PyObject* obj);
+bool is_transport_type(PyTypeObject* type);
 // write(bytes) after the type check: asyncio's checks (write_eof, sendfile,
 // empty, lost connection), then the stream. False with an exception set.
 bool write_bytes(Transport* t, const void* data, size_t len);

@@ -270,8 +270,7 @@ int Transport_init(PyObject* self, PyObject* args, PyObject* kwargs) {
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOO:TransportCore", const_cast<char**>(kw),
                                    &loop, &sock, &protocol, &extra, &server, &peername))
     return -1;
-  Transport* t = T(self);
-  if (t->stream != nullptr) {
+  if (T(self)->stream != nullptr) {
     PyErr_SetString(PyExc_RuntimeError, "transport is already initialized");
     return -1;
   }
@@ -288,19 +287,11 @@ int Transport_init(PyObject* self, PyObject* args, PyObject* kwargs) {
     PyErr_SetString(PyExc_ValueError, "the socket is closed");
     return -1;
   }
-  // extra=None: the dict is made on first use, from `peername`.
-  Py_XSETREF(t->extra, extra == Py_None ? nullptr : Py_NewRef(extra));
-  Py_XSETREF(t->peername, extra == Py_None ? Py_NewRef(peername) : nullptr);
-  PyObject* ctx = PyContext_CopyCurrent();
-  if (ctx == nullptr) return -1;
-  Py_XSETREF(t->context, ctx);
-  if (!set_protocol(t, protocol)) return -1;
-  t->loop = reinterpret_cast<LoopCore*>(Py_NewRef(loop));
-  t->sock = Py_NewRef(sock);
-  t->server = server == Py_None ? nullptr : Py_NewRef(server);
-  t->owner = new (t->owner_storage) Owner(t);
-  t->stream = new (t->stream_storage) loop::Stream(t->loop->reactor, static_cast<int>(fd), t->owner);
-  return 0;
+  return transport::init(T(self), reinterpret_cast<LoopCore*>(loop), sock, static_cast<int>(fd),
+                         protocol, extra == Py_None ? nullptr : extra,
+                         server == Py_None ? nullptr : server, peername)
+             ? 0
+             : -1;
 }
 
 // --- attributes the Python subclass and asyncio's helpers read -------------------
@@ -473,6 +464,24 @@ PyGetSetDef Transport_getset[] = {
 }  // namespace
 
 bool transport::is_transport(PyObject* obj) { return PyObject_TypeCheck(obj, transport_type); }
+bool transport::is_transport_type(PyTypeObject* type) { return PyType_IsSubtype(type, transport_type); }
+
+bool transport::init(Transport* t, LoopCore* loop, PyObject* sock, int fd, PyObject* protocol,
+                     PyObject* extra, PyObject* server, PyObject* peername) {
+  // extra=None: the dict is made on first use, from `peername`.
+  Py_XSETREF(t->extra, Py_XNewRef(extra));
+  Py_XSETREF(t->peername, extra == nullptr ? Py_NewRef(peername) : nullptr);
+  PyObject* ctx = PyContext_CopyCurrent();
+  if (ctx == nullptr) return false;
+  Py_XSETREF(t->context, ctx);
+  if (!set_protocol(t, protocol)) return false;
+  t->loop = reinterpret_cast<LoopCore*>(Py_NewRef(reinterpret_cast<PyObject*>(loop)));
+  t->sock = Py_NewRef(sock);
+  t->server = Py_XNewRef(server);
+  t->owner = new (t->owner_storage) Owner(t);
+  t->stream = new (t->stream_storage) loop::Stream(loop->reactor, fd, t->owner);
+  return true;
+}
 
 PyObject* transport::ensure_extra(Transport* t) {
   if (t->extra != nullptr) return t->extra;

@@ -447,6 +447,13 @@ class TCPMixin:
         kind = None
         if sock.family in _NATIVE_ACCEPT and sock.proto in (0, socket.IPPROTO_TCP):
             kind = (int(sock.family), int(sock.type), sock.proto)
+        if kind is not None and server._ssl_context is None:
+            # The whole step per connection is native (bindings/acceptor.cc);
+            # it comes back here for debug mode and accept errors.
+            callback = _uvpy.Acceptor(self, sock, protocol_factory, server, backlog, kind,
+                                      self._stream_transport_type(sock.family))
+            self._watch(sock.fileno(), _READ, callback, (), accepts=True)
+            return
         self._watch(sock.fileno(), _READ, self._accept_connection,
                     (protocol_factory, sock, server, backlog, kind), accepts=kind is not None)
 
@@ -471,21 +478,8 @@ class TCPMixin:
                         raise
                 else:
                     conn, addr = sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
             except OSError as exc:
-                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise  # reported by the loop's exception handler
-                # Out of resources: Linux keeps reporting the listener as
-                # readable, so stop watching it for a while.
-                self.call_exception_handler({
-                    "message": "socket.accept() out of system resource",
-                    "exception": exc,
-                    "socket": trsock.TransportSocket(sock),
-                })
-                self._unwatch(sock.fileno(), _READ)
-                self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving,
-                                protocol_factory, sock, server, backlog)
+                self._accept_failed(exc, protocol_factory, sock, server, backlog)
                 return
             if self.get_debug():
                 logger.debug("%r got a new connection from %r: %r", server, addr, conn)
@@ -494,6 +488,26 @@ class TCPMixin:
             else:
                 self._serve_connection(protocol_factory, conn, addr, server, False,
                                        self._stream_transport_type(sock.family))
+
+    def _accept_failed(self, exc, protocol_factory, sock, server, backlog):
+        """accept() failed with exc (an OSError, or its errno from the native
+        accept step): as asyncio's _accept_connection handles it."""
+        if isinstance(exc, int):
+            exc = OSError(exc, os.strerror(exc))  # the subclass for its errno
+        if isinstance(exc, (BlockingIOError, InterruptedError, ConnectionAbortedError)):
+            return
+        if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            raise exc  # reported by the loop's exception handler
+        # Out of resources: Linux keeps reporting the listener as readable,
+        # so stop watching it for a while.
+        self.call_exception_handler({
+            "message": "socket.accept() out of system resource",
+            "exception": exc,
+            "socket": trsock.TransportSocket(sock),
+        })
+        self._unwatch(sock.fileno(), _READ)
+        self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving,
+                        protocol_factory, sock, server, backlog)
 
     def _stream_transport_type(self, family):
         """The transport class for a stream socket of this family (see _unix)."""

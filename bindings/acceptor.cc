@@ -1,0 +1,317 @@
+// acceptor.cc — Acceptor, the native accept step of a plain TCP server.
+//
+// uvpy/_tcp.py installs one as the reader of an AF_INET/AF_INET6 TCP
+// listener whose server has no TLS context (the reader is an accepting one,
+// backend.h contract 8). The reactor calls it once per readiness; per
+// connection it does, with no Python frame in between, what asyncio's
+// _accept_connection and _SelectorSocketTransport.__init__ do:
+//
+//   accept4 (or the connection the backend accepted ahead)
+//   → TCP_NODELAY                    (asyncio's _set_nodelay)
+//   → socket.socket(family, SOCK_STREAM | SOCK_NONBLOCK, proto, fd)
+//                                    (no FIONBIO: the fd is non-blocking
+//                                    already, CPython only marks the object)
+//   → protocol_factory()
+//   → the transport: tp_alloc + transport::init, the same fields
+//     TCPTransport.__init__ sets, without running it
+//   → server._attach(), loop._transports[fd] = weakref(transport)
+//   → call_soon(protocol.connection_made, transport), then reading on.
+//
+// Rules:
+//  1. Python keeps the policy: in debug mode the whole batch goes to
+//     loop._accept_connection (asyncio's debug logging); an accept error
+//     goes to loop._accept_failed (EMFILE and friends stop accepting for a
+//     while, anything else reaches the exception handler), as there.
+//  2. A connection that fails before it has a transport is closed exactly
+//     once: ::close(fd) while no socket object owns the fd, sock.close()
+//     after. Once transport::init succeeded the transport owns the socket.
+//  3. Callback order is asyncio's: connection_made is the first callback the
+//     connection schedules. Reading starts now rather than from a second
+//     call_soon (asyncio's _add_reader): a read is reported only by a later
+//     poll, and its callback queues behind connection_made either way; a
+//     connection_made that pauses or closes stops the reader it found.
+//  4. At most `backlog` connections per wakeup, as asyncio.
+//  5. protocol_factory() raising drops the connection silently, as asyncio
+//     does outside debug mode (in debug mode rule 1 applies: it reports);
+//     SystemExit and KeyboardInterrupt propagate to the loop.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "transport.h"
+
+namespace uvpy::py {
+namespace {
+
+PyObject* socket_type;           // socket.socket
+PyObject* str_accept_connection;  // "_accept_connection"
+PyObject* str_accept_failed;      // "_accept_failed"
+PyObject* str_attach;             // "_attach"
+PyObject* str_connection_made;    // "connection_made"
+PyObject* str_transports;         // "_transports"
+
+struct Acceptor {
+  PyObject_HEAD
+  LoopCore* loop;
+  PyObject* listener;   // the listening socket.socket
+  PyObject* factory;    // protocol_factory
+  PyObject* server;     // the Server
+  PyObject* kind;       // (family, type, proto), for loop._accept_connection
+  PyObject* type;       // the transport class (TCPTransport)
+  PyObject* transports;  // loop._transports: fd -> weakref.ref(transport)
+  PyObject* family_obj;  // socket.socket()'s first three arguments
+  PyObject* socktype_obj;
+  PyObject* proto_obj;
+  int lfd;
+  int backlog;
+};
+
+Acceptor* A(PyObject* self) { return reinterpret_cast<Acceptor*>(self); }
+
+// One accepted connection (rule 2 for its fd); -1 only when the loop must
+// see the pending exception (SystemExit, KeyboardInterrupt).
+int serve(Acceptor* a, int fd, PyObject* peername) {
+  int one = 1;
+  if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) {
+    ::close(fd);  // the connection is already gone (asyncio would fail the same way)
+    return 0;
+  }
+  PyObject* fd_obj = PyLong_FromLong(fd);
+  PyObject* sock = nullptr;
+  if (fd_obj != nullptr) {
+    PyObject* args[] = {a->family_obj, a->socktype_obj, a->proto_obj, fd_obj};
+    sock = PyObject_Vectorcall(socket_type, args, 4, nullptr);
+    Py_DECREF(fd_obj);
+  }
+  if (sock == nullptr) {
+    ::close(fd);
+    return fatal_exception() ? -1 : (PyErr_Clear(), 0);
+  }
+  PyObject* protocol = PyObject_CallNoArgs(a->factory);
+  PyObject* t = nullptr;
+  bool ok = protocol != nullptr;
+  if (ok) {
+    auto* tp = reinterpret_cast<PyTypeObject*>(a->type);
+    t = tp->tp_alloc(tp, 0);
+    ok = t != nullptr && transport::init(reinterpret_cast<transport::Transport*>(t), a->loop, sock,
+                                         fd, protocol, nullptr, a->server, peername);
+  }
+  if (!ok) {
+    // No transport owns the socket (init leaves `sock` unset when it fails).
+    PyObject *etype, *evalue, *etb;
+    PyErr_Fetch(&etype, &evalue, &etb);
+    PyObject* r = PyObject_CallMethod(sock, "close", nullptr);
+    if (r == nullptr) PyErr_Clear();
+    Py_XDECREF(r);
+    Py_XDECREF(t);
+    Py_XDECREF(protocol);
+    Py_DECREF(sock);
+    PyErr_Restore(etype, evalue, etb);
+    return fatal_exception() ? -1 : (PyErr_Clear(), 0);
+  }
+  Py_DECREF(sock);  // the transport's now
+  auto* tr = reinterpret_cast<transport::Transport*>(t);
+  int rc = 0;
+  PyObject* r = PyObject_CallMethodNoArgs(a->server, str_attach);
+  if (r == nullptr) Py_CLEAR(tr->server);  // never attached: no _detach() either
+  PyObject* ref = r ? PyWeakref_NewRef(t, nullptr) : nullptr;
+  PyObject* key = ref ? PyLong_FromLong(fd) : nullptr;
+  bool registered = key && PyDict_SetItem(a->transports, key, ref) == 0;
+  Py_XDECREF(r);
+  Py_XDECREF(ref);
+  Py_XDECREF(key);
+  if (registered) {
+    PyObject* made = PyObject_GetAttr(protocol, str_connection_made);
+    PyObject* args = made ? PyTuple_Pack(1, t) : nullptr;
+    Handle* h = args ? new_handle(&HandleType, made, args, a->loop, nullptr) : nullptr;
+    Py_XDECREF(made);
+    Py_XDECREF(args);
+    if (h != nullptr) {
+      a->loop->reactor->call_soon(as_callback(h));
+      Py_DECREF(h);
+      int err = tr->stream->start_reading();
+      if (err < 0) rc = transport::fail_errno(tr, -err, "Fatal read error on socket transport");
+    } else {
+      registered = false;
+    }
+  }
+  if (!registered) {
+    // The transport exists but never reached the loop: it closes as any
+    // transport does (connection_lost only once connection_made ran).
+    if (fatal_exception()) rc = -1;
+    else PyErr_WriteUnraisable(t);
+    if (rc == 0) {
+      tr->protocol_connected = false;
+      if (!transport::force_close(tr, Py_None)) PyErr_WriteUnraisable(t);
+    }
+  }
+  Py_DECREF(protocol);
+  Py_DECREF(t);
+  return rc;
+}
+
+PyObject* Acceptor_call(PyObject* self, PyObject* args, PyObject* kwargs) {
+  Acceptor* a = A(self);
+  if (PyTuple_GET_SIZE(args) != 0 || (kwargs && PyDict_GET_SIZE(kwargs) != 0)) {
+    PyErr_SetString(PyExc_TypeError, "Acceptor() takes no arguments");
+    return nullptr;
+  }
+  PyObject* loop = reinterpret_cast<PyObject*>(a->loop);
+  if (a->loop->reactor->closed()) Py_RETURN_NONE;
+  if (a->loop->debug) {  // rule 1
+    PyObject* backlog = PyLong_FromLong(a->backlog);
+    PyObject* r = backlog ? PyObject_CallMethodObjArgs(loop, str_accept_connection, a->factory,
+                                                       a->listener, a->server, backlog, a->kind,
+                                                       nullptr)
+                          : nullptr;
+    Py_XDECREF(backlog);
+    return r;
+  }
+  for (int i = 0; i < a->backlog; ++i) {
+    sockaddr_storage ss{};
+    socklen_t len = 0;
+    int fd = a->loop->reactor->accept(a->lfd, &ss, &len);
+    if (fd == -EAGAIN) break;
+    if (fd < 0) {
+      PyObject* backlog = PyLong_FromLong(a->backlog);
+      PyObject* err = backlog ? PyLong_FromLong(-fd) : nullptr;
+      PyObject* r = err ? PyObject_CallMethodObjArgs(loop, str_accept_failed, err, a->factory,
+                                                     a->listener, a->server, backlog, nullptr)
+                        : nullptr;
+      Py_XDECREF(backlog);
+      Py_XDECREF(err);
+      return r;
+    }
+    PyObject* peername = peer_address(ss, len);
+    if (peername == nullptr) {
+      ::close(fd);
+      return nullptr;
+    }
+    int rc = serve(a, fd, peername);
+    Py_DECREF(peername);
+    if (rc < 0) return nullptr;
+    if (a->loop->reactor->closed()) break;  // a protocol closed the loop
+  }
+  Py_RETURN_NONE;
+}
+
+// Acceptor(loop, listener, protocol_factory, server, backlog, kind, transport_type)
+PyObject* Acceptor_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
+  PyObject *loop, *listener, *factory, *server, *kind, *ttype;
+  int backlog;
+  if (kwargs && PyDict_GET_SIZE(kwargs) != 0) {
+    PyErr_SetString(PyExc_TypeError, "Acceptor() takes no keyword arguments");
+    return nullptr;
+  }
+  if (!PyArg_ParseTuple(args, "O!OOOiO!O!:Acceptor", &LoopCoreType, &loop, &listener, &factory,
+                        &server, &backlog, &PyTuple_Type, &kind, &PyType_Type, &ttype))
+    return nullptr;
+  int family, socktype, proto;
+  if (!PyArg_ParseTuple(kind, "iii:kind", &family, &socktype, &proto)) return nullptr;
+  if (!transport::is_transport_type(reinterpret_cast<PyTypeObject*>(ttype))) {
+    PyErr_SetString(PyExc_TypeError, "transport_type must be a TransportCore subclass");
+    return nullptr;
+  }
+  PyObject* fileno = PyObject_CallMethod(listener, "fileno", nullptr);
+  if (fileno == nullptr) return nullptr;
+  long lfd = PyLong_AsLong(fileno);
+  Py_DECREF(fileno);
+  if (lfd == -1 && PyErr_Occurred()) return nullptr;
+  PyObject* transports = PyObject_GetAttr(loop, str_transports);
+  if (transports == nullptr) return nullptr;
+  if (!PyDict_Check(transports)) {
+    Py_DECREF(transports);
+    PyErr_SetString(PyExc_TypeError, "loop._transports must be a dict");
+    return nullptr;
+  }
+  auto* a = reinterpret_cast<Acceptor*>(type->tp_alloc(type, 0));
+  if (a == nullptr) {
+    Py_DECREF(transports);
+    return nullptr;
+  }
+  a->loop = reinterpret_cast<LoopCore*>(Py_NewRef(loop));
+  a->listener = Py_NewRef(listener);
+  a->factory = Py_NewRef(factory);
+  a->server = Py_NewRef(server);
+  a->kind = Py_NewRef(kind);
+  a->type = Py_NewRef(ttype);
+  a->transports = transports;
+  a->lfd = static_cast<int>(lfd);
+  a->backlog = backlog;
+  a->family_obj = PyLong_FromLong(family);
+  a->socktype_obj = PyLong_FromLong(socktype | SOCK_NONBLOCK);
+  a->proto_obj = PyLong_FromLong(proto);
+  if (!a->family_obj || !a->socktype_obj || !a->proto_obj) {
+    Py_DECREF(a);
+    return nullptr;
+  }
+  return reinterpret_cast<PyObject*>(a);
+}
+
+int Acceptor_traverse(PyObject* self, visitproc visit, void* arg) {
+  Acceptor* a = A(self);
+  Py_VISIT(reinterpret_cast<PyObject*>(a->loop));
+  Py_VISIT(a->listener);
+  Py_VISIT(a->factory);
+  Py_VISIT(a->server);
+  Py_VISIT(a->kind);
+  Py_VISIT(a->type);
+  Py_VISIT(a->transports);
+  return 0;
+}
+
+int Acceptor_clear(PyObject* self) {
+  Acceptor* a = A(self);
+  Py_CLEAR(a->loop);
+  Py_CLEAR(a->listener);
+  Py_CLEAR(a->factory);
+  Py_CLEAR(a->server);
+  Py_CLEAR(a->kind);
+  Py_CLEAR(a->type);
+  Py_CLEAR(a->transports);
+  Py_CLEAR(a->family_obj);
+  Py_CLEAR(a->socktype_obj);
+  Py_CLEAR(a->proto_obj);
+  return 0;
+}
+
+void Acceptor_dealloc(PyObject* self) {
+  PyObject_GC_UnTrack(self);
+  Acceptor_clear(self);
+  Py_TYPE(self)->tp_free(self);
+}
+
+PyObject* Acceptor_repr(PyObject* self) {
+  Acceptor* a = A(self);
+  return PyUnicode_FromFormat("<uvpy Acceptor fd=%d factory=%R>", a->lfd,
+                              a->factory ? a->factory : Py_None);
+}
+
+PyTypeObject AcceptorType = [] {
+  PyTypeObject t{PyVarObject_HEAD_INIT(nullptr, 0)};
+  t.tp_name = "uvpy._uvpy.Acceptor";
+  t.tp_basicsize = sizeof(Acceptor);
+  t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
+  t.tp_doc = "A TCP server's accept step: accept, make the transport, schedule connection_made.";
+  t.tp_new = Acceptor_new;
+  t.tp_call = Acceptor_call;
+  t.tp_repr = Acceptor_repr;
+  t.tp_dealloc = Acceptor_dealloc;
+  t.tp_traverse = Acceptor_traverse;
+  t.tp_clear = Acceptor_clear;
+  return t;
+}();
+
+}  // namespace
+
+bool ready_acceptor(PyObject* module) {
+  return intern(&str_accept_connection, "_accept_connection") &&
+         intern(&str_accept_failed, "_accept_failed") && intern(&str_attach, "_attach") &&
+         intern(&str_connection_made, "connection_made") && intern(&str_transports, "_transports") &&
+         (socket_type = import_attr("socket", "socket")) != nullptr && PyType_Ready(&AcceptorType) == 0 &&
+         PyModule_AddObjectRef(module, "Acceptor", reinterpret_cast<PyObject*>(&AcceptorType)) == 0;
+}
+
+}  // namespace uvpy::py

@@ -131,6 +131,7 @@ int serve(Acceptor* a, int fd, PyObject* peername) {
     if (h != nullptr) {
       a->loop->reactor->call_soon(as_callback(h));
       Py_DECREF(h);
+      tr->stream->set_known_socket();  // accept() made it
       int err = tr->stream->start_reading();
       if (err < 0) rc = transport::fail_errno(tr, -err, "Fatal read error on socket transport");
     } else {

@@ -50,6 +50,9 @@ struct IoWatcher {
   // A listener whose reader takes connections only via Reactor::accept
   // (contract 8), so the backend may accept ahead for it.
   bool accepts = false;
+  // The fd is a connected socket (accept() made it), set when the watcher
+  // is made: the backend may skip checking that the fd can be polled.
+  bool socket = false;
 
   int interest() const { return (reader ? kReadable : 0) | (writer ? kWritable : 0); }
 };
@@ -86,9 +89,11 @@ class Reactor final : private Backend::Sink {
   // which lets the backend read ahead for it (backend.h, contract 5); a
   // writer installed so sends only through send_start() (contract 7).
   // A reader installed with accepts=true (a listening socket's) takes
-  // connections only through accept() below (contract 8).
+  // connections only through accept() below (contract 8). socket=true
+  // vouches that fd is a socket (IoWatcher::socket); it matters only to the
+  // call that creates the fd's watcher.
   int set_io(int fd, int which, Callback cb, Callback* old, bool consume = false,
-             bool accepts = false);
+             bool accepts = false, bool socket = false);
   // Removes the fd's reader (or writer); the callback is handed back in *old
   // with its reference (empty if there was none).
   void clear_io(int fd, int which, Callback* old);

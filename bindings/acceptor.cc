@@ -6,16 +6,20 @@
 // connection it does, with no Python frame in between, what asyncio's
 // _accept_connection and _SelectorSocketTransport.__init__ do:
 //
-//   accept4 (or the connection the backend accepted ahead)
+//   accept4 (or the connection the backend accepted ahead: the fd is
+//   non-blocking already, no FIONBIO), the peer's address from it
 //   → TCP_NODELAY                    (asyncio's _set_nodelay)
-//   → socket.socket(family, SOCK_STREAM | SOCK_NONBLOCK, proto, fd)
-//                                    (no FIONBIO: the fd is non-blocking
-//                                    already, CPython only marks the object)
 //   → protocol_factory()
 //   → the transport: tp_alloc + transport::init, the same fields
-//     TCPTransport.__init__ sets, without running it
+//     TCPTransport.__init__ sets, without running it; it owns the bare fd
+//     (Transport::accepted): the socket.socket is made when first asked
+//     for (CPython's constructor calls getsockname(2) to check the fd)
 //   → server._attach(), loop._transports[fd] = weakref(transport)
 //   → call_soon(protocol.connection_made, transport), then reading on.
+//
+// "sockname" is the listener's own address when that says it (bound to
+// one address, not transparent: known_sockname), so neither accept nor
+// close asks the kernel; else getsockname(2) at close or when asked.
 //
 // Rules:
 //  1. Python keeps the policy: in debug mode the whole batch goes to
@@ -23,8 +27,9 @@
 //     goes to loop._accept_failed (EMFILE and friends stop accepting for a
 //     while, anything else reaches the exception handler), as there.
 //  2. A connection that fails before it has a transport is closed exactly
-//     once: ::close(fd) while no socket object owns the fd, sock.close()
-//     after. Once transport::init succeeded the transport owns the socket.
+//     once, here (::close). Once transport::init succeeded the transport
+//     owns the fd: connection_lost closes it (or the socket object made
+//     from it), dealloc closes one that escaped both.
 //  3. Callback order is asyncio's: connection_made is the first callback the
 //     connection schedules. Reading starts now rather than from a second
 //     call_soon (asyncio's _add_reader): a read is reported only by a later
@@ -45,7 +50,6 @@
 namespace uvpy::py {
 namespace {
 
-PyObject* socket_type;           // socket.socket
 PyObject* str_accept_connection;  // "_accept_connection"
 PyObject* str_accept_failed;      // "_accept_failed"
 PyObject* str_attach;             // "_attach"
@@ -61,14 +65,41 @@ struct Acceptor {
   PyObject* kind;       // (family, type, proto), for loop._accept_connection
   PyObject* type;       // the transport class (TCPTransport)
   PyObject* transports;  // loop._transports: fd -> weakref.ref(transport)
-  PyObject* family_obj;  // socket.socket()'s first three arguments
-  PyObject* socktype_obj;
-  PyObject* proto_obj;
+  PyObject* sockname;    // every connection's local address, or null (known_sockname)
+  int family;
+  int proto;
   int lfd;
   int backlog;
 };
 
 Acceptor* A(PyObject* self) { return reinterpret_cast<Acceptor*>(self); }
+
+// The local address of every connection the listener accepts, when the
+// listener's own address says it: bound to one address (not a wildcard),
+// and not transparent (IP_TRANSPARENT accepts connections to any address).
+// Else null: each connection's getsockname(2) says it, at close.
+PyObject* known_sockname(int lfd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  if (::getsockname(lfd, reinterpret_cast<sockaddr*>(&ss), &len) < 0) return nullptr;
+  int transparent = 0;
+  socklen_t olen = sizeof transparent;
+  if (ss.ss_family == AF_INET) {
+    if (reinterpret_cast<sockaddr_in&>(ss).sin_addr.s_addr == htonl(INADDR_ANY)) return nullptr;
+    if (::getsockopt(lfd, SOL_IP, IP_TRANSPARENT, &transparent, &olen) < 0 || transparent) return nullptr;
+  } else if (ss.ss_family == AF_INET6) {
+    const auto& a6 = reinterpret_cast<sockaddr_in6&>(ss);
+    if (IN6_IS_ADDR_UNSPECIFIED(&a6.sin6_addr) || IN6_IS_ADDR_V4MAPPED(&a6.sin6_addr)) return nullptr;
+    if (::getsockopt(lfd, SOL_IPV6, IPV6_TRANSPARENT, &transparent, &olen) < 0 || transparent)
+      return nullptr;
+  } else {
+    return nullptr;
+  }
+  PyObject* name = peer_address(ss, len);
+  if (name == Py_None) Py_CLEAR(name);
+  PyErr_Clear();
+  return name;
+}
 
 // One accepted connection (rule 2 for its fd); -1 only when the loop must
 // see the pending exception (SystemExit, KeyboardInterrupt).
@@ -78,41 +109,27 @@ int serve(Acceptor* a, int fd, PyObject* peername) {
     ::close(fd);  // the connection is already gone (asyncio would fail the same way)
     return 0;
   }
-  PyObject* fd_obj = PyLong_FromLong(fd);
-  PyObject* sock = nullptr;
-  if (fd_obj != nullptr) {
-    PyObject* args[] = {a->family_obj, a->socktype_obj, a->proto_obj, fd_obj};
-    sock = PyObject_Vectorcall(socket_type, args, 4, nullptr);
-    Py_DECREF(fd_obj);
-  }
-  if (sock == nullptr) {
-    ::close(fd);
-    return fatal_exception() ? -1 : (PyErr_Clear(), 0);
-  }
   PyObject* protocol = PyObject_CallNoArgs(a->factory);
   PyObject* t = nullptr;
   bool ok = protocol != nullptr;
   if (ok) {
     auto* tp = reinterpret_cast<PyTypeObject*>(a->type);
     t = tp->tp_alloc(tp, 0);
-    ok = t != nullptr && transport::init(reinterpret_cast<transport::Transport*>(t), a->loop, sock,
-                                         fd, protocol, nullptr, a->server, peername);
+    ok = t != nullptr && transport::init(reinterpret_cast<transport::Transport*>(t), a->loop,
+                                         nullptr, fd, protocol, nullptr, a->server, peername);
   }
   if (!ok) {
-    // No transport owns the socket (init leaves `sock` unset when it fails).
-    PyObject *etype, *evalue, *etb;
-    PyErr_Fetch(&etype, &evalue, &etb);
-    PyObject* r = PyObject_CallMethod(sock, "close", nullptr);
-    if (r == nullptr) PyErr_Clear();
-    Py_XDECREF(r);
+    ::close(fd);  // no socket object and no transport owns it
     Py_XDECREF(t);
     Py_XDECREF(protocol);
-    Py_DECREF(sock);
-    PyErr_Restore(etype, evalue, etb);
     return fatal_exception() ? -1 : (PyErr_Clear(), 0);
   }
-  Py_DECREF(sock);  // the transport's now
   auto* tr = reinterpret_cast<transport::Transport*>(t);
+  tr->accepted = true;
+  tr->owns_fd = true;
+  tr->lazy_family = a->family;
+  tr->lazy_proto = a->proto;
+  tr->sockname = Py_XNewRef(a->sockname);
   int rc = 0;
   PyObject* r = PyObject_CallMethodNoArgs(a->server, str_attach);
   if (r == nullptr) Py_CLEAR(tr->server);  // never attached: no _detach() either
@@ -211,6 +228,10 @@ PyObject* Acceptor_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
     return nullptr;
   int family, socktype, proto;
   if (!PyArg_ParseTuple(kind, "iii:kind", &family, &socktype, &proto)) return nullptr;
+  if (socktype != SOCK_STREAM) {
+    PyErr_SetString(PyExc_ValueError, "Acceptor() serves SOCK_STREAM listeners");
+    return nullptr;
+  }
   if (!transport::is_transport_type(reinterpret_cast<PyTypeObject*>(ttype))) {
     PyErr_SetString(PyExc_TypeError, "transport_type must be a TransportCore subclass");
     return nullptr;
@@ -241,13 +262,9 @@ PyObject* Acceptor_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   a->transports = transports;
   a->lfd = static_cast<int>(lfd);
   a->backlog = backlog;
-  a->family_obj = PyLong_FromLong(family);
-  a->socktype_obj = PyLong_FromLong(socktype | SOCK_NONBLOCK);
-  a->proto_obj = PyLong_FromLong(proto);
-  if (!a->family_obj || !a->socktype_obj || !a->proto_obj) {
-    Py_DECREF(a);
-    return nullptr;
-  }
+  a->family = family;
+  a->proto = proto;
+  a->sockname = known_sockname(a->lfd);
   return reinterpret_cast<PyObject*>(a);
 }
 
@@ -260,6 +277,7 @@ int Acceptor_traverse(PyObject* self, visitproc visit, void* arg) {
   Py_VISIT(a->kind);
   Py_VISIT(a->type);
   Py_VISIT(a->transports);
+  Py_VISIT(a->sockname);
   return 0;
 }
 
@@ -272,9 +290,7 @@ int Acceptor_clear(PyObject* self) {
   Py_CLEAR(a->kind);
   Py_CLEAR(a->type);
   Py_CLEAR(a->transports);
-  Py_CLEAR(a->family_obj);
-  Py_CLEAR(a->socktype_obj);
-  Py_CLEAR(a->proto_obj);
+  Py_CLEAR(a->sockname);
   return 0;
 }
 
@@ -311,7 +327,7 @@ bool ready_acceptor(PyObject* module) {
   return intern(&str_accept_connection, "_accept_connection") &&
          intern(&str_accept_failed, "_accept_failed") && intern(&str_attach, "_attach") &&
          intern(&str_connection_made, "connection_made") && intern(&str_transports, "_transports") &&
-         (socket_type = import_attr("socket", "socket")) != nullptr && PyType_Ready(&AcceptorType) == 0 &&
+         PyType_Ready(&AcceptorType) == 0 &&
          PyModule_AddObjectRef(module, "Acceptor", reinterpret_cast<PyObject*>(&AcceptorType)) == 0;
 }
 

@@ -78,6 +78,19 @@ struct Transport {
   bool eof;     // write_eof() called
   bool protocol_connected;
   bool lost;    // connection_lost() called
+  // Made by the native accept step (acceptor.cc). Its fd is owned by the
+  // transport itself (`owns_fd`, `sock` null) until something asks for
+  // `_sock`, which then makes the socket.socket (lazy_family/lazy_proto)
+  // and hands it the fd. At connection_lost its extras are filled
+  // natively: "sockname" from `sockname` (the listener's address, when
+  // that is the connection's) or getsockname(2); "socket" only when the
+  // socket object exists (else _materialize_extra makes a closed stand-in
+  // on demand).
+  bool accepted;
+  bool owns_fd;
+  int lazy_family;
+  int lazy_proto;
+  PyObject* sockname;
   alignas(loop::Stream) unsigned char stream_storage[sizeof(loop::Stream)];
   alignas(Owner) unsigned char owner_storage[sizeof(Owner)];
 };
@@ -96,6 +109,9 @@ PyObject* ensure_extra(Transport* t);
 // Not called twice on one transport. False with an exception set.
 bool init(Transport* t, LoopCore* loop, PyObject* sock, int fd, PyObject* protocol,
           PyObject* extra, PyObject* server, PyObject* peername);
+// The socket.socket of an accepted transport that owns its fd (see
+// `accepted`); false with an exception set.
+bool make_socket(Transport* t);
 
 // Interned names and asyncio objects; false with an exception set.
 bool init_names();

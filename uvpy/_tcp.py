@@ -103,7 +103,7 @@ class TCPTransport(_uvpy.TransportCore):
 
     def __repr__(self):
         info = [type(self).__name__]
-        if self._sock is None:
+        if self._sock_closed:  # (reading _sock would make a lazy socket)
             info.append("closed")
         elif self._closing:
             info.append("closing")
@@ -129,9 +129,19 @@ class TCPTransport(_uvpy.TransportCore):
     def _materialize_extra(self):
         # Also called by the native core just before it closes the socket,
         # so the values outlive it as asyncio's eager ones do.
-        sock = self._sock
         extra = self._extra
-        if sock is None or "socket" in extra:
+        if "socket" in extra:
+            return
+        sock = self._sock  # an accepted connection's is made here, on first use
+        if sock is None:
+            kind = self._lazy_kind
+            if kind is not None:
+                # Closed before anything asked for its socket object: a
+                # closed socket of the same kind stands in for it, as
+                # asyncio's closed one would (fileno -1).
+                stand_in = socket.socket(*kind)
+                stand_in.close()
+                extra["socket"] = trsock.TransportSocket(stand_in)
             return
         extra["socket"] = trsock.TransportSocket(sock)
         try:
@@ -140,8 +150,8 @@ class TCPTransport(_uvpy.TransportCore):
             extra["sockname"] = None
 
     def __del__(self, _warn=warnings.warn):
-        sock = self._sock
-        if sock is not None:
+        if not self._sock_closed:
+            sock = self._sock
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             sock.close()
 

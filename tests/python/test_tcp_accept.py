@@ -218,3 +218,35 @@ def test_no_fd_left_after_many_accept_close_cycles(loop):
     run(loop, main())
     collect()
     assert open_fds() == fds
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_extras_first_asked_after_close(loop, host):
+    # Nothing asks for the socket or its address while the connection is
+    # open: they are still there afterwards, as asyncio's eager ones are.
+    async def main():
+        made = loop.create_future()
+        server = await loop.create_server(lambda: Recorder([], made), host, 0)
+        port = server.sockets[0].getsockname()[1]
+        client = await _client(loop, ("127.0.0.1", port))
+        tr = await asyncio.wait_for(made, 10)
+        expected_sockname = client.getpeername()
+        expected_peername = client.getsockname()
+        tr.close()
+        for _ in range(100):
+            if active_connections(server) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert tr.get_extra_info("sockname") == expected_sockname
+        assert tr.get_extra_info("peername") == expected_peername
+        sock = tr.get_extra_info("socket")
+        assert sock is tr.get_extra_info("socket")
+        assert sock.fileno() == -1
+        assert sock.family == socket.AF_INET
+        assert sock.type == socket.SOCK_STREAM
+        assert "closed" in repr(tr)
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())

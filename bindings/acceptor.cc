@@ -35,7 +35,9 @@
 //     call_soon (asyncio's _add_reader): a read is reported only by a later
 //     poll, and its callback queues behind connection_made either way; a
 //     connection_made that pauses or closes stops the reader it found.
-//  4. At most `backlog` connections per wakeup, as asyncio.
+//  4. At most `backlog` connections per wakeup, as asyncio, and none after
+//     a callback closed the server (the listener's fd number may be
+//     another file's by then).
 //  5. protocol_factory() raising drops the connection silently, as asyncio
 //     does outside debug mode (in debug mode rule 1 applies: it reports);
 //     SystemExit and KeyboardInterrupt propagate to the loop.
@@ -55,6 +57,7 @@ PyObject* str_accept_failed;      // "_accept_failed"
 PyObject* str_attach;             // "_attach"
 PyObject* str_connection_made;    // "connection_made"
 PyObject* str_transports;         // "_transports"
+PyObject* str_sockets;            // "_sockets"
 
 struct Acceptor {
   PyObject_HEAD
@@ -159,7 +162,7 @@ int serve(Acceptor* a, int fd, PyObject* peername) {
     // The transport exists but never reached the loop: it closes as any
     // transport does (connection_lost only once connection_made ran).
     if (fatal_exception()) rc = -1;
-    else PyErr_WriteUnraisable(t);
+    else PyErr_Clear();  // dropped, as asyncio drops it outside debug mode
     if (rc == 0) {
       tr->protocol_connected = false;
       if (!transport::force_close(tr, Py_None)) PyErr_WriteUnraisable(t);
@@ -168,6 +171,17 @@ int serve(Acceptor* a, int fd, PyObject* peername) {
   Py_DECREF(protocol);
   Py_DECREF(t);
   return rc;
+}
+
+bool serving(Acceptor* a) {
+  PyObject* sockets = PyObject_GetAttr(a->server, str_sockets);
+  if (sockets == nullptr) {
+    PyErr_Clear();
+    return false;
+  }
+  bool open = sockets != Py_None;
+  Py_DECREF(sockets);
+  return open;
 }
 
 PyObject* Acceptor_call(PyObject* self, PyObject* args, PyObject* kwargs) {
@@ -210,7 +224,9 @@ PyObject* Acceptor_call(PyObject* self, PyObject* args, PyObject* kwargs) {
     int rc = serve(a, fd, peername);
     Py_DECREF(peername);
     if (rc < 0) return nullptr;
-    if (a->loop->reactor->closed()) break;  // a protocol closed the loop
+    // A protocol closed the loop, or the server (whose listener fd is
+    // closed now, and its number free for another file).
+    if (a->loop->reactor->closed() || !serving(a)) break;
   }
   Py_RETURN_NONE;
 }
@@ -327,6 +343,7 @@ bool ready_acceptor(PyObject* module) {
   return intern(&str_accept_connection, "_accept_connection") &&
          intern(&str_accept_failed, "_accept_failed") && intern(&str_attach, "_attach") &&
          intern(&str_connection_made, "connection_made") && intern(&str_transports, "_transports") &&
+         intern(&str_sockets, "_sockets") &&
          PyType_Ready(&AcceptorType) == 0 &&
          PyModule_AddObjectRef(module, "Acceptor", reinterpret_cast<PyObject*>(&AcceptorType)) == 0;
 }

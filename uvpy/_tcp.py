@@ -17,7 +17,11 @@ Invariants:
 3. Accepted connections are made into transports synchronously in the
    accept callback (asyncio goes through a task); protocol_factory() errors
    close the accepted socket and are reported in debug mode, as asyncio
-   reports them.
+   reports them. For a plain (no TLS) IP server that step is native,
+   TCPTransport.__init__ included (_uvpy.Acceptor, bindings/acceptor.cc):
+   its transports own a bare fd until `_sock` is first read, and Python
+   runs only for debug mode (_accept_connection) and accept errors
+   (_accept_failed).
 4. ssl= is validated exactly as asyncio does; a TLS connection is a
    TCPTransport under asyncio's SSLProtocol (loop._make_ssl_transport and
    start_tls, see _tls.py).

@@ -329,6 +329,8 @@ PyObject* LoopCore_io_clear(PyObject* self, PyObject* const* args, Py_ssize_t na
   return handle_or_none(old);
 }
 
+}  // namespace
+
 // The peer address of an accepted AF_INET/AF_INET6 connection as the
 // socket module spells it; None for an empty address (the peer was gone
 // before it could be read) or another family.
@@ -348,6 +350,8 @@ PyObject* peer_address(const sockaddr_storage& ss, socklen_t len) {
   }
   Py_RETURN_NONE;
 }
+
+namespace {
 
 // _accept(fd) -> (conn_fd, address): the next connection of fd's accepting
 // reader (see _io_set), or of fd itself when it has none. conn_fd is

@@ -29,7 +29,8 @@ PYBIND11_MODULE(_uvpy, m) {
   m.doc() = "uvpy's native core: the reactor, handles and the loop's fast paths.";
   m.attr("__version__") = UVPY_VERSION;  // pyproject.toml's, through CMake
   if (!uvpy::py::ready_types(m.ptr()) || !uvpy::py::init_executor(m.ptr()) ||
-      !uvpy::py::ready_transport(m.ptr()) || !uvpy::py::ready_datagram(m.ptr()))
+      !uvpy::py::ready_transport(m.ptr()) || !uvpy::py::ready_datagram(m.ptr()) ||
+      !uvpy::py::ready_acceptor(m.ptr()))
     throw py::error_already_set();
   m.def("_set_hooks", &set_hooks, py::arg("extract_stack"), py::arg("handle_repr"),
         py::arg("callback_repr"), py::arg("slow_callback"),

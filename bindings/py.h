@@ -5,6 +5,7 @@
 #pragma once
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <sys/socket.h>
 
 #include <cstring>
 
@@ -117,6 +118,11 @@ void cancel_handle(Handle* h);
 inline loop::Callback as_callback(Handle* h) { return loop::Callback{&kHandleOps, h}; }
 
 bool ready_types(PyObject* module);
+// An accepted AF_INET/AF_INET6 peer's address as socket.accept() spells it;
+// None for an empty address or another family (loop_core.cc).
+PyObject* peer_address(const sockaddr_storage& ss, socklen_t len);
+// Creates Acceptor (acceptor.cc), the native accept step of a TCP server.
+bool ready_acceptor(PyObject* module);
 bool init_executor(PyObject* module);
 void close_exec_port(LoopCore* loop);
 PyObject* exec_pending(LoopCore* loop);

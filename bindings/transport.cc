@@ -26,6 +26,9 @@
 //  5. After connection_lost the transport holds no loop, protocol, socket
 //     or server: the stream is closed (its watchers removed) before the
 //     socket is.
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -51,6 +54,8 @@ PyObject* str_close;
 PyObject* str_detach;
 PyObject* str_socket;
 PyObject* str_materialize_extra;
+PyObject* str_sockname;
+PyObject* transport_socket_type;  // asyncio.trsock.TransportSocket
 
 char* shared_read_buffer() {
   static thread_local std::unique_ptr<char[]> buf;
@@ -240,6 +245,33 @@ bool close_transport(Transport* t) {
   return schedule_connection_lost(t, Py_None);
 }
 
+// An accepted transport's lazy extras, kept before its socket closes (see
+// Transport::accepted): what _materialize_extra does, without a Python
+// frame or (when the listener's address is the connection's) a syscall.
+// Errors are unraisable: the connection goes either way.
+static void keep_accepted_extra(Transport* t) {
+  PyObject* extra = ensure_extra(t);
+  int has = extra && PyDict_Check(extra) ? PyDict_Contains(extra, str_sockname) : -1;
+  if (has == 0) {
+    PyObject* name = Py_XNewRef(t->sockname);
+    if (name == nullptr) {
+      sockaddr_storage ss{};
+      socklen_t len = sizeof ss;
+      name = ::getsockname(t->stream->fd(), reinterpret_cast<sockaddr*>(&ss), &len) == 0
+                 ? peer_address(ss, len)
+                 : Py_NewRef(Py_None);
+    }
+    has = name && PyDict_SetItem(extra, str_sockname, name) == 0 ? 1 : -1;
+    Py_XDECREF(name);
+  }
+  if (has == 1 && t->sock && PyDict_Contains(extra, str_socket) == 0) {
+    PyObject* ts = PyObject_CallOneArg(transport_socket_type, t->sock);
+    has = ts && PyDict_SetItem(extra, str_socket, ts) == 0 ? 1 : -1;
+    Py_XDECREF(ts);
+  }
+  if (has < 0 && PyErr_Occurred()) PyErr_WriteUnraisable(as_obj(t));
+}
+
 // Returns 0, or -1 with the exception from connection_lost() (or from
 // closing the socket) pending.
 int connection_lost(Transport* t, PyObject* exc) {
@@ -273,10 +305,18 @@ int connection_lost(Transport* t, PyObject* exc) {
   if (t->stream) t->stream->close();
   release_view(t);
   tls::detach(t);
+  if (t->accepted && (t->sock || t->owns_fd)) {
+    keep_accepted_extra(t);
+    if (t->owns_fd) {
+      ::close(t->stream->fd());  // no socket object was made: the fd is ours
+      t->owns_fd = false;
+    }
+  }
   if (t->sock) {
     // The extras a subclass computes lazily (TCPTransport: socket,
     // sockname) must outlive the socket, as asyncio's eager ones do.
-    if (t->extra == nullptr || (PyDict_Check(t->extra) && PyDict_Contains(t->extra, str_socket) == 0)) {
+    if (!t->accepted &&
+        (t->extra == nullptr || (PyDict_Check(t->extra) && PyDict_Contains(t->extra, str_socket) == 0))) {
       if (PyObject* m = PyObject_GetAttr(as_obj(t), str_materialize_extra)) {
         PyObject* r = PyObject_CallNoArgs(m);
         if (r == nullptr) PyErr_WriteUnraisable(m);
@@ -497,7 +537,8 @@ bool init_names() {
          intern(&str_pause_writing, "pause_writing") &&
          intern(&str_resume_writing, "resume_writing") && intern(&str_close, "close") &&
          intern(&str_detach, "_detach") && intern(&str_socket, "socket") &&
-         intern(&str_materialize_extra, "_materialize_extra") && (minus_one = PyLong_FromLong(-1)) != nullptr &&
+         intern(&str_materialize_extra, "_materialize_extra") && intern(&str_sockname, "sockname") &&
+         (transport_socket_type = import_attr("asyncio.trsock", "TransportSocket")) && (minus_one = PyLong_FromLong(-1)) != nullptr &&
          (buffered_protocol_type = import_attr("asyncio.protocols", "BufferedProtocol")) &&
          (logger = import_attr("asyncio.log", "logger"));
 }

@@ -78,6 +78,19 @@ struct Transport {
   bool eof;     // write_eof() called
   bool protocol_connected;
   bool lost;    // connection_lost() called
+  // Made by the native accept step (acceptor.cc). Its fd is owned by the
+  // transport itself (`owns_fd`, `sock` null) until something asks for
+  // `_sock`, which then makes the socket.socket (lazy_family/lazy_proto)
+  // and hands it the fd. At connection_lost its extras are filled
+  // natively: "sockname" from `sockname` (the listener's address, when
+  // that is the connection's) or getsockname(2); "socket" only when the
+  // socket object exists (else _materialize_extra makes a closed stand-in
+  // on demand).
+  bool accepted;
+  bool owns_fd;
+  int lazy_family;
+  int lazy_proto;
+  PyObject* sockname;
   alignas(loop::Stream) unsigned char stream_storage[sizeof(loop::Stream)];
   alignas(Owner) unsigned char owner_storage[sizeof(Owner)];
 };
@@ -89,6 +102,16 @@ inline PyObject* as_obj(Transport* t) { return reinterpret_cast<PyObject*>(t); }
 // The extras dict, made on first use from `peername` (borrowed; nullptr with
 // an exception set).
 PyObject* ensure_extra(Transport* t);
+
+// What TransportCore.__init__ does, for callers that have the fd and the
+// objects at hand (the native accept path, acceptor.cc): `extra` and
+// `server` may be null; `peername` is kept only while `extra` is null.
+// Not called twice on one transport. False with an exception set.
+bool init(Transport* t, LoopCore* loop, PyObject* sock, int fd, PyObject* protocol,
+          PyObject* extra, PyObject* server, PyObject* peername);
+// The socket.socket of an accepted transport that owns its fd (see
+// `accepted`); false with an exception set.
+bool make_socket(Transport* t);
 
 // Interned names and asyncio objects; false with an exception set.
 bool init_names();
@@ -104,6 +127,7 @@ int connection_lost(Transport* t, PyObject* exc);  // -1: the protocol raised
 void release_view(Transport* t);
 // True for a TransportCore (or subclass) instance.
 bool is_transport(PyObject* obj);
+bool is_transport_type(PyTypeObject* type);
 // write(bytes) after the type check: asyncio's checks (write_eof, sendfile,
 // empty, lost connection), then the stream. False with an exception set.
 bool write_bytes(Transport* t, const void* data, size_t len);

@@ -9,6 +9,8 @@
 //  2. write()/writelines() validate like asyncio, in asyncio's order: type,
 //     write_eof, a sendfile in progress, empty data, lost connection; then
 //     hand the bytes to the stream, which sends now or queues.
+#include <unistd.h>
+
 #include <memory>
 
 #include "transport.h"
@@ -21,6 +23,7 @@ namespace {
 using namespace transport;
 
 PyTypeObject* transport_type;
+PyObject* socket_type;  // socket.socket, for make_socket()
 // --- Python-visible methods ---------------------------------------------------------
 
 Transport* T(PyObject* self) { return reinterpret_cast<Transport*>(self); }
@@ -270,8 +273,7 @@ int Transport_init(PyObject* self, PyObject* args, PyObject* kwargs) {
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|OOO:TransportCore", const_cast<char**>(kw),
                                    &loop, &sock, &protocol, &extra, &server, &peername))
     return -1;
-  Transport* t = T(self);
-  if (t->stream != nullptr) {
+  if (T(self)->stream != nullptr) {
     PyErr_SetString(PyExc_RuntimeError, "transport is already initialized");
     return -1;
   }
@@ -288,19 +290,11 @@ int Transport_init(PyObject* self, PyObject* args, PyObject* kwargs) {
     PyErr_SetString(PyExc_ValueError, "the socket is closed");
     return -1;
   }
-  // extra=None: the dict is made on first use, from `peername`.
-  Py_XSETREF(t->extra, extra == Py_None ? nullptr : Py_NewRef(extra));
-  Py_XSETREF(t->peername, extra == Py_None ? Py_NewRef(peername) : nullptr);
-  PyObject* ctx = PyContext_CopyCurrent();
-  if (ctx == nullptr) return -1;
-  Py_XSETREF(t->context, ctx);
-  if (!set_protocol(t, protocol)) return -1;
-  t->loop = reinterpret_cast<LoopCore*>(Py_NewRef(loop));
-  t->sock = Py_NewRef(sock);
-  t->server = server == Py_None ? nullptr : Py_NewRef(server);
-  t->owner = new (t->owner_storage) Owner(t);
-  t->stream = new (t->stream_storage) loop::Stream(t->loop->reactor, static_cast<int>(fd), t->owner);
-  return 0;
+  return transport::init(T(self), reinterpret_cast<LoopCore*>(loop), sock, static_cast<int>(fd),
+                         protocol, extra == Py_None ? nullptr : extra,
+                         server == Py_None ? nullptr : server, peername)
+             ? 0
+             : -1;
 }
 
 // --- attributes the Python subclass and asyncio's helpers read -------------------
@@ -309,7 +303,23 @@ PyObject* get_obj(PyObject* o) { return Py_NewRef(o ? o : Py_None); }
 PyObject* Transport_get_loop(PyObject* self, void*) {
   return get_obj(reinterpret_cast<PyObject*>(T(self)->loop));
 }
-PyObject* Transport_get_sock(PyObject* self, void*) { return get_obj(T(self)->sock); }
+PyObject* Transport_get_sock(PyObject* self, void*) {
+  Transport* t = T(self);
+  if (t->sock == nullptr && t->owns_fd && !make_socket(t)) return nullptr;
+  return get_obj(t->sock);
+}
+// True once the socket is closed (or never was): `_sock` without making it.
+PyObject* Transport_get_sock_closed(PyObject* self, void*) {
+  Transport* t = T(self);
+  return PyBool_FromLong(t->sock == nullptr && !t->owns_fd);
+}
+// (family, type, proto) of an accepted connection whose socket object was
+// never made and is closed now, for _materialize_extra's stand-in; else None.
+PyObject* Transport_get_lazy_kind(PyObject* self, void*) {
+  Transport* t = T(self);
+  if (!t->accepted || t->lazy_family == 0 || t->sock != nullptr || t->owns_fd) Py_RETURN_NONE;
+  return Py_BuildValue("(iii)", t->lazy_family, static_cast<int>(SOCK_STREAM), t->lazy_proto);
+}
 PyObject* Transport_get_server(PyObject* self, void*) { return get_obj(T(self)->server); }
 PyObject* Transport_get_protocol_attr(PyObject* self, void*) { return get_obj(T(self)->protocol); }
 PyObject* Transport_get_sock_fd(PyObject* self, void*) {
@@ -377,6 +387,7 @@ int Transport_traverse(PyObject* self, visitproc visit, void* arg) {
   Py_VISIT(t->server);
   Py_VISIT(t->context);
   Py_VISIT(t->peername);
+  Py_VISIT(t->sockname);
   Py_VISIT(t->data_received);
   Py_VISIT(t->get_buffer);
   Py_VISIT(t->buffer_updated);
@@ -394,6 +405,7 @@ int Transport_clear(PyObject* self) {
   Py_CLEAR(t->server);
   Py_CLEAR(t->context);
   Py_CLEAR(t->peername);
+  Py_CLEAR(t->sockname);
   Py_CLEAR(t->data_received);
   Py_CLEAR(t->get_buffer);
   Py_CLEAR(t->buffer_updated);
@@ -411,6 +423,10 @@ void Transport_dealloc(PyObject* self) {
   // No watcher is left: each would hold a reference to us (a closed
   // reactor dropped its own), so the stream goes without touching it.
   if (t->stream) {
+    // An owned fd still open here escaped __del__ (which makes and closes
+    // the socket): close it, once.
+    if (t->owns_fd) ::close(t->stream->fd());
+    t->owns_fd = false;
     t->stream->~Stream();
     t->owner->~Owner();
   }
@@ -455,6 +471,8 @@ PyGetSetDef Transport_getset[] = {
     {"_peername", Transport_get_peername, nullptr, nullptr, nullptr},
     {"_loop", Transport_get_loop, nullptr, nullptr, nullptr},
     {"_sock", Transport_get_sock, nullptr, nullptr, nullptr},
+    {"_sock_closed", Transport_get_sock_closed, nullptr, nullptr, nullptr},
+    {"_lazy_kind", Transport_get_lazy_kind, nullptr, nullptr, nullptr},
     {"_sock_fd", Transport_get_sock_fd, nullptr, nullptr, nullptr},
     {"_server", Transport_get_server, nullptr, nullptr, nullptr},
     {"_protocol", Transport_get_protocol_attr, nullptr, nullptr, nullptr},
@@ -472,7 +490,36 @@ PyGetSetDef Transport_getset[] = {
 
 }  // namespace
 
+bool transport::make_socket(Transport* t) {
+  PyObject* sock = PyObject_CallFunction(socket_type, "iiii", t->lazy_family,
+                                         static_cast<int>(SOCK_STREAM | SOCK_NONBLOCK),
+                                         t->lazy_proto, t->stream->fd());
+  if (sock == nullptr) return false;
+  t->sock = sock;
+  t->owns_fd = false;
+  t->lazy_family = 0;  // the socket object is the one "socket" wraps
+  return true;
+}
+
 bool transport::is_transport(PyObject* obj) { return PyObject_TypeCheck(obj, transport_type); }
+bool transport::is_transport_type(PyTypeObject* type) { return PyType_IsSubtype(type, transport_type); }
+
+bool transport::init(Transport* t, LoopCore* loop, PyObject* sock, int fd, PyObject* protocol,
+                     PyObject* extra, PyObject* server, PyObject* peername) {
+  // extra=None: the dict is made on first use, from `peername`.
+  Py_XSETREF(t->extra, Py_XNewRef(extra));
+  Py_XSETREF(t->peername, extra == nullptr ? Py_NewRef(peername) : nullptr);
+  PyObject* ctx = PyContext_CopyCurrent();
+  if (ctx == nullptr) return false;
+  Py_XSETREF(t->context, ctx);
+  if (!set_protocol(t, protocol)) return false;
+  t->loop = reinterpret_cast<LoopCore*>(Py_NewRef(reinterpret_cast<PyObject*>(loop)));
+  t->sock = Py_XNewRef(sock);
+  t->server = Py_XNewRef(server);
+  t->owner = new (t->owner_storage) Owner(t);
+  t->stream = new (t->stream_storage) loop::Stream(loop->reactor, fd, t->owner);
+  return true;
+}
 
 PyObject* transport::ensure_extra(Transport* t) {
   if (t->extra != nullptr) return t->extra;
@@ -488,7 +535,7 @@ PyObject* transport::ensure_extra(Transport* t) {
 }
 
 bool ready_transport(PyObject* module) {
-  if (!init_names()) return false;
+  if (!init_names() || (socket_type = import_attr("socket", "socket")) == nullptr) return false;
   PyObject* transports = PyImport_ImportModule("asyncio.transports");
   PyObject* base = transports ? PyObject_GetAttrString(transports, "Transport") : nullptr;
   PyObject* base_transport = transports ? PyObject_GetAttrString(transports, "BaseTransport") : nullptr;

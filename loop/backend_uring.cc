@@ -307,15 +307,18 @@ int UringBackend::io_update(IoWatcher* w, int events) {
   if (s == nullptr) {
     // epoll's rules, which the libuv backend inherits: a closed fd is
     // EBADF; regular files and directories are always "ready" to poll(),
-    // so epoll refuses them with EPERM.
-    struct stat st;
-    if (::fstat(w->fd, &st) < 0) return -errno;
-    if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) return -EPERM;
-    // A character device may have no poll support either (/dev/null,
-    // /dev/zero); epoll says so with EPERM, which a probe of our epoll set
-    // asks now, while the caller can still be told (its registration there
-    // is made later, in flush()).
-    if (S_ISCHR(st.st_mode) && !ep_pollable(w->fd)) return -EPERM;
+    // so epoll refuses them with EPERM. A socket accept() just made
+    // (IoWatcher::socket) needs no asking.
+    if (!w->socket) {
+      struct stat st;
+      if (::fstat(w->fd, &st) < 0) return -errno;
+      if (S_ISREG(st.st_mode) || S_ISDIR(st.st_mode)) return -EPERM;
+      // A character device may have no poll support either (/dev/null,
+      // /dev/zero); epoll says so with EPERM, which a probe of our epoll
+      // set asks now, while the caller can still be told (its registration
+      // there is made later, in flush()).
+      if (S_ISCHR(st.st_mode) && !ep_pollable(w->fd)) return -EPERM;
+    }
     s = new FdState;
     s->watcher = w;
     s->fd = w->fd;

@@ -23,13 +23,14 @@ Reactor::~Reactor() { close(); }
 double Reactor::time() const { return monotonic_now(); }
 
 int Reactor::set_io(int fd, int which, Callback cb, Callback* old, bool consume,
-                    bool accepts, bool datagrams) {
+                    bool accepts, bool datagrams, bool socket) {
   IoWatcher* w;
   auto it = watchers_.find(fd);
   bool fresh = it == watchers_.end();
   if (fresh) {
     w = new IoWatcher;
     w->fd = fd;
+    w->socket = socket;
   } else {
     w = it->second;
   }

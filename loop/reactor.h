@@ -53,6 +53,9 @@ struct IoWatcher {
   // A datagram socket's consuming reader, which takes one datagram at a
   // time only via Reactor::recv_datagram (contract 9).
   bool datagrams = false;
+  // The fd is a connected socket (accept() made it), set when the watcher
+  // is made: the backend may skip checking that the fd can be polled.
+  bool socket = false;
 
   int interest() const { return (reader ? kReadable : 0) | (writer ? kWritable : 0); }
 };
@@ -91,9 +94,11 @@ class Reactor final : private Backend::Sink {
   // A reader installed with accepts=true (a listening socket's) takes
   // connections only through accept() below (contract 8); one installed
   // with datagrams=true (and consume=true) takes datagrams only through
-  // recv_datagram() (contract 9).
+  // recv_datagram() (contract 9). socket=true vouches that fd is a socket
+  // (IoWatcher::socket); it matters only to the call that creates the fd's
+  // watcher.
   int set_io(int fd, int which, Callback cb, Callback* old, bool consume = false,
-             bool accepts = false, bool datagrams = false);
+             bool accepts = false, bool datagrams = false, bool socket = false);
   // Removes the fd's reader (or writer); the callback is handed back in *old
   // with its reference (empty if there was none).
   void clear_io(int fd, int which, Callback* old);

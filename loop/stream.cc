@@ -42,7 +42,7 @@ int Stream::watch(int which, bool on) {
   if (on) {
     if (reactor_->closed()) return -ESHUTDOWN;
     Callback cb{which == kReadable ? &kReadOps : &kWriteOps, this};
-    int rc = reactor_->set_io(fd_, which, cb, &old, is_socket_);
+    int rc = reactor_->set_io(fd_, which, cb, &old, is_socket_, false, false, known_socket_);
     if (rc < 0) return rc;
   } else {
     reactor_->clear_io(fd_, which, &old);

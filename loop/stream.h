@@ -89,6 +89,9 @@ class Stream {
   Stream& operator=(const Stream&) = delete;
 
   int fd() const { return fd_; }
+  // The owner vouches that the fd is a connected socket (it came from
+  // accept()), so the reactor's backend may skip its own checks of the fd.
+  void set_known_socket() { known_socket_ = true; }
   bool closed() const { return closed_; }
 
   // Reading. start_reading() returns 0 or -errno (-ESHUTDOWN when the
@@ -153,6 +156,7 @@ class Stream {
   bool shut_pending_ = false;  // shutdown(SHUT_WR) once the queue drains
   bool closed_ = false;
   bool is_socket_ = true;      // false after ENOTSOCK: plain read()/writev()
+  bool known_socket_ = false;  // set_known_socket(): passed on to set_io()
   size_t high_ = kDefaultHigh;
   size_t low_ = kDefaultLow;
   size_t queued_ = 0;

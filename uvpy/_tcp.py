@@ -17,7 +17,11 @@ Invariants:
 3. Accepted connections are made into transports synchronously in the
    accept callback (asyncio goes through a task); protocol_factory() errors
    close the accepted socket and are reported in debug mode, as asyncio
-   reports them.
+   reports them. For a plain (no TLS) IP server that step is native,
+   TCPTransport.__init__ included (_uvpy.Acceptor, bindings/acceptor.cc):
+   its transports own a bare fd until `_sock` is first read, and Python
+   runs only for debug mode (_accept_connection) and accept errors
+   (_accept_failed).
 4. ssl= is validated exactly as asyncio does; a TLS connection is a
    TCPTransport under asyncio's SSLProtocol (loop._make_ssl_transport and
    start_tls, see _tls.py).
@@ -103,7 +107,7 @@ class TCPTransport(_uvpy.TransportCore):
 
     def __repr__(self):
         info = [type(self).__name__]
-        if self._sock is None:
+        if self._sock_closed:  # (reading _sock would make a lazy socket)
             info.append("closed")
         elif self._closing:
             info.append("closing")
@@ -129,9 +133,19 @@ class TCPTransport(_uvpy.TransportCore):
     def _materialize_extra(self):
         # Also called by the native core just before it closes the socket,
         # so the values outlive it as asyncio's eager ones do.
-        sock = self._sock
         extra = self._extra
-        if sock is None or "socket" in extra:
+        if "socket" in extra:
+            return
+        sock = self._sock  # an accepted connection's is made here, on first use
+        if sock is None:
+            kind = self._lazy_kind
+            if kind is not None:
+                # Closed before anything asked for its socket object: a
+                # closed socket of the same kind stands in for it, as
+                # asyncio's closed one would (fileno -1).
+                stand_in = socket.socket(*kind)
+                stand_in.close()
+                extra["socket"] = trsock.TransportSocket(stand_in)
             return
         extra["socket"] = trsock.TransportSocket(sock)
         try:
@@ -140,8 +154,8 @@ class TCPTransport(_uvpy.TransportCore):
             extra["sockname"] = None
 
     def __del__(self, _warn=warnings.warn):
-        sock = self._sock
-        if sock is not None:
+        if not self._sock_closed:
+            sock = self._sock
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             sock.close()
 
@@ -447,6 +461,13 @@ class TCPMixin:
         kind = None
         if sock.family in _NATIVE_ACCEPT and sock.proto in (0, socket.IPPROTO_TCP):
             kind = (int(sock.family), int(sock.type), sock.proto)
+        if kind is not None and server._ssl_context is None:
+            # The whole step per connection is native (bindings/acceptor.cc);
+            # it comes back here for debug mode and accept errors.
+            callback = _uvpy.Acceptor(self, sock, protocol_factory, server, backlog, kind,
+                                      self._stream_transport_type(sock.family))
+            self._watch(sock.fileno(), _READ, callback, (), _uvpy.IO_ACCEPTS)
+            return
         self._watch(sock.fileno(), _READ, self._accept_connection,
                     (protocol_factory, sock, server, backlog, kind),
                     _uvpy.IO_ACCEPTS if kind is not None else 0)
@@ -472,21 +493,8 @@ class TCPMixin:
                         raise
                 else:
                     conn, addr = sock.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
             except OSError as exc:
-                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    raise  # reported by the loop's exception handler
-                # Out of resources: Linux keeps reporting the listener as
-                # readable, so stop watching it for a while.
-                self.call_exception_handler({
-                    "message": "socket.accept() out of system resource",
-                    "exception": exc,
-                    "socket": trsock.TransportSocket(sock),
-                })
-                self._unwatch(sock.fileno(), _READ)
-                self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving,
-                                protocol_factory, sock, server, backlog)
+                self._accept_failed(exc, protocol_factory, sock, server, backlog)
                 return
             if self.get_debug():
                 logger.debug("%r got a new connection from %r: %r", server, addr, conn)
@@ -495,6 +503,26 @@ class TCPMixin:
             else:
                 self._serve_connection(protocol_factory, conn, addr, server, False,
                                        self._stream_transport_type(sock.family))
+
+    def _accept_failed(self, exc, protocol_factory, sock, server, backlog):
+        """accept() failed with exc (an OSError, or its errno from the native
+        accept step): as asyncio's _accept_connection handles it."""
+        if isinstance(exc, int):
+            exc = OSError(exc, os.strerror(exc))  # the subclass for its errno
+        if isinstance(exc, (BlockingIOError, InterruptedError, ConnectionAbortedError)):
+            return
+        if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            raise exc  # reported by the loop's exception handler
+        # Out of resources: Linux keeps reporting the listener as readable,
+        # so stop watching it for a while.
+        self.call_exception_handler({
+            "message": "socket.accept() out of system resource",
+            "exception": exc,
+            "socket": trsock.TransportSocket(sock),
+        })
+        self._unwatch(sock.fileno(), _READ)
+        self.call_later(constants.ACCEPT_RETRY_DELAY, self._start_serving,
+                        protocol_factory, sock, server, backlog)
 
     def _stream_transport_type(self, family):
         """The transport class for a stream socket of this family (see _unix)."""

@@ -339,3 +339,56 @@ TEST_CASE("an accept error not yet taken goes with the accepting reader", "[acce
   for (int f : got) close(f);
   for (int c : clients) close(c);
 }
+
+// IoWatcher::socket: a watcher on an fd accept() made may skip the
+// backend's checks of the fd (libuv: reuses a stopped poll handle, no
+// uv_poll_init). Through churn, with a plain watcher's fd between them,
+// every watcher reports its own fd's readiness and a removed one nothing.
+TEST_CASE("watchers of accepted sockets report their own fd through churn", "[accept]") {
+  auto r = make_reactor();
+  Listener l;
+  std::vector<std::unique_ptr<Probe>> probes;
+  Callback old;
+  for (int i = 0; i < 50; ++i) {
+    int client = l.connect_one();
+    int c = -1;
+    for (int k = 0; k < 1000 && c < 0; ++k) {
+      sockaddr_storage ss{};
+      socklen_t len = 0;
+      c = r->accept(l.fd, &ss, &len);
+      if (c < 0) turn(*r);
+    }
+    REQUIRE(c >= 0);
+    // A plain reader on a pipe in between: through uv_poll_init as ever.
+    int p[2];
+    REQUIRE(pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0);
+    Probe pipe_reader;
+    REQUIRE(r->set_io(p[0], kReadable, pipe_reader.cb(), &old) == 0);
+    release(old);
+    probes.push_back(std::make_unique<Probe>());
+    Probe& reader = *probes.back();
+    REQUIRE(r->set_io(c, kReadable, reader.cb(), &old, false, false, true) == 0);
+    release(old);
+    for (int k = 0; k < 5; ++k) turn(*r);
+    CHECK(reader.runs == 0);  // nothing sent yet
+    REQUIRE(write(client, "x", 1) == 1);
+    REQUIRE(write(p[1], "y", 1) == 1);
+    for (int k = 0; k < 100000 && (reader.runs == 0 || pipe_reader.runs == 0); ++k) turn(*r);
+    CHECK(reader.runs > 0);
+    CHECK(pipe_reader.runs > 0);
+    r->clear_io(c, kReadable, &old);
+    release(old);
+    r->clear_io(p[0], kReadable, &old);
+    release(old);
+    const int runs = reader.runs;
+    for (int k = 0; k < 5; ++k) turn(*r);
+    CHECK(reader.runs == runs);  // removed: quiet although still readable
+    close(c);
+    close(client);
+    close(p[0]);
+    close(p[1]);
+    CHECK(pipe_reader.refs == 0);
+  }
+  r->close();
+  for (auto& p : probes) CHECK(p->refs == 0);
+}

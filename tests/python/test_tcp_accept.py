@@ -1,0 +1,252 @@
+"""What a server's accept step makes, on both loops: the accepted
+transport's extras, the order of the first callbacks, the server's count of
+attached connections, a protocol factory that raises, and no fd left over
+after many accept/close cycles. uvpy takes a plain TCP server's connections
+natively (bindings/acceptor.cc) and in debug mode through Python; both are
+run."""
+
+import asyncio
+import socket
+
+import pytest
+
+from conftest import active_connections, collect, open_fds
+
+
+def run(loop, coro):
+    return loop.run_until_complete(coro)
+
+
+def has_ipv6():
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class Recorder(asyncio.Protocol):
+    """Logs its callbacks into a shared list; echoes, closes on EOF."""
+
+    def __init__(self, log, made):
+        self.log = log
+        self.made = made
+        log.append("factory")
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.log.append("connection_made")
+        if not self.made.done():
+            self.made.set_result(transport)
+
+    def data_received(self, data):
+        self.log.append("data_received")
+        self.transport.write(data)
+
+    def eof_received(self):
+        self.log.append("eof_received")  # and close (returns None)
+
+    def connection_lost(self, exc):
+        self.log.append("connection_lost")
+
+
+async def _client(loop, addr, family=socket.AF_INET):
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, addr)
+    return sock
+
+
+@pytest.mark.parametrize("debug", [False, True])
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_accepted_transport_extras(loop, debug, host):
+    if host == "::1" and not has_ipv6():
+        pytest.skip("no IPv6")
+    loop.set_debug(debug)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    async def main():
+        made = loop.create_future()
+        server = await loop.create_server(lambda: Recorder([], made), host, 0)
+        addr = server.sockets[0].getsockname()
+        client = await _client(loop, addr, family)
+        tr = await asyncio.wait_for(made, 10)
+        assert tr.get_extra_info("peername") == client.getsockname()
+        assert tr.get_extra_info("sockname") == client.getpeername()
+        sock = tr.get_extra_info("socket")
+        assert sock is tr.get_extra_info("socket")
+        assert sock.fileno() >= 0
+        assert sock.family == family
+        assert sock.type == socket.SOCK_STREAM
+        assert sock.getsockname() == client.getpeername()
+        assert sock.getpeername() == client.getsockname()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert tr.get_extra_info("nonexistent", "dflt") == "dflt"
+        peername, sockname = tr.get_extra_info("peername"), tr.get_extra_info("sockname")
+        client.close()
+        for _ in range(100):
+            if tr.is_closing() and tr.get_extra_info("socket").fileno() == -1:
+                break
+            await asyncio.sleep(0.01)
+        # The extras outlive the socket, as asyncio's eager ones do.
+        assert tr.get_extra_info("socket").fileno() == -1
+        assert tr.get_extra_info("peername") == peername
+        assert tr.get_extra_info("sockname") == sockname
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_connection_made_first_and_wait_closed_waits_for_the_connection(loop, debug):
+    loop.set_debug(debug)
+
+    async def main():
+        log = []
+        made = loop.create_future()
+        server = await loop.create_server(lambda: Recorder(log, made), "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        # The data is in the kernel before the server accepts.
+        client = socket.create_connection(addr)
+        client.sendall(b"hello")
+        client.setblocking(False)
+        tr = await asyncio.wait_for(made, 10)
+        assert active_connections(server) == 1
+        got = await asyncio.wait_for(loop.sock_recv(client, 100), 10)
+        assert got == b"hello"
+        assert log[:3] == ["factory", "connection_made", "data_received"]
+        # Closed server, one attached connection: wait_closed() (waiting
+        # from before the close, as 3.11 returns at once after it) waits
+        # for the connection.
+        waiter = loop.create_task(server.wait_closed())
+        await asyncio.sleep(0)
+        server.close()
+        await asyncio.sleep(0.05)
+        assert not waiter.done()
+        assert active_connections(server) == 1
+        tr.close()
+        await asyncio.wait_for(waiter, 10)
+        assert active_connections(server) == 0
+        assert log[-1] == "connection_lost"
+        client.close()
+
+    run(loop, main())
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_protocol_factory_raising_closes_the_connection_and_keeps_serving(loop, debug):
+    loop.set_debug(debug)
+    contexts = []
+    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    calls = []
+
+    def factory():
+        calls.append(None)
+        if len(calls) == 1:
+            raise ZeroDivisionError("no protocol")
+        return Recorder([], loop.create_future())
+
+    async def main():
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        first = await _client(loop, addr)
+        if not debug:
+            # The connection without a protocol is closed. (In debug mode
+            # asyncio's reported traceback keeps its socket object alive.)
+            got = await asyncio.wait_for(loop.sock_recv(first, 100), 10)
+            assert got == b""
+        first.close()
+        second = await _client(loop, addr)
+        await loop.sock_sendall(second, b"x")
+        assert await asyncio.wait_for(loop.sock_recv(second, 100), 10) == b"x"
+        second.close()
+        for _ in range(100):  # the server side sees the EOF and closes
+            if active_connections(server) == 0:
+                break
+            await asyncio.sleep(0.01)
+        server.close()
+        await server.wait_closed()
+
+    run(loop, asyncio.sleep(0))  # lazily made loop fds are not leaks
+    collect()
+    fds = open_fds()
+    run(loop, main())
+    assert len(calls) == 2
+    # asyncio reports a failed transport creation only in debug mode.
+    if debug:
+        assert [c["message"] for c in contexts] == [
+            "Error on transport creation for incoming connection"]
+        assert isinstance(contexts[0]["exception"], ZeroDivisionError)
+    else:
+        assert contexts == []
+    contexts.clear()
+    collect()
+    assert open_fds() == fds
+
+
+def test_no_fd_left_after_many_accept_close_cycles(loop):
+    run(loop, asyncio.sleep(0))  # lazily made loop fds are not leaks
+
+    async def main():
+        lost = []
+
+        class Closer(asyncio.Protocol):
+            def connection_made(self, transport):
+                transport.close()
+
+            def connection_lost(self, exc):
+                lost.append(exc)
+
+        server = await loop.create_server(Closer, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        for _ in range(1000):
+            client = await _client(loop, addr)
+            assert await asyncio.wait_for(loop.sock_recv(client, 10), 10) == b""
+            client.close()
+        for _ in range(100):
+            if len(lost) == 1000:
+                break
+            await asyncio.sleep(0.01)
+        assert lost == [None] * 1000
+        server.close()
+        await server.wait_closed()
+
+    collect()
+    fds = open_fds()
+    run(loop, main())
+    collect()
+    assert open_fds() == fds
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0"])
+def test_extras_first_asked_after_close(loop, host):
+    # Nothing asks for the socket or its address while the connection is
+    # open: they are still there afterwards, as asyncio's eager ones are.
+    async def main():
+        made = loop.create_future()
+        server = await loop.create_server(lambda: Recorder([], made), host, 0)
+        port = server.sockets[0].getsockname()[1]
+        client = await _client(loop, ("127.0.0.1", port))
+        tr = await asyncio.wait_for(made, 10)
+        expected_sockname = client.getpeername()
+        expected_peername = client.getsockname()
+        tr.close()
+        for _ in range(100):
+            if active_connections(server) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert tr.get_extra_info("sockname") == expected_sockname
+        assert tr.get_extra_info("peername") == expected_peername
+        sock = tr.get_extra_info("socket")
+        assert sock is tr.get_extra_info("socket")
+        assert sock.fileno() == -1
+        assert sock.family == socket.AF_INET
+        assert sock.type == socket.SOCK_STREAM
+        assert "closed" in repr(tr)
+        client.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())

@@ -63,10 +63,6 @@ char* shared_read_buffer() {
   return buf.get();
 }
 
-PyObject* errno_exception(int err) {
-  return PyObject_CallFunction(PyExc_OSError, "is", err, strerror(err));
-}
-
 // An error on a path with nowhere to raise to: SystemExit/KeyboardInterrupt
 // abort the drain (-1), anything else is unraisable.
 int swallow(PyObject* where) {
@@ -174,7 +170,7 @@ int in_context(Transport* t, F fn) {
 // --- core operations (asyncio's _SelectorSocketTransport) ---------------------
 
 int fail_errno(Transport* t, int err, const char* message) {
-  PyObject* exc = errno_exception(err);
+  PyObject* exc = os_error(err);
   if (exc == nullptr) return swallow(as_obj(t));
   int rc = fatal(t, exc, message);
   Py_DECREF(exc);
@@ -199,8 +195,7 @@ PyObject* raise_errno(int rc) {
     PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
     return nullptr;
   }
-  errno = -rc;
-  return PyErr_SetFromErrno(PyExc_OSError);
+  return raise_os_error(-rc);
 }
 
 void settle_empty_waiter(Transport* t, PyObject* exc) {
@@ -488,7 +483,7 @@ int Owner::on_read(ssize_t n) {
 
 int Owner::on_write_error(int err) {
   return in_context(t_, [&] {
-    PyObject* exc = errno_exception(err);
+    PyObject* exc = os_error(err);
     if (exc == nullptr) return swallow(as_obj(t_));
     int rc = fatal(t_, exc, "Fatal write error on socket transport");
     if (rc == 0) settle_empty_waiter(t_, exc);

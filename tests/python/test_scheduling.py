@@ -122,6 +122,32 @@ def test_timer_handle_when_and_cancel(loop):
     assert out == []
 
 
+@pytest.mark.parametrize("when", [12345.5, 7.0, -3.25, 1e300, float("inf")])
+def test_timer_handle_hashes_as_its_deadline(loop, when):
+    # asyncio's TimerHandle.__hash__ is hash(self._when).
+    h = loop.call_at(when, lambda: None)
+    try:
+        assert hash(h) == hash(when) == hash(h.when())
+        assert h in {h}
+    finally:
+        h.cancel()
+    assert hash(h) == hash(when)
+
+
+def test_nan_deadline_hash_is_stable_and_per_handle(loop):
+    # A NaN hashes by identity: asyncio's that of the float object each
+    # handle keeps, so stable for one handle and distinct between two.
+    a = loop.call_at(float("nan"), lambda: None)
+    b = loop.call_at(float("nan"), lambda: None)
+    try:
+        assert hash(a) == hash(a)
+        assert hash(a) != hash(b)
+        assert a in {a} and b not in {a}
+    finally:
+        a.cancel()
+        b.cancel()
+
+
 def test_call_later_accepts_int_and_float_like(loop):
     out = []
     loop.call_later(0, out.append, "int")

@@ -52,6 +52,9 @@ __all__ = ("Loop",)
 
 _READ = _uvpy.READABLE
 _WRITE = _uvpy.WRITABLE
+# From 3.12 asyncio runs a custom exception handler in the context of the
+# task, future or handle that failed (call_exception_handler).
+_HANDLER_IN_CONTEXT = sys.version_info >= (3, 12)
 
 
 def _run_until_complete_cb(fut):
@@ -298,7 +301,21 @@ class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixi
                 logger.error("Exception in default exception handler", exc_info=True)
             return
         try:
-            self._exception_handler(self, context)
+            ctx = None
+            if _HANDLER_IN_CONTEXT:
+                # The context of the task, future or handle that failed, as
+                # asyncio looks it up.
+                thing = context.get("task")
+                if thing is None:
+                    thing = context.get("future")
+                if thing is None:
+                    thing = context.get("handle")
+                if thing is not None and hasattr(thing, "get_context"):
+                    ctx = thing.get_context()
+            if ctx is not None and hasattr(ctx, "run"):
+                ctx.run(self._exception_handler, self, context)
+            else:
+                self._exception_handler(self, context)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:

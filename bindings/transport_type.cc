@@ -26,6 +26,15 @@ PyTypeObject* transport_type;
 Transport* T(PyObject* self) { return reinterpret_cast<Transport*>(self); }
 
 constexpr const char* kSendfileInProgress = "unable to write; sendfile is in progress";
+// asyncio's selector transport has a writelines() of its own from 3.12, and
+// its messages name it; up to 3.11 writelines() was write()'s.
+#if PY_VERSION_HEX >= 0x030C0000
+constexpr const char* kWritelinesAfterEof = "Cannot call writelines() after write_eof()";
+constexpr const char* kWritelinesSendfile = "unable to writelines; sendfile is in progress";
+#else
+constexpr const char* kWritelinesAfterEof = "Cannot call write() after write_eof()";
+constexpr const char* kWritelinesSendfile = kSendfileInProgress;
+#endif
 
 PyObject* Transport_write(PyObject* self, PyObject* data) {
   Transport* t = T(self);
@@ -68,11 +77,11 @@ PyObject* Transport_writelines(PyObject* self, PyObject* list) {
     total += static_cast<size_t>(views[got].len);
   }
   if (t->eof) {
-    PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+    PyErr_SetString(PyExc_RuntimeError, kWritelinesAfterEof);
     goto done;
   }
   if (t->empty_waiter) {
-    PyErr_SetString(PyExc_RuntimeError, kSendfileInProgress);
+    PyErr_SetString(PyExc_RuntimeError, kWritelinesSendfile);
     goto done;
   }
   if (total == 0) {

@@ -154,16 +154,18 @@ stage "venv with $PY; pip install -e .[test]"
 in_root "${PIP_ENV[@]}" /bin/sh -ec "cd /src
   $PY -m venv /venv
   /venv/bin/pip install -q 'scikit-build-core>=0.10' 'pybind11>=2.12'
-  /venv/bin/pip install -q --no-build-isolation -e '.[test]'
+  /venv/bin/pip install -q --no-build-isolation -e '.[test]' pytest-timeout
   /venv/bin/python -c 'import sys, uvpy, uvpy._uvpy as m; print(\"uvpy\", uvpy.__version__, \"on Python\", sys.version.split()[0], \"native TLS:\", m._tls_status())'"
 
 # Exit status 5 (no tests collected) is non-zero: set -e fails on it.
+# --timeout (pytest-timeout) is a hang guard only: a test that hangs on a
+# newer CPython fails with its stack instead of stalling CI.
 stage "Python: pytest on libuv (uvpy and stock asyncio)"
-in_root UVPY_BACKEND=libuv /bin/sh -ec 'cd /src && exec /venv/bin/python -m pytest tests/python -q -p no:cacheprovider -rs "$@"' sh "$@"
+in_root UVPY_BACKEND=libuv /bin/sh -ec 'cd /src && exec /venv/bin/python -m pytest tests/python -q -p no:cacheprovider -rs --timeout=300 "$@"' sh "$@"
 
 stage "Python: pytest on io_uring (the uvpy half)"
 if in_root /venv/bin/python -c 'import uvpy; uvpy.new_event_loop("io_uring").close()' 2>/dev/null; then
-  in_root UVPY_BACKEND=io_uring /bin/sh -ec 'cd /src && exec /venv/bin/python -m pytest tests/python -q -p no:cacheprovider --uvpy-only "$@"' sh "$@"
+  in_root UVPY_BACKEND=io_uring /bin/sh -ec 'cd /src && exec /venv/bin/python -m pytest tests/python -q -p no:cacheprovider --uvpy-only --timeout=300 "$@"' sh "$@"
 else
   echo "SKIPPED: io_uring cannot run here"
 fi

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextvars
+import sys
 import threading
 import time
 
@@ -156,9 +157,12 @@ def test_call_later_accepts_int_and_float_like(loop):
     assert out == ["int", "bool"]
 
 
-def test_nan_deadline_is_due_at_once_and_never_blocks_the_loop(loop):
-    # asyncio runs it at once (its poll timeout is max(0, nan) == 0); the
-    # loop must not take a NaN timeout for "block until an event".
+def test_nan_deadline_is_due_at_once_and_never_blocks_the_loop(loop, loop_name):
+    # asyncio 3.11 runs it at once (its poll timeout is max(0, nan) == 0);
+    # the loop must not take a NaN timeout for "block until an event".
+    if loop_name == "asyncio" and sys.version_info >= (3, 13):
+        pytest.skip("asyncio 3.13+ hands a NaN poll timeout to the selector, whose "
+                    "math.ceil() raises ValueError out of run_forever()")
     out, rescued = [], []
 
     def rescue():

@@ -608,6 +608,10 @@ def test_write_eof_after_the_buffer_drains(loop):
     tr.write_eof()  # idempotent
     with pytest.raises(RuntimeError, match=r"Cannot call write\(\) after write_eof\(\)"):
         tr.write(b"more")
+    # asyncio's writelines() names itself from 3.12.
+    writelines = "writelines" if sys.version_info >= (3, 12) else "write"
+    with pytest.raises(RuntimeError, match=rf"Cannot call {writelines}\(\) after write_eof\(\)"):
+        tr.writelines([b"more"])
 
     assert run(loop, peer_reads_to_eof(peer)) == payload
     # The read side is still open.

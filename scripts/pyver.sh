@@ -77,6 +77,7 @@ T0=$SECONDS
 stage() { echo "== [$PY] $* [$((SECONDS - T0))s]"; }
 
 ROOT="$(mktemp -d "${UVPY_CHROOT_TMP:-/tmp}/uvpy-$SUITE.XXXXXX")"
+chmod 755 "$ROOT"  # it is the chroot's /: apt's unprivileged user must get in
 MOUNTS=()
 cleanup() {
   local rc=$? i

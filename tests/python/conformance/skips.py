@@ -53,11 +53,12 @@ if sys.version_info >= (3, 13):
     })
 if sys.version_info >= (3, 14):
     UVPY_SKIPS.update({
-        "test_events.EventLoopTests.test_call_soon_threadsafe_handle_block_*":
+        "test_events.EventLoopTests.test_call_soon_threadsafe_handle_*":
             "asserts the handle is asyncio.events._ThreadSafeHandle, whose "
             "cancel() and cancelled() wait on a lock while the callback runs; "
-            "uvpy's native Handle has no such lock (the assertion fails in a "
-            "thread, and the loop then never stops: skipped, not xfailed)",
+            "uvpy's native Handle checks and runs under the GIL, with no such "
+            "lock (the assertion fails in a thread, and the loop then never "
+            "stops: skipped, not xfailed)",
     })
 
 UVPY_XFAILS: dict[str, str] = {}

@@ -26,6 +26,13 @@ PyTypeObject* transport_type;
 Transport* T(PyObject* self) { return reinterpret_cast<Transport*>(self); }
 
 constexpr const char* kSendfileInProgress = "unable to write; sendfile is in progress";
+// asyncio's selector transport words a write() of a non-bytes object
+// differently from 3.14.
+#if PY_VERSION_HEX >= 0x030E0000
+constexpr const char* kWriteNotBytes = "data argument must be a bytes, bytearray, or memoryview object, not %R";
+#else
+constexpr const char* kWriteNotBytes = "data argument must be a bytes-like object, not %R";
+#endif
 // asyncio's selector transport has a writelines() of its own from 3.12, and
 // its messages name it; up to 3.11 writelines() was write()'s.
 #if PY_VERSION_HEX >= 0x030C0000
@@ -42,7 +49,7 @@ PyObject* Transport_write(PyObject* self, PyObject* data) {
   if (!PyBytes_Check(data) && !PyByteArray_Check(data) && !PyMemoryView_Check(data)) {
     PyObject* name = PyType_GetName(Py_TYPE(data));
     if (name) {
-      PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not %R", name);
+      PyErr_Format(PyExc_TypeError, kWriteNotBytes, name);
       Py_DECREF(name);
     }
     return nullptr;

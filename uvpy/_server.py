@@ -12,22 +12,20 @@ Invariants (Python 3.11's asyncio.Server behaves the same way):
 2. _active_count counts attached transports. When the server is closed and
    the count is zero, the wait_closed() waiters are woken once and _waiters
    becomes None.
-3. wait_closed() waits for (2), as asyncio's does from 3.12.1. On 3.11 it
-   returns at once when the server is already closed, even with
-   connections still attached, as 3.11's does.
+3. As in 3.11, wait_closed() returns at once when the server is already
+   closed (or its waiters already woken); otherwise it waits for (2). From
+   3.12.1 asyncio's also waits for the connections still attached, which
+   it holds weakly (an abandoned transport does not hold it up); uvpy
+   counts them, so it keeps 3.11's behaviour on every version.
 4. serve_forever() is exclusive: a second concurrent call raises. Cancelling
    it closes the server and waits as wait_closed() does.
 """
 
 from __future__ import annotations
 
-import sys
 from asyncio import events, exceptions, tasks, trsock
 
 __all__ = ("Server",)
-
-# Invariant 3: the Python whose asyncio waits for attached connections.
-_WAIT_FOR_CONNECTIONS = sys.version_info >= (3, 12, 1)
 
 
 class Server(events.AbstractServer):
@@ -129,7 +127,7 @@ class Server(events.AbstractServer):
             self._serving_forever_fut = None
 
     async def wait_closed(self):
-        if self._waiters is None or (self._sockets is None and not _WAIT_FOR_CONNECTIONS):
+        if self._sockets is None or self._waiters is None:
             return
         waiter = self._loop.create_future()
         self._waiters.append(waiter)

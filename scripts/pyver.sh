@@ -160,13 +160,14 @@ in_root "${PIP_ENV[@]}" /bin/sh -ec "cd /src
 
 # Exit status 5 (no tests collected) is non-zero: set -e fails on it.
 # --timeout (pytest-timeout) is a hang guard only: a test that hangs on a
-# newer CPython fails with its stack instead of stalling CI.
+# newer CPython ends the run with every thread's stack instead of stalling
+# CI (the thread method: a loop blocked in native code gets no SIGALRM).
 stage "Python: pytest on libuv (uvpy and stock asyncio)"
-in_root UVPY_BACKEND=libuv /bin/sh -ec 'cd /src && exec /venv/bin/python -m pytest tests/python -q -p no:cacheprovider -rs --timeout=300 "$@"' sh "$@"
+in_root UVPY_BACKEND=libuv /bin/sh -ec 'cd /src && exec /venv/bin/python -m pytest tests/python -q -p no:cacheprovider -rs --timeout=300 --timeout-method=thread "$@"' sh "$@"
 
 stage "Python: pytest on io_uring (the uvpy half)"
 if in_root /venv/bin/python -c 'import uvpy; uvpy.new_event_loop("io_uring").close()' 2>/dev/null; then
-  in_root UVPY_BACKEND=io_uring /bin/sh -ec 'cd /src && exec /venv/bin/python -m pytest tests/python -q -p no:cacheprovider --uvpy-only --timeout=300 "$@"' sh "$@"
+  in_root UVPY_BACKEND=io_uring /bin/sh -ec 'cd /src && exec /venv/bin/python -m pytest tests/python -q -p no:cacheprovider --uvpy-only --timeout=300 --timeout-method=thread "$@"' sh "$@"
 else
   echo "SKIPPED: io_uring cannot run here"
 fi

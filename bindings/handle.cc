@@ -27,6 +27,7 @@
 //     the context is tracked again before the handle can let go of it --
 //     which is why every exit from the heap passes through ensure_tracked()
 //     before any reference is dropped.
+#include <cmath>
 #include <cstring>
 
 #include "clock.h"
@@ -319,8 +320,20 @@ PyObject* TimerHandle_richcompare(PyObject* a, PyObject* b, int op) {
   Py_RETURN_RICHCOMPARE(x, y, op);
 }
 
+// asyncio's TimerHandle hashes as hash(self._when). A float's hash is its
+// value's, so a float made here hashes alike, with public API only (the
+// double-hashing function, _Py_HashDouble, is private on every version).
+// NaN hashes by identity (3.10+): asyncio's is that of the one float object
+// the handle keeps, stable for the handle's life, so here it is the handle's
+// own identity, which object.__hash__ gives.
 Py_hash_t TimerHandle_hash(PyObject* self) {
-  return _Py_HashDouble(self, reinterpret_cast<TimerHandle*>(self)->node.when);
+  double when = reinterpret_cast<TimerHandle*>(self)->node.when;
+  if (std::isnan(when)) return PyBaseObject_Type.tp_hash(self);
+  PyObject* f = PyFloat_FromDouble(when);
+  if (f == nullptr) return -1;
+  Py_hash_t h = PyObject_Hash(f);
+  Py_DECREF(f);
+  return h;
 }
 
 PyMethodDef Handle_methods[] = {
@@ -359,11 +372,14 @@ Handle* new_handle(PyTypeObject* type, PyObject* callback, PyObject* args, LoopC
                    PyObject* context) {
   Handle* h;
   if (type == &HandleType && free_count > 0) {
+    // PyObject_Init sets the type and a reference count of 1 (what
+    // PyObject_GC_New does after allocating), and, unlike a fresh
+    // allocation, does not count towards the next collection.
     h = free_list[--free_count];
-    _Py_NewReference(reinterpret_cast<PyObject*>(h));
+    PyObject_Init(reinterpret_cast<PyObject*>(h), type);
   } else if (type == &TimerHandleType && timer_free_count > 0) {
     h = &timer_free_list[--timer_free_count]->base;
-    _Py_NewReference(reinterpret_cast<PyObject*>(h));
+    PyObject_Init(reinterpret_cast<PyObject*>(h), type);
   } else {
     h = PyObject_GC_New(Handle, type);
     if (h == nullptr) return nullptr;

@@ -29,6 +29,22 @@ PyObject* socket_type;  // socket.socket, for make_socket()
 Transport* T(PyObject* self) { return reinterpret_cast<Transport*>(self); }
 
 constexpr const char* kSendfileInProgress = "unable to write; sendfile is in progress";
+// asyncio's selector transport words a write() of a non-bytes object
+// differently from 3.14.
+#if PY_VERSION_HEX >= 0x030E0000
+constexpr const char* kWriteNotBytes = "data argument must be a bytes, bytearray, or memoryview object, not %R";
+#else
+constexpr const char* kWriteNotBytes = "data argument must be a bytes-like object, not %R";
+#endif
+// asyncio's selector transport has a writelines() of its own from 3.12, and
+// its messages name it; up to 3.11 writelines() was write()'s.
+#if PY_VERSION_HEX >= 0x030C0000
+constexpr const char* kWritelinesAfterEof = "Cannot call writelines() after write_eof()";
+constexpr const char* kWritelinesSendfile = "unable to writelines; sendfile is in progress";
+#else
+constexpr const char* kWritelinesAfterEof = "Cannot call write() after write_eof()";
+constexpr const char* kWritelinesSendfile = kSendfileInProgress;
+#endif
 
 PyObject* Transport_write(PyObject* self, PyObject* data) {
   Transport* t = T(self);
@@ -36,7 +52,7 @@ PyObject* Transport_write(PyObject* self, PyObject* data) {
   if (!PyBytes_Check(data) && !PyByteArray_Check(data) && !PyMemoryView_Check(data)) {
     PyObject* name = PyType_GetName(Py_TYPE(data));
     if (name) {
-      PyErr_Format(PyExc_TypeError, "data argument must be a bytes-like object, not %R", name);
+      PyErr_Format(PyExc_TypeError, kWriteNotBytes, name);
       Py_DECREF(name);
     }
     return nullptr;
@@ -71,11 +87,11 @@ PyObject* Transport_writelines(PyObject* self, PyObject* list) {
     total += static_cast<size_t>(views[got].len);
   }
   if (t->eof) {
-    PyErr_SetString(PyExc_RuntimeError, "Cannot call write() after write_eof()");
+    PyErr_SetString(PyExc_RuntimeError, kWritelinesAfterEof);
     goto done;
   }
   if (t->empty_waiter) {
-    PyErr_SetString(PyExc_RuntimeError, kSendfileInProgress);
+    PyErr_SetString(PyExc_RuntimeError, kWritelinesSendfile);
     goto done;
   }
   if (total == 0) {

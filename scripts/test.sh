@@ -5,7 +5,10 @@
 # suite (our tests on uvpy and stock asyncio, and CPython's own asyncio tests
 # bound to both loops) on libuv, and its uvpy half again on io_uring; then the
 # integration suite (tests/integration) the same two ways, against PostgreSQL
-# and Redis started by scripts/services.sh.
+# and Redis started by scripts/services.sh. Last, scripts/pyver.sh builds and
+# runs the C++ core's tests and tests/python the same two ways on each newer
+# CPython named in UVPY_PYVERS (e.g. "3.13 3.14"), each in a fresh Debian
+# chroot. Unset, it runs none: tests/python's UDP tests still hang on 3.13.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -65,4 +68,11 @@ if ((uring)); then
 else
   echo "SKIPPED: io_uring cannot run here: ${why##*$'\n'}"
 fi
+bash scripts/services.sh stop "$services"
+trap - EXIT
+
+for pyver in ${UVPY_PYVERS-}; do
+  stage "Python $pyver: C++ core and tests/python in a Debian chroot (scripts/pyver.sh)"
+  bash scripts/pyver.sh "$pyver"
+done
 stage "done"

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio as _asyncio
+import sys as _sys
 
 from . import kernels
 from ._executor import (
@@ -84,7 +85,16 @@ def backends() -> dict[str, str | None]:
     return status
 
 
-class EventLoopPolicy(_asyncio.DefaultEventLoopPolicy):
+# asyncio's default policy class. From 3.14 the name asyncio.DefaultEventLoopPolicy
+# warns (the policy system is deprecated there), which would make every
+# `import uvpy` warn; the class behind it is the same.
+if _sys.version_info >= (3, 14):
+    _DefaultEventLoopPolicy = _asyncio.unix_events._DefaultEventLoopPolicy
+else:
+    _DefaultEventLoopPolicy = _asyncio.DefaultEventLoopPolicy
+
+
+class EventLoopPolicy(_DefaultEventLoopPolicy):
     """asyncio's default policy, creating uvpy loops.
 
     ``asyncio.set_event_loop_policy(uvpy.EventLoopPolicy())`` makes every

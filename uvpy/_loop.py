@@ -52,6 +52,12 @@ __all__ = ("Loop",)
 
 _READ = _uvpy.READABLE
 _WRITE = _uvpy.WRITABLE
+# From 3.12 asyncio runs a custom exception handler in the context of the
+# task, future or handle that failed (call_exception_handler).
+_HANDLER_IN_CONTEXT = sys.version_info >= (3, 12)
+# asyncio.iscoroutinefunction warns from 3.14; asyncio itself then calls the
+# silent one.
+_iscoroutinefunction = getattr(coroutines, "_iscoroutinefunction", coroutines.iscoroutinefunction)
 
 
 def _run_until_complete_cb(fut):
@@ -136,7 +142,7 @@ class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixi
             )
 
     def _check_callback(self, callback, method):
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        if coroutines.iscoroutine(callback) or _iscoroutinefunction(callback):
             raise TypeError(f"coroutines cannot be used with {method}()")
         if not callable(callback):
             raise TypeError(f"a callable object was expected by {method}(), got {callback!r}")
@@ -232,19 +238,11 @@ class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixi
     def create_future(self):
         return futures.Future(loop=self)
 
-    def create_task(self, coro, *, name=None, context=None):
-        self._check_closed()
-        if self._task_factory is None:
-            task = tasks.Task(coro, loop=self, name=name, context=context)
-            if task._source_traceback:
-                del task._source_traceback[-1]
-        else:
-            if context is None:
-                task = self._task_factory(self, coro)
-            else:
-                task = self._task_factory(self, coro, context=context)
-            tasks._set_task_name(task, name)
-        return task
+    # asyncio's own: its signature and what it passes a task factory change
+    # between versions (name and context on 3.11, eager_start and any other
+    # keyword from 3.13), and it needs no more of a loop than _check_closed()
+    # and _task_factory.
+    create_task = base_events.BaseEventLoop.create_task
 
     def set_task_factory(self, factory):
         if factory is not None and not callable(factory):
@@ -298,7 +296,21 @@ class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixi
                 logger.error("Exception in default exception handler", exc_info=True)
             return
         try:
-            self._exception_handler(self, context)
+            ctx = None
+            if _HANDLER_IN_CONTEXT:
+                # The context of the task, future or handle that failed, as
+                # asyncio looks it up.
+                thing = context.get("task")
+                if thing is None:
+                    thing = context.get("future")
+                if thing is None:
+                    thing = context.get("handle")
+                if thing is not None and hasattr(thing, "get_context"):
+                    ctx = thing.get_context()
+            if ctx is not None and hasattr(ctx, "run"):
+                ctx.run(self._exception_handler, self, context)
+            else:
+                self._exception_handler(self, context)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -558,7 +570,7 @@ class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixi
 
     def add_signal_handler(self, sig, callback, *args):
         """Run callback(*args) on the loop when signal sig arrives (main thread only)."""
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+        if coroutines.iscoroutine(callback) or _iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
         self._check_signal(sig)
         self._check_closed()

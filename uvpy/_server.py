@@ -13,7 +13,10 @@ Invariants (Python 3.11's asyncio.Server behaves the same way):
    the count is zero, the wait_closed() waiters are woken once and _waiters
    becomes None.
 3. As in 3.11, wait_closed() returns at once when the server is already
-   closed (or its waiters already woken); otherwise it waits for (2).
+   closed (or its waiters already woken); otherwise it waits for (2). From
+   3.12.1 asyncio's also waits for the connections still attached, which
+   it holds weakly (an abandoned transport does not hold it up); uvpy
+   counts them, so it keeps 3.11's behaviour on every version.
 4. serve_forever() is exclusive: a second concurrent call raises. Cancelling
    it closes the server and waits as wait_closed() does.
 """

@@ -60,6 +60,10 @@ from ._flow import ReadControl, WriteFlowControl
 
 __all__ = ("DatagramTransport", "DatagramMixin")
 
+# asyncio's words for a socket that is not a datagram socket (3.13 renamed them).
+_DGRAM_EXPECTED = ("A datagram socket was expected" if sys.version_info >= (3, 13)
+                   else "A UDP Socket was expected")
+
 _READ = _uvpy.READABLE
 _WRITE = _uvpy.WRITABLE
 _DATAGRAMS = _uvpy.IO_DATAGRAMS
@@ -350,7 +354,7 @@ class DatagramMixin:
         """Create a datagram endpoint; return (transport, protocol)."""
         if sock is not None:
             if sock.type != socket.SOCK_DGRAM:
-                raise ValueError(f"A UDP Socket was expected, got {sock!r}")
+                raise ValueError(f"{_DGRAM_EXPECTED}, got {sock!r}")
             if (local_addr or remote_addr or family or proto or flags or reuse_port
                     or allow_broadcast):
                 opts = dict(local_addr=local_addr, remote_addr=remote_addr, family=family,

@@ -1,6 +1,7 @@
 """Exception handlers, BaseException propagation and debug-mode logging."""
 
 import asyncio
+import contextvars
 import logging
 import os
 import subprocess
@@ -75,6 +76,41 @@ def test_call_exception_handler_direct(loop):
     loop.set_exception_handler(lambda lp, ctx: got.append(ctx))
     loop.call_exception_handler({"message": "hello"})
     assert got == [{"message": "hello"}]
+
+
+# From 3.12 asyncio calls a custom handler in the context of the task,
+# future or handle that failed; up to 3.11, in the caller's.
+IN_CONTEXT = sys.version_info >= (3, 12)
+var = contextvars.ContextVar("var", default="caller")
+
+
+def test_custom_handler_runs_in_the_failing_callbacks_context(loop):
+    seen = []
+    loop.set_exception_handler(lambda lp, ctx: seen.append(var.get()))
+
+    def fail():
+        var.set("callback")
+        1 / 0
+
+    loop.call_soon(fail)
+    run_once(loop)
+    assert seen == ["callback" if IN_CONTEXT else "caller"]
+
+
+def test_custom_handler_runs_in_the_named_tasks_context(loop):
+    seen = []
+    loop.set_exception_handler(lambda lp, ctx: seen.append(var.get()))
+
+    async def noop():
+        pass
+
+    ctx = contextvars.Context()
+    ctx.run(var.set, "task")
+    task = loop.create_task(noop(), context=ctx)
+    loop.call_exception_handler({"message": "about a task", "task": task})
+    loop.call_exception_handler({"message": "about nothing"})
+    loop.run_until_complete(task)
+    assert seen == ["task" if IN_CONTEXT else "caller", "caller"]
 
 
 @pytest.mark.parametrize("exc_type", [KeyboardInterrupt, SystemExit])

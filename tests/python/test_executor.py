@@ -112,6 +112,11 @@ def test_cancelling_queued_python_work(loop):
 
     async def main():
         n = uvpy.executor_metrics()["workers"].__len__()
+        if not isinstance(loop, uvpy.Loop):
+            # The victim must queue on the stock loop too: a pool of n
+            # threads (its default has more, and 3.14's wrap_future()
+            # copies an already finished result at once).
+            loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(n))
         blockers = [loop.run_in_executor(None, release.wait) for _ in range(n)]
         victim = loop.run_in_executor(None, started.set)
         victim.cancel()

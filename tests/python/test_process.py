@@ -467,7 +467,7 @@ def test_popen_options_reach_the_child(loop, tmp_path):
 
 def test_stdio_as_devnull_stdout_a_file_and_an_fd(loop, tmp_path):
     path = tmp_path / "out"
-    code = "import sys; print('out'); print('err', file=sys.stderr); print(sys.stdin.read() == '')"
+    code = "import sys; print('out', flush=True); print('err', file=sys.stderr); print(sys.stdin.read() == '')"
 
     async def main():
         with open(path, "wb") as f:

@@ -1,6 +1,8 @@
 """run_forever, run_until_complete, stop, close and the entry points."""
 
 import asyncio
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -171,6 +173,14 @@ def test_uvpy_run_and_runner_and_install():
         assert asyncio.run(which()) is uvpy.Loop
     finally:
         asyncio.set_event_loop_policy(old)
+
+
+def test_import_warns_nothing():
+    # From 3.14 asyncio's policy names warn; uvpy's EventLoopPolicy
+    # subclasses asyncio's default policy without importing uvpy warning.
+    r = subprocess.run([sys.executable, "-W", "error", "-c", "import uvpy; uvpy.EventLoopPolicy()"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
 
 
 def test_uvpy_run_debug_flag():

@@ -14,6 +14,7 @@ aborting from inside data_received(), and write flow control.
 import asyncio
 import hashlib
 import os
+import sys
 import socket
 import ssl
 import threading
@@ -247,11 +248,17 @@ def test_corrupted_record_fails_the_connection_as_asyncio_does(loop, server_ctx,
 
     exc = run(loop, main())
     assert isinstance(exc, ssl.SSLError), exc
-    assert exc.reason in ("DECRYPTION_FAILED_OR_BAD_RECORD_MAC", "BAD_RECORD_MAC"), exc.reason
+    # OpenSSL 3.5 reports it as a record layer failure.
+    assert exc.reason in ("DECRYPTION_FAILED_OR_BAD_RECORD_MAC", "BAD_RECORD_MAC",
+                          "RECORD_LAYER_FAILURE"), exc.reason
     assert reports == []
 
 
-def test_pause_reading_holds_records_until_resumed(loop, server_ctx, client_ctx):
+def test_pause_reading_holds_records_until_resumed(loop, loop_name, request, server_ctx, client_ctx):
+    if loop_name == "asyncio" and sys.version_info >= (3, 14):
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="stock asyncio 3.14 times out here (the records held while "
+            "paused are not delivered after resume_reading()); cause not yet investigated"))
     class Pauser(Recorder):
         def data_received(self, data):
             super().data_received(data)

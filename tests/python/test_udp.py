@@ -13,6 +13,10 @@ import sys
 
 import pytest
 
+# asyncio's words for a socket that is not a datagram socket (3.13 renamed them).
+DGRAM_EXPECTED = ("A datagram socket was expected" if sys.version_info >= (3, 13)
+                  else "A UDP Socket was expected")
+
 from conftest import collect, open_fds
 
 
@@ -289,7 +293,7 @@ def test_argument_checks(loop):
             (loop.create_datagram_endpoint(asyncio.DatagramProtocol), ValueError,
              "unexpected address family"),
             (loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=stream), ValueError,
-             f"A UDP Socket was expected, got {stream!r}"),
+             f"{DGRAM_EXPECTED}, got {stream!r}"),
             (loop.create_datagram_endpoint(asyncio.DatagramProtocol, sock=dgram,
                                            local_addr=("127.0.0.1", 0), reuse_port=True),
              ValueError, "socket modifier keyword arguments can not be used when sock is "

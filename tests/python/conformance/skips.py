@@ -20,8 +20,12 @@ reason pytest shows -- be specific: what is missing and what brings it.
   running the suite; never for asyncio behaviour (the stock loop is the
   oracle).
 
-test_skiplist.py fails if a key matches no bound test (stale entry).
+test_skiplist.py fails if a key matches no bound test (stale entry), so
+entries for tests that only newer CPythons have are added for those
+versions only (the CPython tests bound are the running Python's own).
 """
+
+import sys
 
 UVPY_SKIPS: dict[str, str] = {
     # --- test_events.EventLoopTests (EventLoopTestsMixin + SubprocessTestsMixin)
@@ -36,6 +40,45 @@ UVPY_SKIPS: dict[str, str] = {
         "native and has no _run_once (uvloop skips it too)",
 }
 
+if sys.version_info >= (3, 13):
+    UVPY_SKIPS.update({
+        "test_ssl.TestSSL.test_remote_shutdown_receives_trailing_data_on_slow_socket":
+            "white-box: mock.patch.object() replaces write() on the transport "
+            "instance; uvpy's TCPTransport is a native type whose methods cannot "
+            "be replaced per instance",
+        "test_sslproto.SslProtoHandshakeTests.test_connection_lost_when_busy":
+            "white-box test of the selector loop: it calls "
+            "loop._make_socket_transport() on a mock socket; uvpy has no such "
+            "method (its transports are native)",
+    })
+if sys.version_info >= (3, 14):
+    UVPY_SKIPS.update({
+        "test_events.EventLoopTests.test_call_soon_threadsafe_handle_*":
+            "asserts the handle is asyncio.events._ThreadSafeHandle, whose "
+            "cancel() and cancelled() wait on a lock while the callback runs; "
+            "uvpy's native Handle checks and runs under the GIL, with no such "
+            "lock (the assertion fails in a thread, and the loop then never "
+            "stops: skipped, not xfailed)",
+        # Known bugs, skipped rather than xfailed: these run subTests, and a
+        # strict xfail turns every passing subTest into a failing XPASS.
+        "test_sendfile.SendfileTests.test_sendfile_offset":
+            "known bug: loop.sendfile() with the offset at the end of the file "
+            "leaves the file position where it was instead of at the offset",
+        "test_sendfile.SendfileTests.test_sock_sendfile_offset":
+            "known bug: loop.sock_sendfile() with the offset at the end of the "
+            "file leaves the file position where it was instead of at the offset",
+    })
+
 UVPY_XFAILS: dict[str, str] = {}
+if sys.version_info >= (3, 14):
+    UVPY_XFAILS.update({
+        "test_sslproto.StartTLSTests.test_start_tls_failed_certificate_no_cycles":
+            "a start_tls() that fails certificate verification leaves the "
+            "transport in a reference cycle with the exception",
+        "test_streams.StreamTests.test_start_tls_buffered_data":
+            "StreamWriter.start_tls() with data already buffered in the reader: "
+            "the buffered handshake bytes are not fed to the TLS layer, and the "
+            "handshake times out (60 s)",
+    })
 
 STOCK_SKIPS: dict[str, str] = {}

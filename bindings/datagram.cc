@@ -554,47 +554,20 @@ bool ready_datagram(PyObject* module) {
         intern(&str_read_ready_py, "_read_ready_py") && intern(&str_sendto_slow, "_sendto_slow") &&
         intern(&str_sendto_blocked, "_sendto_blocked")))
     return false;
-  PyObject* transports = PyImport_ImportModule("asyncio.transports");
-  PyObject* base = transports ? PyObject_GetAttrString(transports, "Transport") : nullptr;
-  PyObject* base_transport = transports ? PyObject_GetAttrString(transports, "BaseTransport") : nullptr;
-  PyObject* extra = base_transport ? PyObject_GetAttrString(base_transport, "_extra") : nullptr;
-  bool ok = base && extra;
-  // As TransportCore's: BaseTransport's one slot, `_extra`, right after the
-  // object header, and nothing after it in Transport.
-  if (ok && !(PyType_Check(base) &&
-              reinterpret_cast<PyTypeObject*>(base)->tp_basicsize ==
-                  static_cast<Py_ssize_t>(offsetof(Datagram, protocol)) &&
-              Py_TYPE(extra) == &PyMemberDescr_Type &&
-              reinterpret_cast<PyMemberDescrObject*>(extra)->d_member->offset ==
-                  static_cast<Py_ssize_t>(offsetof(Datagram, extra)))) {
-    PyErr_SetString(PyExc_ImportError, "uvpy: unexpected layout of asyncio.Transport");
-    ok = false;
-  }
-  if (ok) {
-    static PyType_Slot slots[] = {
-        {Py_tp_dealloc, reinterpret_cast<void*>(Datagram_dealloc)},
-        {Py_tp_traverse, reinterpret_cast<void*>(Datagram_traverse)},
-        {Py_tp_clear, reinterpret_cast<void*>(Datagram_clear)},
-        {Py_tp_methods, Datagram_methods},
-        {Py_tp_members, Datagram_members},
-        {Py_tp_doc, const_cast<char*>("Native core of uvpy's DatagramTransport (an asyncio.Transport).")},
-        {0, nullptr},
-    };
-    static PyType_Spec spec{"uvpy._uvpy.DatagramCore", static_cast<int>(sizeof(Datagram)), 0,
-                            Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, slots};
-    PyObject* bases = PyTuple_Pack(1, base);
-    datagram_type = bases ? reinterpret_cast<PyTypeObject*>(
-                                PyType_FromModuleAndSpec(module, &spec, bases))
-                          : nullptr;
-    Py_XDECREF(bases);
-    ok = datagram_type != nullptr &&
-         PyModule_AddObjectRef(module, "DatagramCore", reinterpret_cast<PyObject*>(datagram_type)) == 0;
-  }
-  Py_XDECREF(transports);
-  Py_XDECREF(base);
-  Py_XDECREF(base_transport);
-  Py_XDECREF(extra);
-  return ok;
+  static PyType_Slot slots[] = {
+      {Py_tp_dealloc, reinterpret_cast<void*>(Datagram_dealloc)},
+      {Py_tp_traverse, reinterpret_cast<void*>(Datagram_traverse)},
+      {Py_tp_clear, reinterpret_cast<void*>(Datagram_clear)},
+      {Py_tp_methods, Datagram_methods},
+      {Py_tp_members, Datagram_members},
+      {Py_tp_doc, const_cast<char*>("Native core of uvpy's DatagramTransport (an asyncio.Transport).")},
+      {0, nullptr},
+  };
+  static PyType_Spec spec{"uvpy._uvpy.DatagramCore", static_cast<int>(sizeof(Datagram)), 0,
+                          Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, slots};
+  datagram_type = native_transport_type(module, &spec, offsetof(Datagram, extra),
+                                        offsetof(Datagram, protocol));
+  return datagram_type != nullptr;
 }
 
 }  // namespace uvpy::py

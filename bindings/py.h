@@ -130,6 +130,13 @@ PyObject* exec_pending(LoopCore* loop);
 int64_t exec_spin_ns(LoopCore* loop);
 // Creates TransportCore (transport.cc), a subclass of asyncio.Transport.
 bool ready_transport(PyObject* module);
+// A native subclass of asyncio.Transport from spec, added to module under
+// the last part of spec's name. Its C struct must start with PyObject_HEAD,
+// then BaseTransport's one slot (`_extra`, at extra_offset), then its own
+// fields (from fields_offset): checked against asyncio's classes, with
+// ImportError where they differ. nullptr with an exception on failure.
+PyTypeObject* native_transport_type(PyObject* module, PyType_Spec* spec, Py_ssize_t extra_offset,
+                                    Py_ssize_t fields_offset);
 // Creates DatagramCore (datagram.cc), the native base of DatagramTransport.
 bool ready_datagram(PyObject* module);
 

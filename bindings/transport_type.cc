@@ -550,52 +550,55 @@ PyObject* transport::ensure_extra(Transport* t) {
   return d;
 }
 
-bool ready_transport(PyObject* module) {
-  if (!init_names() || (socket_type = import_attr("socket", "socket")) == nullptr) return false;
+PyTypeObject* native_transport_type(PyObject* module, PyType_Spec* spec, Py_ssize_t extra_offset,
+                                    Py_ssize_t fields_offset) {
   PyObject* transports = PyImport_ImportModule("asyncio.transports");
   PyObject* base = transports ? PyObject_GetAttrString(transports, "Transport") : nullptr;
   PyObject* base_transport = transports ? PyObject_GetAttrString(transports, "BaseTransport") : nullptr;
   PyObject* extra = base_transport ? PyObject_GetAttrString(base_transport, "_extra") : nullptr;
-  bool ok = base && extra;
+  PyTypeObject* type = nullptr;
   // The layout rests on BaseTransport's one slot, `_extra`, right after the
   // object header, and on Transport adding nothing after it.
-  if (ok && !(PyType_Check(base) &&
-              reinterpret_cast<PyTypeObject*>(base)->tp_basicsize ==
-                  static_cast<Py_ssize_t>(offsetof(Transport, loop)) &&
-              Py_TYPE(extra) == &PyMemberDescr_Type &&
-              reinterpret_cast<PyMemberDescrObject*>(extra)->d_member->offset ==
-                  static_cast<Py_ssize_t>(offsetof(Transport, extra)))) {
+  if (base && extra &&
+      !(PyType_Check(base) && reinterpret_cast<PyTypeObject*>(base)->tp_basicsize == fields_offset &&
+        Py_TYPE(extra) == &PyMemberDescr_Type &&
+        reinterpret_cast<PyMemberDescrObject*>(extra)->d_member->offset == extra_offset)) {
     PyErr_SetString(PyExc_ImportError, "uvpy: unexpected layout of asyncio.Transport");
-    ok = false;
-  }
-  if (ok) {
-    static PyType_Slot slots[] = {
-        {Py_tp_new, reinterpret_cast<void*>(Transport_new)},
-        {Py_tp_init, reinterpret_cast<void*>(Transport_init)},
-        {Py_tp_dealloc, reinterpret_cast<void*>(Transport_dealloc)},
-        {Py_tp_traverse, reinterpret_cast<void*>(Transport_traverse)},
-        {Py_tp_clear, reinterpret_cast<void*>(Transport_clear)},
-        {Py_tp_methods, Transport_methods},
-        {Py_tp_getset, Transport_getset},
-        {Py_tp_doc, const_cast<char*>("Native core of uvpy's TCP transport (an asyncio.Transport).")},
-        {0, nullptr},
-    };
-    static PyType_Spec spec{"uvpy._uvpy.TransportCore", static_cast<int>(sizeof(Transport)), 0,
-                            Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, slots};
+  } else if (base && extra) {
     PyObject* bases = PyTuple_Pack(1, base);
-    transport_type = bases ? reinterpret_cast<PyTypeObject*>(
-                                 PyType_FromModuleAndSpec(module, &spec, bases))
-                           : nullptr;
+    type = bases ? reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, spec, bases))
+                 : nullptr;
     Py_XDECREF(bases);
-    ok = transport_type != nullptr &&
-         PyModule_AddObjectRef(module, "TransportCore", reinterpret_cast<PyObject*>(transport_type)) == 0 &&
-         tls::ready(module);
+    const char* dot = strrchr(spec->name, '.');
+    if (type != nullptr &&
+        PyModule_AddObjectRef(module, dot ? dot + 1 : spec->name, reinterpret_cast<PyObject*>(type)) < 0)
+      Py_CLEAR(type);
   }
   Py_XDECREF(transports);
   Py_XDECREF(base);
   Py_XDECREF(base_transport);
   Py_XDECREF(extra);
-  return ok;
+  return type;
+}
+
+bool ready_transport(PyObject* module) {
+  if (!init_names() || (socket_type = import_attr("socket", "socket")) == nullptr) return false;
+  static PyType_Slot slots[] = {
+      {Py_tp_new, reinterpret_cast<void*>(Transport_new)},
+      {Py_tp_init, reinterpret_cast<void*>(Transport_init)},
+      {Py_tp_dealloc, reinterpret_cast<void*>(Transport_dealloc)},
+      {Py_tp_traverse, reinterpret_cast<void*>(Transport_traverse)},
+      {Py_tp_clear, reinterpret_cast<void*>(Transport_clear)},
+      {Py_tp_methods, Transport_methods},
+      {Py_tp_getset, Transport_getset},
+      {Py_tp_doc, const_cast<char*>("Native core of uvpy's TCP transport (an asyncio.Transport).")},
+      {0, nullptr},
+  };
+  static PyType_Spec spec{"uvpy._uvpy.TransportCore", static_cast<int>(sizeof(Transport)), 0,
+                          Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, slots};
+  transport_type = native_transport_type(module, &spec, offsetof(Transport, extra),
+                                         offsetof(Transport, loop));
+  return transport_type != nullptr && tls::ready(module);
 }
 
 }  // namespace uvpy::py

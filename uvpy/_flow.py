@@ -25,6 +25,9 @@ with ``_start_reading()`` (from call_soon, after connection_made()).
 4. The loop's reader on fd is installed iff reading was started and the
    transport is neither paused nor closing; pause_reading() and
    resume_reading() are no-ops where asyncio's are.
+
+report_fatal_error(): the reporting half of every transport's
+``_fatal_error`` (TCP, pipes, datagrams), as asyncio's transports do it.
 """
 
 from __future__ import annotations
@@ -33,9 +36,28 @@ from asyncio.log import logger
 
 from . import _uvpy
 
-__all__ = ("WriteFlowControl", "ReadControl")
+__all__ = ("WriteFlowControl", "ReadControl", "report_fatal_error")
 
 _READ = _uvpy.READABLE
+
+
+def report_fatal_error(transport, exc, message, quiet):
+    """An error the protocol learns of from connection_lost() anyway (quiet:
+    an OSError, say) is logged in debug mode only; any other goes to the
+    loop's exception handler. Closing is the caller's."""
+    loop = transport._loop
+    if loop is None:
+        return
+    if quiet:
+        if loop.get_debug():
+            logger.debug("%r: %s", transport, message, exc_info=True)
+    else:
+        loop.call_exception_handler({
+            "message": message,
+            "exception": exc,
+            "transport": transport,
+            "protocol": transport._protocol,
+        })
 
 
 class WriteFlowControl:

@@ -56,7 +56,7 @@ from asyncio import constants, futures, transports
 from asyncio.log import logger
 
 from . import _uvpy
-from ._flow import ReadControl, WriteFlowControl
+from ._flow import ReadControl, WriteFlowControl, report_fatal_error
 
 __all__ = ("ReadPipeTransport", "WritePipeTransport", "PipeMixin")
 
@@ -128,18 +128,7 @@ class _PipeTransport:
         return self._closing
 
     def _fatal_error(self, exc, message="Fatal error on pipe transport"):
-        # An error the protocol learns of from connection_lost() anyway
-        # (_quiet) is only logged in debug mode, as asyncio does.
-        if self._quiet(exc):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler({
-                "message": message,
-                "exception": exc,
-                "transport": self,
-                "protocol": self._protocol,
-            })
+        report_fatal_error(self, exc, message, self._quiet(exc))
         self._close(exc)
 
     def _schedule_connection_lost(self, exc):

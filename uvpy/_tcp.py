@@ -45,6 +45,7 @@ from asyncio import base_events, constants, futures, staggered, tasks, trsock
 from asyncio.log import logger
 
 from . import _uvpy
+from ._flow import report_fatal_error
 from ._server import Server
 
 __all__ = ("TCPTransport", "TCPMixin")
@@ -162,17 +163,7 @@ class TCPTransport(_uvpy.TransportCore):
     def _fatal_error(self, exc, message="Fatal error on transport"):
         # Called by the native core for I/O errors and failing protocol
         # callbacks; OSErrors are the peer's doing and only logged in debug.
-        loop = self._loop
-        if isinstance(exc, OSError):
-            if loop is not None and loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        elif loop is not None:
-            loop.call_exception_handler({
-                "message": message,
-                "exception": exc,
-                "transport": self,
-                "protocol": self._protocol,
-            })
+        report_fatal_error(self, exc, message, isinstance(exc, OSError))
         self._force_close(exc)
 
 

@@ -56,7 +56,7 @@ from asyncio import base_events, constants, futures, transports, trsock
 from asyncio.log import logger
 
 from . import _uvpy
-from ._flow import ReadControl, WriteFlowControl
+from ._flow import ReadControl, WriteFlowControl, report_fatal_error
 
 __all__ = ("DatagramTransport", "DatagramMixin")
 
@@ -308,16 +308,7 @@ class DatagramTransport(_uvpy.DatagramCore, ReadControl, WriteFlowControl, trans
     # -- ending ----------------------------------------------------------------------
 
     def _fatal_error(self, exc, message="Fatal error on transport"):
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler({
-                "message": message,
-                "exception": exc,
-                "transport": self,
-                "protocol": self._protocol,
-            })
+        report_fatal_error(self, exc, message, isinstance(exc, OSError))
         self._force_close(exc)
 
     def _force_close(self, exc):

@@ -145,6 +145,16 @@ def collect():
         gc.collect()
 
 
+def has_ipv6(kind=socket.SOCK_STREAM):
+    """Whether a socket of this type can bind to ::1 here."""
+    try:
+        with socket.socket(socket.AF_INET6, kind) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     s = socket.socket()

@@ -10,20 +10,11 @@ import socket
 
 import pytest
 
-from conftest import active_connections, collect, open_fds
+from conftest import active_connections, collect, has_ipv6, open_fds
 
 
 def run(loop, coro):
     return loop.run_until_complete(coro)
-
-
-def has_ipv6():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 class Recorder(asyncio.Protocol):

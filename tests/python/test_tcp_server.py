@@ -11,7 +11,7 @@ import pytest
 
 import uvpy
 
-from conftest import collect, free_port, open_fds
+from conftest import collect, free_port, has_ipv6, open_fds
 
 
 def run(loop, coro):
@@ -42,15 +42,6 @@ class Client(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.lost.set_result(exc)
-
-
-def has_ipv6():
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 async def echo_roundtrip(loop, addr, payload=b"ping"):

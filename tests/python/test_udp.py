@@ -17,7 +17,7 @@ import pytest
 DGRAM_EXPECTED = ("A datagram socket was expected" if sys.version_info >= (3, 13)
                   else "A UDP Socket was expected")
 
-from conftest import collect, open_fds
+from conftest import collect, has_ipv6, open_fds
 
 
 def run(loop, coro):
@@ -27,15 +27,6 @@ def run(loop, coro):
 def fds_after_warmup(loop):
     run(loop, asyncio.sleep(0))  # a loop's first run makes its own fds
     return open_fds()
-
-
-def has_ipv6():
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
 
 
 class Recorder(asyncio.DatagramProtocol):
@@ -117,7 +108,7 @@ def test_round_trip_ipv4(loop):
     _round_trip(loop, "127.0.0.1", socket.AF_INET)
 
 
-@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 loopback on this machine")
+@pytest.mark.skipif(not has_ipv6(socket.SOCK_DGRAM), reason="no IPv6 loopback on this machine")
 def test_round_trip_ipv6(loop):
     _round_trip(loop, "::1", socket.AF_INET6)
 
@@ -397,7 +388,7 @@ def test_alternating_peers_each_get_their_own_address(loop, host):
     sender's address (as getsockname() spells it), and the server sends back
     to that address given as the object it got, an equal new tuple, and (for
     IPv6) the 2-tuple form: each peer gets exactly its own datagrams."""
-    if host == "::1" and not has_ipv6():
+    if host == "::1" and not has_ipv6(socket.SOCK_DGRAM):
         pytest.skip("no IPv6 loopback on this machine")
     rounds = 3
 

@@ -227,11 +227,18 @@ PyObject* LoopCore_stop(PyObject* self, PyObject*) {
   Py_RETURN_NONE;
 }
 
-// Drops the GIL around the blocking poll, and only there.
+// Drops the GIL around the blocking poll, and only there. After each poll,
+// Python-level signal handlers (signal.signal, Runner's SIGINT handler) run
+// before any callback: the signal's wakeup fd is what ended the poll, and a
+// handler that raises (KeyboardInterrupt, an alarm's exception) ends
+// run_forever with that exception as it ends asyncio's select(), instead of
+// running inside whichever callback happens to execute bytecode first. Only
+// the main thread runs them: elsewhere PyErr_CheckSignals returns 0 at once.
 struct GilRelease final : loop::BlockingScope {
   PyThreadState* state = nullptr;
   void enter() override { state = PyEval_SaveThread(); }
   void leave() override { PyEval_RestoreThread(state); }
+  bool proceed() override { return PyErr_CheckSignals() >= 0; }
 };
 
 // The loop proper. uvpy/_loop.py's run_forever() wraps it with asyncio's
@@ -252,13 +259,6 @@ PyObject* LoopCore_run_forever_native(PyObject* self, PyObject*) {
   for (;;) {
     loop->reactor->set_spin_ns(exec_spin_ns(loop));
     if (loop->reactor->run_once(&gil) < 0) {
-      result = nullptr;
-      break;
-    }
-    // Python-level signal handlers (Ctrl-C) run here; the signal's wakeup
-    // fd is what interrupted the poll.
-    // (Only the main thread runs them: elsewhere this returns 0 at once.)
-    if (PyErr_CheckSignals() < 0) {
       result = nullptr;
       break;
     }

@@ -201,7 +201,12 @@ bool Reactor::spin_for_post() {
 }
 
 int Reactor::run_once(BlockingScope* scope) {
-  // 1-2. Wait. Only this phase may run without the GIL.
+  // 1-2. Wait. Only this phase may run without the GIL. An iteration that
+  // the scope ended after its poll already queued what that poll found.
+  if (resume_) {
+    resume_ = false;
+    return ready_.drain();
+  }
   int timeout = compute_timeout();
   if (timeout != 0 && scope != nullptr) {
     scope->enter();
@@ -211,6 +216,7 @@ int Reactor::run_once(BlockingScope* scope) {
   } else {
     backend_->poll(timeout);
   }
+  const bool proceed = scope == nullptr || scope->proceed();
 
   // 3. Work from other threads, ahead of this iteration's I/O and timers.
   drain_inbox();
@@ -227,12 +233,17 @@ int Reactor::run_once(BlockingScope* scope) {
   while (TimerNode* n = timers_.pop_due(limit)) ready_.push_owned(n->cb);
 
   // 6. Callbacks ready at this point; new ones wait for the next iteration.
+  if (!proceed) {
+    resume_ = true;
+    return -1;
+  }
   return ready_.drain();
 }
 
 void Reactor::close() {
   if (closed_) return;
   closed_ = true;
+  resume_ = false;
   ready_.clear();
   timers_.clear();
   for (auto& [fd, w] : watchers_) {

@@ -60,10 +60,19 @@ struct IoWatcher {
   int interest() const { return (reader ? kReadable : 0) | (writer ? kWritable : 0); }
 };
 
-// Lets the caller drop and retake a lock (the GIL) around the blocking poll.
+// Lets the caller drop and retake a lock (the GIL) around the blocking poll,
+// and end an iteration between its poll and its callbacks.
 struct BlockingScope {
   virtual void enter() = 0;
   virtual void leave() = 0;
+  // Called after every poll (blocking or not) with the lock held. False ends
+  // the iteration once what the poll found is queued (phases 3-5): run_once
+  // returns -1 without running a callback, and the next run_once runs the
+  // queued work without polling first, so nothing is lost or reported twice.
+  // The bindings return false when a Python signal handler raised (Ctrl-C
+  // while the loop waits): the exception leaves run_forever before any
+  // callback runs, as it leaves asyncio's select() call.
+  virtual bool proceed() { return true; }
   virtual ~BlockingScope() = default;
 };
 
@@ -132,7 +141,8 @@ class Reactor final : private Backend::Sink {
   void clear_stop() { stopping_ = false; }
 
   // One iteration (see the header comment). Returns 0, or -1 when a ready
-  // callback asked to abort (the rest stay queued).
+  // callback asked to abort (the rest stay queued) or the scope's proceed()
+  // ended the iteration after its poll.
   int run_once(BlockingScope* scope);
 
   size_t ready_count() const { return ready_.size(); }
@@ -191,6 +201,7 @@ class Reactor final : private Backend::Sink {
   double resolution_;
   bool stopping_ = false;
   bool closed_ = false;
+  bool resume_ = false;  // the last iteration ended after its poll: skip the next one
   int64_t spin_ns_ = 0;         // the cap, set by the bindings per iteration
   int64_t spin_budget_ns_ = 0;  // adaptive, see spin_for_post()
   uint32_t spin_probe_ = 0;

@@ -113,3 +113,39 @@ def test_ctrl_c_interrupts_a_loop_blocked_in_poll(loop_name):
         capture_output=True, text=True, timeout=20,
     )
     assert out.stdout.strip() == "interrupted", out.stderr
+
+
+RAISING_HANDLER_PROGRAM = textwrap.dedent(
+    """
+    import asyncio, signal, sys, uvpy
+
+    class Alarm(Exception):
+        pass
+
+    def on_alarm(signum, frame):
+        raise Alarm("from the handler")
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    loop = uvpy.new_event_loop() if sys.argv[1] == "uvpy" else asyncio.new_event_loop()
+    signal.setitimer(signal.ITIMER_REAL, 0.05)
+    try:
+        loop.run_forever()  # nothing scheduled: the alarm ends the poll
+    except Alarm as exc:
+        print("raised:", exc, flush=True)
+    # The loop goes on as before: timers and callbacks still run.
+    print(loop.run_until_complete(asyncio.sleep(0.01, "still running")), flush=True)
+    loop.close()
+    """
+)
+
+
+def test_an_exception_from_a_python_signal_handler_leaves_run_forever(loop_name):
+    # asyncio's select() call raises what the handler raised; a handler must
+    # not run inside whichever loop callback happens to execute next, where
+    # its exception would be logged by the exception handler and swallowed.
+    out = subprocess.run(
+        [sys.executable, "-c", RAISING_HANDLER_PROGRAM, loop_name],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert out.stdout.splitlines() == ["raised: from the handler", "still running"], out.stderr
+    assert "Exception in callback" not in out.stderr, out.stderr

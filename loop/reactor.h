@@ -9,6 +9,8 @@
 //     4. io       ready fds queue their reader, then their writer callback
 //     5. timers   every timer due by now + clock resolution moves to ready
 //     6. ready    run what was ready when this phase began (ReadyQueue::drain)
+//                 unless BlockingScope::proceed() said no after the poll:
+//                 then the next run_once starts here, without phases 1-5
 //
 // Order: asyncio has one FIFO for call_soon and call_soon_threadsafe. Here
 // posted work waits in the inbox, so call_soon() first moves any posted work

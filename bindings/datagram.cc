@@ -244,6 +244,35 @@ loop::Reactor* ring_reactor(Datagram* d) {
   return r != nullptr && !r->closed() ? r : nullptr;
 }
 
+// loop.stats()'s datagram counters, on the loop d belongs to.
+void count_datagram(Datagram* d, bool out, size_t n) {
+  if (d->loop == nullptr || !PyObject_TypeCheck(d->loop, &LoopCoreType)) return;
+  loop::Reactor* r = reinterpret_cast<LoopCore*>(d->loop)->reactor;
+  if (r == nullptr) return;
+  loop::LoopCounters& c = r->counters();
+  if (out) {
+    ++c.datagrams_out;
+    c.datagram_bytes_out += n;
+  } else {
+    ++c.datagrams_in;
+    c.datagram_bytes_in += n;
+  }
+}
+
+// _count(out, nbytes): the same, for the datagrams uvpy/_udp.py sends or
+// receives itself (its slow paths).
+PyObject* Datagram_count(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "_count(out, nbytes)");
+    return nullptr;
+  }
+  const int out = PyObject_IsTrue(args[0]);
+  const Py_ssize_t n = PyLong_AsSsize_t(args[1]);
+  if (out < 0 || (n == -1 && PyErr_Occurred())) return nullptr;
+  count_datagram(D(self), out != 0, static_cast<size_t>(n));
+  Py_RETURN_NONE;
+}
+
 // The next datagram into buf (n >= 0 bytes, sender in ss/len), or -errno
 // (-EAGAIN: nothing now). Held datagrams go first (invariant 7).
 ssize_t next_datagram(Datagram* d, loop::Reactor* r, char* buf, sockaddr_storage* ss,
@@ -287,6 +316,7 @@ PyObject* Datagram_read_ready(PyObject* self, PyObject*) {
       Py_DECREF(r);
       break;
     }
+    count_datagram(d, false, static_cast<size_t>(n));
     PyObject* data = PyBytes_FromStringAndSize(buf, n);
     PyObject* addr = data ? peer_address(d, ss, len) : nullptr;
     if (addr == nullptr) {
@@ -472,7 +502,10 @@ PyObject* Datagram_sendto(PyObject* self, PyObject* const* args, Py_ssize_t narg
   } while (n < 0 && errno == EINTR);
   int err = errno;
   PyBuffer_Release(&view);
-  if (n >= 0) Py_RETURN_NONE;
+  if (n >= 0) {
+    count_datagram(d, true, static_cast<size_t>(n));
+    Py_RETURN_NONE;
+  }
   if (is_again(err)) return call_self(self, str_sendto_blocked, data, addr);
   return error_received(d, err);  // the datagram is dropped, as asyncio drops it
 }
@@ -529,6 +562,7 @@ PyMethodDef Datagram_methods[] = {
     METH("_read_ready", Datagram_read_ready, METH_NOARGS, nullptr),
     METH("_hold_read_ahead", Datagram_hold_read_ahead, METH_NOARGS, nullptr),
     METH("_held_datagrams", Datagram_held_datagrams, METH_NOARGS, nullptr),
+    METH("_count", Datagram_count, METH_FASTCALL, nullptr),
     {nullptr, nullptr, 0, nullptr},
 };
 

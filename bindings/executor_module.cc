@@ -96,8 +96,21 @@ PyObject* blocking_metrics() {
                        (unsigned long long)b.cancelled, "spawned", (unsigned long long)b.spawned);
 }
 
+PyObject* metrics_dict();
+
 PyObject* executor_metrics(PyObject*, PyObject*) {
   if (!ensure_executor()) return nullptr;
+  return metrics_dict();
+}
+
+// _executor_snapshot(): executor_metrics() for loop.stats(), which must not
+// start the pool: None until something has started it.
+PyObject* executor_snapshot(PyObject*, PyObject*) {
+  if (g_exec == nullptr) Py_RETURN_NONE;
+  return metrics_dict();
+}
+
+PyObject* metrics_dict() {
   exec::Executor::Metrics m = g_exec->metrics();
   PyObject* workers = PyList_New(0);
   if (workers == nullptr) return nullptr;
@@ -216,6 +229,7 @@ PyMethodDef functions[] = {
     {"_blocking_shutdown", blocking_shutdown, METH_NOARGS, nullptr},
     {"_executor_after_fork", executor_after_fork, METH_NOARGS, nullptr},
     {"executor_metrics", executor_metrics, METH_NOARGS, "Counters of the native executor."},
+    {"_executor_snapshot", executor_snapshot, METH_NOARGS, nullptr},
     {"executor_workers", executor_workers, METH_NOARGS, "Number of native executor workers."},
     {"_executor_shutdown", executor_shutdown, METH_NOARGS, nullptr},
     {nullptr, nullptr, 0, nullptr},

@@ -265,6 +265,7 @@ PyObject* LoopCore_run_forever_native(PyObject* self, PyObject*) {
     if (loop->reactor->stopping()) break;
   }
   t_running_loop = outer;
+  loop->reactor->mark_idle();
   loop->reactor->clear_stop();
   loop->running = false;
   loop->thread_id = 0;
@@ -390,14 +391,29 @@ PyObject* LoopCore_exec_pending(PyObject* self, PyObject*) {
   return exec_pending(reinterpret_cast<LoopCore*>(self));
 }
 
+// _stats(): the reactor's part of loop.stats() (uvpy/_loop.py adds the
+// transports, the executor and the backend). Counters are loop-thread
+// integers; this runs with the GIL, which the loop thread holds whenever it
+// touches them, so the snapshot is consistent.
 PyObject* LoopCore_stats(PyObject* self, PyObject*) {
   auto* r = reinterpret_cast<LoopCore*>(self)->reactor;
+  const loop::LoopCounters& n = r->counters();
   const loop::BackendCounters c = r->backend_counters();
-  return Py_BuildValue("{s:n,s:n,s:n,s:K,s:K}", "ready", static_cast<Py_ssize_t>(r->ready_count()),
-                       "timers", static_cast<Py_ssize_t>(r->timer_count()), "watchers",
-                       static_cast<Py_ssize_t>(r->watcher_count()), "dgram_ring",
-                       static_cast<unsigned long long>(c.dgram_ring), "dgram_nobufs",
-                       static_cast<unsigned long long>(c.dgram_nobufs));
+  const loop::Reactor::WatcherKinds k = r->watcher_kinds();
+  using ull = unsigned long long;
+  return Py_BuildValue(
+      "{s:K,s:K,s:K,s:K,s:n,s:n,s:{s:n,s:n,s:n,s:n,s:n},s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:K}",
+      "iterations", (ull)n.iterations, "callbacks", (ull)n.callbacks, "poll_ns", (ull)n.poll_ns,
+      "run_ns", (ull)n.run_ns, "ready", static_cast<Py_ssize_t>(r->ready_count()), "timers",
+      static_cast<Py_ssize_t>(r->timer_count()), "watchers", "total",
+      static_cast<Py_ssize_t>(r->watcher_count()), "streams", static_cast<Py_ssize_t>(k.streams),
+      "listeners", static_cast<Py_ssize_t>(k.listeners), "datagrams",
+      static_cast<Py_ssize_t>(k.datagrams), "other", static_cast<Py_ssize_t>(k.other), "accepted",
+      (ull)n.accepted, "stream_bytes_in", (ull)n.stream_bytes_in, "stream_bytes_out",
+      (ull)n.stream_bytes_out, "datagrams_in", (ull)n.datagrams_in, "datagrams_out",
+      (ull)n.datagrams_out, "datagram_bytes_in", (ull)n.datagram_bytes_in, "datagram_bytes_out",
+      (ull)n.datagram_bytes_out, "dgram_ring", (ull)c.dgram_ring, "dgram_nobufs",
+      (ull)c.dgram_nobufs);
 }
 
 // _inject_recv_error(fd, errno) -> bool: a test hook. The next receive the

@@ -89,7 +89,9 @@ void Reactor::clear_io(int fd, int which, Callback* old) {
 
 int Reactor::accept(int fd, sockaddr_storage* addr, socklen_t* len) {
   auto it = watchers_.find(fd);
-  return backend_->accept(it == watchers_.end() ? nullptr : it->second, fd, addr, len);
+  const int conn = backend_->accept(it == watchers_.end() ? nullptr : it->second, fd, addr, len);
+  if (conn >= 0) ++counters_.accepted;
+  return conn;
 }
 
 ssize_t Reactor::recv(int fd, void* buf, size_t len) {
@@ -135,6 +137,17 @@ bool Reactor::has_io(int fd, int which) const {
   auto it = watchers_.find(fd);
   if (it == watchers_.end()) return false;
   return static_cast<bool>(which == kReadable ? it->second->reader : it->second->writer);
+}
+
+Reactor::WatcherKinds Reactor::watcher_kinds() const {
+  WatcherKinds k;
+  for (const auto& [fd, w] : watchers_) {
+    if (w->datagrams) ++k.datagrams;
+    else if (w->accepts) ++k.listeners;
+    else if (w->consume != 0) ++k.streams;
+    else ++k.other;
+  }
+  return k;
 }
 
 void Reactor::on_io(IoWatcher* w, int events) { io_pending_.push_back({w, events}); }
@@ -205,9 +218,12 @@ int Reactor::run_once(BlockingScope* scope) {
   // the scope ended after its poll already queued what that poll found.
   if (resume_) {
     resume_ = false;
-    return ready_.drain();
+    return drain_ready();
   }
   int timeout = compute_timeout();
+  const int64_t poll_start = monotonic_ns();
+  if (poll_end_ns_ != 0) counters_.run_ns += static_cast<uint64_t>(poll_start - poll_end_ns_);
+  end_busy(poll_start);
   if (timeout != 0 && scope != nullptr) {
     scope->enter();
     if (spin_ns_ > 0 && spin_for_post()) timeout = 0;
@@ -216,6 +232,10 @@ int Reactor::run_once(BlockingScope* scope) {
   } else {
     backend_->poll(timeout);
   }
+  poll_end_ns_ = monotonic_ns();
+  beacon_.since.store(poll_end_ns_, std::memory_order_relaxed);
+  counters_.poll_ns += static_cast<uint64_t>(poll_end_ns_ - poll_start);
+  ++counters_.iterations;
   const bool proceed = scope == nullptr || scope->proceed();
 
   // 3. Work from other threads, ahead of this iteration's I/O and timers.
@@ -228,8 +248,9 @@ int Reactor::run_once(BlockingScope* scope) {
   }
   io_pending_.clear();
 
-  // 5. Timers due within the clock's resolution, like asyncio's end_time.
-  const double limit = time() + resolution_;
+  // 5. Timers due within the clock's resolution, like asyncio's end_time
+  // (the clock read that ended phase 2 is "now").
+  const double limit = static_cast<double>(poll_end_ns_) * 1e-9 + resolution_;
   while (TimerNode* n = timers_.pop_due(limit)) ready_.push_owned(n->cb);
 
   // 6. Callbacks ready at this point; new ones wait for the next iteration.
@@ -237,8 +258,20 @@ int Reactor::run_once(BlockingScope* scope) {
     resume_ = true;
     return -1;
   }
-  return ready_.drain();
+  return drain_ready();
 }
+
+void Reactor::end_busy(int64_t now) {
+  const int64_t since = beacon_.since.load(std::memory_order_relaxed);
+  if (since == 0) return;
+  if (now - since >= beacon_.long_ns.load(std::memory_order_relaxed)) {
+    beacon_.last_long_end.store(now, std::memory_order_relaxed);
+    beacon_.last_long_start.store(since, std::memory_order_release);
+  }
+  beacon_.since.store(0, std::memory_order_release);
+}
+
+int Reactor::drain_ready() { return ready_.drain(&counters_.callbacks); }
 
 void Reactor::close() {
   if (closed_) return;

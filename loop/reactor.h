@@ -35,6 +35,7 @@
 
 #include "backend.h"
 #include "callback.h"
+#include "clock.h"
 #include "ready_queue.h"
 #include "timer_heap.h"
 
@@ -60,6 +61,23 @@ struct IoWatcher {
   bool socket = false;
 
   int interest() const { return (reader ? kReadable : 0) | (writer ? kWritable : 0); }
+};
+
+// Counters of the loop's own work, read by loop.stats(). Loop thread only:
+// plain integers, incremented where the work is done, so keeping them costs
+// an add each (and one clock read per iteration for the time split).
+struct LoopCounters {
+  uint64_t iterations = 0;
+  uint64_t callbacks = 0;  // ready callbacks run (phase 6): handles, timers, I/O
+  uint64_t poll_ns = 0;    // time in phase 2, waiting or not
+  uint64_t run_ns = 0;     // time from the end of one poll to the start of the next
+  uint64_t accepted = 0;   // connections taken through accept()
+  uint64_t stream_bytes_in = 0;  // loop::Stream reads and writes (TCP, Unix,
+  uint64_t stream_bytes_out = 0;  // pipes; TLS counts its records)
+  uint64_t datagrams_in = 0;  // counted by the datagram transport
+  uint64_t datagrams_out = 0;
+  uint64_t datagram_bytes_in = 0;
+  uint64_t datagram_bytes_out = 0;
 };
 
 // Lets the caller drop and retake a lock (the GIL) around the blocking poll,
@@ -142,6 +160,35 @@ class Reactor final : private Backend::Sink {
   bool stopping() const { return stopping_; }
   void clear_stop() { stopping_ = false; }
 
+  // fd watchers by what watches them, for loop.stats().
+  struct WatcherKinds {
+    size_t streams = 0;    // a consuming reader or writer (native stream transports)
+    size_t listeners = 0;  // an accepting reader
+    size_t datagrams = 0;  // a datagram transport's reader
+    size_t other = 0;      // add_reader/add_writer, sock_* waits, Python transports
+  };
+  WatcherKinds watcher_kinds() const;
+
+  LoopCounters& counters() { return counters_; }
+  const LoopCounters& counters() const { return counters_; }
+
+  // The watchdog's view of this loop (watchdog.h): busy_since is the
+  // monotonic time in ns at which the current iteration's poll ended, or 0
+  // while the loop polls or is not running; the loop thread stores it twice
+  // per iteration (relaxed: a watchdog needs the value, not ordering with
+  // anything else). A busy spell that lasted at least long_ns is recorded
+  // at its end, exactly, in last_long (its start and end), so a watchdog
+  // that sampled the stall can report its true duration. mark_idle() is the
+  // caller's "run_forever returned", which also ends a busy spell.
+  struct BusyBeacon {
+    std::atomic<int64_t> since{0};
+    std::atomic<int64_t> long_ns{INT64_MAX};
+    std::atomic<int64_t> last_long_start{0};
+    std::atomic<int64_t> last_long_end{0};
+  };
+  BusyBeacon* beacon() { return &beacon_; }
+  void mark_idle() { end_busy(monotonic_ns()); }
+
   // One iteration (see the header comment). Returns 0, or -1 when a ready
   // callback asked to abort (the rest stay queued) or the scope's proceed()
   // ended the iteration after its poll.
@@ -189,6 +236,7 @@ class Reactor final : private Backend::Sink {
   int compute_timeout();
   bool spin_for_post();
   void drain_inbox();
+  int drain_ready();
   void forget_if_idle(IoWatcher* w);
 
   std::unique_ptr<Backend> backend_;
@@ -204,6 +252,10 @@ class Reactor final : private Backend::Sink {
   bool stopping_ = false;
   bool closed_ = false;
   bool resume_ = false;  // the last iteration ended after its poll: skip the next one
+  LoopCounters counters_;
+  int64_t poll_end_ns_ = 0;  // when the last poll ended (0: none yet)
+  BusyBeacon beacon_;
+  void end_busy(int64_t now);
   int64_t spin_ns_ = 0;         // the cap, set by the bindings per iteration
   int64_t spin_budget_ns_ = 0;  // adaptive, see spin_for_post()
   uint32_t spin_probe_ = 0;

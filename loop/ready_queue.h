@@ -9,6 +9,7 @@
 // can never starve I/O.
 #pragma once
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "callback.h"
@@ -37,12 +38,14 @@ class ReadyQueue {
     ++size_;
   }
 
-  // Runs the callbacks present at entry, in order. Returns 0, or -1 as soon
-  // as one callback returns -1; the ones not yet run stay queued.
-  int drain() {
+  // Runs the callbacks present at entry, in order, adding each one run to
+  // *ran. Returns 0, or -1 as soon as one callback returns -1; the ones not
+  // yet run stay queued.
+  int drain(uint64_t* ran) {
     size_t n = size_;
     while (n-- > 0) {
       Callback cb = pop();
+      ++*ran;
       int rc = cb.run();
       cb.release();
       if (rc < 0) return -1;

@@ -112,6 +112,7 @@ int Stream::on_readable() {
   size_t len;
   if (int rc = owner_->read_buffer(&buf, &len); rc <= 0) return rc;
   ssize_t n = read_some(buf, len);
+  if (n > 0) reactor_->counters().stream_bytes_in += static_cast<uint64_t>(n);
   if (n == -EAGAIN) return owner_->on_read(-EAGAIN);
   if (n <= 0) stop_reading();
   return owner_->on_read(n);
@@ -135,7 +136,10 @@ ssize_t Stream::send_iov(const struct iovec* iov, int count) {
     } else {
       n = ::writev(fd_, iov, count);
     }
-    if (n >= 0) return n;
+    if (n >= 0) {
+      reactor_->counters().stream_bytes_out += static_cast<uint64_t>(n);
+      return n;
+    }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return -EAGAIN;
     return -errno;
@@ -249,7 +253,10 @@ int Stream::on_writable() {
       discard_writes();
       return owner_->on_write_error(static_cast<int>(-n));
     }
-    if (n > 0) consume(static_cast<size_t>(n));
+    if (n > 0) {
+      reactor_->counters().stream_bytes_out += static_cast<uint64_t>(n);
+      consume(static_cast<size_t>(n));
+    }
   } else if (queued_ > 0 && (start_send(), !send_inflight_)) {
     // Readiness (or the backend is busy with a cancelled send, whose end
     // wakes us again): send ourselves.

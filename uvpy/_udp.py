@@ -223,6 +223,7 @@ class DatagramTransport(_uvpy.DatagramCore, ReadControl, WriteFlowControl, trans
             except BaseException as exc:
                 self._fatal_error(exc, "Fatal read error on datagram transport")
                 return
+            self._count(False, len(data))
             self._protocol.datagram_received(data, addr)
 
     # -- sending ---------------------------------------------------------------------
@@ -252,6 +253,7 @@ class DatagramTransport(_uvpy.DatagramCore, ReadControl, WriteFlowControl, trans
                     self._sock.send(data)
                 else:
                     self._sock.sendto(data, addr)
+                self._count(True, memoryview(data).nbytes)
                 return
             except (BlockingIOError, InterruptedError):
                 self._start_writing()
@@ -286,6 +288,7 @@ class DatagramTransport(_uvpy.DatagramCore, ReadControl, WriteFlowControl, trans
                     self._sock.send(data)
                 else:
                     self._sock.sendto(data, addr)
+                self._count(True, len(data))
             except (BlockingIOError, InterruptedError):
                 buffer.appendleft((data, addr))  # whole, on the next wakeup
                 self._buffer_size += len(data) + _HEADER_SIZE

@@ -16,7 +16,9 @@ TEST_CASE("ready queue runs FIFO and grows past its initial capacity", "[ready]"
     q.push(probes.back()->cb());
   }
   REQUIRE(q.size() == 1000);
-  REQUIRE(q.drain() == 0);
+  uint64_t ran = 0;
+  REQUIRE(q.drain(&ran) == 0);
+  REQUIRE(ran == 1000);
   REQUIRE(order.size() == 1000);
   for (int i = 0; i < 1000; ++i) REQUIRE(order[i] == i);
   for (auto& p : probes) REQUIRE(p->refs == 0);
@@ -51,12 +53,15 @@ TEST_CASE("a callback returning -1 aborts the drain and keeps the rest queued", 
   q.push(ok1.cb());
   q.push(boom.cb());
   q.push(ok2.cb());
-  REQUIRE(q.drain() == -1);
+  uint64_t ran = 0;
+  REQUIRE(q.drain(&ran) == -1);
+  REQUIRE(ran == 2);  // the aborting callback counts: it ran
   REQUIRE(ok1.runs == 1);
   REQUIRE(boom.runs == 1);
   REQUIRE(ok2.runs == 0);
   REQUIRE(q.size() == 1);
-  REQUIRE(q.drain() == 0);
+  REQUIRE(q.drain(&ran) == 0);
+  REQUIRE(ran == 3);
   REQUIRE(ok2.runs == 1);
   REQUIRE(ok1.refs + boom.refs + ok2.refs == 0);
 }

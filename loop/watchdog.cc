@@ -1,0 +1,74 @@
+// watchdog.cc — see watchdog.h for the rules.
+#include "watchdog.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "clock.h"
+
+namespace uvpy::loop {
+
+Watchdog::Watchdog(Reactor::BusyBeacon* beacon, int64_t threshold_ns, int64_t linger_ns,
+                   Hooks hooks)
+    : beacon_(beacon),
+      threshold_ns_(threshold_ns),
+      linger_ns_(std::max(linger_ns, threshold_ns)),
+      hooks_(std::move(hooks)) {
+  beacon_->long_ns.store(threshold_ns_, std::memory_order_relaxed);
+  thread_ = std::thread([this] { run(); });
+}
+
+Watchdog::~Watchdog() { stop(); }
+
+void Watchdog::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_ && !thread_.joinable()) return;
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  beacon_->long_ns.store(INT64_MAX, std::memory_order_relaxed);
+}
+
+void Watchdog::run() {
+  // Rule 3.
+  const int64_t period = std::clamp<int64_t>(threshold_ns_ / 4, 1'000'000, 250'000'000);
+  int64_t stall = 0;  // the `since` value of the stall being reported, 0: none
+  bool lingered = false;
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait_for(lock, std::chrono::nanoseconds(period), [this] { return stopping_; });
+    if (stopping_) {
+      // A stall still open ends with the watching (rule 2: every stalled()
+      // gets its ended()).
+      lock.unlock();
+      if (stall != 0 && hooks_.ended) hooks_.ended(stall, monotonic_ns());
+      return;
+    }
+    lock.unlock();
+    const int64_t since = beacon_->since.load(std::memory_order_acquire);
+    const int64_t now = monotonic_ns();
+    if (stall != 0 && since != stall) {
+      // Rule 2: the stall is over. The reactor recorded its exact end if it
+      // was a long spell that ended in a poll or mark_idle().
+      int64_t end = now;
+      if (beacon_->last_long_start.load(std::memory_order_acquire) == stall) {
+        end = beacon_->last_long_end.load(std::memory_order_relaxed);
+      }
+      if (hooks_.ended) hooks_.ended(stall, end);
+      stall = 0;
+    }
+    if (stall == 0 && since != 0 && now - since >= threshold_ns_) {
+      stall = since;
+      lingered = false;
+      if (hooks_.stalled) hooks_.stalled(stall);
+    } else if (stall != 0 && !lingered && now - stall >= linger_ns_) {
+      lingered = true;
+      if (hooks_.lingering) hooks_.lingering(stall);
+    }
+    lock.lock();
+  }
+}
+
+}  // namespace uvpy::loop

@@ -136,10 +136,17 @@ int run(void* obj) {
   auto* h = static_cast<Handle*>(obj);
   // Cleared by the GC (tp_clear) while still queued: nothing left to call.
   if (h->cancelled || h->callback == nullptr || h->loop == nullptr) return 0;
-  if (!h->loop->debug) return call_in_context(h);
-  // Debug mode: warn about callbacks slower than slow_callback_duration.
+  // current_handle names what runs, for the watchdog (watchdog.cc) and
+  // debug reports.
   PyObject* outer = h->loop->current_handle;
   h->loop->current_handle = reinterpret_cast<PyObject*>(h);
+  if (!h->loop->debug && !h->loop->warn_slow) {
+    const int rc = call_in_context(h);
+    h->loop->current_handle = outer;
+    return rc;
+  }
+  // Debug mode, or warn_slow_callbacks: warn about callbacks slower than
+  // slow_callback_duration (two clock reads per callback).
   double t0 = loop::monotonic_now();
   int rc = call_in_context(h);
   double dt = loop::monotonic_now() - t0;

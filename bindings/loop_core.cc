@@ -273,6 +273,7 @@ PyObject* LoopCore_run_forever_native(PyObject* self, PyObject*) {
 }
 
 PyObject* LoopCore_close_native(PyObject* self, PyObject*) {
+  stop_watchdog(reinterpret_cast<LoopCore*>(self));
   close_exec_port(reinterpret_cast<LoopCore*>(self));
   reinterpret_cast<LoopCore*>(self)->reactor->close();
   Py_RETURN_NONE;
@@ -448,6 +449,24 @@ PyObject* LoopCore_get_current_handle(PyObject* self, void*) {
   return Py_NewRef(h ? h : Py_None);
 }
 
+PyObject* LoopCore_get_warn_slow(PyObject* self, void*) {
+  return PyBool_FromLong(reinterpret_cast<LoopCore*>(self)->warn_slow);
+}
+
+int LoopCore_set_warn_slow(PyObject* self, PyObject* value, void*) {
+  if (value == nullptr) {
+    PyErr_SetString(PyExc_AttributeError, "cannot delete warn_slow_callbacks");
+    return -1;
+  }
+  if (!PyBool_Check(value)) {
+    PyErr_Format(PyExc_TypeError, "warn_slow_callbacks must be a bool, not %.100s",
+                 Py_TYPE(value)->tp_name);
+    return -1;
+  }
+  reinterpret_cast<LoopCore*>(self)->warn_slow = value == Py_True;
+  return 0;
+}
+
 PyObject* LoopCore_get_slow(PyObject* self, void*) {
   return PyFloat_FromDouble(reinterpret_cast<LoopCore*>(self)->slow_callback_duration);
 }
@@ -529,6 +548,7 @@ void LoopCore_dealloc(PyObject* self) {
   PyObject_GC_UnTrack(self);
   if (loop->weakreflist) PyObject_ClearWeakRefs(self);
   // Closing releases queued handles, which may run arbitrary __del__ code.
+  stop_watchdog(loop);
   close_exec_port(loop);
   delete loop->reactor;
   loop->reactor = nullptr;
@@ -576,8 +596,8 @@ PyMethodDef LoopCore_methods[] = {
     {"_accept", LoopCore_accept, METH_O, nullptr},
     {"_call_handle", LoopCore_call_handle, METH_O, nullptr},
     {"_exec_pending", LoopCore_exec_pending, METH_NOARGS, nullptr},
-    {"_stats", LoopCore_stats, METH_NOARGS,
-     "Counts of ready callbacks, timers and fd watchers, and the backend's event counters."},
+    {"_stats", LoopCore_stats, METH_NOARGS, "The reactor's part of loop.stats()."},
+    FAST("_set_watchdog", LoopCore_set_watchdog, nullptr),
     FAST("_inject_recv_error", LoopCore_inject_recv_error, nullptr),
     {nullptr, nullptr, 0, nullptr},
 };
@@ -587,7 +607,10 @@ PyGetSetDef LoopCore_getset[] = {
     {"_thread_id", LoopCore_get_thread_id, nullptr, nullptr, nullptr},
     {"_current_handle", LoopCore_get_current_handle, nullptr, nullptr, nullptr},
     {"slow_callback_duration", LoopCore_get_slow, LoopCore_set_slow,
-     "Debug mode logs callbacks that run longer than this many seconds.", nullptr},
+     "Debug mode (or warn_slow_callbacks) logs callbacks that run longer than this many seconds.",
+     nullptr},
+    {"warn_slow_callbacks", LoopCore_get_warn_slow, LoopCore_set_warn_slow,
+     "Log callbacks slower than slow_callback_duration without debug mode.", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 

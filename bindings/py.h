@@ -41,10 +41,12 @@ struct LoopCore {
   PyObject* weakreflist;
   unsigned long thread_id;  // of the thread running the loop, 0 if none
   double slow_callback_duration;
-  PyObject* current_handle;  // borrowed; set while a handle runs in debug mode
+  PyObject* current_handle;  // borrowed; set while a Handle runs
   void* exec_port;           // executor_port.cc's per-loop Port, lazily made
+  void* watchdog;            // watchdog.cc's state while watched, else NULL
   bool debug;
   bool running;
+  bool warn_slow;  // report slow Handles without debug mode (handle.cc)
 };
 
 // The uvpy loop running on this thread (set by _run_forever_native), or
@@ -125,6 +127,10 @@ PyObject* peer_address(const sockaddr_storage& ss, socklen_t len);
 bool ready_acceptor(PyObject* module);
 bool init_executor(PyObject* module);
 void close_exec_port(LoopCore* loop);
+// watchdog.cc: stops the loop's watchdog, if any (GIL held; released
+// around the join).
+void stop_watchdog(LoopCore* loop);
+PyObject* LoopCore_set_watchdog(PyObject* self, PyObject* const* args, Py_ssize_t nargs);
 PyObject* exec_pending(LoopCore* loop);
 // How long the loop should spin for completions before blocking (ns).
 int64_t exec_spin_ns(LoopCore* loop);

@@ -25,6 +25,7 @@ from ._executor import (
     parallel_for,
 )
 from ._loop import Loop
+from ._watchdog import StallReport, Watchdog, watchdog
 from ._uvpy import Handle, TimerHandle, __version__
 
 __all__ = (
@@ -45,6 +46,9 @@ __all__ = (
     "kernels",
     "get_include",
     "configure_executor",
+    "watchdog",
+    "Watchdog",
+    "StallReport",
 )
 
 

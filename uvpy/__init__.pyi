@@ -1,6 +1,7 @@
 import asyncio
 import concurrent.futures
 import contextvars
+import traceback
 from collections.abc import Callable, Coroutine
 from typing import Any, Literal, TypeAlias, TypeVar, TypeVarTuple, Unpack
 
@@ -28,11 +29,12 @@ class Handle:
 class TimerHandle(Handle):
     def when(self) -> float: ...
 
-class Loop(asyncio.AbstractEventLoop):  # type: ignore[misc]  # UDP/Unix/pipes/subprocess/TLS land after #3
+class Loop(asyncio.AbstractEventLoop):  # type: ignore[misc]
     # uvpy's handles are native types with asyncio.Handle's API, not subclasses.
     """An asyncio event loop on uvpy's native reactor."""
 
     slow_callback_duration: float
+    warn_slow_callbacks: bool
     @property
     def backend(self) -> Literal["io_uring", "libuv"]: ...
     def __init__(self, backend: _BackendName | None = None) -> None: ...
@@ -57,11 +59,46 @@ class Loop(asyncio.AbstractEventLoop):  # type: ignore[misc]  # UDP/Unix/pipes/s
         context: contextvars.Context | None = None,
     ) -> TimerHandle: ...
     def time(self) -> float: ...
-    def _stats(self) -> dict[str, int]: ...
+    def stats(self) -> dict[str, Any]: ...
+    def _stats(self) -> dict[str, Any]: ...
 
 class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
     def __init__(self, backend: _BackendName | None = None) -> None: ...
 
+class StallReport:
+    started: float
+    duration: float
+    finished: bool
+    threshold: float
+    stack: traceback.StackSummary | None
+    task: str | None
+    handle: str | None
+    def format(self) -> str: ...
+
+class Watchdog:
+    threshold: float
+    linger: float
+    callback: Callable[[StallReport], object] | None
+    reports: int
+    def __init__(
+        self,
+        loop: Loop,
+        threshold: float = 0.1,
+        callback: Callable[[StallReport], object] | None = None,
+        *,
+        linger: float | None = None,
+    ) -> None: ...
+    def stop(self) -> None: ...
+    def __enter__(self) -> Watchdog: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+def watchdog(
+    loop: Loop | None = None,
+    threshold: float = 0.1,
+    callback: Callable[[StallReport], object] | None = None,
+    *,
+    linger: float | None = None,
+) -> Watchdog: ...
 def new_event_loop(backend: _BackendName | None = None) -> Loop: ...
 def backends() -> dict[Literal["libuv", "io_uring"], str | None]: ...
 def install(backend: _BackendName | None = None) -> None: ...

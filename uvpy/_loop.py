@@ -233,6 +233,25 @@ class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixi
             sys.set_coroutine_origin_tracking_depth(self._coroutine_origin_tracking_saved_depth)
         self._coroutine_origin_tracking_enabled = enabled
 
+    # -- introspection -------------------------------------------------------------
+
+    def stats(self):
+        """A snapshot of the loop's own counters, cheap enough to take every
+        second (docs/loop.md, "Stats"). Counters only grow; the rest are the
+        sizes and states at the moment of the call."""
+        stats = self._stats()
+        stats["backend"] = self.backend
+        transports = {}
+        for ref in list(self._transports.values()):
+            transport = ref()
+            if transport is not None and not transport.is_closing():
+                kind = type(transport).__name__
+                transports[kind] = transports.get(kind, 0) + 1
+        stats["transports"] = transports
+        # The native executor, if anything started it (stats() never does).
+        stats["executor"] = _uvpy._executor_snapshot()
+        return stats
+
     # -- futures and tasks -------------------------------------------------------
 
     def create_future(self):

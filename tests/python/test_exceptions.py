@@ -10,6 +10,9 @@ import time
 
 import pytest
 
+import uvpy
+from conftest import LOOP_FACTORIES
+
 
 def run_once(loop):
     loop.call_soon(loop.stop)
@@ -166,3 +169,51 @@ def test_pythonasynciodebug_env(loop_name, env, expected):
     environ = dict(os.environ, PYTHONASYNCIODEBUG=env)
     out = subprocess.run([sys.executable, "-c", code], env=environ, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+def test_warn_slow_callbacks_logs_task_steps_as_debug_mode_does_without_it(loop_name, caplog):
+    # uvpy's opt-in: the stock loop's debug-mode report (the oracle, taken
+    # with debug on) from a uvpy loop with debug off.
+    loop = LOOP_FACTORIES[loop_name]()
+    try:
+        if loop_name == "uvpy":
+            assert loop.warn_slow_callbacks is False
+            loop.warn_slow_callbacks = True
+        else:
+            loop.set_debug(True)
+        loop.slow_callback_duration = 0.01
+
+        async def slow_step():
+            time.sleep(0.03)
+
+        with caplog.at_level(logging.WARNING, logger="asyncio"):
+            loop.run_until_complete(loop.create_task(slow_step(), name="slow-one"))
+        msgs = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+        slow = [m for m in msgs if m.startswith("Executing <Task")]
+        assert len(slow) == 1, msgs
+        assert "name='slow-one'" in slow[0] and "slow_step()" in slow[0]
+        assert float(slow[0].rsplit("took ", 1)[1].split()[0]) >= 0.03
+        if loop_name == "uvpy":
+            assert loop.get_debug() is False
+    finally:
+        loop.close()
+
+
+def test_warn_slow_callbacks_is_off_by_default_and_a_bool():
+    loop = uvpy.new_event_loop()
+    try:
+        assert loop.warn_slow_callbacks is False
+        with pytest.raises(TypeError, match="warn_slow_callbacks must be a bool"):
+            loop.warn_slow_callbacks = 1
+        loop.slow_callback_duration = 0.0
+        records = []
+        handler = logging.Handler()
+        handler.emit = records.append
+        logging.getLogger("asyncio").addHandler(handler)
+        try:
+            loop.run_until_complete(asyncio.sleep(0))
+        finally:
+            logging.getLogger("asyncio").removeHandler(handler)
+        assert not [r for r in records if r.getMessage().startswith("Executing")]
+    finally:
+        loop.close()

@@ -174,10 +174,11 @@ void Reactor::drain_inbox() {
   inbox_swap_.clear();
 }
 
-int Reactor::compute_timeout() {
+int Reactor::compute_timeout(int64_t* now_ns) {
   if (!ready_.empty() || stopping_ || armed_.load(std::memory_order_acquire)) return 0;
   if (timers_.empty()) return -1;
-  double delay = timers_.next_when() - time();
+  *now_ns = monotonic_ns();
+  double delay = timers_.next_when() - static_cast<double>(*now_ns) * 1e-9;
   // Written so a NaN deadline counts as due, as in asyncio (max(0, nan) is
   // 0): cast to int, NaN would become a negative timeout, i.e. "forever".
   if (!(delay > 0)) return 0;
@@ -220,10 +221,18 @@ int Reactor::run_once(BlockingScope* scope) {
     resume_ = false;
     return drain_ready();
   }
-  int timeout = compute_timeout();
-  const int64_t poll_start = monotonic_ns();
-  if (poll_end_ns_ != 0) counters_.run_ns += static_cast<uint64_t>(poll_start - poll_end_ns_);
-  end_busy(poll_start);
+  // The clock is read before a poll only when the poll may block (or
+  // compute_timeout() read it anyway): a busy loop pays one read per
+  // iteration, the one phase 5 needs.
+  int64_t poll_start = 0;
+  int timeout = compute_timeout(&poll_start);
+  end_busy();
+  if (timeout == 0) {
+    poll_start = 0;
+  } else {
+    if (poll_start == 0) poll_start = monotonic_ns();
+    if (poll_end_ns_ != 0) counters_.run_ns += static_cast<uint64_t>(poll_start - poll_end_ns_);
+  }
   if (timeout != 0 && scope != nullptr) {
     scope->enter();
     if (spin_ns_ > 0 && spin_for_post()) timeout = 0;
@@ -232,9 +241,15 @@ int Reactor::run_once(BlockingScope* scope) {
   } else {
     backend_->poll(timeout);
   }
-  poll_end_ns_ = monotonic_ns();
-  beacon_.since.store(poll_end_ns_, std::memory_order_relaxed);
-  counters_.poll_ns += static_cast<uint64_t>(poll_end_ns_ - poll_start);
+  // A poll that could not block counts as running: the loop had work.
+  const int64_t poll_end = monotonic_ns();
+  if (poll_start != 0) {
+    counters_.poll_ns += static_cast<uint64_t>(poll_end - poll_start);
+  } else if (poll_end_ns_ != 0) {
+    counters_.run_ns += static_cast<uint64_t>(poll_end - poll_end_ns_);
+  }
+  poll_end_ns_ = poll_end;
+  beacon_.since.store(poll_end, std::memory_order_relaxed);
   ++counters_.iterations;
   const bool proceed = scope == nullptr || scope->proceed();
 
@@ -250,7 +265,7 @@ int Reactor::run_once(BlockingScope* scope) {
 
   // 5. Timers due within the clock's resolution, like asyncio's end_time
   // (the clock read that ended phase 2 is "now").
-  const double limit = static_cast<double>(poll_end_ns_) * 1e-9 + resolution_;
+  const double limit = static_cast<double>(poll_end) * 1e-9 + resolution_;
   while (TimerNode* n = timers_.pop_due(limit)) ready_.push_owned(n->cb);
 
   // 6. Callbacks ready at this point; new ones wait for the next iteration.
@@ -261,17 +276,15 @@ int Reactor::run_once(BlockingScope* scope) {
   return drain_ready();
 }
 
-void Reactor::end_busy(int64_t now) {
-  const int64_t since = beacon_.since.load(std::memory_order_relaxed);
-  if (since == 0) return;
-  if (now - since >= beacon_.long_ns.load(std::memory_order_relaxed)) {
+void Reactor::end_long_spell(int64_t since, int64_t long_ns) {
+  const int64_t now = monotonic_ns();
+  if (now - since >= long_ns) {
     beacon_.last_long_end.store(now, std::memory_order_relaxed);
     beacon_.last_long_start.store(since, std::memory_order_release);
   }
   beacon_.since.store(0, std::memory_order_release);
 }
 
-int Reactor::drain_ready() { return ready_.drain(&counters_.callbacks); }
 
 void Reactor::close() {
   if (closed_) return;

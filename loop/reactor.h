@@ -69,8 +69,8 @@ struct IoWatcher {
 struct LoopCounters {
   uint64_t iterations = 0;
   uint64_t callbacks = 0;  // ready callbacks run (phase 6): handles, timers, I/O
-  uint64_t poll_ns = 0;    // time in phase 2, waiting or not
-  uint64_t run_ns = 0;     // time from the end of one poll to the start of the next
+  uint64_t poll_ns = 0;    // time in phase 2 polls that could block (waiting)
+  uint64_t run_ns = 0;     // the rest of the time since the first poll
   uint64_t accepted = 0;   // connections taken through accept()
   uint64_t stream_bytes_in = 0;  // loop::Stream reads and writes (TCP, Unix,
   uint64_t stream_bytes_out = 0;  // pipes; TLS counts its records)
@@ -187,7 +187,7 @@ class Reactor final : private Backend::Sink {
     std::atomic<int64_t> last_long_end{0};
   };
   BusyBeacon* beacon() { return &beacon_; }
-  void mark_idle() { end_busy(monotonic_ns()); }
+  void mark_idle() { end_busy(); }
 
   // One iteration (see the header comment). Returns 0, or -1 when a ready
   // callback asked to abort (the rest stay queued) or the scope's proceed()
@@ -233,10 +233,10 @@ class Reactor final : private Backend::Sink {
 
  private:
   void on_io(IoWatcher* w, int events) override;
-  int compute_timeout();
+  int compute_timeout(int64_t* now_ns);
   bool spin_for_post();
   void drain_inbox();
-  int drain_ready();
+  int drain_ready() { return ready_.drain(&counters_.callbacks); }
   void forget_if_idle(IoWatcher* w);
 
   std::unique_ptr<Backend> backend_;
@@ -255,7 +255,16 @@ class Reactor final : private Backend::Sink {
   LoopCounters counters_;
   int64_t poll_end_ns_ = 0;  // when the last poll ended (0: none yet)
   BusyBeacon beacon_;
-  void end_busy(int64_t now);
+  // Ends a busy spell (the poll is next, or run_forever returned). Only a
+  // watched loop (long_ns set) pays for a clock read here.
+  void end_busy() {
+    const int64_t since = beacon_.since.load(std::memory_order_relaxed);
+    if (since == 0) return;
+    const int64_t long_ns = beacon_.long_ns.load(std::memory_order_relaxed);
+    if (long_ns != INT64_MAX) return end_long_spell(since, long_ns);
+    beacon_.since.store(0, std::memory_order_release);
+  }
+  void end_long_spell(int64_t since, int64_t long_ns);
   int64_t spin_ns_ = 0;         // the cap, set by the bindings per iteration
   int64_t spin_budget_ns_ = 0;  // adaptive, see spin_for_post()
   uint32_t spin_probe_ = 0;

@@ -42,14 +42,17 @@ class ReadyQueue {
   // *ran. Returns 0, or -1 as soon as one callback returns -1; the ones not
   // yet run stay queued.
   int drain(uint64_t* ran) {
-    size_t n = size_;
-    while (n-- > 0) {
+    const size_t n = size_;
+    for (size_t i = 0; i < n; ++i) {
       Callback cb = pop();
-      ++*ran;
       int rc = cb.run();
       cb.release();
-      if (rc < 0) return -1;
+      if (rc < 0) {
+        *ran += i + 1;
+        return -1;
+      }
     }
+    *ran += n;
     return 0;
   }
 

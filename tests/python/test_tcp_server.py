@@ -241,6 +241,35 @@ def test_close_clients_and_abort_clients_end_only_this_servers_connections(loop,
     run(loop, main())
 
 
+def test_cancelling_serve_forever_closes_the_clients(loop):
+    # A client that never goes does not hold up a cancelled serve_forever().
+    if not isinstance(loop, uvpy.Loop) and sys.version_info < (3, 14):
+        pytest.skip("stock asyncio's serve_forever() closes its clients when cancelled "
+                    "from Python 3.14")
+
+    async def main():
+        made = []
+        server = await loop.create_server(lambda: Sink(loop, made), "127.0.0.1", 0,
+                                          start_serving=False)
+        task = loop.create_task(server.serve_forever())
+        await asyncio.sleep(0)
+        tr, proto = await loop.create_connection(lambda: Client(loop),
+                                                 *server.sockets[0].getsockname())
+        while not made:
+            await asyncio.sleep(0)
+        waiter = loop.create_task(server.wait_closed())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await made[0].lost is None
+        assert await proto.lost is None
+        await waiter
+        assert not server.is_serving()
+
+    run(loop, main())
+
+
 def test_close_clients_then_wait_closed(loop):
     async def main():
         made = []

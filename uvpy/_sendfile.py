@@ -40,10 +40,10 @@ Invariants (asyncio's, which is the oracle):
    plain writability watcher is then the fd's only one, on either
    backend. The transport leaves loop._transports for that time (asyncio
    does the same; it waits in loop._sendfile_transports, where its
-   server's close_clients() finds it) and gets its reading, its write() and its registry
-   entry back on return, error or cancellation, the wait for the drain
-   included (the entry only where no other transport has taken the fd
-   number since).
+   server's close_clients() finds it) and gets its reading, its write()
+   and its registry entry back on return, error or cancellation, the wait
+   for the drain included (the entry only where no other transport has
+   taken the fd number since).
 6. A native send on a transport ends when the transport's connection goes,
    whoever ends it (transport.close() or abort(), or connection_lost after
    an error): once the queue has drained, the transport's empty waiter is a

@@ -18,9 +18,9 @@ Invariants (Python 3.11's asyncio.Server behaves the same way):
    it holds weakly (an abandoned transport does not hold it up); uvpy
    counts them, so it keeps 3.11's behaviour on every version.
 4. serve_forever() is exclusive: a second concurrent call raises. Cancelling
-   it closes the server and its clients (close_clients(), as 3.13's does:
-   a hanging client cannot hold up a Ctrl+C) and waits as wait_closed()
-   does.
+   it closes the server and its clients (close_clients(), as 3.14's
+   asyncio does: a hanging client cannot hold up a Ctrl+C) and waits as
+   wait_closed() does.
 5. The server's clients are the transports attached to it: those that name
    it as their `_server` (the native transport clears that field before it
    calls _detach, so a transport whose connection is lost is never one).

@@ -141,7 +141,10 @@ def _break_handshake_cycle(exc):
     while tb is not None:
         frame = tb.tb_frame
         if frame.f_code is _ON_HANDSHAKE_COMPLETE:
-            frame.clear()
+            try:
+                frame.clear()
+            except RuntimeError:  # still running (re-entered): nothing to break yet
+                pass
         tb = tb.tb_next
 
 

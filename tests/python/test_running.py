@@ -192,8 +192,9 @@ def test_uvpy_run_and_runner_and_install():
         (w,) = caught
         assert w.category is DeprecationWarning
         assert w.filename == __file__
-        assert "uvpy.install() is deprecated" in str(w.message)
-        assert "uvpy.run(" in str(w.message) and "loop_factory=uvpy.new_event_loop" in str(w.message)
+        message = str(w.message)
+        assert "uvpy.install() is deprecated" in message
+        assert "uvpy.run(" in message and "loop_factory=uvpy.new_event_loop" in message
 
 
 def test_import_warns_nothing():

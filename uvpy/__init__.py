@@ -2,7 +2,7 @@
 
     import uvpy
     uvpy.run(main())                      # like asyncio.run, on uvpy
-    uvpy.install()                        # make asyncio.new_event_loop() return uvpy loops
+    uvpy.install()                        # asyncio.new_event_loop() makes uvpy loops (< 3.14)
     asyncio.Runner(loop_factory=uvpy.new_event_loop)
 
     python -m uvpy run script.py          # an unchanged asyncio program on uvpy (__main__.py)
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio as _asyncio
 import sys as _sys
+import warnings as _warnings
 
 from . import kernels
 from ._executor import (
@@ -118,8 +119,31 @@ class EventLoopPolicy(_DefaultEventLoopPolicy):
 
 
 def install(backend: str | None = None) -> None:
-    """Install uvpy's policy as asyncio's event loop policy."""
-    _asyncio.set_event_loop_policy(EventLoopPolicy(backend))
+    """Install uvpy's policy as asyncio's event loop policy.
+
+    Deprecated from Python 3.14, where asyncio deprecates its policy system
+    (removal is planned for 3.16): there it warns once per call site, at the
+    caller's line, and names what to use instead, uvpy.run() or
+    asyncio.Runner(loop_factory=uvpy.new_event_loop); asyncio's own warning
+    from inside uvpy is not shown as well. Before 3.14 policies are asyncio's
+    supported API, and install() warns nothing.
+    """
+    if _sys.version_info >= (3, 14):
+        _warnings.warn(
+            "uvpy.install() is deprecated from Python 3.14, as asyncio's event loop "
+            "policies are: use uvpy.run(main()) or "
+            "asyncio.Runner(loop_factory=uvpy.new_event_loop) instead",
+            DeprecationWarning, stacklevel=2)
+    _install(backend)
+
+
+def _install(backend: str | None) -> None:
+    """install() without its warning, for python -m uvpy, which runs an
+    unchanged program that may only reach the loop through the policy."""
+    with _warnings.catch_warnings():
+        # asyncio's from 3.14; it would point at this line.
+        _warnings.simplefilter("ignore", DeprecationWarning)
+        _asyncio.set_event_loop_policy(EventLoopPolicy(backend))
 
 
 def run(main, *, loop_factory=None, debug=None, backend=None):

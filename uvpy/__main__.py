@@ -42,7 +42,6 @@ import platform
 import runpy
 import sys
 import sysconfig
-import warnings
 
 import uvpy
 
@@ -112,10 +111,9 @@ def _run(backend: str | None, *, script: str | None = None, module: str | None =
     except OSError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
-    with warnings.catch_warnings():
-        # Python 3.14 deprecates policies; asking for uvpy is asking for this one.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        uvpy.install(backend)
+    # Not uvpy.install(), deprecated from 3.14: an unchanged program reaches
+    # the loop through the policy, and asking for uvpy is asking for this one.
+    uvpy._install(backend)
 
     if script is not None:
         try:

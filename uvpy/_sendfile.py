@@ -19,8 +19,13 @@ Invariants (asyncio's, which is the oracle):
 
 1. Arguments are checked before anything is sent, with asyncio's messages.
 2. On return, error or cancellation the file position is just past the
-   last byte sent, when anything was sent (lseek on the fd for the native
-   path, file.seek for the fallback).
+   last byte sent, or at offset when nothing was (an offset at or past the
+   end of the file, say): lseek on the fd for the native path, file.seek
+   for the fallback, which seeks to offset before it reads. An empty file
+   returns 0 before anything, its position untouched. This is 3.14's
+   asyncio on every Python; up to 3.13 asyncio left the position alone
+   when nothing was sent, and its fallback read from the current position
+   when offset was 0.
 3. A connection lost after some bytes went out raises the send's error
    (ENOTCONN as ConnectionError); sendfile(2) failing before the first
    byte is SendfileNotAvailableError, which fallback=True turns into the
@@ -34,10 +39,11 @@ Invariants (asyncio's, which is the oracle):
    because the queue is empty and write() refuses. The socket path's
    plain writability watcher is then the fd's only one, on either
    backend. The transport leaves loop._transports for that time (asyncio
-   does the same) and gets its reading, its write() and its registry
-   entry back on return, error or cancellation, the wait for the drain
-   included (the entry only where no other transport has taken the fd
-   number since).
+   does the same; it waits in loop._sendfile_transports, where its
+   server's close_clients() finds it) and gets its reading, its write()
+   and its registry entry back on return, error or cancellation, the wait
+   for the drain included (the entry only where no other transport has
+   taken the fd number since).
 6. A native send on a transport ends when the transport's connection goes,
    whoever ends it (transport.close() or abort(), or connection_lost after
    an error): once the queue has drained, the transport's empty waiter is a
@@ -53,6 +59,7 @@ Invariants (asyncio's, which is the oracle):
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import os
 import socket
@@ -82,6 +89,24 @@ def _check_sendfile_params(sock, file, offset, count):
         raise TypeError(f"offset must be a non-negative integer (got {offset!r})")
     if offset < 0:
         raise ValueError(f"offset must be a non-negative integer (got {offset!r})")
+
+
+def _set_position(fileno, position):
+    """The native path's file position (invariant 2); a file without one
+    (sendfile(2) refused it) keeps none."""
+    try:
+        os.lseek(fileno, position, os.SEEK_SET)
+    except OSError as exc:
+        if exc.errno != errno.ESPIPE:
+            raise
+
+
+def _seek_to_offset(file, offset):
+    """The fallback reads from offset, not from where the file stands
+    (invariant 2). A stream that cannot seek is read from where it stands
+    when offset is 0, as before 3.14; a nonzero offset raises there."""
+    if offset or (hasattr(file, "seekable") and file.seekable()):
+        file.seek(offset)
 
 
 class _FallbackProtocol(protocols.Protocol):
@@ -179,6 +204,12 @@ class _SendGuard:
 class SendfileMixin:
     """sock_sendfile / sendfile (see the module docstring)."""
 
+    @functools.cached_property
+    def _sendfile_transports(self):
+        # fd -> weakref.ref(transport): the transports a native send took
+        # out of loop._transports (invariant 5), for Server.close_clients().
+        return {}
+
     # -- sockets ---------------------------------------------------------------------
 
     async def sock_sendfile(self, sock, file, offset=0, count=None, *, fallback=True):
@@ -251,12 +282,10 @@ class SendfileMixin:
         finally:
             if guard is not None:
                 guard._park = None
-            if state[1] > 0:
-                os.lseek(fileno, state[0], os.SEEK_SET)
+            _set_position(fileno, state[0])
 
     async def _sock_sendfile_fallback(self, sock, file, offset, count):
-        if offset:
-            file.seek(offset)
+        _seek_to_offset(file, offset)
         blocksize = (min(count, constants.SENDFILE_FALLBACK_READBUFFER_SIZE)
                      if count else constants.SENDFILE_FALLBACK_READBUFFER_SIZE)
         buf = bytearray(blocksize)
@@ -306,6 +335,9 @@ class SendfileMixin:
         fd = transport._sock_fd
         transports = self._transports
         ref = transports.pop(fd, None)
+        if ref is not None:
+            # Still one of its server's clients (_server.py, invariant 5).
+            self._sendfile_transports[fd] = ref
         resume_reading = transport.is_reading()
         transport.pause_reading()
         try:
@@ -322,11 +354,11 @@ class SendfileMixin:
             if resume_reading:
                 transport.resume_reading()
             if ref is not None:
+                self._sendfile_transports.pop(fd, None)
                 transports.setdefault(fd, ref)
 
     async def _sendfile_fallback(self, transport, file, offset, count):
-        if offset:
-            file.seek(offset)
+        _seek_to_offset(file, offset)
         blocksize = min(count, _FALLBACK_BLOCK) if count else _FALLBACK_BLOCK
         buf = bytearray(blocksize)
         total_sent = 0

@@ -18,7 +18,19 @@ Invariants (Python 3.11's asyncio.Server behaves the same way):
    it holds weakly (an abandoned transport does not hold it up); uvpy
    counts them, so it keeps 3.11's behaviour on every version.
 4. serve_forever() is exclusive: a second concurrent call raises. Cancelling
-   it closes the server and waits as wait_closed() does.
+   it closes the server and its clients (close_clients(), as 3.14's
+   asyncio does: a hanging client cannot hold up a Ctrl+C) and waits as
+   wait_closed() does.
+5. The server's clients are the transports attached to it: those that name
+   it as their `_server` (the native transport clears that field before it
+   calls _detach, so a transport whose connection is lost is never one).
+   They are found in loop._transports, where every stream transport is
+   registered, and in loop._sendfile_transports while a native sendfile
+   has taken one out of the registry (_sendfile.py, invariant 5), instead
+   of a WeakSet filled on every accept (asyncio's), which would cost the
+   accept path a weak reference per connection for the sake of two rarely
+   called methods. close_clients() and abort_clients() (Python 3.13's)
+   exist on every Python.
 """
 
 from __future__ import annotations
@@ -103,6 +115,27 @@ class Server(events.AbstractServer):
         if self._active_count == 0:
             self._wakeup()
 
+    def close_clients(self):
+        """Close every connection accepted by this server (transport.close())."""
+        for transport in self._attached():
+            transport.close()
+
+    def abort_clients(self):
+        """Abort every connection accepted by this server (transport.abort())."""
+        for transport in self._attached():
+            transport.abort()
+
+    def _attached(self):
+        """Invariant 5: a list, as close() or abort() may change the registry."""
+        loop = self._loop
+        refs = [*loop._transports.values(), *loop._sendfile_transports.values()]
+        clients = {}
+        for ref in refs:
+            transport = ref()
+            if transport is not None and getattr(transport, "_server", None) is self:
+                clients[id(transport)] = transport
+        return list(clients.values())
+
     async def start_serving(self):
         self._start_serving()
         # One iteration, so the accept watchers are in place on return.
@@ -120,6 +153,7 @@ class Server(events.AbstractServer):
         except exceptions.CancelledError:
             try:
                 self.close()
+                self.close_clients()
                 await self.wait_closed()
             finally:
                 raise

@@ -16,9 +16,11 @@ transport's write() runs SSL_write and queues the records on the stream
 flow-control decisions stay SSLProtocol's.
 
 Only public or version-stable names of asyncio are used: SSLProtocol's
-constructor (the same from 3.11 through 3.14), its _app_transport, and the
-transport methods it calls (write, close, pause/resume_reading,
-get_extra_info, _force_close, which TCPTransport provides).
+constructor (the same from 3.11 through 3.14), its _app_transport,
+_incoming and _on_handshake_complete, the transport methods it calls
+(write, close, pause/resume_reading, get_extra_info, _force_close, which
+TCPTransport provides), and StreamReaderProtocol._stream_reader with
+StreamReader._buffer (invariant 8).
 
 Invariants:
 
@@ -50,13 +52,23 @@ Invariants:
    WRAPPED (and for a paused or BufferedProtocol app), after putting the
    records into self._incoming as buffer_updated() does first. Elsewhere
    (another Python, another OpenSSL) the Python path runs unchanged.
+7. A failed handshake leaves no reference cycle through its exception
+   (3.14's asyncio guarantees it: gh-159049): nothing that catches it needs
+   gc to free the transport. start_tls() drops its waiter before it
+   re-raises, and _break_handshake_cycle() does for older SSLProtocols
+   what 3.14's does itself.
+8. start_tls(server_side=True) over a StreamReaderProtocol moves what its
+   StreamReader has buffered into the SSLProtocol's incoming BIO before the
+   handshake starts (3.14's asyncio, gh-142352): a peer's ClientHello that
+   arrived with, or before, the last plaintext read is the handshake's, not
+   the application's. uvpy does it on every Python.
 """
 
 from __future__ import annotations
 
 import functools
 import ssl
-from asyncio import sslproto
+from asyncio import sslproto, streams
 
 from . import _uvpy
 from ._tcp import TCPTransport
@@ -97,6 +109,13 @@ class SSLProtocol(sslproto.SSLProtocol):
             self._app_transport_created = True
         return self._app_transport
 
+    def _on_handshake_complete(self, handshake_exc):
+        super()._on_handshake_complete(handshake_exc)
+        if handshake_exc is not None:
+            _break_handshake_cycle(handshake_exc)
+            # The frame above is this one's f_back: this one must let go too.
+            handshake_exc = None
+
     def _records_received(self):
         """buffer_updated() after its first step, which the native record
         path took: the records are in self._incoming already."""
@@ -109,6 +128,42 @@ class SSLProtocol(sslproto.SSLProtocol):
             self._do_flush()
         elif state == SSLProtocolState.SHUTDOWN:
             self._do_shutdown()
+
+
+def _break_handshake_cycle(exc):
+    """Invariant 7: up to 3.13 SSLProtocol._on_handshake_complete() re-raises
+    the handshake's exception from a frame whose handshake_exc still holds it,
+    so exception, traceback and frame form a cycle that keeps the transport
+    (reachable from that traceback) alive until the next gc run. Clearing the
+    finished frame's locals breaks it, as 3.14's own `handshake_exc = None`
+    does; the traceback keeps its frames and line numbers."""
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code is _ON_HANDSHAKE_COMPLETE:
+            try:
+                frame.clear()
+            except RuntimeError:  # still running (re-entered): nothing to break yet
+                pass
+        tb = tb.tb_next
+
+
+_ON_HANDSHAKE_COMPLETE = sslproto.SSLProtocol._on_handshake_complete.__code__
+
+
+def _move_stream_buffer(protocol, ssl_protocol):
+    """Invariant 8: a StreamReader's buffered bytes go to the handshake.
+
+    StreamReaderProtocol._stream_reader and StreamReader._buffer (a
+    bytearray) are the names 3.14's start_tls uses; both have been there,
+    unchanged, since 3.8."""
+    if not isinstance(protocol, streams.StreamReaderProtocol):
+        return
+    reader = protocol._stream_reader
+    buffer = reader._buffer if reader is not None else None
+    if buffer:
+        ssl_protocol._incoming.write(buffer)
+        buffer.clear()
 
 
 def _attach(transport, ssl_protocol):
@@ -193,6 +248,8 @@ class TLSMixin:
 
         # Invariant 4: records wait until the SSLProtocol is connected.
         transport.pause_reading()
+        if server_side:
+            _move_stream_buffer(protocol, ssl_protocol)
         transport.set_protocol(ssl_protocol)
         _attach(transport, ssl_protocol)
         conmade_cb = self.call_soon(ssl_protocol.connection_made, transport)
@@ -203,6 +260,8 @@ class TLSMixin:
             transport.close()
             conmade_cb.cancel()
             resume_cb.cancel()
+            # Invariant 7: this frame is in the exception's traceback.
+            waiter = None
             raise
         return ssl_protocol._app_transport
 

@@ -4,6 +4,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+import warnings
 
 import pytest
 
@@ -166,13 +167,34 @@ def test_uvpy_run_and_runner_and_install():
     assert uvpy.run(which()) is uvpy.Loop
     with asyncio.Runner(loop_factory=uvpy.new_event_loop) as runner:
         assert runner.run(which()) is uvpy.Loop
-    old = asyncio.get_event_loop_policy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # 3.14's policy functions
+        old = asyncio.get_event_loop_policy()
     try:
-        uvpy.install()
-        assert isinstance(asyncio.get_event_loop_policy(), uvpy.EventLoopPolicy)
-        assert asyncio.run(which()) is uvpy.Loop
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            uvpy.install()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            assert isinstance(asyncio.get_event_loop_policy(), uvpy.EventLoopPolicy)
+            assert asyncio.run(which()) is uvpy.Loop
     finally:
-        asyncio.set_event_loop_policy(old)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_event_loop_policy(old)
+    if sys.version_info < (3, 14):
+        # Policies are asyncio's supported API: nothing to warn about.
+        assert [str(w.message) for w in caught] == []
+    else:
+        # One warning, uvpy's, at the caller's line, naming the replacements
+        # (asyncio's own, from inside uvpy, is not shown as well).
+        assert len(caught) == 1, [str(w.message) for w in caught]
+        (w,) = caught
+        assert w.category is DeprecationWarning
+        assert w.filename == __file__
+        message = str(w.message)
+        assert "uvpy.install() is deprecated" in message
+        assert "uvpy.run(" in message and "loop_factory=uvpy.new_event_loop" in message
 
 
 def test_import_warns_nothing():

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+import uvpy
+
 from conftest import collect, open_fds
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -82,6 +84,81 @@ def test_sock_sendfile_falls_back_for_a_file_without_fd(loop):
     finally:
         a.close()
         b.close()
+
+
+def needs_position_at_offset(loop):
+    if not isinstance(loop, uvpy.Loop) and sys.version_info < (3, 14):
+        pytest.skip("stock asyncio moves the file to offset when nothing was sent "
+                    "(and its fallback reads from offset 0) from Python 3.14")
+
+
+async def not_available(*args):
+    raise asyncio.SendfileNotAvailableError("forced fallback")
+
+
+@pytest.mark.parametrize("path", ["native", "fallback"])
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_sock_sendfile_reads_from_offset_and_leaves_the_file_past_it(loop, tmp_path, where,
+                                                                     path):
+    # Up to the end of the file included, whatever the position was before.
+    needs_position_at_offset(loop)
+    data = b"abcdef"
+    offset = {"start": 0, "middle": 3, "end": 6}[where]
+    (tmp_path / "f").write_bytes(data)
+    a, b = pair()
+    if path == "fallback":
+        loop._sock_sendfile_native = not_available
+
+    async def main():
+        with open(tmp_path / "f", "rb") as f:
+            f.seek(2)
+            assert await loop.sock_sendfile(a, f, offset) == len(data) - offset
+            assert f.tell() == len(data)
+        a.close()
+        assert await drain_into(loop, b, len(data)) == data[offset:]
+
+    try:
+        run(loop, main())
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("path", ["native", "fallback"])
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+def test_transport_sendfile_reads_from_offset_and_leaves_the_file_past_it(loop, datafile, where,
+                                                                          path):
+    needs_position_at_offset(loop)
+    offset = {"start": 0, "middle": len(DATA) // 2, "end": len(DATA)}[where]
+    if path == "fallback":
+        loop._sendfile_native = not_available
+    chunks = bytearray()
+
+    class Sink(asyncio.Protocol):
+        def __init__(self):
+            self.done = loop.create_future()
+
+        def data_received(self, data):
+            chunks.extend(data)
+
+        def connection_lost(self, exc):
+            self.done.set_result(None)
+
+    async def main():
+        sink = Sink()
+        server = await loop.create_server(lambda: sink, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+        datafile.seek(123)
+        assert await loop.sendfile(transport, datafile, offset) == len(DATA) - offset
+        assert datafile.tell() == len(DATA)
+        transport.close()
+        await sink.done
+        assert bytes(chunks) == DATA[offset:]
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
 
 
 def test_sock_sendfile_checks(loop, datafile, tmp_path):
@@ -541,6 +618,40 @@ def test_closing_the_transport_mid_sendfile(loop, loop_name, tmp_path, family, h
     run(loop, asyncio.sleep(0))
     collect()
     assert open_fds() == before
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("how", ["close_clients", "abort_clients"])
+def test_server_close_clients_reaches_a_connection_in_sendfile(loop, loop_name, tmp_path, family,
+                                                               how):
+    # The native send takes the transport out of loop._transports; it is
+    # still one of its server's clients.
+    if loop_name != "uvpy":
+        pytest.skip("stock asyncio never completes a sendfile whose transport is closed "
+                    "under it (test_closing_the_transport_mid_sendfile)")
+    path = tmp_path / "data32"
+    path.write_bytes(DATA * 32)
+
+    async def main():
+        accepted = Sink(loop)  # the server's end, which sends the file
+        server, transport, client = await connect(loop, family, tmp_path, accepted)
+        transport.pause_reading()  # the client reads nothing yet
+        with open(path, "rb") as f:
+            task = asyncio.ensure_future(loop.sendfile(accepted.transport, f, fallback=False))
+            await asyncio.sleep(0)  # parked
+            assert not task.done()
+            getattr(server, how)()
+            assert accepted.transport.is_closing()
+            with pytest.raises(ConnectionError):
+                await task
+            assert 0 < f.tell() < len(DATA) * 32
+        await accepted.done
+        transport.resume_reading()
+        await client.done
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
 
 
 @pytest.mark.parametrize("family", FAMILIES)

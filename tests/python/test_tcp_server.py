@@ -11,7 +11,7 @@ import pytest
 
 import uvpy
 
-from conftest import collect, free_port, has_ipv6, open_fds
+from conftest import active_connections, collect, free_port, has_ipv6, open_fds
 
 
 def run(loop, coro):
@@ -162,6 +162,155 @@ def test_wait_closed_waits_for_attached_connections(loop):
         tr.write_eof()
         await proto.lost
         await waiter
+
+    run(loop, main())
+
+
+class Sink(asyncio.Protocol):
+    """A server-side protocol that keeps its transport and its end."""
+
+    def __init__(self, loop, made):
+        self.lost = loop.create_future()
+        made.append(self)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+def needs_close_clients(server):
+    # uvpy's Server has them on every Python.
+    if not isinstance(server.get_loop(), uvpy.Loop) and sys.version_info < (3, 13):
+        pytest.skip("asyncio.Server.close_clients()/abort_clients() are Python 3.13's")
+
+
+@pytest.mark.parametrize("method", ["close_clients", "abort_clients"])
+def test_close_clients_and_abort_clients_end_only_this_servers_connections(loop, method):
+    BIG = 8 * 1024 * 1024
+
+    async def main():
+        made, other_made = [], []
+        server = await loop.create_server(lambda: Sink(loop, made), "127.0.0.1", 0)
+        other = await loop.create_server(lambda: Sink(loop, other_made), "127.0.0.1", 0)
+        needs_close_clients(server)
+        addr = server.sockets[0].getsockname()
+        clients = []
+        for _ in range(2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(addr)
+            sock.setblocking(False)
+            tr, proto = await loop.create_connection(lambda: Client(loop), sock=sock)
+            tr.pause_reading()
+            clients.append((tr, proto))
+        otr, oproto = await loop.create_connection(lambda: Client(loop),
+                                                   *other.sockets[0].getsockname())
+        while len(made) < 2 or len(other_made) < 1:
+            await asyncio.sleep(0)
+        for p in made:
+            p.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            p.transport.write(b"x" * BIG)  # most of it waits in the transport
+            assert p.transport.get_write_buffer_size() > 0
+        getattr(server, method)()
+        assert all(p.transport.is_closing() for p in made)
+        # close() sends what was written first, abort() drops it.
+        for tr, proto in clients:
+            tr.resume_reading()
+            assert await proto.lost is None
+            if method == "close_clients":
+                assert len(proto.data) == BIG
+            else:
+                assert len(proto.data) < BIG
+        for p in made:
+            assert await p.lost is None
+        assert active_connections(server) == 0
+        # The server itself still serves; the other server's connection is untouched.
+        assert server.is_serving()
+        assert await echo_roundtrip(loop, addr, b"") == b""
+        assert not other_made[0].transport.is_closing()
+        otr.close()
+        await other_made[0].lost
+        getattr(server, method)()  # nothing left to end
+        for s in (server, other):
+            s.close()
+            await s.wait_closed()
+
+    run(loop, main())
+
+
+def test_cancelling_serve_forever_closes_the_clients(loop):
+    # A client that never goes does not hold up a cancelled serve_forever().
+    if not isinstance(loop, uvpy.Loop) and sys.version_info < (3, 14):
+        pytest.skip("stock asyncio's serve_forever() closes its clients when cancelled "
+                    "from Python 3.14")
+
+    async def main():
+        made = []
+        server = await loop.create_server(lambda: Sink(loop, made), "127.0.0.1", 0,
+                                          start_serving=False)
+        task = loop.create_task(server.serve_forever())
+        await asyncio.sleep(0)
+        tr, proto = await loop.create_connection(lambda: Client(loop),
+                                                 *server.sockets[0].getsockname())
+        while not made:
+            await asyncio.sleep(0)
+        waiter = loop.create_task(server.wait_closed())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await made[0].lost is None
+        assert await proto.lost is None
+        await waiter
+        assert not server.is_serving()
+
+    run(loop, main())
+
+
+def test_close_clients_then_wait_closed(loop):
+    async def main():
+        made = []
+        server = await loop.create_server(lambda: Sink(loop, made), "127.0.0.1", 0)
+        needs_close_clients(server)
+        tr, proto = await loop.create_connection(lambda: Client(loop),
+                                                 *server.sockets[0].getsockname())
+        while not made:
+            await asyncio.sleep(0)
+        server.close()
+        waiter = loop.create_task(server.wait_closed())
+        server.close_clients()
+        await waiter  # the one attached connection is gone
+        assert await proto.lost is None
+        assert active_connections(server) == 0
+
+    run(loop, main())
+
+
+def test_close_clients_of_a_unix_and_a_tls_server(loop, tmp_path, server_ctx, client_ctx):
+    async def main():
+        made = []
+        unix = await loop.create_unix_server(lambda: Sink(loop, made), str(tmp_path / "s"))
+        tls = await loop.create_server(lambda: Sink(loop, made), "127.0.0.1", 0, ssl=server_ctx)
+        needs_close_clients(unix)
+        utr, uproto = await loop.create_unix_connection(lambda: Client(loop), str(tmp_path / "s"))
+        ttr, tproto = await loop.create_connection(
+            lambda: Client(loop), *tls.sockets[0].getsockname(), ssl=client_ctx,
+            server_hostname="localhost")
+        while len(made) < 2 or not all(hasattr(p, "transport") for p in made):
+            await asyncio.sleep(0)  # both server-side handshakes are done
+        unix.abort_clients()
+        tls.close_clients()
+        assert await uproto.lost is None
+        await tproto.lost  # None or a reset: the socket closes without close_notify
+        for p in made:
+            await p.lost
+        for s in (unix, tls):
+            assert active_connections(s) == 0
+            s.close()
+            await s.wait_closed()
 
     run(loop, main())
 

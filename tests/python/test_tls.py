@@ -13,10 +13,14 @@ import asyncio
 import gc
 import socket
 import ssl
+import sys
 import threading
 import weakref
+from asyncio import sslproto
 
 import pytest
+
+import uvpy
 
 pytest.importorskip("trustme")
 
@@ -347,6 +351,114 @@ def test_verification_failures_raise_and_leak_nothing(loop, server_ctx, client_c
             _failing_connect(loop, server_ctx, ctx, **kw)
     settle(loop)
     assert open_fds() == before
+
+
+def needs_no_cycles(loop):
+    if not isinstance(loop, uvpy.Loop) and sys.version_info < (3, 14):
+        pytest.skip("stock asyncio leaves a failed handshake's exception in a reference "
+                    "cycle with the transport until Python 3.14")
+
+
+def _reject_server(server_ctx):
+    """A blocking TLS server on a thread, for one client that will not
+    trust it; returns its address and the thread."""
+    lsock = socket.create_server(("127.0.0.1", 0))
+
+    def serve():
+        conn, _ = lsock.accept()
+        with conn:
+            try:
+                server_ctx.wrap_socket(conn, server_side=True)
+            except OSError:
+                pass
+        lsock.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    return lsock.getsockname(), thread
+
+
+# Not StreamWriter.start_tls(): asyncio's StreamReader keeps the exception,
+# and the frame of StreamWriter.start_tls() in its traceback keeps the
+# reader (through the writer), on every loop.
+@pytest.mark.parametrize("how", ["create_connection", "start_tls"])
+def test_failed_verification_leaves_no_cycle(loop, server_ctx, how, monkeypatch):
+    # Whoever catches the SSLCertVerificationError does not need gc to free
+    # the transport: with gc off it is gone once the exception is.
+    needs_no_cycles(loop)
+    untrusting = ssl.create_default_context()
+    refs = []
+    if how == "create_connection":
+        # The transport under the SSLProtocol, which create_connection never returns.
+        connection_made = sslproto.SSLProtocol.connection_made
+
+        def remember(self, transport):
+            refs.append(weakref.ref(transport))
+            connection_made(self, transport)
+
+        monkeypatch.setattr(sslproto.SSLProtocol, "connection_made", remember)
+
+    async def main(addr):
+        if how == "create_connection":
+            try:
+                await loop.create_connection(asyncio.Protocol, *addr, ssl=untrusting,
+                                             server_hostname="localhost")
+            except ssl.SSLCertVerificationError:
+                pass
+        else:
+            tr, proto = await loop.create_connection(asyncio.Protocol, *addr)
+            refs.append(weakref.ref(tr))
+            try:
+                await loop.start_tls(tr, proto, untrusting, server_hostname="localhost")
+            except ssl.SSLCertVerificationError:
+                pass
+            tr = proto = None
+
+    addr, thread = _reject_server(server_ctx)
+    collect()
+    gc.disable()
+    try:
+        run(loop, main(addr))
+        for _ in range(5):  # the transport's close callbacks
+            run(loop, asyncio.sleep(0))
+        alive = [r() for r in refs]
+    finally:
+        gc.enable()
+        thread.join()
+    assert len(alive) == 1 and alive == [None], alive
+
+
+def test_stream_start_tls_with_the_client_hello_already_buffered(loop, server_ctx, client_ctx):
+    # The server's StreamReader has read the ClientHello (with the plaintext
+    # before it) when the server calls start_tls(): the bytes belong to the
+    # handshake.
+    if not isinstance(loop, uvpy.Loop) and sys.version_info < (3, 14):
+        pytest.skip("stock asyncio hands a StreamReader's buffered bytes to the "
+                    "handshake from Python 3.14")
+
+    async def handle(reader, writer):
+        assert await reader.readline() == b"STARTTLS\n"
+        if not reader._buffer:  # the ClientHello is on its way
+            await reader._wait_for_data("test")
+        await writer.start_tls(server_ctx)
+        writer.write((await reader.readline()).upper())
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname())
+        writer.write(b"STARTTLS\n")  # no reply awaited: the hello follows at once
+        await writer.start_tls(client_ctx, server_hostname="localhost")
+        writer.write(b"secret\n")
+        assert await reader.readline() == b"SECRET\n"
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())
 
 
 def test_plain_tcp_to_a_tls_port(loop, server_ctx):

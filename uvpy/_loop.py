@@ -237,8 +237,9 @@ class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixi
 
     def stats(self):
         """A snapshot of the loop's own counters, cheap enough to take every
-        second (docs/loop.md, "Stats"). Counters only grow; the rest are the
-        sizes and states at the moment of the call."""
+        second (docs/loop.md, "Stats and the watchdog"). Counters only grow;
+        the rest are sizes at the moment of the call. Call it on the loop's
+        thread (from another, through run_coroutine_threadsafe)."""
         stats = self._stats()
         stats["backend"] = self.backend
         transports = {}

@@ -1,0 +1,53 @@
+"""The programs in examples/ that a user would copy run and do what they say.
+
+Each runs as its own process, on the backend UVPY_BACKEND names (the
+integration suite runs once per backend).
+"""
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import need_module
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "examples")
+
+
+def run_example(name, *args):
+    return subprocess.run([sys.executable, os.path.join(EXAMPLES, name), *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_loop_stats_prints_a_line_per_second_and_the_watchdog_names_the_blocker():
+    out = run_example("loop_stats.py", "--seconds", "2", "--block-every", "1")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["1s", "2s"]
+    for line in lines:
+        iterations = int(re.search(r"(\d+) it/s", line).group(1))
+        assert iterations > 0
+        assert "transports   8" in line  # 4 clients + their 4 server ends
+    reports = [b for b in out.stderr.split("WARNING uvpy.watchdog: ")[1:]]
+    assert len(reports) == 2, out.stderr
+    for report in reports:
+        assert "in blocking_report_generator" in report
+        assert "time.sleep(0.25)" in report
+
+
+def test_prometheus_exporter_serves_the_loop_counters():
+    need_module("prometheus_client")
+    out = run_example("prometheus_stats.py", "--check")
+    assert out.returncode == 0, out.stderr
+    metrics = {}
+    for line in out.stdout.splitlines():
+        name, value = line.rsplit(" ", 1)
+        metrics[name] = float(value)
+    backend = os.environ.get("UVPY_BACKEND") or "libuv"
+    label = f'backend="{backend}"'
+    # 100 pings of 4 bytes, echoed: each byte read twice and written twice.
+    assert metrics[f"uvpy_loop_stream_bytes_in_total{{{label}}}"] == 800
+    assert metrics[f"uvpy_loop_stream_bytes_out_total{{{label}}}"] == 800
+    assert metrics[f"uvpy_loop_accepted_total{{{label}}}"] == 1
+    assert metrics[f"uvpy_loop_iterations_total{{{label}}}"] > 0
+    assert metrics[f'uvpy_loop_transports{{{label},type="TCPTransport"}}'] == 2

@@ -19,10 +19,12 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -331,9 +333,10 @@ PyObject* LoopCore_io_clear(PyObject* self, PyObject* const* args, Py_ssize_t na
 
 }  // namespace
 
-// The peer address of an accepted AF_INET/AF_INET6 connection as the
-// socket module spells it; None for an empty address (the peer was gone
-// before it could be read) or another family.
+// The peer address of an accepted AF_INET/AF_INET6/AF_UNIX connection as
+// the socket module spells it (makesockaddr: a Unix peer is its path, ''
+// when unnamed, bytes in Linux's abstract namespace); None for an empty IP
+// address (the peer was gone before it could be read) or another family.
 PyObject* peer_address(const sockaddr_storage& ss, socklen_t len) {
   char host[INET6_ADDRSTRLEN];
   if (len >= sizeof(sockaddr_in) && ss.ss_family == AF_INET) {
@@ -347,6 +350,12 @@ PyObject* peer_address(const sockaddr_storage& ss, socklen_t len) {
     return Py_BuildValue("(siII)", host, static_cast<int>(ntohs(a.sin6_port)),
                          static_cast<unsigned>(ntohl(a.sin6_flowinfo)),
                          static_cast<unsigned>(a.sin6_scope_id));
+  }
+  if (len >= offsetof(sockaddr_un, sun_path) && ss.ss_family == AF_UNIX) {
+    const auto& a = reinterpret_cast<const sockaddr_un&>(ss);
+    size_t n = len - offsetof(sockaddr_un, sun_path);
+    if (n > 0 && a.sun_path[0] == 0) return PyBytes_FromStringAndSize(a.sun_path, static_cast<Py_ssize_t>(n));
+    return PyUnicode_DecodeFSDefaultAndSize(a.sun_path, static_cast<Py_ssize_t>(strnlen(a.sun_path, n)));
   }
   Py_RETURN_NONE;
 }

@@ -5,7 +5,8 @@ uvpy-only (stock asyncio has no backends), so no loop fixture here.
 """
 
 import asyncio
-import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -207,3 +208,15 @@ def test_a_subclass_keeps_its_own_init_signature(env):
         assert loop.tag == "x" and loop.backend_info()["backend"] == loop.backend
     finally:
         loop.close()
+
+
+@needs_uring
+def test_info_reports_the_io_uring_settings(env):
+    env.setenv("UVPY_URING_ACCEPT", "0")
+    proc = subprocess.run([sys.executable, "-m", "uvpy", "info"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    info = info_of("io_uring")  # the same environment
+    del info["backend"]
+    assert "  io_uring  runs with " + ", ".join(f"{k}={v}" for k, v in info.items()) in proc.stdout
+    assert "completion_accepts=False" in proc.stdout

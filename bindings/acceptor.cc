@@ -124,7 +124,8 @@ int serve(Acceptor* a, int fd, PyObject* peername) {
     return 0;
   }
   PyObject* protocol = PyObject_CallNoArgs(a->factory);
-  if (protocol != nullptr && a->wrap != nullptr) Py_SETREF(protocol, PyObject_CallOneArg(a->wrap, protocol));
+  if (protocol != nullptr && a->wrap != nullptr)
+    Py_SETREF(protocol, PyObject_CallOneArg(a->wrap, protocol));
   PyObject* t = nullptr;
   bool ok = protocol != nullptr;
   if (ok) {
@@ -266,7 +267,8 @@ PyObject* Acceptor_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   int family, socktype, proto;
   if (!PyArg_ParseTuple(kind, "iii:kind", &family, &socktype, &proto)) return nullptr;
   if (socktype != SOCK_STREAM || (family != AF_INET && family != AF_INET6 && family != AF_UNIX)) {
-    PyErr_SetString(PyExc_ValueError, "Acceptor() serves AF_INET, AF_INET6 and AF_UNIX SOCK_STREAM listeners");
+    PyErr_SetString(PyExc_ValueError,
+                    "Acceptor() serves AF_INET, AF_INET6 and AF_UNIX SOCK_STREAM listeners");
     return nullptr;
   }
   if (!transport::is_transport_type(reinterpret_cast<PyTypeObject*>(ttype))) {

@@ -354,7 +354,8 @@ PyObject* peer_address(const sockaddr_storage& ss, socklen_t len) {
   if (len >= offsetof(sockaddr_un, sun_path) && ss.ss_family == AF_UNIX) {
     const auto& a = reinterpret_cast<const sockaddr_un&>(ss);
     size_t n = len - offsetof(sockaddr_un, sun_path);
-    if (n > 0 && a.sun_path[0] == 0) return PyBytes_FromStringAndSize(a.sun_path, static_cast<Py_ssize_t>(n));
+    if (n > 0 && a.sun_path[0] == 0)  // Linux's abstract namespace
+      return PyBytes_FromStringAndSize(a.sun_path, static_cast<Py_ssize_t>(n));
     return PyUnicode_DecodeFSDefaultAndSize(a.sun_path, static_cast<Py_ssize_t>(strnlen(a.sun_path, n)));
   }
   Py_RETURN_NONE;

@@ -1,25 +1,30 @@
-// acceptor.cc — Acceptor, the native accept step of a plain TCP server.
+// acceptor.cc — Acceptor, the native accept step of a stream server.
 //
-// uvpy/_tcp.py installs one as the reader of an AF_INET/AF_INET6 TCP
-// listener whose server has no TLS context (the reader is an accepting one,
-// backend.h contract 8). The reactor calls it once per readiness; per
-// connection it does, with no Python frame in between, what asyncio's
+// uvpy/_tcp.py installs one as the reader of an AF_INET/AF_INET6 TCP or an
+// AF_UNIX stream listener, with TLS or without (the reader is an accepting
+// one, backend.h contract 8). The reactor calls it once per readiness; per
+// connection it does, with no Python frame of its own, what asyncio's
 // _accept_connection and _SelectorSocketTransport.__init__ do:
 //
 //   accept4 (or the connection the backend accepted ahead: the fd is
 //   non-blocking already, no FIONBIO), the peer's address from it
-//   → TCP_NODELAY                    (asyncio's _set_nodelay)
+//   → TCP_NODELAY, for TCP          (asyncio's _set_nodelay)
 //   → protocol_factory()
+//   → for TLS, wrap(protocol): the SSLProtocol over the app protocol, its
+//     handshake waiter and the waiter's callback (uvpy/_tls.py)
 //   → the transport: tp_alloc + transport::init, the same fields
 //     TCPTransport.__init__ sets, without running it; it owns the bare fd
 //     (Transport::accepted): the socket.socket is made when first asked
 //     for (CPython's constructor calls getsockname(2) to check the fd)
 //   → server._attach(), loop._transports[fd] = weakref(transport)
+//   → for TLS, the SSLProtocol attached to the native record path
+//     (tls::attach, _tls.py invariant 6), before any record can arrive
 //   → call_soon(protocol.connection_made, transport), then reading on.
 //
 // "sockname" is the listener's own address when that says it (bound to
-// one address, not transparent: known_sockname), so neither accept nor
-// close asks the kernel; else getsockname(2) at close or when asked.
+// one IP address, not transparent, or any Unix listener: known_sockname),
+// so neither accept nor close asks the kernel; else getsockname(2) at
+// close or when asked.
 //
 // Rules:
 //  1. Python keeps the policy: in debug mode the whole batch goes to
@@ -38,9 +43,12 @@
 //  4. At most `backlog` connections per wakeup, as asyncio, and none after
 //     a callback closed the server (the listener's fd number may be
 //     another file's by then).
-//  5. protocol_factory() raising drops the connection silently, as asyncio
-//     does outside debug mode (in debug mode rule 1 applies: it reports);
-//     SystemExit and KeyboardInterrupt propagate to the loop.
+//  5. protocol_factory() or wrap() raising drops the connection silently,
+//     as asyncio does outside debug mode (in debug mode rule 1 applies: it
+//     reports); SystemExit and KeyboardInterrupt propagate to the loop.
+//  6. A TLS connection's handshake outcome is the waiter's business, as in
+//     the Python path (_tls.py invariant 3): wrap() made the waiter and its
+//     callback, so nothing here waits for it.
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <unistd.h>
@@ -69,6 +77,8 @@ struct Acceptor {
   PyObject* type;       // the transport class (TCPTransport)
   PyObject* transports;  // loop._transports: fd -> weakref.ref(transport)
   PyObject* sockname;    // every connection's local address, or null (known_sockname)
+  PyObject* wrap;        // TLS: wrap(protocol) -> the SSLProtocol; else null
+  bool tcp;              // IP: TCP_NODELAY per connection
   int family;
   int proto;
   int lfd;
@@ -80,7 +90,8 @@ Acceptor* A(PyObject* self) { return reinterpret_cast<Acceptor*>(self); }
 // The local address of every connection the listener accepts, when the
 // listener's own address says it: bound to one address (not a wildcard),
 // and not transparent (IP_TRANSPARENT accepts connections to any address).
-// Else null: each connection's getsockname(2) says it, at close.
+// A Unix connection's local address is always its listener's. Else null:
+// each connection's getsockname(2) says it, at close.
 PyObject* known_sockname(int lfd) {
   sockaddr_storage ss{};
   socklen_t len = sizeof ss;
@@ -95,7 +106,7 @@ PyObject* known_sockname(int lfd) {
     if (IN6_IS_ADDR_UNSPECIFIED(&a6.sin6_addr) || IN6_IS_ADDR_V4MAPPED(&a6.sin6_addr)) return nullptr;
     if (::getsockopt(lfd, SOL_IPV6, IPV6_TRANSPARENT, &transparent, &olen) < 0 || transparent)
       return nullptr;
-  } else {
+  } else if (ss.ss_family != AF_UNIX) {
     return nullptr;
   }
   PyObject* name = peer_address(ss, len);
@@ -108,11 +119,13 @@ PyObject* known_sockname(int lfd) {
 // see the pending exception (SystemExit, KeyboardInterrupt).
 int serve(Acceptor* a, int fd, PyObject* peername) {
   int one = 1;
-  if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) {
+  if (a->tcp && ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0) {
     ::close(fd);  // the connection is already gone (asyncio would fail the same way)
     return 0;
   }
   PyObject* protocol = PyObject_CallNoArgs(a->factory);
+  if (protocol != nullptr && a->wrap != nullptr)
+    Py_SETREF(protocol, PyObject_CallOneArg(a->wrap, protocol));
   PyObject* t = nullptr;
   bool ok = protocol != nullptr;
   if (ok) {
@@ -142,6 +155,9 @@ int serve(Acceptor* a, int fd, PyObject* peername) {
   Py_XDECREF(r);
   Py_XDECREF(ref);
   Py_XDECREF(key);
+  // tls::attach: 0 where the native record path is unavailable (the
+  // Python path runs), -1 with an exception.
+  if (registered && a->wrap != nullptr && tls::attach(tr, protocol) < 0) registered = false;
   if (registered) {
     PyObject* made = PyObject_GetAttr(protocol, str_connection_made);
     PyObject* args = made ? PyTuple_Pack(1, t) : nullptr;
@@ -231,21 +247,28 @@ PyObject* Acceptor_call(PyObject* self, PyObject* args, PyObject* kwargs) {
   Py_RETURN_NONE;
 }
 
-// Acceptor(loop, listener, protocol_factory, server, backlog, kind, transport_type)
+// Acceptor(loop, listener, protocol_factory, server, backlog, kind,
+//          transport_type[, wrap]): wrap is None or, for a TLS server,
+// wrap(protocol) -> the SSLProtocol the transport serves.
 PyObject* Acceptor_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
-  PyObject *loop, *listener, *factory, *server, *kind, *ttype;
+  PyObject *loop, *listener, *factory, *server, *kind, *ttype, *wrap = Py_None;
   int backlog;
   if (kwargs && PyDict_GET_SIZE(kwargs) != 0) {
     PyErr_SetString(PyExc_TypeError, "Acceptor() takes no keyword arguments");
     return nullptr;
   }
-  if (!PyArg_ParseTuple(args, "O!OOOiO!O!:Acceptor", &LoopCoreType, &loop, &listener, &factory,
-                        &server, &backlog, &PyTuple_Type, &kind, &PyType_Type, &ttype))
+  if (!PyArg_ParseTuple(args, "O!OOOiO!O!|O:Acceptor", &LoopCoreType, &loop, &listener, &factory,
+                        &server, &backlog, &PyTuple_Type, &kind, &PyType_Type, &ttype, &wrap))
     return nullptr;
+  if (wrap != Py_None && !PyCallable_Check(wrap)) {
+    PyErr_SetString(PyExc_TypeError, "wrap must be callable or None");
+    return nullptr;
+  }
   int family, socktype, proto;
   if (!PyArg_ParseTuple(kind, "iii:kind", &family, &socktype, &proto)) return nullptr;
-  if (socktype != SOCK_STREAM) {
-    PyErr_SetString(PyExc_ValueError, "Acceptor() serves SOCK_STREAM listeners");
+  if (socktype != SOCK_STREAM || (family != AF_INET && family != AF_INET6 && family != AF_UNIX)) {
+    PyErr_SetString(PyExc_ValueError,
+                    "Acceptor() serves AF_INET, AF_INET6 and AF_UNIX SOCK_STREAM listeners");
     return nullptr;
   }
   if (!transport::is_transport_type(reinterpret_cast<PyTypeObject*>(ttype))) {
@@ -281,6 +304,8 @@ PyObject* Acceptor_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   a->family = family;
   a->proto = proto;
   a->sockname = known_sockname(a->lfd);
+  a->wrap = wrap == Py_None ? nullptr : Py_NewRef(wrap);
+  a->tcp = family != AF_UNIX;
   return reinterpret_cast<PyObject*>(a);
 }
 
@@ -294,6 +319,7 @@ int Acceptor_traverse(PyObject* self, visitproc visit, void* arg) {
   Py_VISIT(a->type);
   Py_VISIT(a->transports);
   Py_VISIT(a->sockname);
+  Py_VISIT(a->wrap);
   return 0;
 }
 
@@ -307,6 +333,7 @@ int Acceptor_clear(PyObject* self) {
   Py_CLEAR(a->type);
   Py_CLEAR(a->transports);
   Py_CLEAR(a->sockname);
+  Py_CLEAR(a->wrap);
   return 0;
 }
 
@@ -327,7 +354,7 @@ PyTypeObject AcceptorType = [] {
   t.tp_name = "uvpy._uvpy.Acceptor";
   t.tp_basicsize = sizeof(Acceptor);
   t.tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC;
-  t.tp_doc = "A TCP server's accept step: accept, make the transport, schedule connection_made.";
+  t.tp_doc = "A stream server's accept step: accept, make the transport, schedule connection_made.";
   t.tp_new = Acceptor_new;
   t.tp_call = Acceptor_call;
   t.tp_repr = Acceptor_repr;

@@ -19,10 +19,12 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -333,9 +335,10 @@ PyObject* LoopCore_io_clear(PyObject* self, PyObject* const* args, Py_ssize_t na
 
 }  // namespace
 
-// The peer address of an accepted AF_INET/AF_INET6 connection as the
-// socket module spells it; None for an empty address (the peer was gone
-// before it could be read) or another family.
+// The peer address of an accepted AF_INET/AF_INET6/AF_UNIX connection as
+// the socket module spells it (makesockaddr: a Unix peer is its path, ''
+// when unnamed, bytes in Linux's abstract namespace); None for an empty IP
+// address (the peer was gone before it could be read) or another family.
 PyObject* peer_address(const sockaddr_storage& ss, socklen_t len) {
   char host[INET6_ADDRSTRLEN];
   if (len >= sizeof(sockaddr_in) && ss.ss_family == AF_INET) {
@@ -349,6 +352,13 @@ PyObject* peer_address(const sockaddr_storage& ss, socklen_t len) {
     return Py_BuildValue("(siII)", host, static_cast<int>(ntohs(a.sin6_port)),
                          static_cast<unsigned>(ntohl(a.sin6_flowinfo)),
                          static_cast<unsigned>(a.sin6_scope_id));
+  }
+  if (len >= offsetof(sockaddr_un, sun_path) && ss.ss_family == AF_UNIX) {
+    const auto& a = reinterpret_cast<const sockaddr_un&>(ss);
+    size_t n = len - offsetof(sockaddr_un, sun_path);
+    if (n > 0 && a.sun_path[0] == 0)  // Linux's abstract namespace
+      return PyBytes_FromStringAndSize(a.sun_path, static_cast<Py_ssize_t>(n));
+    return PyUnicode_DecodeFSDefaultAndSize(a.sun_path, static_cast<Py_ssize_t>(strnlen(a.sun_path, n)));
   }
   Py_RETURN_NONE;
 }
@@ -434,6 +444,27 @@ PyObject* LoopCore_inject_recv_error(PyObject* self, PyObject* const* args, Py_s
   return PyBool_FromLong(loop->reactor->inject_recv_error(fd, -err));
 }
 
+// backend_info() -> dict: the backend's name and the settings it runs with
+// now (loop/backend.h BackendSetting): switches as bools, sizes as ints,
+// names as str.
+PyObject* LoopCore_backend_info(PyObject* self, PyObject*) {
+  auto* r = reinterpret_cast<LoopCore*>(self)->reactor;
+  PyObject* d = Py_BuildValue("{s:s}", "backend", r->backend_name());
+  if (d == nullptr) return nullptr;
+  for (const loop::BackendSetting& s : r->backend_settings()) {
+    PyObject* v = s.text ? PyUnicode_FromString(s.text)
+                  : s.flag ? PyBool_FromLong(static_cast<long>(s.value))
+                           : PyLong_FromUnsignedLong(s.value);
+    if (v == nullptr || PyDict_SetItemString(d, s.name, v) < 0) {
+      Py_XDECREF(v);
+      Py_DECREF(d);
+      return nullptr;
+    }
+    Py_DECREF(v);
+  }
+  return d;
+}
+
 PyObject* LoopCore_get_backend(PyObject* self, void*) {
   return PyUnicode_FromString(reinterpret_cast<LoopCore*>(self)->reactor->backend_name());
 }
@@ -482,20 +513,42 @@ int LoopCore_set_slow(PyObject* self, PyObject* value, void*) {
   return 0;
 }
 
-// The io_uring backend's measurement switches (loop/backend_uring.h): each
-// turns one completion feature off, so that bench/ can price it against
-// readiness on the same build. Read when a loop is made; bad numbers fall
-// back at init, as a bad ring size does.
-loop::UringOptions uring_options_from_env() {
-  loop::UringOptions o;
-  const char* c = std::getenv("UVPY_URING_COMPLETION");
-  if (c && std::strcmp(c, "0") == 0) o.completion = false;
-  if (c && std::strcmp(c, "recv") == 0) o.completion_sends = false;
-  if (const char* a = std::getenv("UVPY_URING_ACCEPT")) o.completion_accepts = std::strcmp(a, "0") != 0;
-  if (const char* d = std::getenv("UVPY_URING_DGRAM")) o.completion_datagrams = std::strcmp(d, "0") != 0;
-  if (const char* n = std::getenv("UVPY_URING_BUF_COUNT")) o.buf_count = std::strtoul(n, nullptr, 10);
-  if (const char* n = std::getenv("UVPY_URING_BUF_SIZE")) o.buf_size = std::strtoul(n, nullptr, 10);
-  return o;
+// The `uring` keyword: a uvpy.UringOptions (uvpy/_options.py), which
+// checked its values when it was made and which Loop.__new__ put in for
+// None (the UVPY_URING_* defaults); absent or None here, the backend's own
+// defaults. Read by name, so the Python class keeps its field order free.
+bool uring_options(PyObject* kwds, loop::UringOptions* o) {
+  PyObject* arg = kwds ? PyDict_GetItemString(kwds, "uring") : nullptr;
+  if (arg == nullptr || arg == Py_None) return true;
+  static const struct { const char* name; bool loop::UringOptions::* field; } kFlags[] = {
+      {"completion", &loop::UringOptions::completion},
+      {"completion_sends", &loop::UringOptions::completion_sends},
+      {"completion_accepts", &loop::UringOptions::completion_accepts},
+      {"completion_datagrams", &loop::UringOptions::completion_datagrams},
+  };
+  for (const auto& f : kFlags) {
+    PyObject* v = PyObject_GetAttrString(arg, f.name);
+    int on = v ? PyObject_IsTrue(v) : -1;
+    Py_XDECREF(v);
+    if (on < 0) return false;
+    o->*f.field = on != 0;
+  }
+  static const struct { const char* name; unsigned loop::UringOptions::* field; } kNumbers[] = {
+      {"buf_count", &loop::UringOptions::buf_count},
+      {"buf_size", &loop::UringOptions::buf_size},
+  };
+  for (const auto& f : kNumbers) {
+    PyObject* v = PyObject_GetAttrString(arg, f.name);
+    unsigned long n = v ? PyLong_AsUnsignedLong(v) : 0;
+    Py_XDECREF(v);
+    if (PyErr_Occurred()) return false;
+    if (n > UINT32_MAX) {
+      PyErr_Format(PyExc_ValueError, "uring.%s is out of range", f.name);
+      return false;
+    }
+    o->*f.field = static_cast<unsigned>(n);
+  }
+  return true;
 }
 
 // The backend for a new loop: the `backend` keyword, else $UVPY_BACKEND,
@@ -524,7 +577,7 @@ std::unique_ptr<loop::Backend> make_backend(PyObject* kwds) {
                  choice.c_str());
     return nullptr;
   }
-  opts.uring = uring_options_from_env();
+  if (!uring_options(kwds, &opts.uring)) return nullptr;
   std::string err;
   if (auto b = loop::make_backend(opts, &err)) return b;
   PyErr_SetString(PyExc_OSError, err.c_str());
@@ -532,7 +585,7 @@ std::unique_ptr<loop::Backend> make_backend(PyObject* kwds) {
 }
 
 // Positional arguments and other keywords belong to __init__ (a subclass
-// may have its own); only `backend` matters here.
+// may have its own); only `backend` and `uring` matter here.
 PyObject* LoopCore_new(PyTypeObject* type, PyObject*, PyObject* kwds) {
   auto backend = make_backend(kwds);
   if (!backend) return nullptr;
@@ -596,6 +649,8 @@ PyMethodDef LoopCore_methods[] = {
     {"_accept", LoopCore_accept, METH_O, nullptr},
     {"_call_handle", LoopCore_call_handle, METH_O, nullptr},
     {"_exec_pending", LoopCore_exec_pending, METH_NOARGS, nullptr},
+    {"backend_info", LoopCore_backend_info, METH_NOARGS,
+     "The backend's name and the settings it runs with (after any fallback at start)."},
     {"_stats", LoopCore_stats, METH_NOARGS, "The reactor's part of loop.stats()."},
     FAST("_set_watchdog", LoopCore_set_watchdog, nullptr),
     FAST("_inject_recv_error", LoopCore_inject_recv_error, nullptr),

@@ -120,10 +120,10 @@ void cancel_handle(Handle* h);
 inline loop::Callback as_callback(Handle* h) { return loop::Callback{&kHandleOps, h}; }
 
 bool ready_types(PyObject* module);
-// An accepted AF_INET/AF_INET6 peer's address as socket.accept() spells it;
-// None for an empty address or another family (loop_core.cc).
+// An accepted AF_INET/AF_INET6/AF_UNIX peer's address as socket.accept()
+// spells it; None for an empty IP address or another family (loop_core.cc).
 PyObject* peer_address(const sockaddr_storage& ss, socklen_t len);
-// Creates Acceptor (acceptor.cc), the native accept step of a TCP server.
+// Creates Acceptor (acceptor.cc), the native accept step of a stream server.
 bool ready_acceptor(PyObject* module);
 bool init_executor(PyObject* module);
 void close_exec_port(LoopCore* loop);

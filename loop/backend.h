@@ -94,6 +94,17 @@ struct BackendCounters {
   uint64_t dgram_nobufs = 0;  // datagram receives ended by an empty ring (-ENOBUFS)
 };
 
+// One setting a backend runs with, as loop.backend_info() reports it: a
+// switch (flag: value 0 or 1), a number, or a name (text). It is what is in
+// effect after init's fallbacks (a feature the kernel lacks is off), not
+// what the options asked for.
+struct BackendSetting {
+  const char* name;
+  unsigned long value = 0;
+  bool flag = false;
+  const char* text = nullptr;  // set: the setting is this name, value unused
+};
+
 class Backend {
  public:
   struct Sink {
@@ -191,6 +202,8 @@ class Backend {
     (void)err;
   }
   virtual BackendCounters counters() const { return {}; }
+  // The settings in effect (BackendSetting); none where there is no choice.
+  virtual std::vector<BackendSetting> settings() const { return {}; }
 
   void set_sink(Sink* s) { sink_ = s; }
 

@@ -526,6 +526,25 @@ int UringBackend::rebuild() {
   return ensure_owner();
 }
 
+// What runs now: the setup flags the kernel took, and each completion
+// feature as probed at init and turned off since (a refusal, a failed
+// buffer ring). The stream ring's size is reported where its reads are on.
+std::vector<BackendSetting> UringBackend::settings() const {
+  const char* setup = (flags_ & IORING_SETUP_DEFER_TASKRUN)  ? "defer_taskrun"
+                      : (flags_ & IORING_SETUP_SINGLE_ISSUER) ? "single_issuer_coop_taskrun"
+                      : (flags_ & IORING_SETUP_COOP_TASKRUN)  ? "coop_taskrun"
+                                                               : "plain";
+  return {
+      {"setup", 0, false, setup},
+      {"completion", comp_, true},
+      {"completion_sends", send_ok_, true},
+      {"completion_accepts", accept_ok_, true},
+      {"completion_datagrams", dgram_ok_, true},
+      {"buf_count", comp_ ? opts_.buf_count : 0},
+      {"buf_size", comp_ ? opts_.buf_size : 0},
+  };
+}
+
 void UringBackend::setup_buffers() {
   if (comp_ && buf_.init(&ring_, kStreamGroup, opts_.buf_count, opts_.buf_size) < 0) comp_ = false;
 }

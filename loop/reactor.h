@@ -148,6 +148,7 @@ class Reactor final : private Backend::Sink {
   // Test hook; see Backend::inject_recv_error. false: fd has no watcher.
   bool inject_recv_error(int fd, int err);
   BackendCounters backend_counters() const { return backend_->counters(); }
+  std::vector<BackendSetting> backend_settings() const { return backend_->settings(); }
   size_t watcher_count() const { return watchers_.size(); }
 
   // Before blocking in poll, spin up to `ns` (without the GIL) waiting for a

@@ -134,6 +134,7 @@ class UringBackend final : public Backend {
   void recv_stop_datagrams(IoWatcher* w, std::vector<HeldDatagram>* held) override;
   void inject_recv_error(IoWatcher* w, int err) override;
   BackendCounters counters() const override { return counters_; }
+  std::vector<BackendSetting> settings() const override;
   void close() override;
 
  private:

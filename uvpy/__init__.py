@@ -26,11 +26,13 @@ from ._executor import (
     parallel_for,
 )
 from ._loop import Loop
+from ._options import UringOptions
 from ._watchdog import StallReport, Watchdog, watchdog
 from ._uvpy import Handle, TimerHandle, __version__
 
 __all__ = (
     "Loop",
+    "UringOptions",
     "Handle",
     "TimerHandle",
     "EventLoopPolicy",
@@ -64,13 +66,15 @@ def get_include() -> str:
     raise FileNotFoundError("uvpy_kernel.h is not installed with this uvpy")
 
 
-def new_event_loop(backend: str | None = None) -> Loop:
+def new_event_loop(backend: str | None = None, *, uring: UringOptions | None = None) -> Loop:
     """Return a new uvpy event loop.
 
     ``backend`` is ``"auto"``, ``"io_uring"`` or ``"libuv"``; ``None`` means
     the UVPY_BACKEND environment variable, else ``"auto"`` (see ``Loop``).
+    ``uring`` sets the io_uring backend's switches (``UringOptions``);
+    ``None`` means the UVPY_URING_* environment variables, else defaults.
     """
-    return Loop(backend=backend)
+    return Loop(backend=backend, uring=uring)
 
 
 def backends() -> dict[str, str | None]:

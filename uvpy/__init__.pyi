@@ -2,7 +2,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import traceback
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Literal, TypeAlias, TypeVar, TypeVarTuple, Unpack
 
 from . import kernels as kernels
@@ -29,6 +29,25 @@ class Handle:
 class TimerHandle(Handle):
     def when(self) -> float: ...
 
+class UringOptions:
+    completion: bool
+    completion_sends: bool
+    completion_accepts: bool
+    completion_datagrams: bool
+    buf_count: int
+    buf_size: int
+    def __init__(
+        self,
+        completion: bool = True,
+        completion_sends: bool = True,
+        completion_accepts: bool = True,
+        completion_datagrams: bool = True,
+        buf_count: int = 256,
+        buf_size: int = 8192,
+    ) -> None: ...
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> UringOptions: ...
+
 class Loop(asyncio.AbstractEventLoop):  # type: ignore[misc]
     # uvpy's handles are native types with asyncio.Handle's API, not subclasses.
     """An asyncio event loop on uvpy's native reactor."""
@@ -37,7 +56,8 @@ class Loop(asyncio.AbstractEventLoop):  # type: ignore[misc]
     warn_slow_callbacks: bool
     @property
     def backend(self) -> Literal["io_uring", "libuv"]: ...
-    def __init__(self, backend: _BackendName | None = None) -> None: ...
+    def __init__(self, backend: _BackendName | None = None, *, uring: UringOptions | None = None) -> None: ...
+    def backend_info(self) -> dict[str, str | bool | int]: ...
     def call_soon(  # type: ignore[override]
         self, callback: Callable[[Unpack[_Ts]], object], *args: Unpack[_Ts], context: contextvars.Context | None = None
     ) -> Handle: ...
@@ -73,6 +93,7 @@ class StallReport:
     stack: traceback.StackSummary | None
     task: str | None
     handle: str | None
+    gil_wait: float
     def format(self) -> str: ...
 
 class Watchdog:
@@ -99,7 +120,7 @@ def watchdog(
     *,
     linger: float | None = None,
 ) -> Watchdog: ...
-def new_event_loop(backend: _BackendName | None = None) -> Loop: ...
+def new_event_loop(backend: _BackendName | None = None, *, uring: UringOptions | None = None) -> Loop: ...
 def backends() -> dict[Literal["libuv", "io_uring"], str | None]: ...
 def install(backend: _BackendName | None = None) -> None: ...
 def run(

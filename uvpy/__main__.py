@@ -55,7 +55,8 @@ usage: {PROG} run [--backend NAME] SCRIPT [ARGS...]
 
 run      run an asyncio program on uvpy, as `python SCRIPT` / `python -m MODULE` would
 info     uvpy's version, the Python build, the backends that can run here and why
-         io_uring can not where it can not, the executor's size, the TLS record path
+         io_uring can not where it can not (else its setup and completion features),
+         the executor's size, the TLS record path
 --backend NAME   auto, libuv or io_uring (default: UVPY_BACKEND, else auto)"""
 
 
@@ -199,11 +200,14 @@ def info() -> str:
     lines.append(f"platform: {platform.system()} {platform.release()} {platform.machine()}")
 
     lines.append("backends:")
-    for name, why in uvpy.backends().items():
+    status = uvpy.backends()
+    for name, why in status.items():
         if why is None:
             lines.append(f"  {name:9} can run here")
         else:
             lines.append(f"  {name:9} can not run here: {why}{_uring_sysctl() if name == 'io_uring' else ''}")
+    if status.get("io_uring") is None:
+        lines.append(f"  io_uring  runs with {_uring_settings()}")
     env = os.environ.get("UVPY_BACKEND", "")
     try:
         loop = uvpy.new_event_loop()
@@ -222,6 +226,20 @@ def info() -> str:
     tls = _uvpy._tls_status()
     lines.append("TLS records: " + ("native path" if tls == "native" else f"Python path ({tls})"))
     return "\n".join(lines)
+
+
+def _uring_settings() -> str:
+    """An io_uring loop's settings in effect (UVPY_URING_* applied)."""
+    try:
+        loop = uvpy.new_event_loop("io_uring")
+    except (OSError, ValueError) as exc:
+        return f"none: {exc}"
+    try:
+        info = loop.backend_info()
+    finally:
+        loop.close()
+    del info["backend"]
+    return ", ".join(f"{k}={v}" for k, v in info.items())
 
 
 def _python_build() -> str:

@@ -38,7 +38,7 @@ import weakref
 from asyncio import base_events, coroutines, events, format_helpers, futures, tasks
 from asyncio.log import logger
 
-from . import _executor, _uvpy
+from . import _executor, _options, _uvpy
 from ._sendfile import SendfileMixin
 from ._sock import SockMixin
 from ._tcp import TCPMixin
@@ -83,11 +83,19 @@ class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixi
     ``"io_uring"`` (Linux 5.13+; OSError saying why where it cannot run) or
     ``"auto"`` (the recommended one: libuv for now, as io_uring measured no
     faster). ``None`` means the UVPY_BACKEND environment variable, else
-    ``"auto"``. The native base reads it when the object is created;
-    ``self.backend`` names the one in use.
+    ``"auto"``. ``uring`` (a ``uvpy.UringOptions``) sets the io_uring
+    backend's switches; ``None`` means the UVPY_URING_* environment
+    variables (uvpy/_options.py). The native base reads both when the
+    object is created; ``self.backend`` names the backend in use and
+    ``self.backend_info()`` the settings it runs with.
     """
 
-    def __init__(self, backend=None):
+    def __new__(cls, *args, uring=None, **kwargs):
+        # The native base makes the backend, so the options are resolved
+        # before it runs; __init__ gets the arguments as given.
+        return super().__new__(cls, *args, uring=_options.resolve(uring), **kwargs)
+
+    def __init__(self, backend=None, *, uring=None):
         self._default_executor = None
         self._executor_shutdown_called = False
         self._exception_handler = None

@@ -17,11 +17,12 @@ Invariants:
 3. Accepted connections are made into transports synchronously in the
    accept callback (asyncio goes through a task); protocol_factory() errors
    close the accepted socket and are reported in debug mode, as asyncio
-   reports them. For a plain (no TLS) IP server that step is native,
-   TCPTransport.__init__ included (_uvpy.Acceptor, bindings/acceptor.cc):
-   its transports own a bare fd until `_sock` is first read, and Python
-   runs only for debug mode (_accept_connection) and accept errors
-   (_accept_failed).
+   reports them. For a TCP or Unix server, with TLS or without, that step
+   is native, TCPTransport.__init__ included (_uvpy.Acceptor,
+   bindings/acceptor.cc): its transports own a bare fd until `_sock` is
+   first read, and Python runs only for debug mode (_accept_connection),
+   accept errors (_accept_failed), protocol_factory() and, for TLS, the
+   SSLProtocol's construction (_tls_server_protocol).
 4. ssl= is validated exactly as asyncio does; a TLS connection is a
    TCPTransport under asyncio's SSLProtocol (loop._make_ssl_transport and
    start_tls, see _tls.py).
@@ -51,7 +52,8 @@ from ._server import Server
 __all__ = ("TCPTransport", "TCPMixin")
 
 _READ = _uvpy.READABLE
-_NATIVE_ACCEPT = frozenset({socket.AF_INET, socket.AF_INET6})  # see _start_serving
+_IP = frozenset({socket.AF_INET, socket.AF_INET6})
+_NATIVE_ACCEPT = _IP | {socket.AF_UNIX}  # see _start_serving
 
 _LAZY_EXTRA = frozenset({"socket", "sockname"})
 
@@ -442,21 +444,25 @@ class TCPMixin:
     def _start_serving(self, protocol_factory, sock, server, backlog=100):
         if sock.fileno() < 0:
             return  # an accept retry (EMFILE) outlived server.close()
-        # An IP listener's reader accepts through the loop (_accept), which
-        # lets the io_uring backend accept ahead with one multishot accept;
-        # any other family keeps socket.accept() on readiness.
-        # kind: what socket() needs to wrap an accepted fd without asking
-        # the kernel (and without the socket module's enum conversions).
-        # Only TCP: an accepted socket of this kind gets TCP_NODELAY as is
-        # (an SCTP stream listener, say, keeps socket.accept()).
+        # An IP or Unix listener's reader accepts through the loop
+        # (_accept), which lets the io_uring backend accept ahead with one
+        # multishot accept; any other kind keeps socket.accept() on
+        # readiness. kind: what socket() needs to wrap an accepted fd
+        # without asking the kernel (and without the socket module's enum
+        # conversions). Only TCP among IP: an accepted socket of this kind
+        # gets TCP_NODELAY as is (an SCTP stream listener, say, keeps
+        # socket.accept()).
         kind = None
         if sock.family in _NATIVE_ACCEPT and sock.proto in (0, socket.IPPROTO_TCP):
             kind = (int(sock.family), int(sock.type), sock.proto)
-        if kind is not None and server._ssl_context is None:
+        if kind is not None:
             # The whole step per connection is native (bindings/acceptor.cc);
             # it comes back here for debug mode and accept errors.
+            wrap = None
+            if server._ssl_context is not None:
+                wrap = functools.partial(self._tls_server_protocol, server)
             callback = _uvpy.Acceptor(self, sock, protocol_factory, server, backlog, kind,
-                                      self._stream_transport_type(sock.family))
+                                      self._stream_transport_type(sock.family), wrap)
             self._watch(sock.fileno(), _READ, callback, (), _uvpy.IO_ACCEPTS)
             return
         self._watch(sock.fileno(), _READ, self._accept_connection,
@@ -490,7 +496,8 @@ class TCPMixin:
             if self.get_debug():
                 logger.debug("%r got a new connection from %r: %r", server, addr, conn)
             if kind is not None:
-                self._serve_connection(protocol_factory, conn, addr, server, True)
+                self._serve_connection(protocol_factory, conn, addr, server, kind[0] in _IP,
+                                       self._stream_transport_type(kind[0]))
             else:
                 self._serve_connection(protocol_factory, conn, addr, server, False,
                                        self._stream_transport_type(sock.family))

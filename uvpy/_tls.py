@@ -200,15 +200,23 @@ class TLSMixin:
     def _serve_tls_connection(self, protocol_factory, conn, addr, server, tcp,
                               transport_type=TCPTransport):
         """An accepted connection of a TLS server; raises as TCPTransport() does."""
-        protocol = protocol_factory()
+        ssl_protocol = self._tls_server_protocol(server, protocol_factory())
+        transport = transport_type(self, conn, ssl_protocol, None, None, server, addr, tcp)
+        _attach(transport, ssl_protocol)
+
+    def _tls_server_protocol(self, server, protocol):
+        """The SSLProtocol an accepted connection of a TLS server runs, over
+        the app protocol; its handshake waiter settles the connection
+        (invariant 3). The native accept step (bindings/acceptor.cc) calls
+        it as its `wrap` and attaches the record path itself."""
         waiter = self.create_future()
-        transport = self._make_ssl_transport(
-            conn, protocol, server._ssl_context, waiter, server_side=True, server=server,
+        ssl_protocol = SSLProtocol(
+            self, protocol, server._ssl_context, waiter, True, None,
             ssl_handshake_timeout=server._ssl_handshake_timeout,
-            ssl_shutdown_timeout=server._ssl_shutdown_timeout, peername=addr, tcp=tcp,
-            transport_type=transport_type)
-        waiter.add_done_callback(
-            lambda fut: self._tls_accepted(fut, transport, protocol))
+            ssl_shutdown_timeout=server._ssl_shutdown_timeout)
+        transport = ssl_protocol._app_transport  # connection_lost() lets go of it
+        waiter.add_done_callback(lambda fut: self._tls_accepted(fut, transport, protocol))
+        return ssl_protocol
 
     def _tls_accepted(self, waiter, transport, protocol):
         if waiter.cancelled():

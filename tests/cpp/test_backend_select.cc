@@ -4,6 +4,7 @@
 // (tests/python/test_backend.py).
 #include <catch2/catch.hpp>
 
+#include <map>
 #include <string>
 
 #include "backend_select.h"
@@ -45,4 +46,34 @@ TEST_CASE("auto and libuv give libuv; io_uring gives io_uring or says why not", 
   } else {  // rule 1: no silent switch to libuv
     REQUIRE(err.rfind("the io_uring backend is unavailable: ", 0) == 0);
   }
+}
+
+TEST_CASE("io_uring runs with the options it was made with; libuv has none", "[backend]") {
+  std::string err;
+  BackendOptions opts;
+  opts.kind = BackendKind::kLibuv;
+  REQUIRE(uvpy::loop::make_backend(opts, &err)->settings().empty());
+
+  opts.kind = BackendKind::kIoUring;
+  opts.uring.completion_accepts = false;
+  opts.uring.buf_count = 64;
+  opts.uring.buf_size = 4096;
+  auto u = uvpy::loop::make_backend(opts, &err);
+  if (!u) {
+    WARN("io_uring unavailable: " << err);
+    return;
+  }
+  std::map<std::string, unsigned long> got;
+  for (const auto& s : u->settings()) got[s.name] = s.text ? 1 : s.value;
+  REQUIRE(got.count("setup") == 1);
+  REQUIRE(got.at("completion_accepts") == 0);  // asked off: off whatever the kernel has
+  if (got.at("completion")) {  // the buffer ring is the one asked for
+    REQUIRE(got.at("buf_count") == 64);
+    REQUIRE(got.at("buf_size") == 4096);
+  }
+  opts.uring.completion = false;  // the master switch: every completion feature off
+  u = uvpy::loop::make_backend(opts, &err);
+  REQUIRE(u);
+  for (const auto& s : u->settings())
+    if (!s.text) REQUIRE(s.value == 0);
 }

@@ -92,6 +92,7 @@ chmod 755 "$ROOT"  # it is the chroot's /: apt's unprivileged user must get in
 MOUNTS=()
 cleanup() {
   local rc=$? i
+  rm -f "$ROOT.debootstrap.log"
   for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
     umount -l "${MOUNTS[i]}" 2>/dev/null || true
   done
@@ -116,7 +117,7 @@ bind() {  # bind SOURCE TARGET-in-root
 
 stage "debootstrap $SUITE from $MIRROR"
 debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 || {
-  tail -n 30 "$ROOT.debootstrap.log" >&2; rm -f "$ROOT.debootstrap.log"; exit 1
+  tail -n 30 "$ROOT.debootstrap.log" >&2; exit 1
 }
 rm -f "$ROOT.debootstrap.log"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"

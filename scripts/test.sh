@@ -114,7 +114,7 @@ for i in "${!PYVERS[@]}"; do
   wait "${PYVER_PIDS[i]}" || rc=$?
   if ((rc == 0)); then
     stage "Python $pyver: passed"
-    grep -E '^== |^[0-9]+ (passed|failed)|^SKIPPED|tests passed' "$log" || true
+    grep -E '^== |^[0-9]+ (passed|failed)|^SKIPPED:|tests passed' "$log" || true
   else
     stage "Python $pyver: FAILED (scripts/pyver.sh exit $rc); its log:"
     cat "$log"

@@ -11,14 +11,19 @@
 #   1. debootstrap the Debian suite that ships python3.X (minbase), from the
 #      mirror the host's apt uses, and apt-get the build dependencies;
 #   2. copy the working tree (tracked and untracked files, not ignored ones)
-#      into it;
+#      into it, and make a venv with python3.X and the build tools from the
+#      index the host's pip uses;
 #   3. build and run the C++ core's Catch2 tests (plain: the sanitizer builds
 #      run on the host only);
-#   4. make a venv with python3.X, install uvpy (editable) and its test extras
-#      from the index the host's pip uses;
+#   4. install uvpy (editable) and its test extras into the venv;
 #   5. run tests/python on libuv (uvpy and stock asyncio), then its uvpy half
 #      on io_uring where io_uring works. The CPython conformance tests come
 #      from that Python's own test package (libpython3.X-testsuite).
+#
+# Stages 1 and 2 mostly wait on the network; 3 to 5 want the CPUs. With
+# UVPY_CHROOT_GATE=FILE the script waits between them until FILE exists, so
+# a caller (scripts/test.sh) can have the chroots made while its own
+# CPU-bound stages run, and start the builds when those are done.
 #
 # Rules:
 #  1. Nothing is cached: every run starts from an empty directory under
@@ -31,6 +36,12 @@
 #  3. Any failing stage fails the script; pytest's exit status 5 (nothing
 #     collected) counts as a failure.
 #  4. Needs root (debootstrap, chroot, mount).
+#  5. SIGTERM, SIGINT or SIGHUP ends the script through the same EXIT trap
+#     (rule 2), so a caller that stops it (scripts/test.sh, when its own run
+#     fails first) leaves no mount behind.
+#  6. pytest's per-test limit (pyproject.toml, pytest-timeout) is a hang
+#     guard: a test that hangs on a newer CPython ends the run with every
+#     thread's stack instead of stalling CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO="$PWD"
@@ -81,6 +92,7 @@ chmod 755 "$ROOT"  # it is the chroot's /: apt's unprivileged user must get in
 MOUNTS=()
 cleanup() {
   local rc=$? i
+  rm -f "$ROOT.debootstrap.log"
   for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
     umount -l "${MOUNTS[i]}" 2>/dev/null || true
   done
@@ -94,6 +106,9 @@ cleanup() {
   exit "$rc"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+trap 'exit 129' HUP
 bind() {  # bind SOURCE TARGET-in-root
   mkdir -p "$ROOT$2"
   mount --bind "$1" "$ROOT$2"
@@ -102,7 +117,7 @@ bind() {  # bind SOURCE TARGET-in-root
 
 stage "debootstrap $SUITE from $MIRROR"
 debootstrap --variant=minbase "$SUITE" "$ROOT" "$MIRROR" >"$ROOT.debootstrap.log" 2>&1 || {
-  tail -n 30 "$ROOT.debootstrap.log" >&2; rm -f "$ROOT.debootstrap.log"; exit 1
+  tail -n 30 "$ROOT.debootstrap.log" >&2; exit 1
 }
 rm -f "$ROOT.debootstrap.log"
 cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
@@ -128,12 +143,6 @@ mkdir -p "$ROOT/src"
 git ls-files -z --cached --others --exclude-standard |
   tar --null -T - --ignore-failed-read -cf - | tar -C "$ROOT/src" -xf -
 
-stage "C++ core: Catch2 (plain)"
-in_root /bin/sh -ec "cd /src
-  cmake -S . -B build/cpp -G Ninja -DUVPY_BUILD_PYTHON=OFF -DUVPY_BUILD_TESTS=ON >/dev/null
-  cmake --build build/cpp -j $(nproc)
-  ctest --test-dir build/cpp --output-on-failure"
-
 # pip inside the chroot uses the index the host's pip uses, and trusts
 # the certificates the host's pip trusts (a proxy's CA may be among them);
 # the host's local file:// indexes are not reachable there and are left out.
@@ -151,23 +160,33 @@ if [ -f "$cert" ]; then
   PIP_ENV+=(PIP_CERT=/etc/uvpy-pip-ca.crt)
 fi
 
-stage "venv with $PY; pip install -e .[test]"
+stage "venv with $PY; pip install the build tools"
+in_root "${PIP_ENV[@]}" /bin/sh -ec "$PY -m venv /venv
+  /venv/bin/pip install -q 'scikit-build-core>=0.10' 'pybind11>=2.12'"
+
+if [ -n "${UVPY_CHROOT_GATE:-}" ]; then
+  stage "waiting for $UVPY_CHROOT_GATE"
+  while [ ! -e "$UVPY_CHROOT_GATE" ]; do sleep 1; done
+fi
+
+stage "C++ core: Catch2 (plain)"
+in_root /bin/sh -ec "cd /src
+  cmake -S . -B build/cpp -G Ninja -DUVPY_BUILD_PYTHON=OFF -DUVPY_BUILD_TESTS=ON >/dev/null
+  cmake --build build/cpp -j $(nproc)
+  ctest --test-dir build/cpp --output-on-failure"
+
+stage "pip install -e .[test]"
 in_root "${PIP_ENV[@]}" /bin/sh -ec "cd /src
-  $PY -m venv /venv
-  /venv/bin/pip install -q 'scikit-build-core>=0.10' 'pybind11>=2.12'
-  /venv/bin/pip install -q --no-build-isolation -e '.[test]' pytest-timeout
+  /venv/bin/pip install -q --no-build-isolation -e '.[test]'
   /venv/bin/python -c 'import sys, uvpy, uvpy._uvpy as m; print(\"uvpy\", uvpy.__version__, \"on Python\", sys.version.split()[0], \"native TLS:\", m._tls_status())'"
 
 # Exit status 5 (no tests collected) is non-zero: set -e fails on it.
-# --timeout (pytest-timeout) is a hang guard only: a test that hangs on a
-# newer CPython ends the run with every thread's stack instead of stalling
-# CI (the thread method: a loop blocked in native code gets no SIGALRM).
 stage "Python: pytest on libuv (uvpy and stock asyncio)"
-in_root UVPY_BACKEND=libuv /bin/sh -ec 'cd /src && exec /venv/bin/python -m pytest tests/python -q -p no:cacheprovider -rs --timeout=300 --timeout-method=thread "$@"' sh "$@"
+in_root UVPY_BACKEND=libuv /bin/sh -ec 'cd /src && exec /venv/bin/python -m pytest tests/python -q -p no:cacheprovider -rs "$@"' sh "$@"
 
 stage "Python: pytest on io_uring (the uvpy half)"
 if in_root /venv/bin/python -c 'import uvpy; uvpy.new_event_loop("io_uring").close()' 2>/dev/null; then
-  in_root UVPY_BACKEND=io_uring /bin/sh -ec 'cd /src && exec /venv/bin/python -m pytest tests/python -q -p no:cacheprovider --uvpy-only --timeout=300 --timeout-method=thread "$@"' sh "$@"
+  in_root UVPY_BACKEND=io_uring /bin/sh -ec 'cd /src && exec /venv/bin/python -m pytest tests/python -q -p no:cacheprovider --uvpy-only "$@"' sh "$@"
 else
   echo "SKIPPED: io_uring cannot run here"
 fi

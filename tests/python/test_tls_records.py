@@ -14,7 +14,6 @@ aborting from inside data_received(), and write flow control.
 import asyncio
 import hashlib
 import os
-import sys
 import socket
 import ssl
 import threading
@@ -254,15 +253,14 @@ def test_corrupted_record_fails_the_connection_as_asyncio_does(loop, server_ctx,
     assert reports == []
 
 
-def test_pause_reading_holds_records_until_resumed(loop, loop_name, request, server_ctx, client_ctx):
-    if loop_name == "asyncio" and sys.version_info >= (3, 14):
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="stock asyncio 3.14 times out here (the records held while "
-            "paused are not delivered after resume_reading()); cause not yet investigated"))
+def test_pause_reading_holds_records_until_resumed(loop, server_ctx, client_ctx):
     class Pauser(Recorder):
+        # Pauses once: a protocol still paused when the peer closes never
+        # sees the end of the connection, and from Python 3.12 on
+        # wait_closed() waits for it.
         def data_received(self, data):
             super().data_received(data)
-            if len(self.data) >= 1000 and self.transport.is_reading():
+            if len(self.data) >= 1000 and not hasattr(self, "paused_at"):
                 self.transport.pause_reading()
                 self.paused_at = len(self.data)
 

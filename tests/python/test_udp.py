@@ -223,7 +223,17 @@ def _fill(loop, tmp_path, high=None):
     return run(loop, main())
 
 
-def test_send_queue_keeps_every_datagram_in_order(loop, tmp_path):
+# CPython 3.13.0 to 3.13.5 count 8 header bytes per queued datagram in and
+# none out (CPython gh-135444): the stock loop's write-buffer size never
+# comes back to 0 once a datagram was queued.
+STOCK_DRAIN_BUG = (3, 13) <= sys.version_info[:3] < (3, 13, 6)
+
+
+def test_send_queue_keeps_every_datagram_in_order(loop, loop_name, request, tmp_path):
+    if loop_name == "asyncio" and STOCK_DRAIN_BUG:
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="CPython gh-135444: the stock datagram transport's "
+            "write-buffer size keeps 8 bytes per datagram it queued (fixed in 3.13.6)"))
     receiver, rp, sender, sp, n = _fill(loop, tmp_path, high=4096)
     assert sp.paused == 1  # once, however far past the mark
     assert sender.get_write_buffer_size() > 4096
@@ -234,8 +244,13 @@ def test_send_queue_keeps_every_datagram_in_order(loop, tmp_path):
         await asyncio.wait_for(rp.got, 10)
         assert [int.from_bytes(d[:4], "big") for d, _ in rp.datagrams] == list(range(n))
         assert all(len(d) == 1024 for d, _ in rp.datagrams)
-        while sender.get_write_buffer_size():
+        # Every datagram arrived, so the writer has sent the whole queue; the
+        # loop iterations only give a completion-based backend its turn.
+        for _ in range(100):
+            if not sender.get_write_buffer_size():
+                break
             await asyncio.sleep(0)
+        assert sender.get_write_buffer_size() == 0
         assert sp.resumed == 1
         await closed(receiver, sender)
 

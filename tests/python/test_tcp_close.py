@@ -72,6 +72,7 @@ def test_writes_after_close_are_dropped_with_a_warning(loop, caplog):
     peer.close()
 
 
+@pytest.mark.leaves_io_open("closes the loop under an open transport, which then warns")
 def test_closing_the_loop_with_an_open_transport(new_loop):
     loop = new_loop()
     tr, proto, peer = connect(loop)

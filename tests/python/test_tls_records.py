@@ -299,6 +299,8 @@ def test_pause_reading_holds_records_until_resumed(loop, loop_name, request, ser
         assert bytes(rec.data) == payload
         rec.transport.write(b"done")
         assert await join(peer) == b"done"
+        rec.transport.resume_reading()  # Pauser paused again on the last records
+        assert await asyncio.wait_for(rec.lost, GUARD) is None  # the peer closed
         server.close()
         await server.wait_closed()
 

@@ -31,6 +31,7 @@ in the test's teardown:
    loops (the oracle's own leaks): ``leaves_io_open(why)`` from 1 (the test
    closes a loop under open I/O on purpose), ``leaks_fds(why)`` from 2.
    ResourceWarnings a test expects it catches itself (pytest.warns).
+   A test whose setup or call failed is not checked: one report is enough.
 
 What a process opens once for all its loops (libuv's signal lock pipe)
 is opened before the first test (pytest_sessionstart), so it is no test's.
@@ -112,14 +113,19 @@ def pytest_collection_finish(session):
 
 
 def pytest_sessionstart(session):
-    """Run a uvpy loop once before any test, so what a process opens once
-    for all its loops (libuv's signal lock pipe) is there before the first
-    test's fds are taken (invariant 2)."""
-    loop = uvpy.new_event_loop()
-    try:
-        loop.run_until_complete(asyncio.sleep(0))
-    finally:
-        loop.close()
+    """Run a uvpy loop of each backend once before any test, so what a
+    process opens once for all its loops (libuv's signal lock pipe) is
+    there before the first test's fds are taken (invariant 2). Tests ask
+    for either backend whatever UVPY_BACKEND says."""
+    for backend in ("libuv", "io_uring"):
+        try:
+            loop = uvpy.Loop(backend=backend)
+        except OSError:
+            continue  # io_uring can not run here
+        try:
+            loop.run_until_complete(asyncio.sleep(0))
+        finally:
+            loop.close()
 
 
 def pytest_report_header(config):
@@ -136,6 +142,7 @@ _CONFORMANCE = os.path.join(os.path.dirname(__file__), "conformance") + os.sep
 _leftovers = []  # what loops closed during the current test left behind (invariant 1)
 _fixture_fds = {}  # id(fixturedef) -> fds a fixture wider than a test opened (invariant 2)
 _fds_before = pytest.StashKey()
+_failed = pytest.StashKey()  # the test's setup or call failed
 
 
 def _checked(item):
@@ -223,15 +230,24 @@ def pytest_fixture_post_finalizer(fixturedef, request):
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
     _leftovers.clear()
-    item.stash[_fds_before] = fd_table()
+    if _checked(item):
+        item.stash[_fds_before] = fd_table()
     return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        item.stash[_failed] = True
+    return report
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_teardown(item, nextitem):
     result = yield
-    if not _checked(item):
-        return result
+    if not _checked(item) or item.stash.get(_failed, False):
+        return result  # a failed test may well leave things open: one report is enough
     leftovers, _leftovers[:] = list(_leftovers), []
     # This runs after pytest's own unraisable-exception check of the phase:
     # what the collection finds is recorded here, not blamed on the next test.

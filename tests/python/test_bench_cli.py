@@ -269,6 +269,8 @@ def test_write_results(tmp_path):
     assert _report.format_markdown(again) == (tmp_path / "t.md").read_text()
 
 
+@pytest.mark.leaks_fds("matplotlib keeps each font file it has loaded open (its font cache) "
+                       "for the life of the process")
 def test_write_results_charts(tmp_path):
     pytest.importorskip("matplotlib")
     paths = _report.write_results(synthetic_report(), "t", str(tmp_path))

@@ -129,11 +129,24 @@ def test_cancelling_queued_python_work(loop):
 
 
 def test_shutdown_default_executor_waits_for_work(loop):
+    started, release = threading.Event(), threading.Event()
     done = []
 
+    def work():
+        started.set()
+        release.wait(30)
+        done.append(1)
+
     async def main():
-        loop.run_in_executor(None, lambda: (time.sleep(0.05), done.append(1)))
-        await loop.shutdown_default_executor()
+        loop.run_in_executor(None, work)
+        while not started.is_set():
+            await asyncio.sleep(0.001)
+        shutdown = asyncio.ensure_future(loop.shutdown_default_executor())
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert not shutdown.done()  # the work is still running
+        release.set()
+        await shutdown
         assert done == [1]
 
     run(loop, main())

@@ -269,6 +269,7 @@ def test_character_device(loop, fds_unchanged):
     assert run(loop, main()) == ["made", ("lost", None)]
 
 
+@pytest.mark.leaves_io_open("closes the loop under an open read pipe, whose transport then warns")
 def test_unclosed_pipe_transport_warns_and_closes_its_fd(new_loop):
     loop = new_loop()
     r, w = os.pipe()

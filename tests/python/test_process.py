@@ -252,7 +252,8 @@ def test_child_that_does_not_read_stdin_pauses_the_writer_and_loses_nothing(loop
         assert await proc.stdout.readline() == b"ready\n"
         proc.stdin.write(data)
         drain = asyncio.ensure_future(proc.stdin.drain())
-        await asyncio.sleep(0.2)
+        for _ in range(10):  # the pipe fills: 2 MiB never fit while the child waits
+            await asyncio.sleep(0)
         blocked = not drain.done()
         buffered = proc.stdin.transport.get_write_buffer_size()
         proc.send_signal(signal.SIGUSR1)
@@ -279,6 +280,7 @@ def test_child_exiting_while_stdin_is_buffered(loop):
     assert run(loop, main()) == 0
 
 
+@pytest.mark.leaves_io_open("closes the loop while the child and its pipes still run")
 def test_loop_closed_under_a_running_child(new_loop, loop_name):
     if loop_name == "asyncio" and sys.version_info >= (3, 12):
         pytest.skip("the stock loop of Python 3.12+ watches children with a pidfd reader "
@@ -293,12 +295,23 @@ def test_loop_closed_under_a_running_child(new_loop, loop_name):
     loop.close()
     os.kill(pid, signal.SIGKILL)
     assert gone(pid), "the child was left a zombie"
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        del proc
-        collect()
+    unraisable, hook = [], sys.unraisablehook
+    sys.unraisablehook = lambda u: unraisable.append(repr(u.exc_value))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            del proc
+            collect()
+    finally:
+        sys.unraisablehook = hook
     messages = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
     assert any(m.startswith("unclosed transport <") for m in messages), messages
+    # The stock transport's __del__ goes on to call_soon() on the closed
+    # loop (RuntimeError, ignored): the oracle's own defect; uvpy's is quiet.
+    if loop_name == "uvpy":
+        assert unraisable == []
+    else:
+        assert set(unraisable) <= {"RuntimeError('Event loop is closed')"}, unraisable
 
 
 def test_a_thousand_children_leave_no_fd_and_no_zombie(loop):
@@ -327,10 +340,13 @@ def test_cancelled_spawn_kills_and_reaps(loop):
 
     before = warmed_fds(loop)
     run(loop, main())
-    run(loop, asyncio.sleep(0.1))
-    collect()
-    assert open_fds() == before
     deadline = time.monotonic() + 10
+    while True:  # the killed child's pipes close as it is reaped
+        collect()
+        if open_fds() == before or time.monotonic() > deadline:
+            break
+        run(loop, asyncio.sleep(0.01))
+    assert open_fds() == before
     while zombies() and time.monotonic() < deadline:
         run(loop, asyncio.sleep(0.02))
     assert zombies() == []

@@ -80,10 +80,11 @@ def test_running_while_another_loop_runs_in_thread_is_refused(new_loop):
 def test_running_one_loop_from_two_threads_is_refused(loop):
     errors = []
     started = threading.Event()
+    tried = loop.create_future()
 
     async def main():
         started.set()
-        await asyncio.sleep(0.2)
+        await tried  # the loop runs until the other thread has tried
 
     def other():
         started.wait()
@@ -91,6 +92,8 @@ def test_running_one_loop_from_two_threads_is_refused(loop):
             loop.run_forever()
         except RuntimeError as exc:
             errors.append(str(exc))
+        finally:
+            loop.call_soon_threadsafe(tried.set_result, None)
 
     t = threading.Thread(target=other)
     t.start()

@@ -7,6 +7,7 @@ run."""
 
 import asyncio
 import socket
+import warnings
 
 import pytest
 
@@ -114,7 +115,8 @@ def test_connection_made_first_and_wait_closed_waits_for_the_connection(loop, de
         waiter = loop.create_task(server.wait_closed())
         await asyncio.sleep(0)
         server.close()
-        await asyncio.sleep(0.05)
+        for _ in range(10):
+            await asyncio.sleep(0)
         assert not waiter.done()
         assert active_connections(server) == 1
         tr.close()
@@ -127,7 +129,7 @@ def test_connection_made_first_and_wait_closed_waits_for_the_connection(loop, de
 
 
 @pytest.mark.parametrize("debug", [False, True])
-def test_protocol_factory_raising_closes_the_connection_and_keeps_serving(loop, debug):
+def test_protocol_factory_raising_closes_the_connection_and_keeps_serving(loop, loop_name, debug):
     loop.set_debug(debug)
     contexts = []
     loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
@@ -163,17 +165,22 @@ def test_protocol_factory_raising_closes_the_connection_and_keeps_serving(loop, 
     run(loop, asyncio.sleep(0))  # lazily made loop fds are not leaks
     collect()
     fds = open_fds()
-    run(loop, main())
-    assert len(calls) == 2
-    # asyncio reports a failed transport creation only in debug mode.
-    if debug:
-        assert [c["message"] for c in contexts] == [
-            "Error on transport creation for incoming connection"]
-        assert isinstance(contexts[0]["exception"], ZeroDivisionError)
-    else:
-        assert contexts == []
-    contexts.clear()
-    collect()
+    with warnings.catch_warnings():
+        if loop_name == "asyncio":
+            # The stock loop drops the accepted socket unclosed when the
+            # factory raises (its GC closes it): the oracle's warning.
+            warnings.filterwarnings("ignore", "unclosed <socket.socket", ResourceWarning)
+        run(loop, main())
+        assert len(calls) == 2
+        # asyncio reports a failed transport creation only in debug mode.
+        if debug:
+            assert [c["message"] for c in contexts] == [
+                "Error on transport creation for incoming connection"]
+            assert isinstance(contexts[0]["exception"], ZeroDivisionError)
+        else:
+            assert contexts == []
+        contexts.clear()
+        collect()
     assert open_fds() == fds
 
 

@@ -13,6 +13,19 @@ def run(loop, coro):
     return loop.run_until_complete(coro)
 
 
+def one_connection(loop):
+    """A protocol factory for a server's one connection, and a future its
+    connection_lost completes: the test waits for the server's end of the
+    connection to close, not only for its own."""
+    lost = loop.create_future()
+
+    class ServerEnd(asyncio.Protocol):
+        def connection_lost(self, exc):
+            lost.set_result(exc)
+
+    return ServerEnd, lost
+
+
 def refused_futures():
     return [o for o in gc.get_objects()
             if isinstance(o, asyncio.Future) and o.done() and not o.cancelled()
@@ -28,7 +41,8 @@ def test_a_finished_connect_leaves_no_future_holding_a_failed_attempt(loop, dela
     dead.close()  # nothing listens there: refused
 
     async def main():
-        srv = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        server_end, lost = one_connection(loop)
+        srv = await loop.create_server(server_end, "127.0.0.1", 0)
         port = srv.sockets[0].getsockname()[1]
 
         async def getaddrinfo(host, p, **kwargs):
@@ -44,6 +58,7 @@ def test_a_finished_connect_leaves_no_future_holding_a_failed_attempt(loop, dela
         finally:
             del loop.getaddrinfo
         tr.close()
+        await asyncio.wait_for(lost, 30)
         srv.close()
         await srv.wait_closed()
 
@@ -61,7 +76,8 @@ def test_nodelay_on_a_given_socket_as_asyncio_sets_it(loop, proto):
     """asyncio sets TCP_NODELAY only where sock.proto says TCP (base_events._set_nodelay)."""
 
     async def main():
-        srv = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        server_end, lost = one_connection(loop)
+        srv = await loop.create_server(server_end, "127.0.0.1", 0)
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, proto)
         s.connect(srv.sockets[0].getsockname())
         tr, _ = await loop.create_connection(asyncio.Protocol, sock=s)
@@ -69,6 +85,7 @@ def test_nodelay_on_a_given_socket_as_asyncio_sets_it(loop, proto):
             return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         finally:
             tr.close()
+            await asyncio.wait_for(lost, 30)
             srv.close()
             await srv.wait_closed()
 
@@ -77,13 +94,15 @@ def test_nodelay_on_a_given_socket_as_asyncio_sets_it(loop, proto):
 
 def test_nodelay_on_a_connection_by_address(loop):
     async def main():
-        srv = await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+        server_end, lost = one_connection(loop)
+        srv = await loop.create_server(server_end, "127.0.0.1", 0)
         tr, _ = await loop.create_connection(asyncio.Protocol, *srv.sockets[0].getsockname())
         try:
             sock = tr.get_extra_info("socket")
             return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         finally:
             tr.close()
+            await asyncio.wait_for(lost, 30)
             srv.close()
             await srv.wait_closed()
 

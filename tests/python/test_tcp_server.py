@@ -11,7 +11,7 @@ import pytest
 
 import uvpy
 
-from conftest import active_connections, collect, free_port, has_ipv6, open_fds
+from conftest import active_connections, close_server, collect, free_port, has_ipv6, open_fds
 
 
 def run(loop, coro):
@@ -403,7 +403,7 @@ def _accepted_sockets_look_like_accept(loop, host, family):
         names = [c.getsockname() for c in clients]
         for c in clients:
             c.close()
-        await server.wait_closed()  # 3.12.1+: once the accepted connections are gone
+        await close_server(server)  # as wait_closed() on 3.12.1+: once the accepted connections are gone
         return names
 
     names = run(loop, main())
@@ -440,8 +440,7 @@ def test_unix_listener_passed_as_sock_is_served(loop, tmp_path):
         await loop.sock_sendall(c, b"unix")
         assert await asyncio.wait_for(loop.sock_recv(c, 10), 10) == b"unix"
         c.close()
-        server.close()
-        await server.wait_closed()
+        await close_server(server)
 
     run(loop, main())
 

@@ -297,6 +297,8 @@ def test_pause_reading_holds_records_until_resumed(loop, server_ctx, client_ctx)
         assert bytes(rec.data) == payload
         rec.transport.write(b"done")
         assert await join(peer) == b"done"
+        rec.transport.resume_reading()  # Pauser paused again on the last records
+        assert await asyncio.wait_for(rec.lost, GUARD) is None  # the peer closed
         server.close()
         await server.wait_closed()
 

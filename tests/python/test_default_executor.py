@@ -1,46 +1,12 @@
-"""shutdown_asyncgens, run_in_executor and the default executor."""
+"""run_in_executor, the default executor and its shutdown, on both loops.
 
-import asyncio
+test_executor.py covers uvpy's native executor behind run_in_executor(None).
+"""
+
 import concurrent.futures
 import threading
 
 import pytest
-
-
-def test_shutdown_asyncgens_closes_suspended_generators(loop):
-    closed = []
-
-    async def agen():
-        try:
-            yield 1
-            yield 2
-        finally:
-            closed.append(True)
-
-    async def main():
-        g = agen()
-        assert await g.__anext__() == 1
-        return g
-
-    g = loop.run_until_complete(main())
-    assert closed == []
-    loop.run_until_complete(loop.shutdown_asyncgens())
-    assert closed == [True]
-    del g
-
-
-def test_asyncgen_after_shutdown_warns(loop):
-    async def agen():
-        yield 1
-
-    async def main():
-        g = agen()
-        with pytest.warns(ResourceWarning, match="was scheduled after"):
-            await g.__anext__()
-        await g.aclose()
-
-    loop.run_until_complete(loop.shutdown_asyncgens())
-    loop.run_until_complete(main())
 
 
 def test_run_in_executor_default_and_custom(loop):
@@ -96,10 +62,3 @@ def test_run_in_executor_on_closed_loop(loop):
     loop.close()
     with pytest.raises(RuntimeError, match="Event loop is closed"):
         loop.run_in_executor(None, sum, [])
-
-
-@pytest.mark.asyncio
-async def test_getaddrinfo_numeric_host():
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo("127.0.0.1", 80, type=1)
-    assert infos and infos[0][4] == ("127.0.0.1", 80)

@@ -176,7 +176,7 @@ def loop_leftovers(loop):
     """What an open loop still watches or carries: one line per kind."""
     own = 1 if loop._ssock is not None else 0  # the signal wakeup socket (both loops)
     if isinstance(loop, uvpy.Loop):
-        watchers = loop._stats()["watchers"] - own
+        watchers = loop._stats()["watchers"]["total"] - own
         refs = loop.__dict__.get("_transports", {}).values()  # fd -> weakref.ref
         transports = [ref() for ref in refs]
     else:
@@ -201,6 +201,11 @@ def _checking_close(factory):
 
         def checked_close():
             loop = ref()
+            if loop is None:
+                # Loop.__del__ of a loop found in cyclic garbage (its weak
+                # references are cleared first): nothing left to check, and
+                # the native base releases the reactor as it goes.
+                return
             if not loop.is_closed() and not loop.is_running():
                 _leftovers.extend(loop_leftovers(loop))
             close(loop)

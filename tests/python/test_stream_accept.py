@@ -7,13 +7,28 @@ connections natively (bindings/acceptor.cc, its `wrap` for TLS) and in
 debug mode through Python; both are run."""
 
 import asyncio
+import contextlib
 import os
 import socket
 import ssl
+import warnings
 
 import pytest
 
+import uvpy
+
 from conftest import active_connections, collect, open_fds
+
+
+@contextlib.contextmanager
+def stock_leak_tolerated(loop):
+    """The stock loop drops the accepted socket unclosed when the protocol
+    factory raises (its GC closes it, with a ResourceWarning): the oracle's
+    own leak, tolerated for it only; uvpy closes the socket."""
+    with warnings.catch_warnings():
+        if not isinstance(loop, uvpy.Loop):
+            warnings.filterwarnings("ignore", "unclosed <socket.socket", ResourceWarning)
+        yield
 
 
 def run(loop, coro):
@@ -107,9 +122,11 @@ def test_unix_factory_raising_closes_the_connection_and_keeps_serving(loop, tmp_
 
     async def main():
         server = await loop.create_unix_server(factory, path)
-        first, _ = await asyncio.open_unix_connection(path)
+        first, first_writer = await asyncio.open_unix_connection(path)
         if not debug:  # (in debug mode the reported traceback holds the socket)
             assert await asyncio.wait_for(first.read(), 10) == b""
+        first_writer.close()
+        await first_writer.wait_closed()
         reader, writer = await asyncio.open_unix_connection(path)
         writer.write(b"x")
         assert await asyncio.wait_for(reader.readexactly(1), 10) == b"x"
@@ -119,14 +136,17 @@ def test_unix_factory_raising_closes_the_connection_and_keeps_serving(loop, tmp_
         server.close()
         await server.wait_closed()
 
-    run(loop, main())
-    assert len(calls) == 2
-    if debug:
-        assert [c["message"] for c in contexts] == [
-            "Error on transport creation for incoming connection"]
-        assert isinstance(contexts[0]["exception"], ZeroDivisionError)
-    else:
-        assert contexts == []
+    with stock_leak_tolerated(loop):
+        run(loop, main())
+        assert len(calls) == 2
+        if debug:
+            assert [c["message"] for c in contexts] == [
+                "Error on transport creation for incoming connection"]
+            assert isinstance(contexts[0]["exception"], ZeroDivisionError)
+        else:
+            assert contexts == []
+        contexts.clear()  # (in debug mode its traceback holds the socket)
+        collect()
 
 
 @pytest.mark.parametrize("family", ["tcp", "unix"])
@@ -202,14 +222,17 @@ def test_tls_factory_raising_keeps_serving(loop, server_ctx, client_ctx, debug):
         server.close()
         await server.wait_closed()
 
-    run(loop, main())
-    assert len(calls) == 2
-    if debug:
-        assert [c["message"] for c in contexts] == [
-            "Error on transport creation for incoming connection"]
-        assert isinstance(contexts[0]["exception"], ZeroDivisionError)
-    else:
-        assert contexts == []
+    with stock_leak_tolerated(loop):
+        run(loop, main())
+        assert len(calls) == 2
+        if debug:
+            assert [c["message"] for c in contexts] == [
+                "Error on transport creation for incoming connection"]
+            assert isinstance(contexts[0]["exception"], ZeroDivisionError)
+        else:
+            assert contexts == []
+        contexts.clear()  # (in debug mode its traceback holds the socket)
+        collect()
 
 
 @pytest.mark.parametrize("kind", ["unix", "tls"])

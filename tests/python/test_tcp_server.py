@@ -180,21 +180,22 @@ class Sink(asyncio.Protocol):
         self.lost.set_result(exc)
 
 
-def needs_close_clients(server):
-    # uvpy's Server has them on every Python.
-    if not isinstance(server.get_loop(), uvpy.Loop) and sys.version_info < (3, 13):
+def needs_close_clients(loop):
+    # uvpy's Server has them on every Python. Checked before anything is
+    # opened: a skip half-way would leave the server open.
+    if not isinstance(loop, uvpy.Loop) and sys.version_info < (3, 13):
         pytest.skip("asyncio.Server.close_clients()/abort_clients() are Python 3.13's")
 
 
 @pytest.mark.parametrize("method", ["close_clients", "abort_clients"])
 def test_close_clients_and_abort_clients_end_only_this_servers_connections(loop, method):
+    needs_close_clients(loop)
     BIG = 8 * 1024 * 1024
 
     async def main():
         made, other_made = [], []
         server = await loop.create_server(lambda: Sink(loop, made), "127.0.0.1", 0)
         other = await loop.create_server(lambda: Sink(loop, other_made), "127.0.0.1", 0)
-        needs_close_clients(server)
         addr = server.sockets[0].getsockname()
         clients = []
         for _ in range(2):
@@ -271,10 +272,10 @@ def test_cancelling_serve_forever_closes_the_clients(loop):
 
 
 def test_close_clients_then_wait_closed(loop):
+    needs_close_clients(loop)
     async def main():
         made = []
         server = await loop.create_server(lambda: Sink(loop, made), "127.0.0.1", 0)
-        needs_close_clients(server)
         tr, proto = await loop.create_connection(lambda: Client(loop),
                                                  *server.sockets[0].getsockname())
         while not made:
@@ -290,11 +291,11 @@ def test_close_clients_then_wait_closed(loop):
 
 
 def test_close_clients_of_a_unix_and_a_tls_server(loop, tmp_path, server_ctx, client_ctx):
+    needs_close_clients(loop)
     async def main():
         made = []
         unix = await loop.create_unix_server(lambda: Sink(loop, made), str(tmp_path / "s"))
         tls = await loop.create_server(lambda: Sink(loop, made), "127.0.0.1", 0, ssl=server_ctx)
-        needs_close_clients(unix)
         utr, uproto = await loop.create_unix_connection(lambda: Client(loop), str(tmp_path / "s"))
         ttr, tproto = await loop.create_connection(
             lambda: Client(loop), *tls.sockets[0].getsockname(), ssl=client_ctx,

@@ -1,6 +1,8 @@
 // watchdog.cc — see watchdog.h for the rules.
 #include "watchdog.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <chrono>
 
@@ -16,6 +18,9 @@ Watchdog::Watchdog(Reactor::BusyBeacon* beacon, int64_t threshold_ns, int64_t li
       hooks_(std::move(hooks)) {
   beacon_->long_ns.store(threshold_ns_, std::memory_order_relaxed);
   thread_ = std::thread([this] { run(); });
+  // Named (by its creator, so the name is there once this returns), so that
+  // tools (top -H, /proc/PID/task/*/comm) and tests can tell it apart.
+  pthread_setname_np(thread_.native_handle(), "uvpy-watchdog");
 }
 
 Watchdog::~Watchdog() { stop(); }

@@ -153,20 +153,28 @@ def test_a_stall_in_native_code_holding_the_gil_says_so():
         assert "held the GIL in native code" in r.format()
 
 
-def native_threads():
-    # The watchdog's thread is a C++ std::thread: threading does not list it.
-    return set(os.listdir("/proc/self/task"))
+def watchdog_threads():
+    """The process's watchdog threads: C++ std::threads, which threading
+    does not list, named "uvpy-watchdog" (loop/watchdog.cc)."""
+    found = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                found += f.read().strip() == "uvpy-watchdog"
+        except FileNotFoundError:
+            pass  # a thread that ended while we looked
+    return found
 
 
 def test_the_watchdog_stops_with_the_loop_and_leaks_nothing():
     loop = uvpy.new_event_loop()
-    before = native_threads()
+    before = watchdog_threads()
     dog = uvpy.watchdog(loop, threshold=0.05)
-    assert len(native_threads() - before) == 1
+    assert watchdog_threads() == before + 1
     ref = weakref.ref(dog)
     loop.run_until_complete(asyncio.sleep(0.01))
     loop.close()  # joins the watchdog's thread
-    assert native_threads() == before
+    assert watchdog_threads() == before
     with pytest.raises(RuntimeError, match="Event loop is closed"):
         uvpy.watchdog(loop, threshold=0.05)
     dog.stop()  # idempotent after close
@@ -180,18 +188,18 @@ def test_the_watchdog_stops_with_the_loop_and_leaks_nothing():
 
 def test_stop_ends_the_thread_and_a_loop_collected_unclosed_ends_it_too():
     loop = uvpy.new_event_loop()
-    before = native_threads()
+    before = watchdog_threads()
     dog = uvpy.watchdog(loop, threshold=0.05)
     dog.stop()
-    assert native_threads() == before
+    assert watchdog_threads() == before
     assert loop._watchdog is None
 
     uvpy.watchdog(loop, threshold=0.05)
-    assert len(native_threads() - before) == 1
+    assert watchdog_threads() == before + 1
     with pytest.warns(ResourceWarning, match="unclosed event loop"):
         del loop
         gc.collect()
-    assert native_threads() == before
+    assert watchdog_threads() == before
 
 
 def test_starting_a_watchdog_replaces_the_previous_one():

@@ -356,6 +356,9 @@ async def main():
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+@pytest.mark.leaks_fds("multiprocessing starts ProcessPoolExecutor's helper process (the forkserver, "
+                       "the default from Python 3.14) once per process, and it keeps its pipes open "
+                       "for later pools")
 def test_any_concurrent_futures_executor(loop):
     # An explicit executor, and a ThreadPoolExecutor as the default, work as on asyncio.
     async def main():

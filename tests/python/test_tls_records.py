@@ -24,6 +24,7 @@ pytest.importorskip("trustme")
 
 import uvpy  # noqa: E402
 from uvpy import _uvpy  # noqa: E402
+from conftest import close_server  # noqa: E402
 
 GUARD = 30  # seconds; a hang guard only, never an expectation
 
@@ -113,8 +114,7 @@ def test_the_record_path_is_native_on_uvpy(server_ctx, client_ctx):
             assert tr._ssl_protocol._transport._tls_attached
             assert type(tr).write is not asyncio.sslproto._SSLProtocolTransport.write
             tr.close()
-            server.close()
-            await server.wait_closed()
+            await close_server(server)  # and the server's end of the connection
 
         run(loop, main())
     finally:
@@ -470,8 +470,7 @@ def test_wrong_write_arguments_raise_as_asyncio(loop, server_ctx, client_ctx):
         assert tr.write(memoryview(b"")) is None
         tr.close()
         tr.write(b"after close")  # dropped, as asyncio drops it
-        server.close()
-        await server.wait_closed()
+        await close_server(server)  # and the server's end of the connection
 
     run(loop, main())
 

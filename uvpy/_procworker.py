@@ -1,0 +1,295 @@
+"""The process pool's wire format, and the worker process's main loop.
+
+This file is imported by the pool (uvpy._procpool) for the frame codec, and
+loaded by path in each worker, which runs main(). It imports only the
+standard library: a worker never imports uvpy, so it starts as fast as a bare
+interpreter plus the user's modules.
+
+Wire format (one AF_UNIX SOCK_STREAM socketpair per worker, both ways):
+
+    frame  = header payload
+    header = struct "<BIIQ": kind, job id, number of out-of-band buffers,
+             payload length
+    table  = nbufs x struct "<QQ" (offset, length), at the start of payload
+    payload after the table: a pickle (protocol 5)
+
+A frame with nbufs > 0 carries exactly one fd (SCM_RIGHTS, on the sendmsg()
+that sends its header): a memfd holding all its out-of-band buffers at the
+offsets of the table. The receiver maps it once and hands slices of the
+mapping to pickle.loads(buffers=...).
+
+Invariants:
+
+1. fds are consumed in frame order. Linux delivers SCM_RIGHTS with the first
+   byte of the sendmsg() that carried them, and a stream recvmsg() never
+   reads past a message that carries fds, so a frame's fd has arrived by the
+   time its header has: the reader queues fds as they come and each frame
+   with buffers takes the oldest.
+2. A memfd is closed by its sender right after sendmsg() (the kernel holds a
+   reference in flight) and by its receiver right after mmap(): the memory
+   lives exactly as long as the mapping, that is as long as some object made
+   from one of its slices (a numpy array, a memoryview) is alive, and it is
+   never named in a file system: a crash on either side leaks nothing.
+3. The sender copies each buffer once, into the memfd (pwrite); the receiver
+   maps it. A numpy array, bytearray slice or memoryview arrives as a view of
+   the mapping; bytes are rebuilt from it, which is a second copy (bytes own
+   their memory).
+4. The worker runs jobs in the order they arrive, one at a time, so the
+   oldest job the pool sent to a worker without a result is the one it is
+   running, and the others have not started.
+5. The worker batches: it runs every job whose frame it has fully read
+   before it sends the results of the batch in one sendmsg(), so a burst of
+   small jobs costs one system call each way per batch, not per job.
+"""
+
+import mmap
+import os
+import pickle
+import socket
+import struct
+import sys
+import traceback
+
+HEADER = struct.Struct("<BIIQ")
+SPAN = struct.Struct("<QQ")
+
+# Frame kinds.
+INIT = 1        # pool -> worker: (preparation data, initializer, initargs)
+JOB = 2         # pool -> worker: (fn, args, kwargs)
+READY = 3       # worker -> pool: the initializer ran
+INIT_FAILED = 4  # worker -> pool: traceback text of the failed initializer
+RESULT = 5      # worker -> pool: the return value
+ERROR = 6       # worker -> pool: the exception, with its traceback text
+
+ALIGN = 64      # out-of-band buffer alignment in the memfd (numpy's, and a cache line)
+RECV_SIZE = 1 << 18
+MAX_FDS = 64
+
+
+class _Pickler(pickle.Pickler):
+    """Protocol 5 with bytes and memoryviews of at least `threshold` bytes
+    out of band too (pickle puts bytes in band, and cannot pickle a
+    memoryview at all). They are rebuilt by the builtins themselves, so
+    either side unpickles them without importing this module."""
+
+    threshold = 1 << 18
+
+    def reducer_override(self, obj):
+        cls = type(obj)
+        if cls is bytes and len(obj) >= self.threshold:
+            return bytes, (pickle.PickleBuffer(obj),)
+        if cls is memoryview:
+            if obj.c_contiguous:
+                return memoryview, (pickle.PickleBuffer(obj),)
+            return memoryview, (obj.tobytes(),)
+        return NotImplemented
+
+
+class _Encoder:
+    """Pickles one object into a frame; collects its large buffers."""
+
+    __slots__ = ("bufs", "threshold")
+
+    def __init__(self, threshold):
+        self.threshold = threshold
+        self.bufs = []
+
+    def _callback(self, pb):
+        raw = pb.raw()
+        if raw.nbytes < self.threshold:
+            return True  # in band
+        self.bufs.append(raw)
+        return False
+
+    def encode(self, kind, job_id, obj):
+        """Return (frame bytes, memfd or -1). Raises what pickling raises."""
+        import io
+
+        self.bufs = []
+        f = io.BytesIO()
+        p = _Pickler(f, 5, buffer_callback=self._callback)
+        p.threshold = self.threshold
+        p.dump(obj)
+        data = f.getvalue()
+        if not self.bufs:
+            return HEADER.pack(kind, job_id, 0, len(data)) + data, -1
+        table, fd = _to_memfd(self.bufs)
+        self.bufs = []
+        return HEADER.pack(kind, job_id, len(table) // SPAN.size, len(table) + len(data)) \
+            + table + data, fd
+
+
+def _to_memfd(bufs):
+    """Copy bufs into one new memfd (invariant 3); return (span table, fd)."""
+    spans, off = [], 0
+    for b in bufs:
+        spans.append((off, b.nbytes))
+        off = (off + b.nbytes + ALIGN - 1) // ALIGN * ALIGN
+    fd = os.memfd_create("uvpy-pool", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, max(off, 1))
+        for (start, n), b in zip(spans, bufs):
+            done = 0
+            while done < n:
+                done += os.pwrite(fd, b[done:], start + done)
+    except BaseException:
+        os.close(fd)
+        raise
+    return b"".join(SPAN.pack(s, n) for s, n in spans), fd
+
+
+def decode(nbufs, payload, fd):
+    """Unpickle a frame's payload; fd (its memfd, or -1) is closed here."""
+    if fd < 0:
+        return pickle.loads(payload)
+    try:
+        table = payload[:nbufs * SPAN.size]
+        spans = [SPAN.unpack_from(table, i * SPAN.size) for i in range(nbufs)]
+        size = max(s + n for s, n in spans)
+        mm = mmap.mmap(fd, max(size, 1)) if size else None
+    finally:
+        os.close(fd)  # invariant 2: the mapping keeps the memory
+    view = memoryview(mm) if mm is not None else memoryview(b"")
+    buffers = [view[s:s + n] for s, n in spans]
+    del view
+    return pickle.loads(memoryview(payload)[nbufs * SPAN.size:], buffers=buffers)
+
+
+class FrameReader:
+    """Splits bytes (and fds) received on a stream socket into frames."""
+
+    __slots__ = ("buf", "fds")
+
+    def __init__(self):
+        self.buf = bytearray()
+        self.fds = []
+
+    def feed(self, data, fds):
+        self.buf += data
+        self.fds.extend(fds)
+
+    def next(self):
+        """(kind, job id, nbufs, payload, fd) of the next whole frame, or None."""
+        buf = self.buf
+        if len(buf) < HEADER.size:
+            return None
+        kind, job_id, nbufs, size = HEADER.unpack_from(buf)
+        end = HEADER.size + size
+        if len(buf) < end:
+            return None
+        payload = bytes(buf[HEADER.size:end])
+        del buf[:end]
+        fd = self.fds.pop(0) if nbufs else -1  # invariant 1
+        return kind, job_id, nbufs, payload, fd
+
+    def close(self):
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+def recv(sock, reader):
+    """One recvmsg() into reader; False at EOF. Raises BlockingIOError."""
+    data, fds, flags, _ = socket.recv_fds(sock, RECV_SIZE, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+    if fds:
+        reader.feed(data, fds)
+    elif data:
+        reader.buf += data
+    if flags & socket.MSG_CTRUNC:  # more fds than MAX_FDS in one read: cannot happen
+        raise OSError("process pool: control data truncated")
+    return bool(data) or bool(fds)
+
+
+def send_all(sock, chunks):
+    """Blocking send of [(bytes, fd or -1)]; closes each fd once sent."""
+    i = 0
+    while i < len(chunks):
+        data, fd = chunks[i]
+        if fd >= 0:
+            try:
+                n = socket.send_fds(sock, [data], [fd])
+            finally:
+                os.close(fd)
+            if n < len(data):
+                sock.sendall(memoryview(data)[n:])
+            i += 1
+            continue
+        j = i
+        while j < len(chunks) and chunks[j][1] < 0:
+            j += 1
+        sock.sendall(b"".join(c for c, _ in chunks[i:j]))
+        i = j
+
+
+# ------------------------------------------------------------------ the worker
+
+def _exception_frame(encoder, job_id, exc):
+    """An ERROR frame carrying exc with its traceback text, as
+    concurrent.futures does (the caller sees it as exc.__cause__)."""
+    from concurrent.futures.process import _ExceptionWithTraceback
+
+    try:
+        return encoder.encode(ERROR, job_id, _ExceptionWithTraceback(exc, exc.__traceback__))
+    except Exception as e:  # the exception itself does not pickle
+        text = "".join(traceback.format_exception(exc))
+        err = RuntimeError(f"the job raised {type(exc).__qualname__}, which could not be "
+                           f"pickled ({type(e).__name__}: {e}); its traceback:\n{text}")
+        return encoder.encode(ERROR, job_id, _ExceptionWithTraceback(err, None))
+
+
+def main(fd, threshold):
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    reader = FrameReader()
+    encoder = _Encoder(threshold)
+    out = []
+    # The first frame is INIT: prepare like multiprocessing's spawn (sys.path,
+    # cwd, the parent's __main__ as __mp_main__), then the initializer.
+    while (frame := reader.next()) is None:
+        if not recv(sock, reader):
+            return 0
+    try:
+        kind, _, nbufs, payload, mfd = frame
+        import multiprocessing.spawn
+
+        data, initializer, initargs = decode(nbufs, payload, mfd)
+        multiprocessing.spawn.prepare(data)
+        if initializer is not None:
+            initializer(*initargs)
+    except BaseException as exc:
+        text = "".join(traceback.format_exception(exc))
+        send_all(sock, [encoder.encode(INIT_FAILED, 0, text)])
+        return 1
+    send_all(sock, [encoder.encode(READY, 0, None)])
+    del frame, payload
+    while True:
+        frame = reader.next()
+        if frame is None:
+            if out:  # invariant 5: no whole frame left: send the batch
+                send_all(sock, out)
+                out = []
+            if not recv(sock, reader):
+                return 0  # the pool closed its end: retire
+            continue
+        _, job_id, nbufs, payload, mfd = frame
+        frame = None
+        try:
+            fn, args, kwargs = decode(nbufs, payload, mfd)
+            payload = None
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            if isinstance(exc, SystemExit):
+                raise
+            fn = args = kwargs = None
+            out.append(_exception_frame(encoder, job_id, exc))
+            continue
+        fn = args = kwargs = None
+        try:
+            out.append(encoder.encode(RESULT, job_id, result))
+        except Exception as exc:
+            out.append(_exception_frame(encoder, job_id, exc))
+        result = None
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]), int(sys.argv[2])))

@@ -38,8 +38,12 @@ Invariants:
 3. A worker is reaped exactly once, by its pidfd watcher (or the shutdown
    pump, or the finalizer's reaper thread), after its socket was drained:
    results it sent before dying are delivered.
-4. Jobs are dispatched only to READY workers, at most ``1 + prefetch`` per
-   worker, to the least loaded first. A worker whose initializer fails, or
+4. Jobs are dispatched only to READY workers, at most ``1 + ahead`` per
+   worker, to the least loaded first. ``ahead`` is ``prefetch`` if given;
+   else it follows the mean job time: as many as fit in PREFETCH_BUDGET
+   (a job queued behind a running one waits that long at most, on
+   average), at most PREFETCH_MAX. Small jobs are pipelined deeply (one
+   sendmsg() carries many), long ones are sent one at a time. A worker whose initializer fails, or
    that dies before READY, breaks the pool (BrokenProcessPool), as in
    concurrent.futures: replacing it would loop.
 5. Every fd the pool opens (sockets, pidfds, memfds of unsent jobs) is
@@ -74,6 +78,8 @@ _BOOT = ("import importlib.util as u, sys; "
 _WORKER_FILE = os.path.abspath(wire.__file__)
 
 _QUEUED, _SENT, _DONE = 0, 1, 2
+PREFETCH_BUDGET = 0.001  # seconds of work queued behind a running job, adaptive prefetch
+PREFETCH_MAX = 16
 
 
 class WorkerDied(BrokenProcessPool):
@@ -129,7 +135,7 @@ class _Job:
 
 class _Worker:
     __slots__ = ("proc", "sock", "pidfd", "reader", "inflight", "out", "sent", "ready",
-                 "retiring", "eof", "writing", "killed", "__weakref__")
+                 "retiring", "eof", "writing", "killed", "started", "__weakref__")
 
     def __init__(self, proc, sock, pidfd):
         self.proc, self.sock, self.pidfd = proc, sock, pidfd
@@ -137,6 +143,7 @@ class _Worker:
         self.inflight = collections.deque()
         self.out = []            # [(bytes, memfd or -1)] not yet sent
         self.sent = 0            # jobs sent (max_tasks_per_child)
+        self.started = 0.0       # when its current job started, about (job time)
         self.ready = self.retiring = self.eof = self.writing = self.killed = False
 
 
@@ -150,13 +157,13 @@ class ProcessPool(concurrent.futures.Executor):
     finish and drops its result (the worker stays), ``"kill"`` kills and
     replaces the worker. ``shm_threshold``: buffers at least this large go
     through shared memory. ``prefetch``: jobs sent to a busy worker ahead
-    of time (fewer round trips for small jobs; a long job can hold one
-    queued behind it).
+    of time; None (the default) adapts it to the mean job time (see
+    invariant 4).
     """
 
     def __init__(self, max_workers=None, *, initializer=None, initargs=(),
                  max_tasks_per_child=None, cancel_running="wait", shm_threshold=1 << 18,
-                 prefetch=1):
+                 prefetch=None):
         if max_workers is None:
             max_workers = _default_workers()
         elif max_workers <= 0:
@@ -170,12 +177,14 @@ class ProcessPool(concurrent.futures.Executor):
             raise TypeError("initializer must be a callable")
         if cancel_running not in ("wait", "kill"):
             raise ValueError("cancel_running must be 'wait' or 'kill'")
-        if prefetch < 0:
+        if prefetch is not None and prefetch < 0:
             raise ValueError("prefetch must be >= 0")
         self._max_workers = max_workers
         self._max_tasks = max_tasks_per_child
         self._kill_on_cancel = cancel_running == "kill"
-        self._depth = 1 + prefetch
+        self._prefetch = prefetch
+        self._depth = 1 + (prefetch if prefetch is not None else 0)
+        self._job_time = PREFETCH_BUDGET  # mean seconds per job (exponential, adaptive depth)
         self._threshold = max(int(shm_threshold), 1)
         self._init = (initializer, tuple(initargs))
         self._lock = threading.Lock()   # submit() from any thread: ids, shutdown flag
@@ -315,6 +324,13 @@ class ProcessPool(concurrent.futures.Executor):
             return
         self._jobs[job.id] = job
         self._queue.append(job)
+        if len(self._queue) == 1 and not self._dispatch_pending:
+            # An idle worker takes it now (latency); a burst is batched by
+            # the dispatch callback below (one send per worker).
+            for w in self._workers:
+                if w.ready and not w.inflight and not w.retiring:
+                    self._dispatch()
+                    return
         if not self._dispatch_pending:
             self._dispatch_pending = True
             self._loop.call_soon(self._dispatch)
@@ -368,6 +384,8 @@ class ProcessPool(concurrent.futures.Executor):
                 self._jobs.pop(job.id, None)
                 continue
             job.state = _SENT
+            if not w.inflight:
+                w.started = time.perf_counter()
             w.inflight.append(job)
             w.out.append((job.frame, job.fd))
             w.sent += 1
@@ -518,6 +536,11 @@ class ProcessPool(concurrent.futures.Executor):
                             f"anymore:\n{text}")
                 continue
             job = w.inflight.popleft()
+            if self._prefetch is None:
+                now = time.perf_counter()
+                self._job_time += (now - w.started - self._job_time) * 0.125
+                w.started = now
+                self._depth = 1 + max(0, min(PREFETCH_MAX, int(PREFETCH_BUDGET / max(self._job_time, 1e-6))))
             try:
                 value, ok = wire.decode(nbufs, payload, fd), kind == wire.RESULT
             except Exception as exc:  # e.g. the result's class is not importable here

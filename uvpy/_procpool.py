@@ -57,6 +57,7 @@ import asyncio
 import collections
 import concurrent.futures
 import os
+import pickle
 import select
 import signal
 import socket
@@ -435,7 +436,7 @@ class ProcessPool(concurrent.futures.Executor):
         self._workers.append(w)
         try:
             wire.send_all(parent, [wire._Encoder(self._threshold).encode(
-                wire.INIT, 0, (data, *self._init))])
+                wire.INIT, 0, (data, pickle.dumps(self._init, 5)))])
         except Exception as exc:  # an initializer that does not pickle
             self._break(f"the initializer could not be sent to the worker: {exc!r}")
         parent.setblocking(False)

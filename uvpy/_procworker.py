@@ -34,12 +34,15 @@ Invariants:
    maps it. A numpy array, bytearray slice or memoryview arrives as a view of
    the mapping; bytes are rebuilt from it, which is a second copy (bytes own
    their memory).
-4. The worker runs jobs in the order they arrive, one at a time, so the
-   oldest job the pool sent to a worker without a result is the one it is
-   running, and the others have not started.
-5. The worker batches: it runs every job whose frame it has fully read
-   before it sends the results of the batch in one sendmsg(), so a burst of
-   small jobs costs one system call each way per batch, not per job.
+4. The worker runs jobs in the order they arrive, one at a time, and has
+   sent a job's result (into the socket buffer, where it outlives the
+   worker) before it starts the next one: so the oldest job the pool sent
+   to a worker without a result is the one it is running, and the others
+   have not started.
+5. The pool batches its sends (many jobs per sendmsg()), and reads many
+   results per recvmsg(); the worker reads many jobs per recvmsg(), but
+   sends one result per sendmsg() (invariant 4 forbids holding results
+   back).
 """
 
 import mmap
@@ -54,7 +57,7 @@ HEADER = struct.Struct("<BIIQ")
 SPAN = struct.Struct("<QQ")
 
 # Frame kinds.
-INIT = 1        # pool -> worker: (preparation data, initializer, initargs)
+INIT = 1        # pool -> worker: (preparation data, pickled (initializer, initargs))
 JOB = 2         # pool -> worker: (fn, args, kwargs)
 READY = 3       # worker -> pool: the initializer ran
 INIT_FAILED = 4  # worker -> pool: traceback text of the failed initializer
@@ -242,7 +245,6 @@ def main(fd, threshold):
     sock.setblocking(True)
     reader = FrameReader()
     encoder = _Encoder(threshold)
-    out = []
     # The first frame is INIT: prepare like multiprocessing's spawn (sys.path,
     # cwd, the parent's __main__ as __mp_main__), then the initializer.
     while (frame := reader.next()) is None:
@@ -252,8 +254,11 @@ def main(fd, threshold):
         kind, _, nbufs, payload, mfd = frame
         import multiprocessing.spawn
 
-        data, initializer, initargs = decode(nbufs, payload, mfd)
+        # The initializer is pickled apart: it may live in a module that only
+        # the parent's sys.path, set by prepare(), can find.
+        data, init = decode(nbufs, payload, mfd)
         multiprocessing.spawn.prepare(data)
+        initializer, initargs = pickle.loads(init)
         if initializer is not None:
             initializer(*initargs)
     except BaseException as exc:
@@ -265,9 +270,6 @@ def main(fd, threshold):
     while True:
         frame = reader.next()
         if frame is None:
-            if out:  # invariant 5: no whole frame left: send the batch
-                send_all(sock, out)
-                out = []
             if not recv(sock, reader):
                 return 0  # the pool closed its end: retire
             continue
@@ -281,14 +283,16 @@ def main(fd, threshold):
             if isinstance(exc, SystemExit):
                 raise
             fn = args = kwargs = None
-            out.append(_exception_frame(encoder, job_id, exc))
+            send_all(sock, [_exception_frame(encoder, job_id, exc)])  # invariant 4
             continue
         fn = args = kwargs = None
         try:
-            out.append(encoder.encode(RESULT, job_id, result))
+            out = encoder.encode(RESULT, job_id, result)
         except Exception as exc:
-            out.append(_exception_frame(encoder, job_id, exc))
+            out = _exception_frame(encoder, job_id, exc)
         result = None
+        send_all(sock, [out])  # invariant 4
+        out = None
 
 
 if __name__ == "__main__":

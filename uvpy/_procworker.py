@@ -45,6 +45,7 @@ Invariants:
    back).
 """
 
+import array
 import mmap
 import os
 import pickle
@@ -64,9 +65,11 @@ INIT_FAILED = 4  # worker -> pool: traceback text of the failed initializer
 RESULT = 5      # worker -> pool: the return value
 ERROR = 6       # worker -> pool: the exception, with its traceback text
 
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 ALIGN = 64      # out-of-band buffer alignment in the memfd (numpy's, and a cache line)
 RECV_SIZE = 1 << 18
 MAX_FDS = 64
+_ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * 4)
 
 
 class _Pickler(pickle.Pickler):
@@ -149,7 +152,9 @@ def decode(nbufs, payload, fd):
         table = payload[:nbufs * SPAN.size]
         spans = [SPAN.unpack_from(table, i * SPAN.size) for i in range(nbufs)]
         size = max(s + n for s, n in spans)
-        mm = mmap.mmap(fd, max(size, 1)) if size else None
+        # MAP_POPULATE: the pages are mapped in one go, not faulted in one by
+        # one as the unpickled objects are first touched.
+        mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE) if size else None
     finally:
         os.close(fd)  # invariant 2: the mapping keeps the memory
     view = memoryview(mm) if mm is not None else memoryview(b"")
@@ -161,11 +166,13 @@ def decode(nbufs, payload, fd):
 class FrameReader:
     """Splits bytes (and fds) received on a stream socket into frames."""
 
-    __slots__ = ("buf", "fds")
+    __slots__ = ("buf", "fds", "scratch", "view")
 
     def __init__(self):
         self.buf = bytearray()
         self.fds = []
+        self.scratch = bytearray(RECV_SIZE)
+        self.view = memoryview(self.scratch)
 
     def feed(self, data, fds):
         self.buf += data
@@ -192,15 +199,21 @@ class FrameReader:
 
 
 def recv(sock, reader):
-    """One recvmsg() into reader; False at EOF. Raises BlockingIOError."""
-    data, fds, flags, _ = socket.recv_fds(sock, RECV_SIZE, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
-    if fds:
-        reader.feed(data, fds)
-    elif data:
-        reader.buf += data
+    """One recvmsg() into reader; False at EOF. Raises BlockingIOError.
+
+    Into the reader's own buffer (recvmsg_into): recvmsg() would allocate
+    a fresh RECV_SIZE object per call, which malloc maps and unmaps."""
+    n, anc, flags, _ = sock.recvmsg_into([reader.scratch], _ANC_SIZE, socket.MSG_CMSG_CLOEXEC)
+    if n:
+        reader.buf += reader.view[:n]
+    for level, type_, data in anc:
+        if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+            reader.fds.extend(fds)
     if flags & socket.MSG_CTRUNC:  # more fds than MAX_FDS in one read: cannot happen
         raise OSError("process pool: control data truncated")
-    return bool(data) or bool(fds)
+    return bool(n) or bool(anc)
 
 
 def send_all(sock, chunks):

@@ -309,7 +309,7 @@ class ProcessPool(concurrent.futures.Executor):
         job = _Job(job_id, future, aio)
         try:
             job.frame, job.fd = wire._Encoder(self._threshold).encode(
-                wire.JOB, job_id, (fn, args, kwargs))
+                wire.JOB, job_id, (fn, args, kwargs), (*args, *kwargs.values()))
         except Exception as exc:  # unpicklable: this job fails, as in concurrent.futures
             job.state = _DONE
             if not aio:
@@ -397,7 +397,8 @@ class ProcessPool(concurrent.futures.Executor):
                 touched.append(w)
         for w in touched:
             self._flush(w)
-        self._retire_idle()
+        if self._shutdown or self._max_tasks is not None:
+            self._retire_idle()
 
     def _retire_idle(self):
         for w in list(self._workers):
@@ -506,12 +507,12 @@ class ProcessPool(concurrent.futures.Executor):
         """Read what w sent (a bounded number of reads: the loop stays fair)."""
         for _ in range(16):
             try:
-                alive = wire.recv(w.sock, w.reader)
+                n = wire.recv(w.sock, w.reader)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                alive = False
-            if not alive:
+                n = 0
+            if not n:
                 w.eof = True
                 if self._loop is not None and not self._loop.is_closed():
                     self._loop.remove_reader(w.sock.fileno())
@@ -520,9 +521,11 @@ class ProcessPool(concurrent.futures.Executor):
                     return
                 break
             self._frames(w)
+            if n < wire.RECV_SIZE:  # drained, most likely: a level-triggered reader
+                break               # calls again if not, and a recv is saved
         if self._queue and not self._dispatch_pending:
             self._dispatch()
-        else:
+        elif self._shutdown or self._max_tasks is not None:
             self._retire_idle()
 
     def _frames(self, w):
@@ -624,6 +627,8 @@ class ProcessPool(concurrent.futures.Executor):
         shutdown(wait=True) where the bound loop cannot run (it is this
         thread's, or closed)."""
         while self._workers:
+            if self._queue:
+                self._dispatch()
             poller = select.poll()
             fds = {}
             for w in self._workers:
@@ -648,8 +653,6 @@ class ProcessPool(concurrent.futures.Executor):
                     self._flush(w)
                 if not is_pidfd and ev & (select.POLLIN | select.POLLHUP):
                     self._readable(w)
-            if self._queue:
-                self._dispatch()
         self._check_all_gone()
 
     # -- the loop -----------------------------------------------------------------
@@ -699,7 +702,11 @@ class ProcessPool(concurrent.futures.Executor):
             def main():
                 asyncio.set_event_loop(loop)
                 loop.call_soon(started.set)
-                loop.run_forever()
+                try:
+                    loop.run_forever()  # until every worker is reaped
+                finally:
+                    asyncio.set_event_loop(None)
+                    loop.close()
 
             if self._loop is not None and not self._loop.is_closed():
                 for w in self._workers:
@@ -718,7 +725,6 @@ class ProcessPool(concurrent.futures.Executor):
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
-            self._loop.close()
 
 
 def _in_loop(loop):

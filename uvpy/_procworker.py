@@ -46,6 +46,7 @@ Invariants:
 """
 
 import array
+import io
 import mmap
 import os
 import pickle
@@ -66,6 +67,7 @@ RESULT = 5      # worker -> pool: the return value
 ERROR = 6       # worker -> pool: the exception, with its traceback text
 
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+_DEEP = frozenset((memoryview, tuple, list, dict, set, frozenset))
 ALIGN = 64      # out-of-band buffer alignment in the memfd (numpy's, and a cache line)
 RECV_SIZE = 1 << 18
 MAX_FDS = 64
@@ -100,6 +102,16 @@ class _Encoder:
         self.threshold = threshold
         self.bufs = []
 
+    def _plain(self, values):
+        for v in values:
+            t = type(v)
+            if t is bytes:
+                if len(v) >= self.threshold:
+                    return False
+            elif t in _DEEP:
+                return False
+        return True
+
     def _callback(self, pb):
         raw = pb.raw()
         if raw.nbytes < self.threshold:
@@ -107,16 +119,23 @@ class _Encoder:
         self.bufs.append(raw)
         return False
 
-    def encode(self, kind, job_id, obj):
-        """Return (frame bytes, memfd or -1). Raises what pickling raises."""
-        import io
+    def encode(self, kind, job_id, obj, top=()):
+        """Return (frame bytes, memfd or -1). Raises what pickling raises.
 
+        top: the values at the top of obj (a job's arguments, a result).
+        When none of them is something _Pickler treats apart (large bytes,
+        a memoryview) or could hold one (a container), pickle.dumps does
+        the same job with no Python call per object. Large bytes nested in
+        an object of another type travel in band: slower, not wrong."""
         self.bufs = []
-        f = io.BytesIO()
-        p = _Pickler(f, 5, buffer_callback=self._callback)
-        p.threshold = self.threshold
-        p.dump(obj)
-        data = f.getvalue()
+        if self._plain(top):
+            data = pickle.dumps(obj, 5, buffer_callback=self._callback)
+        else:
+            f = io.BytesIO()
+            p = _Pickler(f, 5, buffer_callback=self._callback)
+            p.threshold = self.threshold
+            p.dump(obj)
+            data = f.getvalue()
         if not self.bufs:
             return HEADER.pack(kind, job_id, 0, len(data)) + data, -1
         table, fd = _to_memfd(self.bufs)
@@ -199,7 +218,8 @@ class FrameReader:
 
 
 def recv(sock, reader):
-    """One recvmsg() into reader; False at EOF. Raises BlockingIOError.
+    """One recvmsg() into reader: the bytes read, 0 at EOF. Raises
+    BlockingIOError.
 
     Into the reader's own buffer (recvmsg_into): recvmsg() would allocate
     a fresh RECV_SIZE object per call, which malloc maps and unmaps."""
@@ -213,7 +233,7 @@ def recv(sock, reader):
             reader.fds.extend(fds)
     if flags & socket.MSG_CTRUNC:  # more fds than MAX_FDS in one read: cannot happen
         raise OSError("process pool: control data truncated")
-    return bool(n) or bool(anc)
+    return n
 
 
 def send_all(sock, chunks):
@@ -300,11 +320,14 @@ def main(fd, threshold):
             continue
         fn = args = kwargs = None
         try:
-            out = encoder.encode(RESULT, job_id, result)
+            out = encoder.encode(RESULT, job_id, result, (result,))
         except Exception as exc:
             out = _exception_frame(encoder, job_id, exc)
         result = None
-        send_all(sock, [out])  # invariant 4
+        if out[1] < 0:  # invariant 4
+            sock.sendall(out[0])
+        else:
+            send_all(sock, [out])
         out = None
 
 

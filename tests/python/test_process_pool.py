@@ -293,6 +293,17 @@ def test_shutdown_with_jobs_queued_and_running(tmp_path):
     assert zombies() == []
 
 
+def test_shutdown_on_the_loop_thread_pumps_the_workers(loop):
+    async def start():
+        pool = ProcessPool(2)
+        return pool, [pool.submit(jobs.square, i) for i in range(50)]
+
+    pool, futs = run(loop, start())  # the loop stops with the jobs queued or running
+    pool.shutdown(wait=True)         # it cannot run: shutdown drives the workers itself
+    assert [f.result() for f in futs] == [i * i for i in range(50)]
+    assert zombies() == []
+
+
 def test_aclose_with_jobs_running(loop):
     async def main():
         pool = ProcessPool(2)

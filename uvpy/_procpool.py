@@ -213,10 +213,13 @@ class ProcessPool(concurrent.futures.Executor):
         if not self._attach(loop):
             return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
         job = self._new_job(loop.create_future(), True, fn, args, kwargs)
-        job.future.add_done_callback(lambda f, job=job: self._cancelled(job) if f.cancelled()
-                                     else None)
         self._enqueue(job)
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            if job.future.cancelled():
+                self._cancelled(job)
+            raise
 
     def submit(self, fn, /, *args, **kwargs):
         """concurrent.futures.Executor.submit: a concurrent.futures.Future."""
@@ -324,14 +327,15 @@ class ProcessPool(concurrent.futures.Executor):
             self._settle(job, BrokenProcessPool(self._broken), False)
             return
         self._jobs[job.id] = job
-        self._queue.append(job)
-        if len(self._queue) == 1 and not self._dispatch_pending:
+        if not self._queue and not self._dispatch_pending:
             # An idle worker takes it now (latency); a burst is batched by
             # the dispatch callback below (one send per worker).
             for w in self._workers:
                 if w.ready and not w.inflight and not w.retiring:
-                    self._dispatch()
+                    if self._assign(w, job):
+                        self._flush(w)
                     return
+        self._queue.append(job)
         if not self._dispatch_pending:
             self._dispatch_pending = True
             self._loop.call_soon(self._dispatch)
@@ -373,32 +377,37 @@ class ProcessPool(concurrent.futures.Executor):
             if not ready:
                 break
             w = min(ready, key=lambda w: len(w.inflight))
-            job = queue.popleft()
-            if job.state != _QUEUED:
-                continue
-            if job.aio and job.future.done():
-                self._settle(job, None, True)
-                continue
-            if not job.aio and not job.future.set_running_or_notify_cancel():
-                job.state = _DONE
-                job.release()
-                self._jobs.pop(job.id, None)
-                continue
-            job.state = _SENT
-            if not w.inflight:
-                w.started = time.perf_counter()
-            w.inflight.append(job)
-            w.out.append((job.frame, job.fd))
-            w.sent += 1
-            if self._max_tasks is not None and w.sent >= self._max_tasks:
-                w.retiring = True  # replaced ahead of time; retires once idle
-                self._spawn_and_watch()
-            if w not in touched:
+            if self._assign(w, queue.popleft()) and w not in touched:
                 touched.append(w)
         for w in touched:
             self._flush(w)
         if self._shutdown or self._max_tasks is not None:
             self._retire_idle()
+
+    def _assign(self, w, job):
+        """Put job on w's output (to be flushed), unless it was cancelled or
+        settled meanwhile; True if it was."""
+        if job.state != _QUEUED:
+            return False
+        if job.aio:
+            if job.future.done():
+                self._settle(job, None, True)
+                return False
+        elif not job.future.set_running_or_notify_cancel():
+            job.state = _DONE
+            job.release()
+            self._jobs.pop(job.id, None)
+            return False
+        job.state = _SENT
+        if not w.inflight:
+            w.started = time.perf_counter()
+        w.inflight.append(job)
+        w.out.append((job.frame, job.fd))
+        w.sent += 1
+        if self._max_tasks is not None and w.sent >= self._max_tasks:
+            w.retiring = True  # replaced ahead of time; retires once idle
+            self._spawn_and_watch()
+        return True
 
     def _retire_idle(self):
         for w in list(self._workers):
@@ -503,9 +512,10 @@ class ProcessPool(concurrent.futures.Executor):
                 self._loop.remove_writer(sock.fileno())
             w.writing = want
 
-    def _readable(self, w):
-        """Read what w sent (a bounded number of reads: the loop stays fair)."""
-        for _ in range(16):
+    def _readable(self, w, drain=False):
+        """Read what w sent: a bounded number of reads (the loop stays
+        fair), or with drain, all of it up to EOF (w has exited)."""
+        for _ in range(1 << 62 if drain else 16):
             try:
                 n = wire.recv(w.sock, w.reader)
             except (BlockingIOError, InterruptedError):
@@ -521,8 +531,8 @@ class ProcessPool(concurrent.futures.Executor):
                     return
                 break
             self._frames(w)
-            if n < wire.RECV_SIZE:  # drained, most likely: a level-triggered reader
-                break               # calls again if not, and a recv is saved
+            if n < wire.RECV_SIZE and not drain:  # drained, most likely: the
+                break  # level-triggered reader calls again if not; a recv saved
         if self._queue and not self._dispatch_pending:
             self._dispatch()
         elif self._shutdown or self._max_tasks is not None:
@@ -555,7 +565,7 @@ class ProcessPool(concurrent.futures.Executor):
         """w's process exited: deliver what it sent, reap it, settle its jobs
         (invariants 2 and 3), replace it."""
         if w.sock is not None and not w.eof:
-            self._readable(w)
+            self._readable(w, drain=True)
         self._unwatch(w)
         code = _reap(w)
         if w in self._workers:

@@ -276,6 +276,9 @@ def _exception_frame(encoder, job_id, exc):
 def main(fd, threshold):
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
+    # Not inherited by what a job spawns or forks: the pool must see EOF
+    # when this process exits.
+    os.set_inheritable(fd, False)
     reader = FrameReader()
     encoder = _Encoder(threshold)
     # The first frame is INIT: prepare like multiprocessing's spawn (sys.path,

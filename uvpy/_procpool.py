@@ -200,7 +200,6 @@ class ProcessPool(concurrent.futures.Executor):
         self._broken = None              # the BrokenProcessPool message, once broken
         self._all_gone = threading.Event()
         self._closed_waiters = []
-        self._encoder = wire._Encoder(self._threshold)
         self._finalizer = weakref.finalize(self, _finalize, self._workers, self._jobs)
         for _ in range(max_workers):
             self._spawn()
@@ -260,12 +259,16 @@ class ProcessPool(concurrent.futures.Executor):
             if wait:
                 self._pump()
             return
-        if self._thread is not None or (loop.is_running() and not _in_loop(loop)):
+        if not _in_loop(loop) and (self._thread is not None or loop.is_running()):
+            # The loop runs in another thread: it does the work; this one waits.
             loop.call_soon_threadsafe(self._begin_shutdown, cancel_futures)
             if wait:
                 self._all_gone.wait()
                 self._join_private()
             return
+        # The loop is this thread's (running a callback that called this, or
+        # stopped): it cannot run while this waits, so the pump drives the
+        # workers instead (invariant 1).
         self._begin_shutdown(cancel_futures)
         if wait:
             self._pump()

@@ -25,15 +25,18 @@ Invariants:
    reads past a message that carries fds, so a frame's fd has arrived by the
    time its header has: the reader queues fds as they come and each frame
    with buffers takes the oldest.
-2. A memfd is closed by its sender right after sendmsg() (the kernel holds a
-   reference in flight) and by its receiver right after mmap(): the memory
-   lives exactly as long as the mapping, that is as long as some object made
-   from one of its slices (a numpy array, a memoryview) is alive, and it is
-   never named in a file system: a crash on either side leaks nothing.
+2. A memfd is closed by its receiver right after mmap(), and by its sender
+   once the message cannot be needed again (the kernel holds a reference in
+   flight): the worker right after sendmsg(), the pool when the job is
+   settled (a job that a dead worker had not started is sent again). The
+   memory then lives exactly as long as the mapping, that is as long as
+   some object made from one of its slices (a numpy array, a memoryview) is
+   alive, and it is never named in a file system: a crash on either side
+   leaks nothing.
 3. The sender copies each buffer once, into the memfd (pwrite); the receiver
-   maps it. A numpy array, bytearray slice or memoryview arrives as a view of
-   the mapping; bytes are rebuilt from it, which is a second copy (bytes own
-   their memory).
+   maps it. A numpy array or a memoryview arrives as a view of the mapping;
+   bytes and bytearray are rebuilt from it, a second copy (they own their
+   memory).
 4. The worker runs jobs in the order they arrive, one at a time, and has
    sent a job's result (into the socket buffer, where it outlives the
    worker) before it starts the next one: so the oldest job the pool sent

@@ -69,7 +69,6 @@ INIT_FAILED = 4  # worker -> pool: traceback text of the failed initializer
 RESULT = 5      # worker -> pool: the return value
 ERROR = 6       # worker -> pool: the exception, with its traceback text
 
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 _DEEP = frozenset((memoryview, tuple, list, dict, set, frozenset))
 ALIGN = 64      # out-of-band buffer alignment in the memfd (numpy's, and a cache line)
 RECV_SIZE = 1 << 18
@@ -174,9 +173,9 @@ def decode(nbufs, payload, fd):
         table = payload[:nbufs * SPAN.size]
         spans = [SPAN.unpack_from(table, i * SPAN.size) for i in range(nbufs)]
         size = max(s + n for s, n in spans)
-        # MAP_POPULATE: the pages are mapped in one go, not faulted in one by
-        # one as the unpickled objects are first touched.
-        mm = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE) if size else None
+        # Faulted in as the unpickled objects touch them: MAP_POPULATE was
+        # measured slower (bench/processes.py numpy64, about 15%).
+        mm = mmap.mmap(fd, size) if size else None
     finally:
         os.close(fd)  # invariant 2: the mapping keeps the memory
     view = memoryview(mm) if mm is not None else memoryview(b"")

@@ -314,8 +314,12 @@ class ProcessPool(concurrent.futures.Executor):
             self._next_id = job_id = (self._next_id + 1) & 0xFFFFFFFF
         job = _Job(job_id, future, aio)
         try:
-            job.frame, job.fd = wire._Encoder(self._threshold).encode(
-                wire.JOB, job_id, (fn, args, kwargs), (*args, *kwargs.values()))
+            t = self._threshold
+            if args:
+                args = wire.mark(args, t, 2)
+            if kwargs:
+                kwargs = wire.mark(kwargs, t, 2)
+            job.frame, job.fd = wire._Encoder(t).encode(wire.JOB, job_id, (fn, args, kwargs))
         except Exception as exc:  # unpicklable: this job fails, as in concurrent.futures
             job.state = _DONE
             if not aio:

@@ -49,7 +49,6 @@ Invariants:
 """
 
 import array
-import io
 import mmap
 import os
 import pickle
@@ -69,30 +68,56 @@ INIT_FAILED = 4  # worker -> pool: traceback text of the failed initializer
 RESULT = 5      # worker -> pool: the return value
 ERROR = 6       # worker -> pool: the exception, with its traceback text
 
-_DEEP = frozenset((memoryview, tuple, list, dict, set, frozenset))
+_CONTAINERS = (tuple, list, dict)
+MARK_SCAN = 256
 ALIGN = 64      # out-of-band buffer alignment in the memfd (numpy's, and a cache line)
 RECV_SIZE = 1 << 18
 MAX_FDS = 64
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * 4)
 
 
-class _Pickler(pickle.Pickler):
-    """Protocol 5 with bytes and memoryviews of at least `threshold` bytes
-    out of band too (pickle puts bytes in band, and cannot pickle a
-    memoryview at all). They are rebuilt by the builtins themselves, so
-    either side unpickles them without importing this module."""
+class _OutOfBand:
+    """Marks a bytes or memoryview for the out-of-band path: pickle puts
+    bytes in band whatever their size (and never asks a reducer_override
+    about them), and cannot pickle a memoryview at all. It reduces to the
+    builtin itself and a PickleBuffer, so the other side unpickles plain
+    bytes or a memoryview without knowing this class."""
 
-    threshold = 1 << 18
+    __slots__ = ("value",)
 
-    def reducer_override(self, obj):
-        cls = type(obj)
-        if cls is bytes and len(obj) >= self.threshold:
-            return bytes, (pickle.PickleBuffer(obj),)
-        if cls is memoryview:
-            if obj.c_contiguous:
-                return memoryview, (pickle.PickleBuffer(obj),)
-            return memoryview, (obj.tobytes(),)
-        return NotImplemented
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce_ex__(self, protocol):
+        v = self.value
+        if type(v) is memoryview and not v.c_contiguous:
+            return memoryview, (v.tobytes(),)
+        return type(v), (pickle.PickleBuffer(v),)
+
+
+def mark(value, threshold, depth=1):
+    """value, or a copy in which bytes of at least threshold bytes and
+    memoryviews are marked to travel out of band: at the top, and `depth`
+    levels into tuples, lists and dicts of at most MARK_SCAN items (a scan
+    of a larger container would cost more than pickling it)."""
+    t = type(value)
+    if t is bytes:
+        return _OutOfBand(value) if len(value) >= threshold else value
+    if t is memoryview:
+        return _OutOfBand(value)
+    if not depth or t not in _CONTAINERS or len(value) > MARK_SCAN:
+        return value
+    items = value.values() if t is dict else value
+    for x in items:
+        tx = type(x)
+        if tx is memoryview or (tx is bytes and len(x) >= threshold) or (
+                depth > 1 and tx in _CONTAINERS):
+            break
+    else:
+        return value
+    if t is dict:
+        return {k: mark(x, threshold, depth - 1) for k, x in value.items()}
+    return t([mark(x, threshold, depth - 1) for x in value])
 
 
 class _Encoder:
@@ -104,16 +129,6 @@ class _Encoder:
         self.threshold = threshold
         self.bufs = []
 
-    def _plain(self, values):
-        for v in values:
-            t = type(v)
-            if t is bytes:
-                if len(v) >= self.threshold:
-                    return False
-            elif t in _DEEP:
-                return False
-        return True
-
     def _callback(self, pb):
         raw = pb.raw()
         if raw.nbytes < self.threshold:
@@ -121,23 +136,12 @@ class _Encoder:
         self.bufs.append(raw)
         return False
 
-    def encode(self, kind, job_id, obj, top=()):
+    def encode(self, kind, job_id, obj):
         """Return (frame bytes, memfd or -1). Raises what pickling raises.
-
-        top: the values at the top of obj (a job's arguments, a result).
-        When none of them is something _Pickler treats apart (large bytes,
-        a memoryview) or could hold one (a container), pickle.dumps does
-        the same job with no Python call per object. Large bytes nested in
-        an object of another type travel in band: slower, not wrong."""
+        Large bytes and memoryviews go out of band only where mark() put
+        them; other buffers (numpy, bytearray, PickleBuffer) by their size."""
         self.bufs = []
-        if self._plain(top):
-            data = pickle.dumps(obj, 5, buffer_callback=self._callback)
-        else:
-            f = io.BytesIO()
-            p = _Pickler(f, 5, buffer_callback=self._callback)
-            p.threshold = self.threshold
-            p.dump(obj)
-            data = f.getvalue()
+        data = pickle.dumps(obj, 5, buffer_callback=self._callback)
         if not self.bufs:
             return HEADER.pack(kind, job_id, 0, len(data)) + data, -1
         table, fd = _to_memfd(self.bufs)
@@ -325,7 +329,7 @@ def main(fd, threshold):
             continue
         fn = args = kwargs = None
         try:
-            out = encoder.encode(RESULT, job_id, result, (result,))
+            out = encoder.encode(RESULT, job_id, mark(result, threshold))
         except Exception as exc:
             out = _exception_frame(encoder, job_id, exc)
         result = None

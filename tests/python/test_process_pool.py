@@ -179,7 +179,8 @@ def test_plain_executor_from_threads_without_a_loop():
 def test_a_dying_worker_fails_only_its_job_and_is_replaced(loop, how, status):
     async def main():
         async with ProcessPool(2) as pool:
-            before = set(await asyncio.gather(*(pool.run(jobs.pid) for _ in range(20))))
+            await asyncio.gather(*(pool.run(jobs.pid) for _ in range(20)))
+            before = {w.proc.pid for w in pool._workers}
             futs = [asyncio.ensure_future(pool.run(jobs.square, i)) for i in range(30)]
             dying = asyncio.ensure_future(pool.run(jobs.die, how))
             futs += [asyncio.ensure_future(pool.run(jobs.square, i)) for i in range(30, 60)]
@@ -188,8 +189,9 @@ def test_a_dying_worker_fails_only_its_job_and_is_replaced(loop, how, status):
             assert isinstance(info.value, concurrent.futures.process.BrokenProcessPool)
             assert info.value.pid in before
             assert await asyncio.gather(*futs) == [i * i for i in range(60)]
-            after = await asyncio.gather(*(pool.run(jobs.pid) for _ in range(20)))
-            assert info.value.pid not in after and len(pool._workers) == 2
+            after = set(await asyncio.gather(*(pool.run(jobs.pid) for _ in range(20))))
+            workers = {w.proc.pid for w in pool._workers}
+            assert info.value.pid not in workers and len(workers) == 2 and after <= workers
     run(loop, main())
     assert zombies() == []
 
@@ -238,12 +240,17 @@ def test_cancel_a_queued_job_removes_it(loop, tmp_path):
             blocker = asyncio.ensure_future(pool.run(jobs.wait_for, str(go), str(started)))
             await until_exists(started)
             queued = asyncio.ensure_future(pool.run(jobs.wait_for, str(go), None, str(marker)))
+            big = asyncio.ensure_future(pool.run(jobs.describe, b"x" * (1 << 20)))  # a memfd
             await asyncio.sleep(0)
+            fds = open_fds()
             queued.cancel()
+            big.cancel()
             go.touch()
             await blocker
-            with pytest.raises(asyncio.CancelledError):
-                await queued
+            for f in (queued, big):
+                with pytest.raises(asyncio.CancelledError):
+                    await f
+            assert open_fds() == fds - 1  # the memfd of the cancelled job is closed
             assert await pool.run(jobs.square, 2) == 4
             assert not marker.exists()
     run(loop, main())
@@ -369,6 +376,8 @@ def test_large_buffers_travel_through_shared_memory(loop):
             big = bytes(range(256)) * 4096
             assert await pool.run(jobs.describe, big) == ("bytes", len(big), False)
             assert await pool.run(jobs.echo, big) == big
+            assert await pool.run(jobs.echo, [big, 1]) == [big, 1]
+            assert await pool.run(jobs.echo, {"k": (big,)}) == {"k": (big,)}
             mv = memoryview(bytearray(big))
             assert await pool.run(jobs.describe, mv) == ("memoryview", len(big), True)
             assert await pool.run(jobs.echo, bytearray(big)) == bytearray(big)

@@ -14,8 +14,9 @@ Design, and why (docs/process_pool.md has the full rules):
 * Each worker has one socketpair, both ways (wire format in _procworker).
   The loop the pool is bound to watches each socket with add_reader and
   each worker's pidfd for its exit: no management thread, no feeder thread,
-  no call_soon_threadsafe per result. Jobs are sent from a callback run once
-  per loop iteration, so a burst of submissions is one sendmsg() per worker.
+  no call_soon_threadsafe per result. A job for an idle worker is sent at
+  once (latency); the others from a callback run once per loop iteration,
+  so a burst of submissions is one sendmsg() per worker.
 * Buffers of at least ``shm_threshold`` bytes (numpy arrays, bytearrays,
   bytes, memoryviews, PickleBuffers) travel out of band in a memfd, both
   ways: one copy into it, a mapping out of it (see _procworker).

@@ -34,7 +34,8 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != BENCH_DIR] + 
 import _harness  # noqa: E402
 import _report  # noqa: E402
 
-SUITES = ("call_soon", "timers", "executor", "echo", "tls", "http", "process", "sockets", "memory")
+SUITES = ("call_soon", "timers", "executor", "echo", "tls", "http", "process", "processes", "sockets",
+          "memory")
 QUICK_ROUNDS, FULL_ROUNDS = 2, 5
 
 

@@ -27,6 +27,7 @@ from ._executor import (
 )
 from ._loop import Loop
 from ._options import UringOptions
+from ._procpool import ProcessPool, WorkerDied
 from ._watchdog import StallReport, Watchdog, watchdog
 from ._uvpy import Handle, TimerHandle, __version__
 
@@ -52,6 +53,8 @@ __all__ = (
     "watchdog",
     "Watchdog",
     "StallReport",
+    "ProcessPool",
+    "WorkerDied",
 )
 
 

@@ -1,5 +1,6 @@
 import asyncio
 import concurrent.futures
+import concurrent.futures.process
 import contextvars
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
@@ -158,3 +159,31 @@ class NativeExecutor(concurrent.futures.Executor):
 def executor_metrics() -> dict[str, Any]: ...
 def configure_executor(workers: int = 0, *, blocking_threads: int | None = None) -> None: ...
 def get_include() -> str: ...
+
+class WorkerDied(concurrent.futures.process.BrokenProcessPool):
+    pid: int
+    exitcode: int | None
+    def __init__(self, pid: int, exitcode: int | None) -> None: ...
+
+class ProcessPool(concurrent.futures.Executor):
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        max_tasks_per_child: int | None = None,
+        cancel_running: Literal["wait", "kill"] = "wait",
+        shm_threshold: int = ...,
+        prefetch: int | None = None,
+    ) -> None: ...
+    @property
+    def max_workers(self) -> int: ...
+    async def run(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T: ...
+    def map(  # type: ignore[override]
+        self, fn: Callable[..., _T], *iterables: Any, timeout: float | None = None,
+        chunksize: int = 1, limit: int | None = None,
+    ) -> Any: ...
+    async def aclose(self, *, cancel_futures: bool = False) -> None: ...
+    async def __aenter__(self) -> ProcessPool: ...
+    async def __aexit__(self, *exc: object) -> None: ...

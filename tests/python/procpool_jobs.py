@@ -1,0 +1,102 @@
+"""Jobs for test_process_pool: functions a pool worker imports by name.
+
+Standard library only (numpy where a test asks for it), so a worker that
+imports this module starts fast.
+"""
+
+import ctypes
+import os
+import signal
+import threading
+import time
+
+_state = {}
+
+
+def square(x):
+    return x * x
+
+
+def noop():
+    return None
+
+
+def pid():
+    return os.getpid()
+
+
+def add(a, b=0, *, c=0):
+    return a + b + c
+
+
+def raiser(message):
+    raise ValueError(message)
+
+
+def returns_a_lock():
+    return threading.Lock()
+
+
+def die(how):
+    if how == "exit":
+        os._exit(3)
+    if how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if how == "segv":
+        ctypes.string_at(0)
+    raise AssertionError(how)
+
+
+def wait_for(path, started=None, marker=None):
+    """Mark `started` (a path) if given, then wait until `path` exists."""
+    if marker is not None:
+        open(marker, "w").close()
+    if started is not None:
+        open(started, "w").close()
+    while not os.path.exists(path):
+        time.sleep(0.005)
+    return os.getpid()
+
+
+def set_state(key, value):
+    _state[key] = value
+
+
+def get_state(key):
+    return _state.get(key)
+
+
+def fail_init():
+    raise OSError("initializer refuses")
+
+
+def echo(x):
+    return x
+
+
+def describe(x):
+    """What arrived: type, length, and whether it lies in a shared mapping."""
+    import mmap
+
+    base = x
+    while hasattr(base, "base") and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return type(x).__name__, len(x) if hasattr(x, "__len__") else None, isinstance(base, mmap.mmap)
+
+
+def zeros(n):
+    import numpy
+
+    return numpy.zeros(n, dtype=numpy.uint8)
+
+
+def double(a):
+    return a * 2
+
+
+def countdown(n):
+    while n > 0:
+        n -= 1
+    return n

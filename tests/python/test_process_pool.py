@@ -1,0 +1,403 @@
+"""uvpy.ProcessPool: jobs in worker processes, results read by the loop.
+
+The pool is uvpy's own API, so most tests run it on each loop of the
+suite (it only needs add_reader); where it behaves as a
+concurrent.futures.Executor the oracle is ProcessPoolExecutor: the same
+results, the same exception types and traceback text, the same refusals.
+
+Faults: unpicklable arguments and results, a function the worker cannot
+import, workers that exit, segfault or are killed mid-job, cancellation of
+queued and running jobs, shutdown with jobs queued and running, the loop
+closed with jobs in flight, 100k small jobs, a 1 GiB result. After each:
+no fd (socket, pidfd, memfd) and no zombie left (conftest checks the fds).
+"""
+
+import asyncio
+import concurrent.futures
+import os
+import pickle
+import sys
+import threading
+
+import pytest
+
+import procpool_jobs as jobs
+import uvpy
+from conftest import open_fds
+from test_process import warmed_fds, zombies
+
+ProcessPool = uvpy.ProcessPool
+
+
+def run(loop, coro):
+    return loop.run_until_complete(coro)
+
+
+async def until_exists(path):
+    while not os.path.exists(path):
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def ppe():
+    with concurrent.futures.ProcessPoolExecutor(2) as ex:
+        yield ex
+
+
+# -- the async API ----------------------------------------------------------------
+
+def test_run_returns_results_and_passes_arguments(loop):
+    async def main():
+        async with ProcessPool(2) as pool:
+            assert await pool.run(jobs.square, 7) == 49
+            assert await pool.run(jobs.add, 1, 2, c=3) == 6
+            results = await asyncio.gather(*(pool.run(jobs.square, i) for i in range(500)))
+            assert results == [i * i for i in range(500)]
+            pids = set(await asyncio.gather(*(pool.run(jobs.pid) for _ in range(50))))
+            assert os.getpid() not in pids and len(pids) <= 2
+    run(loop, main())
+    assert zombies() == []
+
+
+def test_default_size_is_the_affinity_mask():
+    pool = ProcessPool()
+    try:
+        assert pool.max_workers == len(os.sched_getaffinity(0))
+    finally:
+        pool.shutdown()
+
+
+def test_async_map_keeps_at_most_limit_jobs_in_flight(loop):
+    async def main():
+        async with ProcessPool(2) as pool:
+            seen, most = [], 0
+            async for r in pool.map(jobs.square, range(200), limit=5):
+                seen.append(r)
+                most = max(most, len(pool._jobs))
+            assert seen == [i * i for i in range(200)]
+            assert 1 <= most <= 5
+    run(loop, main())
+
+
+def test_run_in_executor_with_the_pool(loop):
+    async def main():
+        async with ProcessPool(2) as pool:
+            assert await loop.run_in_executor(pool, jobs.square, 12) == 144
+    run(loop, main())
+
+
+def test_arguments_bad_values_refused():
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        ProcessPool(0)
+    with pytest.raises(ValueError, match="max_tasks_per_child must be >= 1"):
+        ProcessPool(1, max_tasks_per_child=0)
+    with pytest.raises(ValueError, match="cancel_running"):
+        ProcessPool(1, cancel_running="maybe")
+
+
+# -- as a concurrent.futures.Executor, against ProcessPoolExecutor ------------------
+
+def test_executor_surface_matches_process_pool_executor(ppe):
+    with ProcessPool(2) as pool:
+        for ex in (pool, ppe):
+            assert ex.submit(jobs.add, 1, b=2).result() == 3
+            assert list(ex.map(jobs.add, [1, 2, 3], [10, 20, 30])) == [11, 22, 33]
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        pool.submit(jobs.noop)
+    assert zombies() == []
+
+
+def test_worker_exception_keeps_its_traceback_text(ppe):
+    with ProcessPool(2) as pool:
+        got = {}
+        for name, ex in (("uvpy", pool), ("ppe", ppe)):
+            with pytest.raises(ValueError, match="boom") as info:
+                ex.submit(jobs.raiser, "boom").result()
+            got[name] = info.value
+    for exc in got.values():
+        assert type(exc.__cause__).__name__ == "_RemoteTraceback"
+        assert 'in raiser\n    raise ValueError(message)' in str(exc.__cause__)
+
+
+def test_unpicklable_arguments_and_results_fail_the_job_as_in_ppe(ppe, loop):
+    lock = threading.Lock()
+    with ProcessPool(2) as pool:
+        for ex in (pool, ppe):
+            with pytest.raises(TypeError, match="cannot pickle '_thread.lock' object"):
+                ex.submit(jobs.echo, lock).result()
+            with pytest.raises(TypeError, match="cannot pickle '_thread.lock' object"):
+                ex.submit(jobs.returns_a_lock).result()
+            assert ex.submit(jobs.square, 3).result() == 9  # and it keeps serving
+
+    async def main():
+        async with ProcessPool(1) as pool:
+            with pytest.raises((pickle.PicklingError, AttributeError)):
+                await pool.run(lambda: 1)
+            with pytest.raises(TypeError, match="_thread.lock"):
+                await pool.run(jobs.returns_a_lock)
+            assert await pool.run(jobs.square, 4) == 16
+    run(loop, main())
+
+
+def test_function_the_worker_cannot_import(loop, tmp_path):
+    async def main():
+        async with ProcessPool(1) as pool:
+            await pool.run(jobs.noop)  # the worker took its sys.path already
+            (tmp_path / "only_in_parent.py").write_text("def f():\n    return 1\n")
+            sys.path.insert(0, str(tmp_path))
+            try:
+                import only_in_parent
+                with pytest.raises(ModuleNotFoundError, match="only_in_parent"):
+                    await pool.run(only_in_parent.f)
+            finally:
+                sys.path.remove(str(tmp_path))
+                sys.modules.pop("only_in_parent", None)
+            assert await pool.run(jobs.square, 5) == 25
+    run(loop, main())
+
+
+def test_plain_executor_from_threads_without_a_loop():
+    with ProcessPool(2) as pool:
+        results = []
+
+        def client(k):
+            results.append(sum(pool.map(jobs.square, range(k, k + 20))))
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == sorted(sum(i * i for i in range(k, k + 20)) for k in range(4))
+    assert zombies() == []
+
+
+# -- workers that die ------------------------------------------------------------------
+
+@pytest.mark.parametrize("how,status", [("exit", "exit status 3"), ("kill", "SIGKILL"),
+                                        ("segv", "SIGSEGV")])
+def test_a_dying_worker_fails_only_its_job_and_is_replaced(loop, how, status):
+    async def main():
+        async with ProcessPool(2) as pool:
+            await asyncio.gather(*(pool.run(jobs.pid) for _ in range(20)))
+            before = {w.proc.pid for w in pool._workers}
+            futs = [asyncio.ensure_future(pool.run(jobs.square, i)) for i in range(30)]
+            dying = asyncio.ensure_future(pool.run(jobs.die, how))
+            futs += [asyncio.ensure_future(pool.run(jobs.square, i)) for i in range(30, 60)]
+            with pytest.raises(uvpy.WorkerDied, match=status) as info:
+                await dying
+            assert isinstance(info.value, concurrent.futures.process.BrokenProcessPool)
+            assert info.value.pid in before
+            assert await asyncio.gather(*futs) == [i * i for i in range(60)]
+            after = set(await asyncio.gather(*(pool.run(jobs.pid) for _ in range(20))))
+            workers = {w.proc.pid for w in pool._workers}
+            assert info.value.pid not in workers and len(workers) == 2 and after <= workers
+    run(loop, main())
+    assert zombies() == []
+
+
+def test_initializer_runs_once_per_worker(loop):
+    async def main():
+        async with ProcessPool(2, initializer=jobs.set_state, initargs=("k", 42)) as pool:
+            assert await asyncio.gather(*(pool.run(jobs.get_state, "k") for _ in range(10))) \
+                == [42] * 10
+    run(loop, main())
+
+
+def test_failing_initializer_breaks_the_pool_as_in_ppe(loop):
+    with concurrent.futures.ProcessPoolExecutor(1, initializer=jobs.fail_init) as ppe:
+        with pytest.raises(concurrent.futures.process.BrokenProcessPool):
+            ppe.submit(jobs.noop).result()
+
+    async def main():
+        pool = ProcessPool(1, initializer=jobs.fail_init)
+        with pytest.raises(concurrent.futures.process.BrokenProcessPool,
+                           match="initializer refuses"):
+            await pool.run(jobs.noop)
+        with pytest.raises(concurrent.futures.process.BrokenProcessPool):
+            await pool.run(jobs.noop)
+        await pool.aclose()
+    run(loop, main())
+    assert zombies() == []
+
+
+def test_max_tasks_per_child_replaces_workers(loop):
+    async def main():
+        async with ProcessPool(1, max_tasks_per_child=2) as pool:
+            pids = [await pool.run(jobs.pid) for _ in range(6)]
+            assert len(set(pids)) == 3 and all(pids.count(p) == 2 for p in pids)
+    run(loop, main())
+    assert zombies() == []
+
+
+# -- cancellation and shutdown ---------------------------------------------------------
+
+def test_cancel_a_queued_job_removes_it(loop, tmp_path):
+    go, started, marker = tmp_path / "go", tmp_path / "started", tmp_path / "ran"
+
+    async def main():
+        async with ProcessPool(1, prefetch=0) as pool:
+            blocker = asyncio.ensure_future(pool.run(jobs.wait_for, str(go), str(started)))
+            await until_exists(started)
+            queued = asyncio.ensure_future(pool.run(jobs.wait_for, str(go), None, str(marker)))
+            big = asyncio.ensure_future(pool.run(jobs.describe, b"x" * (1 << 20)))  # a memfd
+            await asyncio.sleep(0)
+            fds = open_fds()
+            queued.cancel()
+            big.cancel()
+            go.touch()
+            await blocker
+            for f in (queued, big):
+                with pytest.raises(asyncio.CancelledError):
+                    await f
+            assert open_fds() == fds - 1  # the memfd of the cancelled job is closed
+            assert await pool.run(jobs.square, 2) == 4
+            assert not marker.exists()
+    run(loop, main())
+
+
+@pytest.mark.parametrize("mode", ["wait", "kill"])
+def test_cancel_a_running_job(loop, tmp_path, mode):
+    go, started = tmp_path / "go", tmp_path / "started"
+
+    async def main():
+        async with ProcessPool(1, cancel_running=mode) as pool:
+            first = await pool.run(jobs.pid)
+            job = asyncio.ensure_future(pool.run(jobs.wait_for, str(go), str(started)))
+            await until_exists(started)
+            job.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await job
+            if mode == "wait":
+                go.touch()
+            after = await pool.run(jobs.pid)
+            assert (after == first) == (mode == "wait")
+    run(loop, main())
+    assert zombies() == []
+
+
+def test_shutdown_with_jobs_queued_and_running(tmp_path):
+    go, started = tmp_path / "go", tmp_path / "started"
+    pool = ProcessPool(1, prefetch=0)
+    running = pool.submit(jobs.wait_for, str(go), str(started))
+    queued = [pool.submit(jobs.square, i) for i in range(3)]
+    while not started.exists():
+        pass
+    threading.Timer(0.05, go.touch).start()
+    pool.shutdown(wait=True)  # Executor semantics: submitted jobs complete
+    assert running.result() > 0 and [f.result() for f in queued] == [0, 1, 4]
+
+    go.unlink()
+    started.unlink()
+    pool = ProcessPool(1, prefetch=0)
+    running = pool.submit(jobs.wait_for, str(go), str(started))
+    queued = [pool.submit(jobs.square, i) for i in range(3)]
+    while not started.exists():
+        pass
+    go.touch()
+    pool.shutdown(wait=True, cancel_futures=True)
+    assert running.result() > 0 and all(f.cancelled() for f in queued)
+    assert zombies() == []
+
+
+def test_shutdown_on_the_loop_thread_pumps_the_workers(loop):
+    async def start():
+        pool = ProcessPool(2)
+        return pool, [pool.submit(jobs.square, i) for i in range(50)]
+
+    pool, futs = run(loop, start())  # the loop stops with the jobs queued or running
+    pool.shutdown(wait=True)         # it cannot run: shutdown drives the workers itself
+    assert [f.result() for f in futs] == [i * i for i in range(50)]
+    assert zombies() == []
+
+
+def test_aclose_with_jobs_running(loop):
+    async def main():
+        pool = ProcessPool(2)
+        futs = [asyncio.ensure_future(pool.run(jobs.square, i)) for i in range(100)]
+        await asyncio.sleep(0)
+        await pool.aclose()
+        assert [f.result() for f in futs] == [i * i for i in range(100)]
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            await pool.run(jobs.noop)
+    run(loop, main())
+    assert zombies() == []
+
+
+@pytest.mark.leaves_io_open("closes the loop with the pool's workers still watched")
+def test_loop_closed_with_jobs_in_flight(new_loop, tmp_path):
+    go, started = tmp_path / "go", tmp_path / "started"
+    loop = new_loop()
+    pool = ProcessPool(1)
+
+    async def start():
+        fut = pool.submit(jobs.wait_for, str(go), str(started))
+        await until_exists(started)
+        return fut
+
+    inflight = run(loop, start())
+    loop.close()
+    go.touch()
+    # The pool moves to its own loop thread; the job in flight fails.
+    assert pool.submit(jobs.square, 3).result() == 9
+    with pytest.raises(RuntimeError, match="closed with this job in flight"):
+        inflight.result()
+    pool.shutdown()
+    assert zombies() == []
+
+
+# -- volume and large data ---------------------------------------------------------------
+
+def test_a_hundred_thousand_small_jobs_leave_nothing(loop):
+    fds = warmed_fds(loop)
+
+    async def main():
+        async with ProcessPool(2) as pool:
+            total = 0
+            for _ in range(10):
+                total += sum(await asyncio.gather(*(pool.run(jobs.square, 3)
+                                                    for _ in range(10_000))))
+            assert total == 900_000
+    run(loop, main())
+    assert open_fds() == fds
+    assert zombies() == []
+
+
+def test_large_buffers_travel_through_shared_memory(loop):
+    np = pytest.importorskip("numpy")
+
+    async def main():
+        async with ProcessPool(2) as pool:
+            a = np.arange(8 << 20, dtype=np.uint64)  # 64 MiB
+            assert await pool.run(jobs.describe, a) == ("ndarray", 8 << 20, True)
+            back = await pool.run(jobs.double, a)
+            assert back.dtype == a.dtype and (back == a * 2).all()
+            assert jobs.describe(back)[2]  # a view of the mapping: no copy out
+            big = bytes(range(256)) * 4096
+            assert await pool.run(jobs.describe, big) == ("bytes", len(big), False)
+            assert await pool.run(jobs.echo, big) == big
+            assert await pool.run(jobs.echo, [big, 1]) == [big, 1]
+            assert await pool.run(jobs.echo, {"k": (big,)}) == {"k": (big,)}
+            mv = memoryview(bytearray(big))
+            assert await pool.run(jobs.describe, mv) == ("memoryview", len(big), True)
+            assert await pool.run(jobs.echo, bytearray(big)) == bytearray(big)
+            small = b"x" * 100
+            assert await pool.run(jobs.describe, small) == ("bytes", 100, False)
+    run(loop, main())
+
+
+def test_a_one_gib_result(loop):
+    np = pytest.importorskip("numpy")
+    if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") < (4 << 30):
+        pytest.skip("needs 4 GiB of free memory")
+    fds = warmed_fds(loop)
+
+    async def main():
+        async with ProcessPool(1) as pool:
+            r = await pool.run(jobs.zeros, 1 << 30)
+            assert r.nbytes == 1 << 30 and r[::1 << 20].sum() == 0
+            del r
+            assert await pool.run(jobs.square, 6) == 36
+    run(loop, main())
+    assert open_fds() == fds
+

@@ -1,0 +1,824 @@
+"""ProcessPool: Python code on every core, with results read by the loop.
+
+A concurrent.futures.Executor (submit, map, shutdown; usable from any thread
+and with loop.run_in_executor) whose native face is asynchronous:
+``await pool.run(fn, *args, **kwargs)`` and ``async for r in pool.map(...)``.
+
+Design, and why (docs/process_pool.md has the full rules):
+
+* Each worker is a fresh interpreter (subprocess.Popen, that is vfork and
+  exec: spawn semantics, never a bare fork() of a process that may run
+  threads), started when the pool is made. It prepares itself as
+  multiprocessing's spawn does (the parent's sys.path, cwd and __main__ as
+  __mp_main__), runs the initializer, and says READY.
+* Each worker has one socketpair, both ways (wire format in _procworker).
+  The loop the pool is bound to watches each socket with add_reader and
+  each worker's pidfd for its exit: no management thread, no feeder thread,
+  no call_soon_threadsafe per result. A job for an idle worker is sent at
+  once (latency); the others from a callback run once per loop iteration,
+  so a burst of submissions is one sendmsg() per worker.
+* Buffers of at least ``shm_threshold`` bytes (numpy arrays, bytearrays,
+  bytes, memoryviews, PickleBuffers) travel out of band in a memfd, both
+  ways: one copy into it, a mapping out of it (see _procworker).
+* The pool is bound to the loop it is first used from (the running loop of
+  the first run(), map() or submit() call). Used first from a thread with no
+  running loop, it runs its own loop in one daemon thread: the plain
+  Executor case. From anywhere else, work reaches the bound loop through
+  call_soon_threadsafe, once per submission.
+
+Invariants:
+
+1. A job is in exactly one place: the queue (not sent), one worker's
+   ``inflight`` deque (sent, in send order), or nowhere (settled). Only the
+   bound loop's thread (or a thread pumping while that loop cannot run:
+   shutdown(wait=True)) moves jobs.
+2. The first job of a worker's ``inflight`` is the one it is running
+   (_procworker invariant 4). When a worker dies, that job, and only that
+   job, fails with WorkerDied; the others had not started and go back to
+   the front of the queue, in order. The worker is replaced.
+3. A worker is reaped exactly once, by its pidfd watcher (or the shutdown
+   pump, or the finalizer's reaper thread), after its socket was drained:
+   results it sent before dying are delivered.
+4. Jobs are dispatched only to READY workers, at most ``1 + ahead`` per
+   worker, to the least loaded first. ``ahead`` is ``prefetch`` if given;
+   else it follows the mean job time: as many as fit in PREFETCH_BUDGET
+   (a job queued behind a running one waits that long at most, on
+   average), at most PREFETCH_MAX. Small jobs are pipelined deeply (one
+   sendmsg() carries many), long ones are sent one at a time. A worker whose initializer fails, or
+   that dies before READY, breaks the pool (BrokenProcessPool), as in
+   concurrent.futures: replacing it would loop.
+5. Every fd the pool opens (sockets, pidfds, memfds of unsent jobs) is
+   closed by shutdown, by the death of its worker, or by the cancellation
+   of its job; the finalizer closes what an unclosed pool dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import os
+import pickle
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from concurrent.futures.process import BrokenProcessPool
+
+from . import _procworker as wire
+
+__all__ = ("ProcessPool", "WorkerDied")
+
+_BOOT = ("import importlib.util as u, sys; "
+         "s = u.spec_from_file_location('_uvpy_procworker', sys.argv[1]); "
+         "m = u.module_from_spec(s); s.loader.exec_module(m); "
+         "sys.exit(m.main(int(sys.argv[2]), int(sys.argv[3])))")
+_WORKER_FILE = os.path.abspath(wire.__file__)
+
+_QUEUED, _SENT, _DONE = 0, 1, 2
+PREFETCH_BUDGET = 0.001  # seconds of work queued behind a running job, adaptive prefetch
+PREFETCH_MAX = 16
+
+
+class WorkerDied(BrokenProcessPool):
+    """The worker running this job died (a crash, os._exit, a kill).
+
+    Only that job fails; the pool replaces the worker and keeps serving. It
+    derives from BrokenProcessPool so that code written for
+    ProcessPoolExecutor, where such a death breaks the whole pool, still
+    catches it. ``pid`` and ``exitcode`` (negative: the signal) say which.
+    """
+
+    def __init__(self, pid, exitcode):
+        self.pid, self.exitcode = pid, exitcode
+        super().__init__(f"the worker process (pid {pid}) running this job died: "
+                         f"{_describe_exit(exitcode)}")
+
+    def __reduce__(self):
+        return type(self), (self.pid, self.exitcode)
+
+
+def _describe_exit(code):
+    if code is not None and code < 0:
+        try:
+            return f"killed by signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _default_workers():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class _Job:
+    __slots__ = ("id", "future", "frame", "fd", "state", "aio")
+
+    def __init__(self, job_id, future, aio):
+        self.id, self.future, self.aio = job_id, future, aio
+        self.frame, self.fd, self.state = b"", -1, _QUEUED
+
+    def release(self):
+        """Close the job's memfd and drop its frame: it is settled or
+        cancelled (invariant 5). A job keeps both until then, so that a job
+        a dead worker had not started can be sent again."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+        self.frame = b""
+
+
+class _Worker:
+    __slots__ = ("proc", "sock", "pidfd", "reader", "inflight", "out", "sent", "ready",
+                 "retiring", "eof", "writing", "killed", "started", "__weakref__")
+
+    def __init__(self, proc, sock, pidfd):
+        self.proc, self.sock, self.pidfd = proc, sock, pidfd
+        self.reader = wire.FrameReader()
+        self.inflight = collections.deque()
+        self.out = []            # [(bytes, memfd or -1)] not yet sent
+        self.sent = 0            # jobs sent (max_tasks_per_child)
+        self.started = 0.0       # when its current job started, about (job time)
+        self.ready = self.retiring = self.eof = self.writing = self.killed = False
+
+
+class ProcessPool(concurrent.futures.Executor):
+    """A pool of worker processes, driven by the event loop.
+
+    ``max_workers``: default, the CPUs in this process's affinity mask.
+    ``initializer(*initargs)`` runs once in each worker. A worker is replaced
+    after ``max_tasks_per_child`` jobs (None: never). ``cancel_running``:
+    what cancelling a job that is already running does: ``"wait"`` lets it
+    finish and drops its result (the worker stays), ``"kill"`` kills and
+    replaces the worker. ``shm_threshold``: buffers at least this large go
+    through shared memory. ``prefetch``: jobs sent to a busy worker ahead
+    of time; None (the default) adapts it to the mean job time (see
+    invariant 4).
+    """
+
+    def __init__(self, max_workers=None, *, initializer=None, initargs=(),
+                 max_tasks_per_child=None, cancel_running="wait", shm_threshold=1 << 18,
+                 prefetch=None):
+        if max_workers is None:
+            max_workers = _default_workers()
+        elif max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if cancel_running not in ("wait", "kill"):
+            raise ValueError("cancel_running must be 'wait' or 'kill'")
+        if prefetch is not None and prefetch < 0:
+            raise ValueError("prefetch must be >= 0")
+        self._max_workers = max_workers
+        self._max_tasks = max_tasks_per_child
+        self._kill_on_cancel = cancel_running == "kill"
+        self._prefetch = prefetch
+        self._depth = 1 + (prefetch if prefetch is not None else 0)
+        self._job_time = PREFETCH_BUDGET  # mean seconds per job (exponential, adaptive depth)
+        self._threshold = max(int(shm_threshold), 1)
+        self._init = (initializer, tuple(initargs))
+        self._lock = threading.Lock()   # submit() from any thread: ids, shutdown flag
+        self._next_id = 0
+        self._queue = collections.deque()
+        self._jobs = {}                  # id -> _Job, queued or sent
+        self._workers = []
+        self._loop = None
+        self._thread = None              # the private loop's thread (plain Executor use)
+        self._dispatch_pending = False
+        self._shutdown = False
+        self._broken = None              # the BrokenProcessPool message, once broken
+        self._all_gone = threading.Event()
+        self._closed_waiters = []
+        self._finalizer = weakref.finalize(self, _finalize, self._workers, self._jobs)
+        for _ in range(max_workers):
+            self._spawn()
+
+    # -- public API ---------------------------------------------------------------
+
+    async def run(self, fn, /, *args, **kwargs):
+        """Run fn(*args, **kwargs) in a worker; return its result."""
+        loop = asyncio.get_running_loop()
+        if not self._attach(loop):
+            return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
+        job = self._new_job(loop.create_future(), True, fn, args, kwargs)
+        self._enqueue(job)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            if job.future.cancelled():
+                self._cancelled(job)
+            raise
+
+    def submit(self, fn, /, *args, **kwargs):
+        """concurrent.futures.Executor.submit: a concurrent.futures.Future."""
+        future = concurrent.futures.Future()
+        job = self._new_job(future, False, fn, args, kwargs)
+        if job.state == _DONE:
+            return future
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and self._attach(running):
+            self._enqueue(job)
+            return future
+        loop = self._loop
+        if loop is None or loop.is_closed() or not (loop.is_running() or self._jobs):
+            loop = self._private_loop()  # jobs on a stopped loop wait for it to run again
+        loop.call_soon_threadsafe(self._enqueue, job)
+        return future
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1, limit=None):
+        """Executor.map when iterated with ``for``; with ``async for``, the
+        results in order with at most ``limit`` jobs in flight (default:
+        twice the workers). Nothing is submitted before iteration starts."""
+        return _Mapping(self, fn, iterables, timeout, limit or 2 * self._max_workers)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        """Stop taking jobs; workers finish the submitted ones (or, with
+        cancel_futures, the running ones only) and exit. wait: block until
+        every worker is reaped."""
+        with self._lock:
+            self._shutdown = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            if loop is not None:
+                self._lost_loop()
+            self._begin_shutdown(cancel_futures)
+            if wait:
+                self._pump()
+            return
+        if not _in_loop(loop) and (self._thread is not None or loop.is_running()):
+            # The loop runs in another thread: it does the work; this one waits.
+            loop.call_soon_threadsafe(self._begin_shutdown, cancel_futures)
+            if wait:
+                self._all_gone.wait()
+                self._join_private()
+            return
+        # The loop is this thread's (running a callback that called this, or
+        # stopped): it cannot run while this waits, so the pump drives the
+        # workers instead (invariant 1).
+        self._begin_shutdown(cancel_futures)
+        if wait:
+            self._pump()
+
+    async def aclose(self, *, cancel_futures=False):
+        """shutdown() without blocking the loop: returns once every worker
+        is reaped."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop and not self._attach(loop):
+            await loop.run_in_executor(None, lambda: self.shutdown(True, cancel_futures=cancel_futures))
+            return
+        with self._lock:
+            self._shutdown = True
+        self._begin_shutdown(cancel_futures)
+        if self._workers:
+            waiter = loop.create_future()
+            self._closed_waiters.append(waiter)
+            await asyncio.shield(waiter)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.aclose()
+
+    @property
+    def max_workers(self):
+        return self._max_workers
+
+    def __repr__(self):
+        state = "broken" if self._broken else "shut down" if self._shutdown else "running"
+        return (f"<{type(self).__name__} {state} workers={len(self._workers)}/"
+                f"{self._max_workers} queued={len(self._queue)} jobs={len(self._jobs)}>")
+
+    # -- jobs ---------------------------------------------------------------------
+
+    def _new_job(self, future, aio, fn, args, kwargs):
+        with self._lock:
+            if self._broken:
+                raise BrokenProcessPool(self._broken)
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._next_id = job_id = (self._next_id + 1) & 0xFFFFFFFF
+        job = _Job(job_id, future, aio)
+        try:
+            t = self._threshold
+            if args:
+                args = wire.mark(args, t, 2)
+            if kwargs:
+                kwargs = wire.mark(kwargs, t, 2)
+            job.frame, job.fd = wire._Encoder(t).encode(wire.JOB, job_id, (fn, args, kwargs))
+        except Exception as exc:  # unpicklable: this job fails, as in concurrent.futures
+            job.state = _DONE
+            if not aio:
+                future.set_running_or_notify_cancel()
+            future.set_exception(exc)
+        return job
+
+    def _enqueue(self, job):
+        if job.state != _QUEUED:
+            return
+        if self._broken:
+            self._settle(job, BrokenProcessPool(self._broken), False)
+            return
+        self._jobs[job.id] = job
+        if not self._queue and not self._dispatch_pending:
+            # An idle worker takes it now (latency); a burst is batched by
+            # the dispatch callback below (one send per worker).
+            for w in self._workers:
+                if w.ready and not w.inflight and not w.retiring:
+                    if self._assign(w, job):
+                        self._flush(w)
+                    return
+        self._queue.append(job)
+        if not self._dispatch_pending:
+            self._dispatch_pending = True
+            self._loop.call_soon(self._dispatch)
+
+    def _cancelled(self, job):
+        if job.state == _QUEUED:  # taken off the queue at dispatch
+            job.state = _DONE
+            job.release()
+            self._jobs.pop(job.id, None)
+        elif job.state == _SENT and self._kill_on_cancel:
+            for w in self._workers:
+                if w.inflight and w.inflight[0] is job and not w.killed:
+                    w.killed = True
+                    w.proc.kill()
+
+    def _settle(self, job, value, ok):
+        job.state = _DONE
+        job.release()
+        self._jobs.pop(job.id, None)
+        fut = job.future
+        if fut.done():
+            return
+        if job.aio:
+            if fut.get_loop().is_closed():
+                return
+            fut.set_result(value) if ok else fut.set_exception(value)
+        else:
+            if not fut.running() and not fut.set_running_or_notify_cancel():
+                return
+            fut.set_result(value) if ok else fut.set_exception(value)
+
+    def _dispatch(self):
+        """Send queued jobs to READY workers (invariant 4), one send per worker."""
+        self._dispatch_pending = False
+        queue, touched = self._queue, []
+        while queue:
+            ready = [w for w in self._workers if w.ready and not w.retiring
+                     and len(w.inflight) < self._depth]
+            if not ready:
+                break
+            w = min(ready, key=lambda w: len(w.inflight))
+            if self._assign(w, queue.popleft()) and w not in touched:
+                touched.append(w)
+        for w in touched:
+            self._flush(w)
+        if self._shutdown or self._max_tasks is not None:
+            self._retire_idle()
+
+    def _assign(self, w, job):
+        """Put job on w's output (to be flushed), unless it was cancelled or
+        settled meanwhile; True if it was."""
+        if job.state != _QUEUED:
+            return False
+        if job.aio:
+            if job.future.done():
+                self._settle(job, None, True)
+                return False
+        elif not job.future.set_running_or_notify_cancel():
+            job.state = _DONE
+            job.release()
+            self._jobs.pop(job.id, None)
+            return False
+        job.state = _SENT
+        if not w.inflight:
+            w.started = time.perf_counter()
+        w.inflight.append(job)
+        w.out.append((job.frame, job.fd))
+        w.sent += 1
+        if self._max_tasks is not None and w.sent >= self._max_tasks:
+            w.retiring = True  # replaced ahead of time; retires once idle
+            self._spawn_and_watch()
+        return True
+
+    def _retire_idle(self):
+        for w in list(self._workers):
+            if w.inflight or w.eof or w.sock is None:
+                continue
+            if w.retiring or (self._shutdown and not self._queue):
+                w.retiring = True
+                try:
+                    w.sock.shutdown(socket.SHUT_WR)  # the worker reads EOF and exits
+                except OSError:
+                    pass
+
+    # -- workers ------------------------------------------------------------------
+
+    def _spawn(self):
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, _WORKER_FILE, str(child.fileno()),
+                 str(self._threshold)],
+                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        import multiprocessing.spawn
+
+        data = multiprocessing.spawn.get_preparation_data("uvpy-pool-worker")
+        data["authkey"] = bytes(data["authkey"])
+        try:
+            pidfd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):
+            pidfd = -1
+        w = _Worker(proc, parent, pidfd)
+        self._workers.append(w)
+        try:
+            wire.send_all(parent, [wire._Encoder(self._threshold).encode(
+                wire.INIT, 0, (data, pickle.dumps(self._init, 5)))])
+        except Exception as exc:  # an initializer that does not pickle
+            self._break(f"the initializer could not be sent to the worker: {exc!r}")
+        parent.setblocking(False)
+        return w
+
+    def _spawn_and_watch(self):
+        w = self._spawn()
+        if self._loop is not None and not self._loop.is_closed():
+            self._watch(w)
+
+    def _watch(self, w):
+        loop = self._loop
+        if w.sock is not None and not w.eof:
+            loop.add_reader(w.sock.fileno(), self._readable, w)
+        if w.pidfd >= 0:
+            loop.add_reader(w.pidfd, self._exited, w)
+        if w.out:
+            self._flush(w)
+
+    def _unwatch(self, w):
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        if w.sock is not None:
+            loop.remove_reader(w.sock.fileno())
+            if w.writing:
+                loop.remove_writer(w.sock.fileno())
+        w.writing = False
+        if w.pidfd >= 0:
+            loop.remove_reader(w.pidfd)
+
+    def _flush(self, w):
+        """Send w.out without blocking; watch for writability if it stalls."""
+        sock = w.sock
+        while w.out:
+            data, fd = w.out[0]
+            try:
+                if fd >= 0:
+                    n = socket.send_fds(sock, [data], [fd])  # the job keeps its fd
+                else:
+                    if len(w.out) > 1 and w.out[1][1] < 0:  # coalesce plain frames
+                        k = 1
+                        while k < len(w.out) and w.out[k][1] < 0 and k < 512:
+                            k += 1
+                        data = b"".join(d for d, _ in w.out[:k])
+                        del w.out[:k]
+                        w.out.insert(0, (data, -1))
+                    n = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # the worker is gone: its exit watcher settles the jobs
+                w.out.clear()
+                break
+            if n < len(data):
+                w.out[0] = (memoryview(data)[n:], -1)
+            else:
+                w.out.pop(0)
+        want = bool(w.out)
+        if want != w.writing and self._loop is not None and not self._loop.is_closed():
+            if want:
+                self._loop.add_writer(sock.fileno(), self._flush, w)
+            else:
+                self._loop.remove_writer(sock.fileno())
+            w.writing = want
+
+    def _readable(self, w, drain=False):
+        """Read what w sent: a bounded number of reads (the loop stays
+        fair), or with drain, all of it up to EOF (w has exited)."""
+        for _ in range(1 << 62 if drain else 16):
+            try:
+                n = wire.recv(w.sock, w.reader)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                n = 0
+            if not n:
+                w.eof = True
+                if self._loop is not None and not self._loop.is_closed():
+                    self._loop.remove_reader(w.sock.fileno())
+                if w.pidfd < 0:  # no pidfd: the exit is near, wait for it here
+                    self._exited(w)
+                    return
+                break
+            self._frames(w)
+            if n < wire.RECV_SIZE and not drain:  # drained, most likely: the
+                break  # level-triggered reader calls again if not; a recv saved
+        if self._queue and not self._dispatch_pending:
+            self._dispatch()
+        elif self._shutdown or self._max_tasks is not None:
+            self._retire_idle()
+
+    def _frames(self, w):
+        while (frame := w.reader.next()) is not None:
+            kind, job_id, nbufs, payload, fd = frame
+            if kind == wire.READY:
+                w.ready = True
+                continue
+            if kind == wire.INIT_FAILED:
+                text = wire.decode(nbufs, payload, fd)
+                self._break("the pool's initializer failed in a worker, the pool is not usable "
+                            f"anymore:\n{text}")
+                continue
+            job = w.inflight.popleft()
+            if self._prefetch is None:
+                now = time.perf_counter()
+                self._job_time += (now - w.started - self._job_time) * 0.125
+                w.started = now
+                self._depth = 1 + max(0, min(PREFETCH_MAX, int(PREFETCH_BUDGET / max(self._job_time, 1e-6))))
+            try:
+                value, ok = wire.decode(nbufs, payload, fd), kind == wire.RESULT
+            except Exception as exc:  # e.g. the result's class is not importable here
+                value, ok = exc, False
+            self._settle(job, value, ok)
+
+    def _exited(self, w):
+        """w's process exited: deliver what it sent, reap it, settle its jobs
+        (invariants 2 and 3), replace it."""
+        if w.sock is not None and not w.eof:
+            self._readable(w, drain=True)
+        self._unwatch(w)
+        code = _reap(w)
+        if w in self._workers:
+            self._workers.remove(w)
+        if not w.ready and not self._broken and not w.retiring:
+            self._break("a worker process died before it was ready "
+                        f"(pid {w.proc.pid}, {_describe_exit(code)}): the pool is not usable "
+                        "anymore")
+        if w.inflight:
+            running = w.inflight.popleft()
+            self._settle(running, WorkerDied(w.proc.pid, code), False)
+            for job in reversed(w.inflight):  # not started: back to the front (invariant 2)
+                if job.state == _SENT and not job.future.done():
+                    job.state = _QUEUED
+                    self._queue.appendleft(job)
+                elif job.state != _DONE:
+                    self._settle(job, None, True)
+            w.inflight.clear()
+        needed = not self._broken and (not self._shutdown or self._queue)
+        live = [x for x in self._workers if not x.retiring]
+        if needed and len(live) < self._max_workers:
+            self._spawn_and_watch()
+        if self._queue:
+            self._dispatch()
+        self._retire_idle()
+        self._check_all_gone()
+
+    def _break(self, message):
+        if self._broken:
+            return
+        self._broken = message
+        for job in list(self._jobs.values()):
+            if job.state == _QUEUED:
+                job.release()
+            self._settle(job, BrokenProcessPool(message), False)
+        self._queue.clear()
+        for w in self._workers:
+            if w.proc.poll() is None:
+                w.proc.kill()
+
+    def _check_all_gone(self):
+        if self._workers or not (self._shutdown or self._broken):
+            return
+        self._all_gone.set()
+        waiters, self._closed_waiters = self._closed_waiters, []
+        for f in waiters:
+            if not f.done():
+                f.set_result(None)
+        if self._thread is not None and self._loop is not None:
+            self._loop.stop()
+
+    def _begin_shutdown(self, cancel_futures):
+        if cancel_futures:
+            for job in list(self._queue):
+                if job.state == _QUEUED:
+                    job.state = _DONE
+                    job.release()
+                    self._jobs.pop(job.id, None)
+                    job.future.cancel()
+            self._queue.clear()
+        if self._broken:
+            for w in self._workers:
+                w.retiring = True
+        self._retire_idle()
+        self._check_all_gone()
+
+    def _pump(self):
+        """Drive the workers from this thread until all are reaped: for
+        shutdown(wait=True) where the bound loop cannot run (it is this
+        thread's, or closed)."""
+        while self._workers:
+            if self._queue:
+                self._dispatch()
+            poller = select.poll()
+            fds = {}
+            for w in self._workers:
+                if w.sock is not None and not w.eof:
+                    ev = select.POLLIN | (select.POLLOUT if w.out else 0)
+                    poller.register(w.sock.fileno(), ev)
+                    fds[w.sock.fileno()] = (w, False)
+                if w.pidfd >= 0:
+                    poller.register(w.pidfd, select.POLLIN)
+                    fds[w.pidfd] = (w, True)
+            if not fds:
+                for w in list(self._workers):
+                    self._exited(w)
+                break
+            for fd, ev in poller.poll():
+                w, is_pidfd = fds[fd]
+                if w not in self._workers:
+                    continue
+                if is_pidfd:
+                    self._exited(w)
+                elif ev & select.POLLOUT:
+                    self._flush(w)
+                if not is_pidfd and ev & (select.POLLIN | select.POLLHUP):
+                    self._readable(w)
+        self._check_all_gone()
+
+    # -- the loop -----------------------------------------------------------------
+
+    def _attach(self, loop):
+        """Bind to loop (called in its thread) if the pool is free to move:
+        True if the pool now runs on it."""
+        old = self._loop
+        if old is loop:
+            return True
+        if old is not None and not old.is_closed():
+            if old.is_running() or self._jobs:
+                return False
+            for w in self._workers:
+                self._unwatch(w)
+        elif old is not None:
+            self._lost_loop()
+        self._loop = loop
+        for w in self._workers:
+            self._watch(w)
+        if self._queue:
+            self._dispatch()
+        return True
+
+    def _lost_loop(self):
+        """The bound loop was closed under the pool: the jobs in flight fail."""
+        self._loop = None
+        err = "the event loop the process pool ran on was closed with this job in flight"
+        for job in list(self._jobs.values()):
+            if job.state == _QUEUED:
+                job.release()
+            self._settle(job, RuntimeError(err), False)
+        self._queue.clear()
+        for w in self._workers:
+            w.writing = False
+
+    def _private_loop(self):
+        """Start (once) the loop thread used when no loop of the caller's runs."""
+        with self._lock:
+            if self._thread is not None:
+                return self._loop
+            from . import new_event_loop
+
+            loop = new_event_loop()
+            started = threading.Event()
+
+            def main():
+                asyncio.set_event_loop(loop)
+                loop.call_soon(started.set)
+                try:
+                    loop.run_forever()  # until every worker is reaped
+                finally:
+                    asyncio.set_event_loop(None)
+                    loop.close()
+
+            if self._loop is not None and not self._loop.is_closed():
+                for w in self._workers:
+                    self._unwatch(w)
+            elif self._loop is not None:
+                self._lost_loop()
+            self._loop = loop
+            for w in self._workers:
+                loop.call_soon(self._watch, w)
+            self._thread = threading.Thread(target=main, name="uvpy-process-pool", daemon=True)
+            self._thread.start()
+        started.wait()
+        return loop
+
+    def _join_private(self):
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+
+def _in_loop(loop):
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _reap(w):
+    """Close w's fds and reap its process; its exit code."""
+    if w.pidfd >= 0:
+        os.close(w.pidfd)
+        w.pidfd = -1
+    if w.sock is not None:
+        w.sock.close()
+        w.sock = None
+    w.out.clear()
+    w.reader.close()
+    return w.proc.wait()
+
+
+def _finalize(workers, jobs):
+    """An unclosed pool was collected: close its sockets (the workers read
+    EOF and exit) and reap them in a thread (invariant 5)."""
+    for job in jobs.values():
+        job.release()
+    jobs.clear()
+    procs = []
+    for w in workers:
+        if w.pidfd >= 0:
+            os.close(w.pidfd)
+            w.pidfd = -1
+        if w.sock is not None:
+            w.sock.close()
+            w.sock = None
+        procs.append(w.proc)
+    workers.clear()
+    if procs:
+        threading.Thread(target=lambda: [p.wait() for p in procs], daemon=True).start()
+
+
+class _Mapping:
+    """pool.map(...): Executor.map with ``for``, bounded with ``async for``."""
+
+    def __init__(self, pool, fn, iterables, timeout, limit):
+        self._pool, self._fn, self._iterables = pool, fn, iterables
+        self._end = None if timeout is None else time.monotonic() + timeout
+        self._limit = limit
+
+    def __iter__(self):
+        fs = [self._pool.submit(self._fn, *args) for args in zip(*self._iterables)]
+
+        def results():
+            try:
+                fs.reverse()
+                while fs:
+                    if self._end is None:
+                        yield fs.pop().result()
+                    else:
+                        yield fs.pop().result(self._end - time.monotonic())
+            finally:
+                for f in fs:
+                    f.cancel()
+        return results()
+
+    async def __aiter__(self):
+        pool, window = self._pool, collections.deque()
+        it = zip(*self._iterables)
+        try:
+            for args in it:
+                window.append(asyncio.ensure_future(pool.run(self._fn, *args)))
+                if len(window) >= self._limit:
+                    yield await window.popleft()
+            while window:
+                yield await window.popleft()
+        finally:
+            for f in window:
+                f.cancel()

@@ -1,0 +1,344 @@
+"""The process pool's wire format, and the worker process's main loop.
+
+This file is imported by the pool (uvpy._procpool) for the frame codec, and
+loaded by path in each worker, which runs main(). It imports only the
+standard library: a worker never imports uvpy, so it starts as fast as a bare
+interpreter plus the user's modules.
+
+Wire format (one AF_UNIX SOCK_STREAM socketpair per worker, both ways):
+
+    frame  = header payload
+    header = struct "<BIIQ": kind, job id, number of out-of-band buffers,
+             payload length
+    table  = nbufs x struct "<QQ" (offset, length), at the start of payload
+    payload after the table: a pickle (protocol 5)
+
+A frame with nbufs > 0 carries exactly one fd (SCM_RIGHTS, on the sendmsg()
+that sends its header): a memfd holding all its out-of-band buffers at the
+offsets of the table. The receiver maps it once and hands slices of the
+mapping to pickle.loads(buffers=...).
+
+Invariants:
+
+1. fds are consumed in frame order. Linux delivers SCM_RIGHTS with the first
+   byte of the sendmsg() that carried them, and a stream recvmsg() never
+   reads past a message that carries fds, so a frame's fd has arrived by the
+   time its header has: the reader queues fds as they come and each frame
+   with buffers takes the oldest.
+2. A memfd is closed by its receiver right after mmap(), and by its sender
+   once the message cannot be needed again (the kernel holds a reference in
+   flight): the worker right after sendmsg(), the pool when the job is
+   settled (a job that a dead worker had not started is sent again). The
+   memory then lives exactly as long as the mapping, that is as long as
+   some object made from one of its slices (a numpy array, a memoryview) is
+   alive, and it is never named in a file system: a crash on either side
+   leaks nothing.
+3. The sender copies each buffer once, into the memfd (pwrite); the receiver
+   maps it. A numpy array or a memoryview arrives as a view of the mapping;
+   bytes and bytearray are rebuilt from it, a second copy (they own their
+   memory).
+4. The worker runs jobs in the order they arrive, one at a time, and has
+   sent a job's result (into the socket buffer, where it outlives the
+   worker) before it starts the next one: so the oldest job the pool sent
+   to a worker without a result is the one it is running, and the others
+   have not started.
+5. The pool batches its sends (many jobs per sendmsg()), and reads many
+   results per recvmsg(); the worker reads many jobs per recvmsg(), but
+   sends one result per sendmsg() (invariant 4 forbids holding results
+   back).
+"""
+
+import array
+import mmap
+import os
+import pickle
+import socket
+import struct
+import sys
+import traceback
+
+HEADER = struct.Struct("<BIIQ")
+SPAN = struct.Struct("<QQ")
+
+# Frame kinds.
+INIT = 1        # pool -> worker: (preparation data, pickled (initializer, initargs))
+JOB = 2         # pool -> worker: (fn, args, kwargs)
+READY = 3       # worker -> pool: the initializer ran
+INIT_FAILED = 4  # worker -> pool: traceback text of the failed initializer
+RESULT = 5      # worker -> pool: the return value
+ERROR = 6       # worker -> pool: the exception, with its traceback text
+
+_CONTAINERS = (tuple, list, dict)
+MARK_SCAN = 256
+ALIGN = 64      # out-of-band buffer alignment in the memfd (numpy's, and a cache line)
+RECV_SIZE = 1 << 18
+MAX_FDS = 64
+_ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * 4)
+
+
+class _OutOfBand:
+    """Marks a bytes or memoryview for the out-of-band path: pickle puts
+    bytes in band whatever their size (and never asks a reducer_override
+    about them), and cannot pickle a memoryview at all. It reduces to the
+    builtin itself and a PickleBuffer, so the other side unpickles plain
+    bytes or a memoryview without knowing this class."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __reduce_ex__(self, protocol):
+        v = self.value
+        if type(v) is memoryview and not v.c_contiguous:
+            return memoryview, (v.tobytes(),)
+        return type(v), (pickle.PickleBuffer(v),)
+
+
+def mark(value, threshold, depth=1):
+    """value, or a copy in which bytes of at least threshold bytes and
+    memoryviews are marked to travel out of band: at the top, and `depth`
+    levels into tuples, lists and dicts of at most MARK_SCAN items (a scan
+    of a larger container would cost more than pickling it)."""
+    t = type(value)
+    if t is bytes:
+        return _OutOfBand(value) if len(value) >= threshold else value
+    if t is memoryview:
+        return _OutOfBand(value)
+    if not depth or t not in _CONTAINERS or len(value) > MARK_SCAN:
+        return value
+    items = value.values() if t is dict else value
+    for x in items:
+        tx = type(x)
+        if tx is memoryview or (tx is bytes and len(x) >= threshold) or (
+                depth > 1 and tx in _CONTAINERS):
+            break
+    else:
+        return value
+    if t is dict:
+        return {k: mark(x, threshold, depth - 1) for k, x in value.items()}
+    return t([mark(x, threshold, depth - 1) for x in value])
+
+
+class _Encoder:
+    """Pickles one object into a frame; collects its large buffers."""
+
+    __slots__ = ("bufs", "threshold")
+
+    def __init__(self, threshold):
+        self.threshold = threshold
+        self.bufs = []
+
+    def _callback(self, pb):
+        raw = pb.raw()
+        if raw.nbytes < self.threshold:
+            return True  # in band
+        self.bufs.append(raw)
+        return False
+
+    def encode(self, kind, job_id, obj):
+        """Return (frame bytes, memfd or -1). Raises what pickling raises.
+        Large bytes and memoryviews go out of band only where mark() put
+        them; other buffers (numpy, bytearray, PickleBuffer) by their size."""
+        self.bufs = []
+        data = pickle.dumps(obj, 5, buffer_callback=self._callback)
+        if not self.bufs:
+            return HEADER.pack(kind, job_id, 0, len(data)) + data, -1
+        table, fd = _to_memfd(self.bufs)
+        self.bufs = []
+        return HEADER.pack(kind, job_id, len(table) // SPAN.size, len(table) + len(data)) \
+            + table + data, fd
+
+
+def _to_memfd(bufs):
+    """Copy bufs into one new memfd (invariant 3); return (span table, fd)."""
+    spans, off = [], 0
+    for b in bufs:
+        spans.append((off, b.nbytes))
+        off = (off + b.nbytes + ALIGN - 1) // ALIGN * ALIGN
+    fd = os.memfd_create("uvpy-pool", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, max(off, 1))
+        for (start, n), b in zip(spans, bufs):
+            done = 0
+            while done < n:
+                done += os.pwrite(fd, b[done:], start + done)
+    except BaseException:
+        os.close(fd)
+        raise
+    return b"".join(SPAN.pack(s, n) for s, n in spans), fd
+
+
+def decode(nbufs, payload, fd):
+    """Unpickle a frame's payload; fd (its memfd, or -1) is closed here."""
+    if fd < 0:
+        return pickle.loads(payload)
+    try:
+        table = payload[:nbufs * SPAN.size]
+        spans = [SPAN.unpack_from(table, i * SPAN.size) for i in range(nbufs)]
+        size = max(s + n for s, n in spans)
+        # Faulted in as the unpickled objects touch them: MAP_POPULATE was
+        # measured slower (bench/processes.py numpy64, about 15%).
+        mm = mmap.mmap(fd, size) if size else None
+    finally:
+        os.close(fd)  # invariant 2: the mapping keeps the memory
+    view = memoryview(mm) if mm is not None else memoryview(b"")
+    buffers = [view[s:s + n] for s, n in spans]
+    del view
+    return pickle.loads(memoryview(payload)[nbufs * SPAN.size:], buffers=buffers)
+
+
+class FrameReader:
+    """Splits bytes (and fds) received on a stream socket into frames."""
+
+    __slots__ = ("buf", "fds", "scratch", "view")
+
+    def __init__(self):
+        self.buf = bytearray()
+        self.fds = []
+        self.scratch = bytearray(RECV_SIZE)
+        self.view = memoryview(self.scratch)
+
+    def feed(self, data, fds):
+        self.buf += data
+        self.fds.extend(fds)
+
+    def next(self):
+        """(kind, job id, nbufs, payload, fd) of the next whole frame, or None."""
+        buf = self.buf
+        if len(buf) < HEADER.size:
+            return None
+        kind, job_id, nbufs, size = HEADER.unpack_from(buf)
+        end = HEADER.size + size
+        if len(buf) < end:
+            return None
+        payload = bytes(buf[HEADER.size:end])
+        del buf[:end]
+        fd = self.fds.pop(0) if nbufs else -1  # invariant 1
+        return kind, job_id, nbufs, payload, fd
+
+    def close(self):
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+
+def recv(sock, reader):
+    """One recvmsg() into reader: the bytes read, 0 at EOF. Raises
+    BlockingIOError.
+
+    Into the reader's own buffer (recvmsg_into): recvmsg() would allocate
+    a fresh RECV_SIZE object per call, which malloc maps and unmaps."""
+    n, anc, flags, _ = sock.recvmsg_into([reader.scratch], _ANC_SIZE, socket.MSG_CMSG_CLOEXEC)
+    if n:
+        reader.buf += reader.view[:n]
+    for level, type_, data in anc:
+        if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+            fds = array.array("i")
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+            reader.fds.extend(fds)
+    if flags & socket.MSG_CTRUNC:  # more fds than MAX_FDS in one read: cannot happen
+        raise OSError("process pool: control data truncated")
+    return n
+
+
+def send_all(sock, chunks):
+    """Blocking send of [(bytes, fd or -1)]; closes each fd once sent."""
+    i = 0
+    while i < len(chunks):
+        data, fd = chunks[i]
+        if fd >= 0:
+            try:
+                n = socket.send_fds(sock, [data], [fd])
+            finally:
+                os.close(fd)
+            if n < len(data):
+                sock.sendall(memoryview(data)[n:])
+            i += 1
+            continue
+        j = i
+        while j < len(chunks) and chunks[j][1] < 0:
+            j += 1
+        sock.sendall(b"".join(c for c, _ in chunks[i:j]))
+        i = j
+
+
+# ------------------------------------------------------------------ the worker
+
+def _exception_frame(encoder, job_id, exc):
+    """An ERROR frame carrying exc with its traceback text, as
+    concurrent.futures does (the caller sees it as exc.__cause__)."""
+    from concurrent.futures.process import _ExceptionWithTraceback
+
+    try:
+        return encoder.encode(ERROR, job_id, _ExceptionWithTraceback(exc, exc.__traceback__))
+    except Exception as e:  # the exception itself does not pickle
+        text = "".join(traceback.format_exception(exc))
+        err = RuntimeError(f"the job raised {type(exc).__qualname__}, which could not be "
+                           f"pickled ({type(e).__name__}: {e}); its traceback:\n{text}")
+        return encoder.encode(ERROR, job_id, _ExceptionWithTraceback(err, None))
+
+
+def main(fd, threshold):
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(True)
+    # Not inherited by what a job spawns or forks: the pool must see EOF
+    # when this process exits.
+    os.set_inheritable(fd, False)
+    reader = FrameReader()
+    encoder = _Encoder(threshold)
+    # The first frame is INIT: prepare like multiprocessing's spawn (sys.path,
+    # cwd, the parent's __main__ as __mp_main__), then the initializer.
+    while (frame := reader.next()) is None:
+        if not recv(sock, reader):
+            return 0
+    try:
+        kind, _, nbufs, payload, mfd = frame
+        import multiprocessing.spawn
+
+        # The initializer is pickled apart: it may live in a module that only
+        # the parent's sys.path, set by prepare(), can find.
+        data, init = decode(nbufs, payload, mfd)
+        multiprocessing.spawn.prepare(data)
+        initializer, initargs = pickle.loads(init)
+        if initializer is not None:
+            initializer(*initargs)
+    except BaseException as exc:
+        text = "".join(traceback.format_exception(exc))
+        send_all(sock, [encoder.encode(INIT_FAILED, 0, text)])
+        return 1
+    send_all(sock, [encoder.encode(READY, 0, None)])
+    del frame, payload
+    while True:
+        frame = reader.next()
+        if frame is None:
+            if not recv(sock, reader):
+                return 0  # the pool closed its end: retire
+            continue
+        _, job_id, nbufs, payload, mfd = frame
+        frame = None
+        try:
+            fn, args, kwargs = decode(nbufs, payload, mfd)
+            payload = None
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            if isinstance(exc, SystemExit):
+                raise
+            fn = args = kwargs = None
+            send_all(sock, [_exception_frame(encoder, job_id, exc)])  # invariant 4
+            continue
+        fn = args = kwargs = None
+        try:
+            out = encoder.encode(RESULT, job_id, mark(result, threshold))
+        except Exception as exc:
+            out = _exception_frame(encoder, job_id, exc)
+        result = None
+        if out[1] < 0:  # invariant 4
+            sock.sendall(out[0])
+        else:
+            send_all(sock, [out])
+        out = None
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1]), int(sys.argv[2])))

@@ -360,6 +360,15 @@ def collect():
         gc.collect()
 
 
+async def until(pred):
+    """Yield to the loop until pred() holds (bounded by iterations, not time)."""
+    for _ in range(100000):
+        if pred():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
 def has_ipv6(kind=socket.SOCK_STREAM):
     """Whether a socket of this type can bind to ::1 here."""
     try:

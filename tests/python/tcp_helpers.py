@@ -133,12 +133,3 @@ async def peer_reads_to_eof(peer):
             peer.setblocking(True)
             return bytes(got)
         got += chunk
-
-
-async def until(pred):
-    """Yield to the loop until pred() holds (bounded by iterations, not time)."""
-    for _ in range(100000):
-        if pred():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")

@@ -7,62 +7,15 @@ connections natively (bindings/acceptor.cc, its `wrap` for TLS) and in
 debug mode through Python; both are run."""
 
 import asyncio
-import contextlib
 import os
 import socket
 import ssl
-import warnings
 
 import pytest
 
-import uvpy
 
-from conftest import active_connections, collect, open_fds
-
-
-@contextlib.contextmanager
-def stock_leak_tolerated(loop):
-    """The stock loop drops the accepted socket unclosed when the protocol
-    factory raises (its GC closes it, with a ResourceWarning): the oracle's
-    own leak, tolerated for it only; uvpy closes the socket."""
-    with warnings.catch_warnings():
-        if not isinstance(loop, uvpy.Loop):
-            warnings.filterwarnings("ignore", "unclosed <socket.socket", ResourceWarning)
-        yield
-
-
-def run(loop, coro):
-    return loop.run_until_complete(coro)
-
-
-class Recorder(asyncio.Protocol):
-    """Logs its callbacks into a shared list; echoes, closes on EOF."""
-
-    def __init__(self, log, made):
-        self.log = log
-        self.made = made
-        log.append("factory")
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.log.append("connection_made")
-        if not self.made.done():
-            self.made.set_result(transport)
-
-    def data_received(self, data):
-        self.log.append("data_received")
-        self.transport.write(data)
-
-    def connection_lost(self, exc):
-        self.log.append("connection_lost")
-
-
-async def until(predicate):
-    for _ in range(500):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+from accept_helpers import FailingOnce, Recorder, run
+from conftest import active_connections, collect, open_fds, until
 
 
 @pytest.mark.parametrize("debug", [False, True])
@@ -108,17 +61,8 @@ def test_unix_accepted_transport_extras(loop, tmp_path, debug, client_name):
 
 @pytest.mark.parametrize("debug", [False, True])
 def test_unix_factory_raising_closes_the_connection_and_keeps_serving(loop, tmp_path, debug):
-    loop.set_debug(debug)
-    contexts = []
-    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+    factory = FailingOnce(loop, debug)
     path = str(tmp_path / "srv")
-    calls = []
-
-    def factory():
-        calls.append(None)
-        if len(calls) == 1:
-            raise ZeroDivisionError("no protocol")
-        return Recorder([], loop.create_future())
 
     async def main():
         server = await loop.create_unix_server(factory, path)
@@ -136,17 +80,7 @@ def test_unix_factory_raising_closes_the_connection_and_keeps_serving(loop, tmp_
         server.close()
         await server.wait_closed()
 
-    with stock_leak_tolerated(loop):
-        run(loop, main())
-        assert len(calls) == 2
-        if debug:
-            assert [c["message"] for c in contexts] == [
-                "Error on transport creation for incoming connection"]
-            assert isinstance(contexts[0]["exception"], ZeroDivisionError)
-        else:
-            assert contexts == []
-        contexts.clear()  # (in debug mode its traceback holds the socket)
-        collect()
+    factory.run(main())
 
 
 @pytest.mark.parametrize("family", ["tcp", "unix"])
@@ -191,16 +125,7 @@ def test_tls_accepted_connection(loop, tmp_path, server_ctx, client_ctx, family,
 
 @pytest.mark.parametrize("debug", [False, True])
 def test_tls_factory_raising_keeps_serving(loop, server_ctx, client_ctx, debug):
-    loop.set_debug(debug)
-    contexts = []
-    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
-    calls = []
-
-    def factory():
-        calls.append(None)
-        if len(calls) == 1:
-            raise ZeroDivisionError("no protocol")
-        return Recorder([], loop.create_future())
+    factory = FailingOnce(loop, debug)
 
     async def main():
         server = await loop.create_server(factory, "127.0.0.1", 0, ssl=server_ctx)
@@ -222,17 +147,7 @@ def test_tls_factory_raising_keeps_serving(loop, server_ctx, client_ctx, debug):
         server.close()
         await server.wait_closed()
 
-    with stock_leak_tolerated(loop):
-        run(loop, main())
-        assert len(calls) == 2
-        if debug:
-            assert [c["message"] for c in contexts] == [
-                "Error on transport creation for incoming connection"]
-            assert isinstance(contexts[0]["exception"], ZeroDivisionError)
-        else:
-            assert contexts == []
-        contexts.clear()  # (in debug mode its traceback holds the socket)
-        collect()
+    factory.run(main())
 
 
 @pytest.mark.parametrize("kind", ["unix", "tls"])

@@ -7,40 +7,11 @@ run."""
 
 import asyncio
 import socket
-import warnings
 
 import pytest
 
+from accept_helpers import FailingOnce, Recorder, run
 from conftest import active_connections, collect, has_ipv6, open_fds
-
-
-def run(loop, coro):
-    return loop.run_until_complete(coro)
-
-
-class Recorder(asyncio.Protocol):
-    """Logs its callbacks into a shared list; echoes, closes on EOF."""
-
-    def __init__(self, log, made):
-        self.log = log
-        self.made = made
-        log.append("factory")
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.log.append("connection_made")
-        if not self.made.done():
-            self.made.set_result(transport)
-
-    def data_received(self, data):
-        self.log.append("data_received")
-        self.transport.write(data)
-
-    def eof_received(self):
-        self.log.append("eof_received")  # and close (returns None)
-
-    def connection_lost(self, exc):
-        self.log.append("connection_lost")
 
 
 async def _client(loop, addr, family=socket.AF_INET):
@@ -129,17 +100,11 @@ def test_connection_made_first_and_wait_closed_waits_for_the_connection(loop, de
 
 
 @pytest.mark.parametrize("debug", [False, True])
-def test_protocol_factory_raising_closes_the_connection_and_keeps_serving(loop, loop_name, debug):
-    loop.set_debug(debug)
-    contexts = []
-    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
-    calls = []
-
-    def factory():
-        calls.append(None)
-        if len(calls) == 1:
-            raise ZeroDivisionError("no protocol")
-        return Recorder([], loop.create_future())
+def test_protocol_factory_raising_closes_the_connection_and_keeps_serving(loop, debug):
+    run(loop, asyncio.sleep(0))  # lazily made loop fds are not leaks
+    collect()
+    fds = open_fds()
+    factory = FailingOnce(loop, debug)
 
     async def main():
         server = await loop.create_server(factory, "127.0.0.1", 0)
@@ -162,25 +127,7 @@ def test_protocol_factory_raising_closes_the_connection_and_keeps_serving(loop, 
         server.close()
         await server.wait_closed()
 
-    run(loop, asyncio.sleep(0))  # lazily made loop fds are not leaks
-    collect()
-    fds = open_fds()
-    with warnings.catch_warnings():
-        if loop_name == "asyncio":
-            # The stock loop drops the accepted socket unclosed when the
-            # factory raises (its GC closes it): the oracle's warning.
-            warnings.filterwarnings("ignore", "unclosed <socket.socket", ResourceWarning)
-        run(loop, main())
-        assert len(calls) == 2
-        # asyncio reports a failed transport creation only in debug mode.
-        if debug:
-            assert [c["message"] for c in contexts] == [
-                "Error on transport creation for incoming connection"]
-            assert isinstance(contexts[0]["exception"], ZeroDivisionError)
-        else:
-            assert contexts == []
-        contexts.clear()
-        collect()
+    factory.run(main())
     assert open_fds() == fds
 
 

@@ -10,7 +10,8 @@ import asyncio
 import contextvars
 import socket
 
-from tcp_helpers import Recorder, Buffered, run, connect, recv_exactly, recv_to_eof, iterations, pattern, until
+from conftest import until
+from tcp_helpers import Recorder, Buffered, run, connect, recv_exactly, recv_to_eof, iterations, pattern
 
 
 # -- reading -------------------------------------------------------------------

@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from conftest import collect, open_fds
-from tcp_helpers import Recorder, run, connect, recv_exactly, iterations, pattern, peer_reads_to_eof, until
+from conftest import collect, open_fds, until
+from tcp_helpers import Recorder, run, connect, recv_exactly, iterations, pattern, peer_reads_to_eof
 
 
 # -- identity and extra info ---------------------------------------------------

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from tcp_helpers import run, connect, recv_exactly, pattern, peer_reads_to_eof, until
+from conftest import until
+from tcp_helpers import run, connect, recv_exactly, pattern, peer_reads_to_eof
 
 
 # -- writing -------------------------------------------------------------------

@@ -24,7 +24,7 @@ import uvpy
 
 pytest.importorskip("trustme")
 
-from conftest import active_connections, collect, open_fds  # noqa: E402
+from conftest import active_connections, collect, open_fds, until  # noqa: E402
 
 GUARD = 30  # seconds; a hang guard only, never an expectation
 
@@ -62,14 +62,6 @@ class Client(asyncio.Protocol):
     def connection_lost(self, exc):
         self.events.append("lost")
         self.lost.set_result(exc)
-
-
-async def until(pred):
-    for _ in range(100000):
-        if pred():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
 
 
 async def echo_server(loop, server_ctx, **kw):

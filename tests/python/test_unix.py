@@ -22,7 +22,7 @@ import warnings
 
 import pytest
 
-from conftest import active_connections, collect, open_fds, raise_nofile
+from conftest import active_connections, collect, open_fds, raise_nofile, until
 
 _abstract_ids = itertools.count()
 
@@ -466,14 +466,6 @@ def address_of(kind, tmp_path):
     if kind == "path":
         return str(tmp_path / "s")
     return f"\0uvpy-test-{os.getpid()}-{next(_abstract_ids)}"
-
-
-async def until(pred):
-    for _ in range(100000):
-        if pred():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("condition never held")
 
 
 def settle(loop):

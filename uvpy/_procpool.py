@@ -605,14 +605,19 @@ class ProcessPool(concurrent.futures.Executor):
         if self._broken:
             return
         self._broken = message
-        for job in list(self._jobs.values()):
-            if job.state == _QUEUED:
-                job.release()
-            self._settle(job, BrokenProcessPool(message), False)
-        self._queue.clear()
+        self._fail_all(lambda: BrokenProcessPool(message))
         for w in self._workers:
             if w.proc.poll() is None:
                 w.proc.kill()
+
+    def _fail_all(self, make_exc):
+        """Every job not yet settled fails with its own make_exc(); queued
+        ones give their shared memory back first."""
+        for job in list(self._jobs.values()):
+            if job.state == _QUEUED:
+                job.release()
+            self._settle(job, make_exc(), False)
+        self._queue.clear()
 
     def _check_all_gone(self):
         if self._workers or not (self._shutdown or self._broken):
@@ -699,11 +704,7 @@ class ProcessPool(concurrent.futures.Executor):
         """The bound loop was closed under the pool: the jobs in flight fail."""
         self._loop = None
         err = "the event loop the process pool ran on was closed with this job in flight"
-        for job in list(self._jobs.values()):
-            if job.state == _QUEUED:
-                job.release()
-            self._settle(job, RuntimeError(err), False)
-        self._queue.clear()
+        self._fail_all(lambda: RuntimeError(err))
         for w in self._workers:
             w.writing = False
 

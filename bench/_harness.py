@@ -149,6 +149,20 @@ def check(cond: bool, msg: str) -> None:
         raise RuntimeError(f"workload check failed: {msg}")
 
 
+async def timer_lag(n: int) -> dict:
+    """Lateness of n consecutive 1 ms sleeps on the running loop, while the
+    workload's load runs beside it: {"value": p99 ms, "p50_ms", "max_ms"}.
+    Measured on the wall clock: some loops cache loop.time() per iteration."""
+    late = []
+    for _ in range(n):
+        expected = time.monotonic() + 0.001
+        await asyncio.sleep(0.001)
+        late.append(max(0.0, time.monotonic() - expected))
+    late.sort()
+    return {"value": late[int(len(late) * 0.99)] * 1e3, "p50_ms": late[len(late) // 2] * 1e3,
+            "max_ms": late[-1] * 1e3}
+
+
 class Skip(Exception):
     """Raised by a workload that cannot run in this environment or on this
     loop; the cell is reported as skipped with the message as the reason."""

@@ -400,6 +400,20 @@ def raise_nofile(need):
     return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+def _uring_status():
+    """Whether an io_uring loop can be made here, and the reason if not."""
+    try:
+        loop = uvpy.new_event_loop("io_uring")
+    except (OSError, ValueError) as exc:
+        return False, str(exc)
+    loop.close()
+    return True, ""
+
+
+URING, URING_WHY = _uring_status()
+needs_uring = pytest.mark.skipif(not URING, reason=f"io_uring unavailable here: {URING_WHY}")
+
+
 # Python code that makes io_uring_setup(2) fail with ENOSYS in the process
 # that runs it, through a seccomp filter (what Docker's default profile does
 # on some hosts): the start of a child's program, for tests of what uvpy says

@@ -15,20 +15,7 @@ import textwrap
 import pytest
 
 import uvpy
-from conftest import NO_URING, needs_x86_64
-
-
-def _uring_status():
-    try:
-        loop = uvpy.new_event_loop("io_uring")
-    except OSError as exc:
-        return False, str(exc)
-    loop.close()
-    return True, ""
-
-
-URING, URING_WHY = _uring_status()
-needs_uring = pytest.mark.skipif(not URING, reason=f"io_uring unavailable here: {URING_WHY}")
+from conftest import NO_URING, URING, needs_uring, needs_x86_64
 
 
 @pytest.fixture

@@ -11,24 +11,12 @@ import sys
 import pytest
 
 import uvpy
+from conftest import needs_uring
 from uvpy import UringOptions
 
 _URING_VARS = ("UVPY_URING_COMPLETION", "UVPY_URING_ACCEPT", "UVPY_URING_DGRAM",
                "UVPY_URING_BUF_COUNT", "UVPY_URING_BUF_SIZE")
 _SWITCHES = ("completion", "completion_sends", "completion_accepts", "completion_datagrams")
-
-
-def _uring_status():
-    try:
-        loop = uvpy.new_event_loop("io_uring")
-    except (OSError, ValueError) as exc:
-        return False, str(exc)
-    loop.close()
-    return True, ""
-
-
-URING, URING_WHY = _uring_status()
-needs_uring = pytest.mark.skipif(not URING, reason=f"io_uring unavailable here: {URING_WHY}")
 
 
 @pytest.fixture

@@ -132,20 +132,9 @@ def test_transport_sendfile_reads_from_offset_and_leaves_the_file_past_it(loop, 
     offset = {"start": 0, "middle": len(DATA) // 2, "end": len(DATA)}[where]
     if path == "fallback":
         loop._sendfile_native = not_available
-    chunks = bytearray()
-
-    class Sink(asyncio.Protocol):
-        def __init__(self):
-            self.done = loop.create_future()
-
-        def data_received(self, data):
-            chunks.extend(data)
-
-        def connection_lost(self, exc):
-            self.done.set_result(None)
 
     async def main():
-        sink = Sink()
+        sink = Sink(loop)
         server = await loop.create_server(lambda: sink, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         transport, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
@@ -154,7 +143,7 @@ def test_transport_sendfile_reads_from_offset_and_leaves_the_file_past_it(loop, 
         assert datafile.tell() == len(DATA)
         transport.close()
         await sink.done
-        assert bytes(chunks) == DATA[offset:]
+        assert bytes(sink.data) == DATA[offset:]
         server.close()
         await server.wait_closed()
 
@@ -213,18 +202,6 @@ def test_peer_going_away_during_sock_sendfile(loop, datafile):
 
 
 def test_sendfile_over_a_stream_transport(loop, datafile):
-    chunks = bytearray()
-
-    class Sink(asyncio.Protocol):
-        def __init__(self):
-            self.done = loop.create_future()
-
-        def data_received(self, data):
-            chunks.extend(data)
-
-        def connection_lost(self, exc):
-            self.done.set_result(None)
-
     class Client(asyncio.Protocol):
         def __init__(self):
             self.events = []
@@ -233,7 +210,7 @@ def test_sendfile_over_a_stream_transport(loop, datafile):
             self.events.append("lost")
 
     async def main():
-        sink = Sink()
+        sink = Sink(loop)
         server = await loop.create_server(lambda: sink, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         transport, client = await loop.create_connection(Client, "127.0.0.1", port)
@@ -246,7 +223,7 @@ def test_sendfile_over_a_stream_transport(loop, datafile):
         transport.write(b"tail")
         transport.close()
         await sink.done
-        assert bytes(chunks) == b"head" + DATA[100:200100] + b"tail"
+        assert bytes(sink.data) == b"head" + DATA[100:200100] + b"tail"
         server.close()
         await server.wait_closed()
 

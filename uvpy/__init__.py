@@ -6,6 +6,7 @@
     asyncio.Runner(loop_factory=uvpy.new_event_loop)
 
     python -m uvpy run script.py          # an unchanged asyncio program on uvpy (__main__.py)
+    uvpy.serve(main, workers=4)           # main() in 4 supervised processes (_serve.py)
     pytest --uvpy                         # a project's async tests on uvpy (pytest_plugin.py)
 """
 
@@ -28,6 +29,7 @@ from ._executor import (
 from ._loop import Loop
 from ._options import UringOptions
 from ._procpool import ProcessPool, WorkerDied
+from ._serve import ServeError, inherited_sockets, serve
 from ._watchdog import StallReport, Watchdog, watchdog
 from ._uvpy import Handle, TimerHandle, __version__
 
@@ -55,6 +57,9 @@ __all__ = (
     "StallReport",
     "ProcessPool",
     "WorkerDied",
+    "serve",
+    "ServeError",
+    "inherited_sockets",
 )
 
 

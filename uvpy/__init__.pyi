@@ -2,6 +2,7 @@ import asyncio
 import concurrent.futures
 import concurrent.futures.process
 import contextvars
+import socket
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Literal, TypeAlias, TypeVar, TypeVarTuple, Unpack
@@ -187,3 +188,17 @@ class ProcessPool(concurrent.futures.Executor):
     async def aclose(self, *, cancel_futures: bool = False) -> None: ...
     async def __aenter__(self) -> ProcessPool: ...
     async def __aexit__(self, *exc: object) -> None: ...
+
+class ServeError(RuntimeError): ...
+
+def serve(
+    main: Callable[..., Coroutine[Any, Any, object]] | str,
+    /,
+    *args: Any,
+    workers: int | None = None,
+    bind: str | socket.socket | list[str | socket.socket] | tuple[str | socket.socket, ...] = (),
+    backlog: int = 2048,
+    graceful_timeout: float | None = 30.0,
+    backend: _BackendName | None = None,
+) -> None: ...
+def inherited_sockets() -> list[socket.socket]: ...

@@ -110,6 +110,8 @@ class Loop(SockMixin, SendfileMixin, UnixMixin, DatagramMixin, TCPMixin, TLSMixi
         # the watchers registered with one (not with a plain int).
         self._io_fileobjs = {}
         self._children = {}  # pidfd -> SubprocessTransport (_process)
+        self._servers = weakref.WeakSet()  # every Server of this loop (_server, invariant 6)
+        self._on_serving = None
         self.set_debug(coroutines._is_debug_mode())
         # CPython's C Task and Future look up loop.call_soon on every step
         # and every done-callback; a bound method cached in the instance

@@ -31,6 +31,13 @@ Invariants (Python 3.11's asyncio.Server behaves the same way):
    accept path a weak reference per connection for the sake of two rarely
    called methods. close_clients() and abort_clients() (Python 3.13's)
    exist on every Python.
+6. Every server registers in its loop's `_servers` (a WeakSet), and a
+   server that starts listening calls the loop's `_on_serving` hook when
+   one is set: uvpy.serve's worker (_serveworker.py) finds the servers to
+   drain and learns that its worker is up this way. _stop_accepting() and
+   _until_drained() are the two halves of a graceful stop: no new
+   connections, then a future done once the last attached one is gone;
+   serve_forever() keeps waiting meanwhile, and close() still ends it.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ class Server(events.AbstractServer):
         self._waiters = []
         self._serving = False
         self._serving_forever_fut = None
+        loop._servers.add(self)
 
     def __repr__(self):
         return f"<{type(self).__name__} sockets={self.sockets!r}>"
@@ -86,6 +94,9 @@ class Server(events.AbstractServer):
         for sock in self._sockets:
             sock.listen(self._backlog)
             self._loop._start_serving(self._protocol_factory, sock, self, self._backlog)
+        hook = self._loop._on_serving
+        if hook is not None:
+            hook(self)
 
     # -- asyncio.AbstractServer ------------------------------------------------------
 
@@ -102,6 +113,13 @@ class Server(events.AbstractServer):
         return tuple(trsock.TransportSocket(sock) for sock in self._sockets)
 
     def close(self):
+        self._stop_accepting()
+        fut, self._serving_forever_fut = self._serving_forever_fut, None
+        if fut is not None and not fut.done():
+            fut.cancel()
+
+    def _stop_accepting(self):
+        """close() without ending serve_forever() (invariant 6)."""
         sockets = self._sockets
         if sockets is None:
             return
@@ -109,11 +127,18 @@ class Server(events.AbstractServer):
         for sock in sockets:
             self._loop._stop_serving(sock)
         self._serving = False
-        fut, self._serving_forever_fut = self._serving_forever_fut, None
-        if fut is not None and not fut.done():
-            fut.cancel()
         if self._active_count == 0:
             self._wakeup()
+
+    def _until_drained(self):
+        """A future done when this closed server has no attached transport
+        left (invariant 2's wakeup); done at once when none is left."""
+        waiter = self._loop.create_future()
+        if self._waiters is None:
+            waiter.set_result(waiter)
+        else:
+            self._waiters.append(waiter)
+        return waiter
 
     def close_clients(self):
         """Close every connection accepted by this server (transport.close())."""

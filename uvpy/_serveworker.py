@@ -1,0 +1,202 @@
+"""One worker process of uvpy.serve(): main(*args) on its own uvpy loop.
+
+The supervisor (uvpy/_serve.py) starts this file's main() in a fresh
+interpreter with one end of a socketpair, its control socket, and any
+listening sockets it bound (inherited at the same fd numbers). Over the
+control socket the worker reads one init message, and writes one byte, b"U",
+when it is up; it never reads anything else from it, so EOF there means the
+supervisor is gone.
+
+Invariants:
+
+1. The worker is prepared the way multiprocessing's spawn prepares a child
+   (sys.path, cwd, the parent's __main__ run as __mp_main__, without its
+   `if __name__ == "__main__":` block) before the main function is
+   unpickled or imported; uvpy.serve() called while that runs raises
+   instead of starting workers of workers.
+2. The worker is up once its loop listens on a server (the loop's
+   `_on_serving` hook), or once main has run UP_AFTER seconds without
+   listening on anything. It says so once.
+3. A stop request is SIGTERM or EOF on the control socket (the supervisor
+   died). SIGINT and SIGHUP are the supervisor's to act on (a terminal's
+   Ctrl+C or hangup reaches the whole process group): the worker ignores
+   them, with a Python-level handler rather than SIG_IGN, which processes
+   that main starts would inherit. The first request stops gracefully: every server of the
+   loop stops accepting, the worker waits until their connections are all
+   closed, main ends by itself, or graceful_timeout passes, then cancels
+   main; asyncio.Runner then cancels what is left and closes the loop. A
+   second request skips the wait.
+4. The exit status is the program's, as `python script.py` would give it:
+   0 when main returns or was stopped as asked, 1 with the traceback on
+   stderr when main raises (or a stop finds it raising), sys.exit()'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import pickle
+import signal
+import socket
+import struct
+import sys
+
+LENGTH = struct.Struct("<Q")
+UP = b"U"
+UP_AFTER = 1.0  # seconds of main without a listening server before it counts as up
+
+_booting = False
+_inherited = None  # the listening sockets from the supervisor, once made
+
+
+def inherited_sockets():
+    """The listening sockets uvpy.serve(bind=...) made for this worker, as
+    socket.socket objects, in the order bind named them (the same objects on
+    every call); an empty list outside a worker or without bind."""
+    return list(_inherited or ())
+
+
+def read_init(ctl):
+    head = _recv_exactly(ctl, LENGTH.size)
+    return pickle.loads(_recv_exactly(ctl, LENGTH.unpack(head)[0]))
+
+
+def _recv_exactly(sock, n):
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        if not chunk:
+            raise EOFError("uvpy.serve: the supervisor closed the control socket during start-up")
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _resolve(target):
+    """main from its pickle (a function given to uvpy.serve) or from a
+    "module:attr" string (python -m uvpy serve)."""
+    if isinstance(target, bytes):
+        return pickle.loads(target)
+    module_name, _, attr = target.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AttributeError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def _ignore(signum, frame):
+    pass
+
+
+def main(fd):
+    global _booting, _inherited
+    for signum in (signal.SIGINT, signal.SIGHUP):  # invariant 3
+        signal.signal(signum, _ignore)
+    import multiprocessing.spawn
+
+    import uvpy
+
+    ctl = socket.socket(fileno=fd)
+    init = read_init(ctl)
+    _booting = True
+    try:
+        if init["preparation"] is not None:
+            multiprocessing.spawn.prepare(init["preparation"])
+        fn = _resolve(init["main"])
+    finally:
+        _booting = False
+    _inherited = [socket.socket(fileno=f) for f in init["fds"]]
+    loop = uvpy.new_event_loop(init["backend"])
+    with asyncio.Runner(loop_factory=lambda: loop) as runner:
+        runner.run(_serve(fn, init["args"], ctl, init["graceful_timeout"]))
+    # The supervisor's SIGTERM may still be on its way after the loop has
+    # put SIGTERM's default back: exiting now is what it asks for anyway.
+    signal.signal(signal.SIGTERM, _ignore)
+    ctl.close()
+    return 0
+
+
+async def _call(fn, args):
+    awaitable = fn(*args)
+    if not hasattr(awaitable, "__await__"):
+        raise TypeError(f"uvpy.serve() needs a coroutine function; {fn!r} returned "
+                        f"{type(awaitable).__name__}, not an awaitable")
+    return await awaitable
+
+
+async def _serve(fn, args, ctl, graceful_timeout):
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    force = loop.create_future()
+
+    def request_stop():  # invariant 3
+        for fut in (stop, force):
+            if not fut.done():
+                fut.set_result(None)
+                return
+
+    def control_readable():
+        try:
+            data = ctl.recv(64)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            loop.remove_reader(ctl.fileno())
+            request_stop()
+
+    def report_up(*_):  # invariant 2
+        loop._on_serving = None
+        up_timer.cancel()
+        try:
+            ctl.send(UP)
+        except OSError:
+            pass  # the supervisor is gone; control_readable sees EOF
+
+    loop.add_signal_handler(signal.SIGTERM, request_stop)
+    ctl.setblocking(False)
+    loop.add_reader(ctl.fileno(), control_readable)
+    loop._on_serving = report_up
+    up_timer = loop.call_later(UP_AFTER, report_up)
+    task = loop.create_task(_call(fn, args))
+    try:
+        await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            await _drain(loop, task, force, graceful_timeout)
+    finally:
+        up_timer.cancel()
+        loop._on_serving = None
+        loop.remove_reader(ctl.fileno())
+    if not task.done():
+        task.cancel()
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if not task.cancelled():
+            raise  # this coroutine itself was cancelled
+        return None
+
+
+async def _drain(loop, task, force, graceful_timeout):
+    """Invariant 3's graceful part: stop accepting, then wait for the
+    connections, main or the timeout, whichever is first."""
+    servers = list(loop._servers)
+    for server in servers:
+        server._stop_accepting()
+    drained = [server._until_drained() for server in servers]
+    if not drained:
+        return  # nothing serves connections: main is cancelled at once
+    everything = asyncio.gather(*drained)
+    try:
+        await asyncio.wait((everything, task, force), timeout=graceful_timeout,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        everything.cancel()
+
+
+if __name__ == "__main__":
+    sys.exit(main(int(sys.argv[1])))

@@ -4,6 +4,7 @@ uvpy can do on this machine.
     python -m uvpy run [--backend NAME] SCRIPT [ARGS...]
     python -m uvpy run [--backend NAME] -m MODULE [ARGS...]
     python -m uvpy [--backend NAME] -m MODULE [ARGS...]
+    python -m uvpy serve [OPTIONS] MODULE:ATTR [ARGS...]
     python -m uvpy info
 
 The program runs as ``python SCRIPT ARGS`` or ``python -m MODULE ARGS``
@@ -28,6 +29,11 @@ Invariants, each the way ``python`` itself behaves:
    a module that can not be found or a backend that can not run here,
    1.
 
+``serve`` runs the coroutine function MODULE:ATTR (called with the string
+ARGS) in supervised worker processes: see uvpy/_serve.py. It exits 0 once
+stopped by SIGINT or SIGTERM (or when every worker finished), 1 when a
+worker fails to start, 2 for a bad command line.
+
 What is not carried over: a child process that multiprocessing starts
 with "spawn" or "forkserver" is a fresh Python that imports the program as
 ``__mp_main__``, without uvpy's policy (a "fork" child keeps it).
@@ -51,9 +57,13 @@ USAGE = f"""\
 usage: {PROG} run [--backend NAME] SCRIPT [ARGS...]
        {PROG} run [--backend NAME] -m MODULE [ARGS...]
        {PROG} [--backend NAME] -m MODULE [ARGS...]
+       {PROG} serve [--workers N] [--bind ADDR]... [--graceful-timeout S]
+             [--backend NAME] [--log-level LEVEL] MODULE:ATTR [ARGS...]
        {PROG} info
 
 run      run an asyncio program on uvpy, as `python SCRIPT` / `python -m MODULE` would
+serve    run the coroutine function MODULE:ATTR in N supervised worker processes
+         (`{PROG} serve --help`)
 info     uvpy's version, the Python build, the backends that can run here and why
          io_uring can not where it can not (else its setup and completion features),
          the executor's size, the TLS record path
@@ -75,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise _UsageError(f"info takes no arguments, not {args[1]!r}")
             print(info())
             return 0
+        if args[0] == "serve":
+            return _serve(args[1:])
         command = args[0] == "run"
         if command:
             args = args[1:]
@@ -149,6 +161,63 @@ def _run(backend: str | None, *, script: str | None = None, module: str | None =
         return 1
     except BaseException as exc:
         _report(exc)
+        return 1
+    return 0
+
+
+def _serve(argv: list[str]) -> int:
+    import argparse
+    import logging
+
+    parser = argparse.ArgumentParser(
+        prog=f"{PROG} serve",
+        description="Run the coroutine function MODULE:ATTR in worker processes, each on its "
+                    "own uvpy loop, and supervise them: a crashed worker is restarted, "
+                    "SIGINT/SIGTERM stop them gracefully, SIGHUP replaces them one by one.")
+    parser.add_argument("target", metavar="MODULE:ATTR",
+                        help="the coroutine function, imported in each worker (the current "
+                             "directory is on sys.path)")
+    parser.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER,
+                        help="strings passed to it as positional arguments")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="worker processes (default: the CPUs this process may use)")
+    parser.add_argument("--bind", action="append", default=[], metavar="ADDR",
+                        help="HOST:PORT, [IPV6]:PORT or unix:PATH the supervisor listens on; "
+                             "workers get the sockets from uvpy.inherited_sockets() (repeatable; "
+                             "without it, main binds its own with reuse_port=True)")
+    parser.add_argument("--backlog", type=int, default=2048, metavar="N",
+                        help="listen backlog of the --bind sockets (default: 2048)")
+    parser.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S",
+                        help="seconds a stopping worker waits for its connections (default: 30)")
+    parser.add_argument("--backend", default=None, metavar="NAME",
+                        help="auto, libuv or io_uring (default: UVPY_BACKEND, else auto)")
+    parser.add_argument("--log-level", default="info", metavar="LEVEL",
+                        choices=("debug", "info", "warning", "error"),
+                        help="the supervisor's messages shown on stderr (default: info)")
+    ns = parser.parse_args(argv)
+    module, sep, attr = ns.target.partition(":")
+    if not (module and sep and attr):
+        parser.error(f"MODULE:ATTR needed, not {ns.target!r}")
+    try:
+        uvpy.new_event_loop(ns.backend).close()
+    except ValueError as exc:
+        parser.error(str(exc))
+    except OSError as exc:
+        print(f"{PROG} serve: {exc}", file=sys.stderr)
+        return 1
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[uvpy serve %(process)d] %(message)s"))
+    log = logging.getLogger("uvpy.serve")
+    log.addHandler(handler)
+    log.setLevel(ns.log_level.upper())
+    log.propagate = False
+    try:
+        uvpy.serve(ns.target, *ns.args, workers=ns.workers, bind=ns.bind, backlog=ns.backlog,
+                   graceful_timeout=ns.graceful_timeout, backend=ns.backend)
+    except (ValueError, TypeError) as exc:
+        parser.error(str(exc))
+    except (uvpy.ServeError, OSError) as exc:
+        print(f"{PROG} serve: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -147,9 +147,11 @@ def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=
 
     from . import new_event_loop
 
-    loop = new_event_loop(backend)  # the supervisor's own loop; the check of backend's name
+    new_event_loop(backend).close()  # a bad backend name fails before anything is bound
     sockets, paths = _listen(bind, backlog)
+    loop = None
     try:
+        loop = new_event_loop(backend)  # the supervisor's own
         supervisor = _Supervisor(loop, workers, {
             "preparation": preparation,
             "main": target,
@@ -161,9 +163,9 @@ def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=
         loop.run_until_complete(supervisor.run())
     finally:
         try:
-            loop.run_until_complete(loop.shutdown_asyncgens())
+            if loop is not None:
+                loop.close()
         finally:
-            loop.close()
             for sock in sockets:
                 sock.close()
             for path, ino in paths:
@@ -512,14 +514,14 @@ class _Supervisor:
                          "%r keeps serving", w, _describe(code), w.replaces)
             self._round = None
             self._replace_next()
+        elif code == 0:
+            logger.info("%r finished", w)
         elif not w.up and not self._ever_up[slot]:  # invariant 3
             what = "could not be started" if spawn_failed else f"exited with {_describe(code)} before it was up"
             if self._error is None:
                 self._error = f"{w!r} {what}"
                 logger.error("%s: stopping", self._error)
             self._stop_all()
-        elif code == 0:
-            logger.info("%r finished", w)
         elif self._current[slot] is None and self._incoming[slot] is None:
             self._schedule_restart(w, code)
         self._check_done()

@@ -51,8 +51,9 @@ class Server(events.AbstractServer):
     """A TCP server created by uvpy.Loop.create_server()."""
 
     def __init__(self, loop, sockets, protocol_factory, backlog, ssl_context=None,
-                 ssl_handshake_timeout=None, ssl_shutdown_timeout=None):
+                 ssl_handshake_timeout=None, ssl_shutdown_timeout=None, accept_ahead=True):
         self._loop = loop
+        self._accept_ahead = accept_ahead  # _tcp._start_serving
         # Accepted connections of a TLS server go through _tls.TLSMixin.
         self._ssl_context = ssl_context
         self._ssl_handshake_timeout = ssl_handshake_timeout

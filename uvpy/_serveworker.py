@@ -56,6 +56,12 @@ def inherited_sockets():
     return list(_inherited or ())
 
 
+def is_inherited(sock):
+    """Whether sock is one of inherited_sockets(): its file, for a Unix
+    socket, is the supervisor's to remove (the loop leaves it)."""
+    return any(sock is s for s in _inherited or ())
+
+
 def read_init(ctl):
     head = _recv_exactly(ctl, LENGTH.size)
     return pickle.loads(_recv_exactly(ctl, LENGTH.unpack(head)[0]))
@@ -110,13 +116,33 @@ def main(fd):
         _booting = False
     _inherited = [socket.socket(fileno=f) for f in init["fds"]]
     loop = uvpy.new_event_loop(init["backend"])
-    with asyncio.Runner(loop_factory=lambda: loop) as runner:
-        runner.run(_serve(fn, init["args"], ctl, init["graceful_timeout"]))
+    try:
+        with asyncio.Runner(loop_factory=lambda: loop) as runner:
+            runner.run(_serve(fn, init["args"], ctl, init["graceful_timeout"]))
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        _report(exc)
+        return 1
     # The supervisor's SIGTERM may still be on its way after the loop has
     # put SIGTERM's default back: exiting now is what it asks for anyway.
     signal.signal(signal.SIGTERM, _ignore)
     ctl.close()
     return 0
+
+
+def _report(exc):
+    """Print main's exception as `python script.py` would (invariant 4):
+    the traceback from main's own frame on, without this module's frames
+    and asyncio's above it."""
+    import traceback
+
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code is not _call.__code__:
+        tb = tb.tb_next
+    tb = exc.__traceback__ if tb is None else tb.tb_next
+    traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+    sys.stderr.flush()
 
 
 async def _call(fn, args):

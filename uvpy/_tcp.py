@@ -367,6 +367,9 @@ class TCPMixin:
             raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
         if sock is not None:
             base_events._check_ssl_socket(sock)
+        # A listener made elsewhere may be shared with other processes (a
+        # pre-fork parent's, uvpy.serve's bind=): see _start_serving.
+        accept_ahead = sock is None
 
         if host is not None or port is not None:
             if sock is not None:
@@ -386,7 +389,7 @@ class TCPMixin:
             if keep_alive:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
         server = Server(self, sockets, protocol_factory, backlog, ssl, ssl_handshake_timeout,
-                        ssl_shutdown_timeout)
+                        ssl_shutdown_timeout, accept_ahead=accept_ahead)
         if start_serving:
             server._start_serving()
             await tasks.sleep(0)  # let the accept watchers settle, as asyncio
@@ -455,6 +458,13 @@ class TCPMixin:
         kind = None
         if sock.family in _NATIVE_ACCEPT and sock.proto in (0, socket.IPPROTO_TCP):
             kind = (int(sock.family), int(sock.type), sock.proto)
+        # IO_ACCEPTS lets the io_uring backend accept ahead of the reader;
+        # the connections it holds are closed when the listener closes. On
+        # a listener that other processes share that would lose
+        # connections they could have taken from the kernel's queue, so a
+        # listener the loop did not make (create_server(sock=...)) is
+        # accepted from on readiness, one accept4() per connection taken.
+        accepts = _uvpy.IO_ACCEPTS if server._accept_ahead else 0
         if kind is not None:
             # The whole step per connection is native (bindings/acceptor.cc);
             # it comes back here for debug mode and accept errors.
@@ -463,11 +473,11 @@ class TCPMixin:
                 wrap = functools.partial(self._tls_server_protocol, server)
             callback = _uvpy.Acceptor(self, sock, protocol_factory, server, backlog, kind,
                                       self._stream_transport_type(sock.family), wrap)
-            self._watch(sock.fileno(), _READ, callback, (), _uvpy.IO_ACCEPTS)
+            self._watch(sock.fileno(), _READ, callback, (), accepts)
             return
         self._watch(sock.fileno(), _READ, self._accept_connection,
                     (protocol_factory, sock, server, backlog, kind),
-                    _uvpy.IO_ACCEPTS if kind is not None else 0)
+                    accepts if kind is not None else 0)
 
     def _stop_serving(self, sock):
         self._unwatch(sock.fileno(), _READ)

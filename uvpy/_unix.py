@@ -38,6 +38,7 @@ import sys
 from asyncio import tasks
 from asyncio.log import logger
 
+from . import _serveworker
 from ._server import Server
 from ._tcp import TCPTransport
 
@@ -153,7 +154,9 @@ class UnixMixin:
                 raise ValueError("path was not specified, and no sock specified")
             _unix_stream_required(sock)
 
-        if cleanup_socket:
+        accept_ahead = path is not None  # _tcp._start_serving: sock= may be shared
+        if cleanup_socket and not _serveworker.is_inherited(sock):
+            # (uvpy.serve's supervisor owns the file of a socket it bound.)
             bound = sock.getsockname()
             if not _is_abstract(bound):
                 try:
@@ -163,7 +166,7 @@ class UnixMixin:
 
         sock.setblocking(False)
         server = Server(self, [sock], protocol_factory, backlog, ssl, ssl_handshake_timeout,
-                        ssl_shutdown_timeout)
+                        ssl_shutdown_timeout, accept_ahead=accept_ahead)
         if start_serving:
             server._start_serving()
             await tasks.sleep(0)  # let the accept watcher settle, as asyncio

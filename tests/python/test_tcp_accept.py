@@ -11,7 +11,7 @@ import socket
 import pytest
 
 from accept_helpers import FailingOnce, Recorder, run
-from conftest import active_connections, collect, has_ipv6, open_fds
+from conftest import active_connections, collect, has_ipv6, open_fds, until
 
 
 async def _client(loop, addr, family=socket.AF_INET):
@@ -195,3 +195,76 @@ def test_extras_first_asked_after_close(loop, host):
         await server.wait_closed()
 
     run(loop, main())
+
+
+class _Keep(asyncio.Protocol):
+    def __init__(self, into):
+        self.into = into
+
+    def connection_made(self, transport):
+        self.into.append(transport)
+
+
+@pytest.mark.parametrize("family", ["tcp", "unix"])
+def test_closing_a_server_on_a_shared_listener_leaves_its_queue_to_the_others(
+        new_loop, loop_name, tmp_path, family):
+    """Pre-fork servers (uvpy.serve's bind=, gunicorn's workers) share one
+    listening socket, each process serving it with create_server(sock=...).
+    A process that closes its server must leave the connections it has not
+    taken in the kernel's queue, where the others accept them; none may be
+    taken down with it (the io_uring backend accepts ahead only on
+    listeners the loop made itself)."""
+    if loop_name == "asyncio":
+        pytest.skip("stock asyncio drops the connection it accepted last before close(): "
+                    "its _accept_connection2 task runs after it, where Server._attach() "
+                    "asserts that the server is open")
+    if family == "unix":
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(tmp_path / "s"))
+    else:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+    listener.listen(100)
+    other = listener.dup()  # the second process's copy
+    addr = listener.getsockname()
+    first, second = new_loop(), new_loop()
+    got_first, got_second, clients, servers = [], [], [], []
+
+    def serve(loop, sock, into):
+        make = loop.create_unix_server if family == "unix" else loop.create_server
+        servers.append(loop.run_until_complete(make(lambda: _Keep(into), sock=sock, backlog=1)))
+
+    async def turns(n):
+        for _ in range(n):
+            await asyncio.sleep(0)
+
+    try:
+        for _ in range(10):  # queued before backlog=1 shortens the queue
+            c = socket.socket(listener.family, socket.SOCK_STREAM)
+            clients.append(c)
+            c.connect(addr)
+        serve(first, listener, got_first)
+        # One connection per wakeup (backlog=1): the first server takes a
+        # few, then stops serving with the rest still queued.
+        first.run_until_complete(until(lambda: got_first))
+        first.run_until_complete(turns(3))
+        servers[0].close()
+        first.run_until_complete(turns(3))
+        serve(second, other, got_second)
+        second.run_until_complete(until(lambda: len(got_first) + len(got_second) == 10))
+        assert 1 <= len(got_first) < 10 and len(got_second) == 10 - len(got_first)
+        for c in clients:  # none was reset: each still reaches a live transport
+            c.sendall(b"x")
+    finally:
+        for loop, got in ((first, got_first), (second, got_second)):
+            for tr in got:
+                tr.close()
+            for server in servers:
+                if server.get_loop() is loop:
+                    server.close()
+            loop.run_until_complete(turns(3))
+            loop.close()
+        for c in clients:
+            c.close()
+        listener.close()
+        other.close()

@@ -1,0 +1,72 @@
+"""Coroutine functions that test_serve.py runs under uvpy.serve, each in
+worker processes that import this module by name.
+
+The echo server answers one line per connection:
+    "pid\\n"    -> "<worker pid>\\n"
+    "crash\\n"  -> the worker exits with status 3 at once (os._exit)
+    "hold\\n"   -> "held <pid>\\n" now, then "done\\n" after the client's next line
+"""
+
+import asyncio
+import os
+import socket
+
+import uvpy
+
+
+async def _handle(reader, writer):
+    line = (await reader.readline()).strip()
+    if line == b"crash":
+        os._exit(3)
+    if line == b"hold":
+        writer.write(f"held {os.getpid()}\n".encode())
+        await writer.drain()
+        await reader.readline()
+        writer.write(b"done\n")
+    else:
+        writer.write(f"{os.getpid()}\n".encode())
+    await writer.drain()
+    writer.close()
+    await writer.wait_closed()
+
+
+async def echo(port=None):
+    """On 127.0.0.1:port with reuse_port, or on the inherited sockets."""
+    if port is None:
+        servers = []
+        for s in uvpy.inherited_sockets():
+            start = asyncio.start_unix_server if s.family == socket.AF_UNIX else asyncio.start_server
+            servers.append(await start(_handle, sock=s))
+    else:
+        servers = [await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)]
+    await asyncio.gather(*(s.serve_forever() for s in servers))
+
+
+async def crash_when_up(port):
+    """Listens (so the worker is up), then dies: a crash loop."""
+    await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)
+    await asyncio.sleep(0.05)
+    os._exit(3)
+
+
+async def fail_unless_first(path):
+    """The first worker to make the directory `path` listens on a Unix
+    socket inside it (and is up); every other one raises at once."""
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        raise RuntimeError("not the first worker") from None
+    server = await asyncio.start_unix_server(_handle, os.path.join(path, "s"))
+    await server.serve_forever()
+
+
+async def fail_at_start():
+    raise RuntimeError("boom before listening")
+
+
+async def finish():
+    await asyncio.sleep(0)
+
+
+def not_a_coroutine_function():
+    return 42

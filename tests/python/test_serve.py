@@ -1,0 +1,433 @@
+"""uvpy.serve and `python -m uvpy serve`: a supervisor and its workers.
+
+Each test starts a real supervisor process (with UVPY_BACKEND inherited,
+so the suite's two passes cover both backends) running coroutine functions
+from serve_apps.py, talks to its workers over real sockets, signals it, and
+reads what it logged. Waits are for log lines and connection results; the
+deadlines are only safety nets against a hang.
+
+Covered: load spread over reuse_port listeners and a shared inherited
+listener, a crash restarted with growing backoff, a worker that fails to
+start, graceful stop (connections finish; idle ones end at the timeout), a
+second signal, SIGHUP replacing every worker without refusing a connection,
+a killed supervisor, a main that returns, the same from a script that calls
+uvpy.serve() (main in __main__), and bad arguments.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import uvpy
+from conftest import free_port
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEADLINE = 60.0
+UP = re.compile(r"worker (\d+) \(pid (\d+)\) is up")
+
+
+class Supervisor:
+    """`python -m uvpy serve ARGS` (or `python SCRIPT`) with its log in a file."""
+
+    def __init__(self, tmp_path, *args, script=None):
+        self.log_path = tmp_path / f"serve-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")
+        cmd = [sys.executable, script] if script else [sys.executable, "-m", "uvpy", "serve", *args]
+        self.proc = subprocess.Popen(cmd, cwd=HERE, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT)
+
+    def text(self):
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, pattern, count=1):
+        """Until `pattern` (a regex) matches count times in the log."""
+        deadline = time.monotonic() + DEADLINE
+        while True:
+            found = re.findall(pattern, self.text())
+            if len(found) >= count:
+                return found
+            if self.proc.poll() is not None:
+                found = re.findall(pattern, self.text())
+                if len(found) >= count:
+                    return found
+                raise AssertionError(f"exited {self.proc.returncode} before {pattern!r}:\n{self.text()}")
+            assert time.monotonic() < deadline, f"no {pattern!r} in:\n{self.text()}"
+            time.sleep(0.02)
+
+    def up_pids(self):
+        return {int(pid) for _, pid in UP.findall(self.text())}
+
+    def signal(self, signum):
+        self.proc.send_signal(signum)
+
+    def wait(self):
+        try:
+            return self.proc.wait(DEADLINE)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the supervisor did not exit:\n{self.text()}") from None
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for pid in self.up_pids():  # a failed test must not leave workers running
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+
+
+@pytest.fixture
+def supervise(tmp_path):
+    made = []
+
+    def start(*args, script=None):
+        made.append(Supervisor(tmp_path, *args, script=script))
+        return made[-1]
+    yield start
+    for s in made:
+        s.close()
+
+
+def alive(pid):
+    """Whether pid is a running process (not gone, not a zombie)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def until_gone(pids):
+    deadline = time.monotonic() + DEADLINE
+    while any(alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"still running: {[p for p in pids if alive(p)]}"
+        time.sleep(0.02)
+
+
+def connect(address):
+    family = socket.AF_UNIX if isinstance(address, str) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(DEADLINE)
+    try:
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def read_all(sock):
+    data = b""
+    while chunk := sock.recv(4096):
+        data += chunk
+    return data
+
+
+def ask(address, line=b"pid"):
+    with connect(address) as sock:
+        sock.sendall(line + b"\n")
+        return read_all(sock).decode()
+
+
+# -- serving ----------------------------------------------------------------------------
+
+def test_workers_share_a_reuse_port_port_and_stop_on_sigterm(supervise):
+    port = free_port()
+    s = supervise("--workers", "2", "serve_apps:echo", str(port))
+    s.wait_for(UP.pattern, 2)
+    workers = s.up_pids()
+    answered = {int(ask(("127.0.0.1", port))) for _ in range(60)}
+    # The kernel hashes each new connection to one of the listeners: with 60
+    # connections both get some unless the hash is broken (2**-59).
+    assert answered == workers and len(workers) == 2 and os.getpid() not in workers
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    until_gone(workers)
+    log = s.text()
+    assert "SIGTERM: stopping the workers" in log
+    assert len(re.findall(r"stopped \(status 0\)", log)) == 2
+    assert "Traceback" not in log
+
+
+def test_workers_share_an_inherited_unix_listener(supervise, tmp_path):
+    path = str(tmp_path / "app.sock")
+    s = supervise("--workers", "2", "--bind", f"unix:{path}", "serve_apps:echo")
+    s.wait_for(UP.pattern, 2)
+    answers = {int(ask(path)) for _ in range(20)}
+    assert answers <= s.up_pids() and answers
+    s.signal(signal.SIGINT)
+    assert s.wait() == 0
+    assert not os.path.exists(path)  # the supervisor bound it, and removed it
+
+
+def test_a_script_serving_its_own_main_on_a_socket_it_bound(supervise, tmp_path):
+    script = tmp_path / "server.py"
+    script.write_text(textwrap.dedent(f"""\
+        import asyncio, os, socket, sys
+        sys.path.insert(0, {HERE!r})
+        import uvpy
+
+        async def handle(reader, writer):
+            await reader.readline()
+            writer.write(f"{{__name__}} {{os.getpid()}}\\n".encode())
+            await writer.drain()
+            writer.close()
+
+        async def main(greeting):
+            [sock] = uvpy.inherited_sockets()
+            server = await asyncio.start_server(handle, sock=sock)
+            print(greeting, sock.getsockname()[1], flush=True)
+            await server.serve_forever()
+
+        if __name__ == "__main__":
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            uvpy.serve(main, "listening on", workers=1, bind=[sock])
+            print("serve returned", flush=True)
+        """))
+    s = supervise(script=str(script))
+    [port] = s.wait_for(r"listening on (\d+)")
+    # main came from the script, run in the worker as __mp_main__.
+    assert ask(("127.0.0.1", int(port))).split()[0] == "__mp_main__"
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert "serve returned" in s.text()
+
+
+# -- faults -----------------------------------------------------------------------------
+
+def test_a_crashed_worker_is_restarted_and_the_others_keep_serving(supervise):
+    port = free_port()
+    s = supervise("--workers", "2", "serve_apps:echo", str(port))
+    s.wait_for(UP.pattern, 2)
+    before = s.up_pids()
+    with connect(("127.0.0.1", port)) as sock:
+        sock.sendall(b"crash\n")
+        assert read_all(sock) == b""  # the worker died under it
+    s.wait_for(r"exited with status 3; restarting it in 0\.1 s")
+    s.wait_for(UP.pattern, 3)
+    after = s.up_pids() - before
+    assert len(after) == 1
+    assert {int(ask(("127.0.0.1", port))) for _ in range(60)} == (before | after) - _dead(before)
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+
+
+def _dead(pids):
+    return {p for p in pids if not alive(p)}
+
+
+def test_a_crash_loop_backs_off(supervise):
+    s = supervise("--workers", "1", "serve_apps:crash_when_up", str(free_port()))
+    delays = s.wait_for(r"exited with status 3; restarting it in ([\d.]+) s", 4)
+    assert [float(d) for d in delays[:4]] == [0.1, 0.2, 0.4, 0.8]
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+
+
+@pytest.mark.parametrize("target, shows", [
+    ("serve_apps:fail_at_start", "RuntimeError: boom before listening"),
+    ("serve_apps:not_a_coroutine_function", "TypeError: uvpy.serve() needs a coroutine function"),
+    ("no_such_module_here:main", "ModuleNotFoundError: No module named 'no_such_module_here'"),
+    ("serve_apps:missing", "AttributeError: module 'serve_apps' has no attribute 'missing'"),
+])
+def test_a_worker_that_fails_to_start_fails_serve(supervise, target, shows):
+    # One worker: the tracebacks of several would interleave in the log.
+    s = supervise("--workers", "1", target)
+    assert s.wait() == 1
+    log = s.text()
+    assert shows in log, log
+    assert re.search(r"python -m uvpy serve: worker 0 \(pid \d+\) exited with status 1 "
+                     r"before it was up", log)
+    assert "restarting" not in log
+    if target == "serve_apps:fail_at_start":
+        # The traceback starts at main's own frame, as `python script.py`'s would.
+        assert "_serveworker" not in log and 'serve_apps.py", line' in log
+
+
+def test_a_worker_that_fails_to_start_stops_the_others(supervise, tmp_path):
+    path = str(tmp_path / "app.sock")
+    # One worker listens, so it is up; the others fail at once.
+    s = supervise("--workers", "3", "serve_apps:fail_unless_first", path)
+    assert s.wait() == 1
+    log = s.text()
+    assert re.search(r"python -m uvpy serve: worker \d \(pid \d+\) exited with status 1 "
+                     r"before it was up", log), log
+    until_gone(s.up_pids())
+    assert "restarting" not in log
+
+
+def test_main_that_returns_is_done_and_not_restarted(supervise):
+    s = supervise("--workers", "2", "serve_apps:finish")
+    assert s.wait() == 0
+    log = s.text()
+    assert len(re.findall(r"worker \d \(pid \d+\) finished", log)) == 2
+    assert "restarting" not in log
+
+
+def test_workers_stop_when_the_supervisor_is_killed(supervise):
+    port = free_port()
+    s = supervise("--workers", "2", "serve_apps:echo", str(port))
+    s.wait_for(UP.pattern, 2)
+    s.proc.kill()
+    s.proc.wait()
+    until_gone(s.up_pids())  # EOF on their control socket stops them
+
+
+# -- stopping and replacing ---------------------------------------------------------------
+
+def test_graceful_stop_finishes_open_connections_and_refuses_new_ones(supervise):
+    port = free_port()
+    s = supervise("--workers", "1", "serve_apps:echo", str(port))
+    s.wait_for(UP.pattern)
+    held = connect(("127.0.0.1", port))
+    try:
+        held.sendall(b"hold\n")
+        assert held.recv(100).startswith(b"held ")
+        s.signal(signal.SIGTERM)
+        s.wait_for("SIGTERM: stopping the workers")
+        deadline = time.monotonic() + DEADLINE
+        while True:  # the listener closes first
+            try:
+                ask(("127.0.0.1", port))
+            except ConnectionRefusedError:
+                break
+            assert time.monotonic() < deadline, "still accepting"
+            time.sleep(0.01)
+        assert s.proc.poll() is None  # still waiting for the held connection
+        held.sendall(b"go\n")
+        assert read_all(held) == b"done\n"
+    finally:
+        held.close()
+    assert s.wait() == 0
+    assert "stopped (status 0)" in s.text()
+
+
+def test_graceful_timeout_ends_a_connection_that_never_finishes(supervise):
+    port = free_port()
+    s = supervise("--workers", "1", "--graceful-timeout", "0.2", "serve_apps:echo", str(port))
+    s.wait_for(UP.pattern)
+    with connect(("127.0.0.1", port)) as held:
+        held.sendall(b"hold\n")
+        assert held.recv(100).startswith(b"held ")
+        s.signal(signal.SIGTERM)
+        assert read_all(held) == b""  # closed by the worker once the timeout passed
+    assert s.wait() == 0
+
+
+def test_a_second_signal_kills_the_workers(supervise):
+    port = free_port()
+    s = supervise("--workers", "1", "--graceful-timeout", "600", "serve_apps:echo", str(port))
+    s.wait_for(UP.pattern)
+    with connect(("127.0.0.1", port)) as held:
+        held.sendall(b"hold\n")
+        assert held.recv(100).startswith(b"held ")
+        s.signal(signal.SIGTERM)
+        s.wait_for("SIGTERM: stopping the workers")
+        s.signal(signal.SIGINT)
+        assert s.wait() == 0
+    log = s.text()
+    assert "SIGINT again: killing the workers" in log
+    assert "stopped (signal SIGKILL)" in log
+
+
+def test_sighup_replaces_every_worker_without_refusing_a_connection(supervise, tmp_path):
+    path = str(tmp_path / "app.sock")
+    s = supervise("--workers", "2", "--bind", f"unix:{path}", "serve_apps:echo")
+    s.wait_for(UP.pattern, 2)
+    old = s.up_pids()
+    failures, answers, stop = [], [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                answers.append(int(ask(path)))
+            except (OSError, ValueError) as exc:
+                failures.append(exc)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        s.signal(signal.SIGHUP)
+        s.wait_for("workers replaced")
+        new = s.up_pids() - old
+        # Until the old workers have left, answers may still come from them.
+        until_gone(old)
+        seen = len(answers)
+        while len(answers) < seen + 20 and not failures:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join()
+    assert failures == []
+    assert len(new) == 2 and set(answers[seen:]) <= new
+    log = s.text()
+    assert len(re.findall(r"stopped \(status 0\)", log)) == 2  # the old two, drained
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+
+
+# -- the API ------------------------------------------------------------------------------
+
+async def _main():
+    pass
+
+
+def test_bad_arguments_are_refused_before_anything_starts():
+    with pytest.raises(ValueError, match="workers must be at least 1, not 0"):
+        uvpy.serve(_main, workers=0)
+    with pytest.raises(TypeError, match="workers must be an int, not str"):
+        uvpy.serve(_main, workers="2")
+    with pytest.raises(TypeError, match="needs a function a new process can import"):
+        uvpy.serve(lambda: _main(), workers=1)
+    with pytest.raises(TypeError, match="main must be a coroutine function, not int"):
+        uvpy.serve(3, workers=1)
+    with pytest.raises(ValueError, match="graceful_timeout must be a finite number >= 0"):
+        uvpy.serve(_main, workers=1, graceful_timeout=-1)
+    with pytest.raises(ValueError, match="bind address must be 'HOST:PORT'"):
+        uvpy.serve(_main, workers=1, bind="nonsense")
+    with pytest.raises(TypeError, match="could not pickle the arguments"):
+        uvpy.serve(_main, threading.Lock(), workers=1)
+    with pytest.raises(ValueError, match="main must be 'module:attr'"):
+        uvpy.serve("serve_apps", workers=1)
+
+
+def test_serve_refuses_a_running_loop_and_a_taken_port(loop):
+    async def inside():
+        uvpy.serve(_main, workers=1)
+    with pytest.raises(RuntimeError, match="cannot be called from a running event loop"):
+        loop.run_until_complete(inside())
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(OSError, match="error while attempting to bind on address"):
+            uvpy.serve(_main, workers=1, bind=f"127.0.0.1:{port}")
+
+
+def test_inherited_sockets_outside_a_worker_is_empty():
+    assert uvpy.inherited_sockets() == []
+
+
+def test_the_command_line_refuses_bad_input():
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "uvpy", "serve", *args], cwd=HERE,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    r = cli("serve_apps")
+    assert r.returncode == 2 and "MODULE:ATTR needed, not 'serve_apps'" in r.stderr
+    r = cli("--workers", "0", "serve_apps:echo")
+    assert r.returncode == 2 and "workers must be at least 1, not 0" in r.stderr
+    r = cli("--backend", "nope", "serve_apps:echo")
+    assert r.returncode == 2 and "nope" in r.stderr
+    r = cli("--help")
+    assert r.returncode == 0 and "--graceful-timeout" in r.stdout

@@ -21,7 +21,11 @@ Invariants:
    died). SIGINT and SIGHUP are the supervisor's to act on (a terminal's
    Ctrl+C or hangup reaches the whole process group): the worker ignores
    them, with a Python-level handler rather than SIG_IGN, which processes
-   that main starts would inherit. The first request stops gracefully: every server of the
+   that main starts would inherit. A main that installs its own SIGTERM
+   handler (uvicorn.Server does) stops itself: the worker then only waits
+   for main (up to graceful_timeout, then cancels it), and turns EOF on the
+   control socket into a SIGTERM for it. Otherwise the first request stops
+   gracefully: every server of the
    loop stops accepting, the worker waits until their connections are all
    closed, main ends by itself, or graceful_timeout passes, then cancels
    main; asyncio.Runner then cancels what is left and closes the loop. A
@@ -173,7 +177,13 @@ async def _serve(fn, args, ctl, graceful_timeout):
             data = b""
         if not data:
             loop.remove_reader(ctl.fileno())
-            request_stop()
+            if main_owns_sigterm():
+                signal.raise_signal(signal.SIGTERM)
+            else:
+                request_stop()
+
+    def main_owns_sigterm():
+        return signal.getsignal(signal.SIGTERM) is not ours
 
     def report_up(*_):  # invariant 2
         loop._on_serving = None
@@ -184,6 +194,7 @@ async def _serve(fn, args, ctl, graceful_timeout):
             pass  # the supervisor is gone; control_readable sees EOF
 
     loop.add_signal_handler(signal.SIGTERM, request_stop)
+    ours = signal.getsignal(signal.SIGTERM)
     ctl.setblocking(False)
     loop.add_reader(ctl.fileno(), control_readable)
     loop._on_serving = report_up
@@ -192,7 +203,11 @@ async def _serve(fn, args, ctl, graceful_timeout):
     try:
         await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
-            await _drain(loop, task, force, graceful_timeout)
+            if main_owns_sigterm():  # invariant 3: main stops itself
+                await asyncio.wait((task, force), timeout=graceful_timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            else:
+                await _drain(loop, task, force, graceful_timeout)
     finally:
         up_timer.cancel()
         loop._on_serving = None

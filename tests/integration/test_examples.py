@@ -51,3 +51,55 @@ def test_prometheus_exporter_serves_the_loop_counters():
     assert metrics[f"uvpy_loop_accepted_total{{{label}}}"] == 1
     assert metrics[f"uvpy_loop_iterations_total{{{label}}}"] > 0
     assert metrics[f'uvpy_loop_transports{{{label},type="TCPTransport"}}'] == 2
+
+
+def test_serve_asgi_runs_uvicorn_in_supervised_workers_and_replaces_them_on_sighup(tmp_path):
+    need_module("uvicorn")
+    import json
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log_path = tmp_path / "serve_asgi.log"
+
+    def text():
+        return log_path.read_text(errors="replace")
+
+    def wait_for(pattern, count=1):
+        deadline = time.monotonic() + 60  # a hang guard only
+        while len(re.findall(pattern, text())) < count:
+            assert proc.poll() is None and time.monotonic() < deadline, text()
+            time.sleep(0.05)
+
+    def get():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as r:
+            return json.loads(r.read())
+
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, os.path.join(EXAMPLES, "serve_asgi.py"),
+                                 "--port", str(port), "--workers", "2"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for(r"worker \d \(pid \d+\) is up", 2)
+        first = {int(p) for p in re.findall(r"worker \d \(pid (\d+)\) is up", text())}
+        answers = [get() for _ in range(10)]
+        assert {a["loop"] for a in answers} == {"Loop"}
+        assert {a["pid"] for a in answers} <= first
+        proc.send_signal(signal.SIGHUP)
+        wait_for("workers replaced")
+        wait_for(r"stopped \(status 0\)", 2)  # the old two, after uvicorn's own shutdown
+        new = {int(p) for p in re.findall(r"worker \d \(pid (\d+)\) is up", text())} - first
+        assert len(new) == 2 and {get()["pid"] for _ in range(10)} <= new
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = text()
+    assert log.count("Application shutdown complete.") == 4, log
+    assert "Traceback" not in log and "ERROR" not in log, log

@@ -9,6 +9,7 @@ The echo server answers one line per connection:
 
 import asyncio
 import os
+import signal
 import socket
 
 import uvpy
@@ -47,6 +48,19 @@ async def crash_when_up(port):
     await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)
     await asyncio.sleep(0.05)
     os._exit(3)
+
+
+async def own_sigterm(port):
+    """Handles SIGTERM itself, with signal.signal, as uvicorn.Server does,
+    and says so when it has stopped."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(stop.set))
+    server = await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+    print(f"{os.getpid()} stopped by its own handler", flush=True)
 
 
 async def fail_unless_first(path):

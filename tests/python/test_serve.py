@@ -286,6 +286,23 @@ def test_workers_stop_when_the_supervisor_is_killed(supervise):
 
 # -- stopping and replacing ---------------------------------------------------------------
 
+def test_a_main_with_its_own_sigterm_handler_stops_itself(supervise):
+    s = supervise("--workers", "2", "serve_apps:own_sigterm", str(free_port()))
+    s.wait_for(UP.pattern, 2)
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert len(re.findall(r"stopped by its own handler", s.text())) == 2
+
+
+def test_an_orphan_with_its_own_sigterm_handler_gets_a_sigterm(supervise):
+    s = supervise("--workers", "1", "serve_apps:own_sigterm", str(free_port()))
+    s.wait_for(UP.pattern)
+    s.proc.kill()
+    s.proc.wait()
+    s.wait_for("stopped by its own handler")
+    until_gone(s.up_pids())
+
+
 def test_graceful_stop_finishes_open_connections_and_refuses_new_ones(supervise):
     port = free_port()
     s = supervise("--workers", "1", "serve_apps:echo", str(port))

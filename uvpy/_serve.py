@@ -510,9 +510,14 @@ class _Supervisor:
         if w.asked or self._stopping:
             logger.info("%r stopped (%s)", w, _describe(code))
         elif replacing:  # invariant 5
-            logger.error("the replacement %r exited with %s before it was up; "
-                         "%r keeps serving", w, _describe(code), w.replaces)
             self._round = None
+            if self._current[slot] is None:  # the old one is gone too
+                logger.error("the replacement %r exited with %s before it was up", w,
+                             _describe(code))
+                self._schedule_restart(w, code)
+            else:
+                logger.error("the replacement %r exited with %s before it was up; "
+                             "%r keeps serving", w, _describe(code), w.replaces)
             self._replace_next()
         elif code == 0:
             logger.info("%r finished", w)

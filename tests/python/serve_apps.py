@@ -74,6 +74,13 @@ async def fail_unless_first(path):
     await server.serve_forever()
 
 
+async def echo_unless(path, port):
+    """echo on port, or raise at once while the file `path` exists."""
+    if os.path.exists(path):
+        raise RuntimeError(f"{path} exists")
+    await echo(port)
+
+
 async def fail_at_start():
     raise RuntimeError("boom before listening")
 

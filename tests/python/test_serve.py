@@ -47,14 +47,15 @@ class Supervisor:
     def text(self):
         return self.log_path.read_text(errors="replace")
 
-    def wait_for(self, pattern, count=1):
-        """Until `pattern` (a regex) matches count times in the log."""
+    def wait_for(self, pattern, count=1, orphans=False):
+        """Until `pattern` (a regex) matches count times in the log; with
+        orphans, workers may still write it after the supervisor is gone."""
         deadline = time.monotonic() + DEADLINE
         while True:
             found = re.findall(pattern, self.text())
             if len(found) >= count:
                 return found
-            if self.proc.poll() is not None:
+            if self.proc.poll() is not None and not orphans:
                 found = re.findall(pattern, self.text())
                 if len(found) >= count:
                     return found
@@ -299,7 +300,7 @@ def test_an_orphan_with_its_own_sigterm_handler_gets_a_sigterm(supervise):
     s.wait_for(UP.pattern)
     s.proc.kill()
     s.proc.wait()
-    s.wait_for("stopped by its own handler")
+    s.wait_for("stopped by its own handler", orphans=True)
     until_gone(s.up_pids())
 
 
@@ -392,6 +393,25 @@ def test_sighup_replaces_every_worker_without_refusing_a_connection(supervise, t
     assert len(re.findall(r"stopped \(status 0\)", log)) == 2  # the old two, drained
     s.signal(signal.SIGTERM)
     assert s.wait() == 0
+
+
+def test_a_replacement_that_fails_to_start_leaves_the_old_worker_serving(supervise, tmp_path):
+    port, flag = free_port(), tmp_path / "broken"
+    s = supervise("--workers", "2", "serve_apps:echo_unless", str(flag), str(port))
+    s.wait_for(UP.pattern, 2)
+    old = s.up_pids()
+    flag.write_text("new code that fails")
+    s.signal(signal.SIGHUP)
+    s.wait_for(r"the replacement worker 0 \(pid \d+\) exited with status 1 before it was up; "
+               r"worker 0 \(pid \d+\) keeps serving")
+    assert {int(ask(("127.0.0.1", port))) for _ in range(40)} == old
+    assert "workers replaced" not in s.text()
+    flag.unlink()
+    s.signal(signal.SIGHUP)  # fixed: the next round replaces both
+    s.wait_for("workers replaced")
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert len(s.up_pids() - old) == 2
 
 
 # -- the API ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import pytest
 import procpool_jobs as jobs
 import uvpy
 from conftest import open_fds
-from test_process import warmed_fds, zombies
+from proc_helpers import warmed_fds, zombies
 
 ProcessPool = uvpy.ProcessPool
 

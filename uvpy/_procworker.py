@@ -49,6 +49,7 @@ Invariants:
 """
 
 import array
+import gc
 import mmap
 import os
 import pickle
@@ -74,6 +75,11 @@ ALIGN = 64      # out-of-band buffer alignment in the memfd (numpy's, and a cach
 RECV_SIZE = 1 << 18
 MAX_FDS = 64
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * 4)
+# Plain ints: socket's flags are IntFlag members, and `flags & MSG_CTRUNC`
+# on them runs enum's Python-level __and__ once per read.
+_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_CTRUNC = int(socket.MSG_CTRUNC)
+_SOL_SOCKET, _SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
 
 
 class _OutOfBand:
@@ -191,13 +197,14 @@ def decode(nbufs, payload, fd):
 class FrameReader:
     """Splits bytes (and fds) received on a stream socket into frames."""
 
-    __slots__ = ("buf", "fds", "scratch", "view")
+    __slots__ = ("buf", "fds", "scratch", "view", "iov")
 
     def __init__(self):
         self.buf = bytearray()
         self.fds = []
         self.scratch = bytearray(RECV_SIZE)
         self.view = memoryview(self.scratch)
+        self.iov = [self.scratch]
 
     def feed(self, data, fds):
         self.buf += data
@@ -229,15 +236,15 @@ def recv(sock, reader):
 
     Into the reader's own buffer (recvmsg_into): recvmsg() would allocate
     a fresh RECV_SIZE object per call, which malloc maps and unmaps."""
-    n, anc, flags, _ = sock.recvmsg_into([reader.scratch], _ANC_SIZE, socket.MSG_CMSG_CLOEXEC)
+    n, anc, flags, _ = sock.recvmsg_into(reader.iov, _ANC_SIZE, _CMSG_CLOEXEC)
     if n:
         reader.buf += reader.view[:n]
     for level, type_, data in anc:
-        if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+        if level == _SOL_SOCKET and type_ == _SCM_RIGHTS:
             fds = array.array("i")
             fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
             reader.fds.extend(fds)
-    if flags & socket.MSG_CTRUNC:  # more fds than MAX_FDS in one read: cannot happen
+    if flags & _CTRUNC:  # more fds than MAX_FDS in one read: cannot happen
         raise OSError("process pool: control data truncated")
     return n
 
@@ -307,8 +314,12 @@ def main(fd, threshold):
         text = "".join(traceback.format_exception(exc))
         send_all(sock, [encoder.encode(INIT_FAILED, 0, text)])
         return 1
-    send_all(sock, [encoder.encode(READY, 0, None)])
     del frame, payload
+    # What start-up made (modules, the initializer's state) lives as long
+    # as the worker: out of the collector's sight, a job's collections only
+    # walk what jobs allocate.
+    gc.freeze()
+    send_all(sock, [encoder.encode(READY, 0, None)])
     while True:
         frame = reader.next()
         if frame is None:

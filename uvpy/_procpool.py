@@ -76,12 +76,13 @@ __all__ = ("ProcessPool", "WorkerDied")
 _BOOT = ("import importlib.util as u, sys; "
          "s = u.spec_from_file_location('_uvpy_procworker', sys.argv[1]); "
          "m = u.module_from_spec(s); s.loader.exec_module(m); "
-         "sys.exit(m.main(int(sys.argv[2]), int(sys.argv[3])))")
+         "sys.exit(m.main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))")
 _WORKER_FILE = os.path.abspath(wire.__file__)
 
 _QUEUED, _SENT, _DONE = 0, 1, 2
 PREFETCH_BUDGET = 0.001  # seconds of work queued behind a running job, adaptive prefetch
 PREFETCH_MAX = 16
+SHM_CACHE = 256 << 20  # bytes of shared memory kept for reuse, by the pool and by each worker
 
 
 class WorkerDied(BrokenProcessPool):
@@ -119,25 +120,31 @@ def _default_workers():
 
 
 class _Job:
-    __slots__ = ("id", "future", "frame", "fd", "state", "aio")
+    __slots__ = ("id", "future", "frame", "fd", "seg", "segments", "state", "aio")
 
     def __init__(self, job_id, future, aio):
         self.id, self.future, self.aio = job_id, future, aio
-        self.frame, self.fd, self.state = b"", -1, _QUEUED
+        self.frame, self.fd, self.seg, self.state = b"", -1, 0, _QUEUED
+        self.segments = None
 
     def release(self):
-        """Close the job's memfd and drop its frame: it is settled or
-        cancelled (invariant 5). A job keeps both until then, so that a job
-        a dead worker had not started can be sent again."""
+        """Close the job's memfd, let go of its segment and drop its frame:
+        it is settled or cancelled (invariant 5). A job keeps them until
+        then, so that a job a dead worker had not started can be sent
+        again."""
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
+        seg, self.seg = self.seg, 0
+        if seg:
+            self.segments.unref(seg)
         self.frame = b""
 
 
 class _Worker:
     __slots__ = ("proc", "sock", "pidfd", "reader", "inflight", "out", "sent", "ready",
-                 "retiring", "eof", "writing", "killed", "started", "__weakref__")
+                 "retiring", "eof", "writing", "killed", "started", "mapped", "released",
+                 "__weakref__")
 
     def __init__(self, proc, sock, pidfd):
         self.proc, self.sock, self.pidfd = proc, sock, pidfd
@@ -146,6 +153,8 @@ class _Worker:
         self.out = []            # [(bytes, memfd or -1)] not yet sent
         self.sent = 0            # jobs sent (max_tasks_per_child)
         self.started = 0.0       # when its current job started, about (job time)
+        self.mapped = []         # the pool's segments sent to it, not yet RELEASEd
+        self.released = collections.deque()  # its segments the pool no longer maps
         self.ready = self.retiring = self.eof = self.writing = self.killed = False
 
 
@@ -158,14 +167,15 @@ class ProcessPool(concurrent.futures.Executor):
     what cancelling a job that is already running does: ``"wait"`` lets it
     finish and drops its result (the worker stays), ``"kill"`` kills and
     replaces the worker. ``shm_threshold``: buffers at least this large go
-    through shared memory. ``prefetch``: jobs sent to a busy worker ahead
-    of time; None (the default) adapts it to the mean job time (see
-    invariant 4).
+    through shared memory; ``shm_cache``: bytes of shared memory the pool,
+    and each worker, keep for reuse (0: none). ``prefetch``: jobs sent to a
+    busy worker ahead of time; None (the default) adapts it to the mean job
+    time (see invariant 4).
     """
 
     def __init__(self, max_workers=None, *, initializer=None, initargs=(),
                  max_tasks_per_child=None, cancel_running="wait", shm_threshold=1 << 18,
-                 prefetch=None):
+                 shm_cache=SHM_CACHE, prefetch=None):
         if max_workers is None:
             max_workers = _default_workers()
         elif max_workers <= 0:
@@ -188,6 +198,10 @@ class ProcessPool(concurrent.futures.Executor):
         self._depth = 1 + (prefetch if prefetch is not None else 0)
         self._job_time = PREFETCH_BUDGET  # mean seconds per job (exponential, adaptive depth)
         self._threshold = max(int(shm_threshold), 1)
+        if shm_cache < 0:
+            raise ValueError("shm_cache must be >= 0")
+        self._cache = int(shm_cache)
+        self._segments = wire.Segments(self._cache) if self._cache else None
         self._init = (initializer, tuple(initargs))
         self._lock = threading.Lock()   # submit() from any thread: ids, shutdown flag
         self._next_id = 0
@@ -201,7 +215,8 @@ class ProcessPool(concurrent.futures.Executor):
         self._broken = None              # the BrokenProcessPool message, once broken
         self._all_gone = threading.Event()
         self._closed_waiters = []
-        self._finalizer = weakref.finalize(self, _finalize, self._workers, self._jobs)
+        self._finalizer = weakref.finalize(self, _finalize, self._workers, self._jobs,
+                                           self._segments)
         for _ in range(max_workers):
             self._spawn()
 
@@ -320,7 +335,9 @@ class ProcessPool(concurrent.futures.Executor):
                 args = wire.mark(args, t, 2)
             if kwargs:
                 kwargs = wire.mark(kwargs, t, 2)
-            job.frame, job.fd = wire._Encoder(t).encode(wire.JOB, job_id, (fn, args, kwargs))
+            enc = wire._Encoder(t, self._segments)
+            job.frame, job.fd = enc.encode(wire.JOB, job_id, (fn, args, kwargs))
+            job.seg, job.segments = enc.seg, self._segments
         except Exception as exc:  # unpicklable: this job fails, as in concurrent.futures
             job.state = _DONE
             if not aio:
@@ -410,6 +427,11 @@ class ProcessPool(concurrent.futures.Executor):
         if not w.inflight:
             w.started = time.perf_counter()
         w.inflight.append(job)
+        if w.released:  # first, so the worker may reuse them for this result
+            w.out.append((_releases(w.released), -1))
+        if job.seg:
+            self._segments.ref(job.seg)  # the worker maps it until its RELEASE
+            w.mapped.append(job.seg)
         w.out.append((job.frame, job.fd))
         w.sent += 1
         if self._max_tasks is not None and w.sent >= self._max_tasks:
@@ -435,7 +457,7 @@ class ProcessPool(concurrent.futures.Executor):
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, _WORKER_FILE, str(child.fileno()),
-                 str(self._threshold)],
+                 str(self._threshold), str(self._cache)],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
         except BaseException:
             parent.close()
@@ -552,6 +574,11 @@ class ProcessPool(concurrent.futures.Executor):
             if kind == wire.READY:
                 w.ready = True
                 continue
+            if kind == wire.RELEASE:  # the worker no longer maps this job segment
+                if job_id in w.mapped:
+                    w.mapped.remove(job_id)
+                    self._segments.unref(job_id)
+                continue
             if kind == wire.INIT_FAILED:
                 text = wire.decode(nbufs, payload, fd)
                 self._break("the pool's initializer failed in a worker, the pool is not usable "
@@ -564,7 +591,7 @@ class ProcessPool(concurrent.futures.Executor):
                 w.started = now
                 self._depth = 1 + max(0, min(PREFETCH_MAX, int(PREFETCH_BUDGET / max(self._job_time, 1e-6))))
             try:
-                value, ok = wire.decode(nbufs, payload, fd), kind == wire.RESULT
+                value, ok = wire.decode(nbufs, payload, fd, w.released.append), kind == wire.RESULT
             except Exception as exc:  # e.g. the result's class is not importable here
                 value, ok = exc, False
             self._settle(job, value, ok)
@@ -576,6 +603,9 @@ class ProcessPool(concurrent.futures.Executor):
             self._readable(w, drain=True)
         self._unwatch(w)
         code = _reap(w)
+        for seg in w.mapped:  # its mappings died with it
+            self._segments.unref(seg)
+        w.mapped.clear()
         if w in self._workers:
             self._workers.remove(w)
         if not w.ready and not self._broken and not w.retiring:
@@ -622,6 +652,8 @@ class ProcessPool(concurrent.futures.Executor):
     def _check_all_gone(self):
         if self._workers or not (self._shutdown or self._broken):
             return
+        if self._segments is not None:
+            self._segments.close()
         self._all_gone.set()
         waiters, self._closed_waiters = self._closed_waiters, []
         for f in waiters:
@@ -746,6 +778,15 @@ class ProcessPool(concurrent.futures.Executor):
             thread.join()
 
 
+def _releases(segs):
+    """RELEASE frames for the worker's segments in segs (emptied): a deque
+    that the finalizers of the pool's mappings append to, from any thread."""
+    out = []
+    while segs:
+        out.append(wire.HEADER.pack(wire.RELEASE, segs.popleft(), 0, 0))
+    return b"".join(out)
+
+
 def _in_loop(loop):
     try:
         return asyncio.get_running_loop() is loop
@@ -766,12 +807,14 @@ def _reap(w):
     return w.proc.wait()
 
 
-def _finalize(workers, jobs):
+def _finalize(workers, jobs, segments):
     """An unclosed pool was collected: close its sockets (the workers read
     EOF and exit) and reap them in a thread (invariant 5)."""
     for job in jobs.values():
         job.release()
     jobs.clear()
+    if segments is not None:
+        segments.close()
     procs = []
     for w in workers:
         if w.pidfd >= 0:

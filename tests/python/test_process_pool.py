@@ -386,6 +386,76 @@ def test_large_buffers_travel_through_shared_memory(loop):
     run(loop, main())
 
 
+def mapped_inode(buf):
+    """The inode of the shared memory segment that buf (a memoryview of a
+    mapping) lies in, from /proc/self/maps."""
+    import ctypes
+
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= addr < hi:
+                return int(fields[4])
+    raise AssertionError("not mapped")
+
+
+def test_shared_memory_is_reused_once_no_view_is_left(loop):
+    n = 1 << 20
+
+    async def main():
+        async with ProcessPool(1) as pool:
+            base = await pool.run(jobs.open_fd_count)
+            # Results kept alive: none is written over, however many.
+            held = [await pool.run(jobs.filled, i, n) for i in range(40)]
+            assert all(h == bytes([i]) * n for i, h in enumerate(held))
+            assert len({mapped_inode(h) for h in held}) == 40
+            del held
+            # Dropped at once: the worker writes each result into the same segment.
+            inodes = set()
+            for i in range(20):
+                r = await pool.run(jobs.filled, i, n)
+                assert r == bytes([i]) * n
+                inodes.add(mapped_inode(r))
+                del r
+            assert len(inodes) <= 2
+            # The worker's cache is bounded: a few segments, not one per job.
+            assert await pool.run(jobs.open_fd_count) <= base + 16
+    run(loop, main())
+
+
+def test_a_job_that_keeps_its_arguments_keeps_them_intact(loop):
+    n = 1 << 20
+    fds = warmed_fds(loop)
+
+    async def main():
+        async with ProcessPool(1) as pool:
+            for i in range(30):  # more than the pool's cache holds segments
+                await pool.run(jobs.keep, memoryview(bytearray([i]) * n))
+            assert await pool.run(jobs.kept_heads) == [bytes([i]) * 4 for i in range(30)]
+            await pool.run(jobs.forget)
+            for i in range(30):
+                assert await pool.run(jobs.echo, bytes([i]) * n) == bytes([i]) * n
+    run(loop, main())
+    assert open_fds() == fds
+
+
+@pytest.mark.parametrize("cache", [0, 1 << 20])
+def test_messages_larger_than_the_cache(loop, cache):
+    n = 4 << 20
+    fds = warmed_fds(loop)
+    shm = set(os.listdir("/dev/shm"))
+
+    async def main():
+        async with ProcessPool(2, shm_cache=cache) as pool:
+            for i in range(20):
+                assert await pool.run(jobs.echo, bytes([i]) * n) == bytes([i]) * n
+    run(loop, main())
+    assert open_fds() == fds
+    assert set(os.listdir("/dev/shm")) == shm
+
+
 def test_a_one_gib_result(loop):
     np = pytest.importorskip("numpy")
     if os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES") < (4 << 30):

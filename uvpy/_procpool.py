@@ -19,7 +19,9 @@ Design, and why (docs/process_pool.md has the full rules):
   so a burst of submissions is one sendmsg() per worker.
 * Buffers of at least ``shm_threshold`` bytes (numpy arrays, bytearrays,
   bytes, memoryviews, PickleBuffers) travel out of band in a memfd, both
-  ways: one copy into it, a mapping out of it (see _procworker).
+  ways: one copy into it, a mapping out of it. Each sender reuses its
+  memfds once the receiver's mapping is gone, within ``shm_cache`` bytes
+  (see _procworker, invariant 6).
 * The pool is bound to the loop it is first used from (the running loop of
   the first run(), map() or submit() call). Used first from a thread with no
   running loop, it runs its own loop in one daemon thread: the plain
@@ -49,7 +51,10 @@ Invariants:
    concurrent.futures: replacing it would loop.
 5. Every fd the pool opens (sockets, pidfds, memfds of unsent jobs) is
    closed by shutdown, by the death of its worker, or by the cancellation
-   of its job; the finalizer closes what an unclosed pool dropped.
+   of its job; its cached memfds when the last worker is reaped; the
+   finalizer closes what an unclosed pool dropped. A job holds its cached
+   memfd until it is settled, and each worker it was sent to until that
+   worker's RELEASE or death (``mapped``).
 """
 
 from __future__ import annotations

@@ -53,9 +53,10 @@ Invariants:
    sends one result per sendmsg() (invariant 4 forbids holding results
    back).
 6. A cached segment is written only while nobody maps it: Segments counts
-   its holders (the sender's message until it is settled, and each
-   receiver it was sent to until that receiver's RELEASE or death) and
-   reuses it at zero. A receiver sends RELEASE when its mapping object is
+   its holders and reuses it at zero. A job's segment is held by the job
+   until it is settled (it may be sent again) and by each worker it was
+   sent to until that worker's RELEASE or death; a result's, by the pool
+   until its RELEASE. A receiver sends RELEASE when its mapping object is
    freed (a weakref finalizer), that is when no view of it is left. The
    cache holds at most its byte bound and SEGMENTS_MAX segments, busy ones
    included; a message that does not fit gets a segment of its own (id 0),

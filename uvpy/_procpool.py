@@ -62,6 +62,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import itertools
 import os
 import pickle
 import select
@@ -263,8 +264,13 @@ class ProcessPool(concurrent.futures.Executor):
     def map(self, fn, *iterables, timeout=None, chunksize=1, limit=None):
         """Executor.map when iterated with ``for``; with ``async for``, the
         results in order with at most ``limit`` jobs in flight (default:
-        twice the workers). Nothing is submitted before iteration starts."""
-        return _Mapping(self, fn, iterables, timeout, limit or 2 * self._max_workers)
+        twice the workers). Nothing is submitted before iteration starts.
+        ``chunksize``: items per job, as in ProcessPoolExecutor.map (a job
+        that raises fails its whole chunk)."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        return _Mapping(self, fn, iterables, timeout, chunksize,
+                        limit or 2 * self._max_workers)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """Stop taking jobs; workers finish the submitted ones (or, with
@@ -835,24 +841,44 @@ def _finalize(workers, jobs, segments):
 
 
 class _Mapping:
-    """pool.map(...): Executor.map with ``for``, bounded with ``async for``."""
+    """pool.map(...): Executor.map with ``for``, bounded with ``async for``.
 
-    def __init__(self, pool, fn, iterables, timeout, limit):
+    With chunksize > 1 a job is concurrent.futures.process._process_chunk
+    over a tuple of argument tuples, as ProcessPoolExecutor.map sends it:
+    the standard library's, so the worker imports nothing of uvpy, and a
+    chunk fails whole, as there."""
+
+    def __init__(self, pool, fn, iterables, timeout, chunksize, limit):
         self._pool, self._fn, self._iterables = pool, fn, iterables
         self._end = None if timeout is None else time.monotonic() + timeout
-        self._limit = limit
+        self._chunksize, self._limit = chunksize, limit
+
+    def _jobs(self):
+        """(fn, args) of each job, in order."""
+        items = zip(*self._iterables)
+        if self._chunksize == 1:
+            return ((self._fn, args) for args in items)
+        from concurrent.futures.process import _process_chunk
+
+        chunks = iter(lambda: tuple(itertools.islice(items, self._chunksize)), ())
+        return ((_process_chunk, (self._fn, chunk)) for chunk in chunks)
 
     def __iter__(self):
-        fs = [self._pool.submit(self._fn, *args) for args in zip(*self._iterables)]
+        fs = [self._pool.submit(fn, *args) for fn, args in self._jobs()]
+        chunked = self._chunksize > 1
 
         def results():
             try:
                 fs.reverse()
                 while fs:
                     if self._end is None:
-                        yield fs.pop().result()
+                        r = fs.pop().result()
                     else:
-                        yield fs.pop().result(self._end - time.monotonic())
+                        r = fs.pop().result(self._end - time.monotonic())
+                    if chunked:
+                        yield from r
+                    else:
+                        yield r
             finally:
                 for f in fs:
                     f.cancel()
@@ -860,14 +886,19 @@ class _Mapping:
 
     async def __aiter__(self):
         pool, window = self._pool, collections.deque()
-        it = zip(*self._iterables)
+        single = self._chunksize == 1
         try:
-            for args in it:
-                window.append(asyncio.ensure_future(pool.run(self._fn, *args)))
-                if len(window) >= self._limit:
-                    yield await window.popleft()
+            for fn, args in self._jobs():
+                window.append(asyncio.ensure_future(pool.run(fn, *args)))
+                if len(window) < self._limit:
+                    continue
+                r = await window.popleft()
+                for x in (r,) if single else r:
+                    yield x
             while window:
-                yield await window.popleft()
+                r = await window.popleft()
+                for x in (r,) if single else r:
+                    yield x
         finally:
             for f in window:
                 f.cancel()

@@ -128,3 +128,7 @@ def open_fd_count():
     import os
 
     return len(os.listdir("/proc/self/fd"))
+
+
+def hundred_over(x, y=0):
+    return 100 // x + y

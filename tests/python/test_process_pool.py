@@ -93,6 +93,8 @@ def test_arguments_bad_values_refused():
         ProcessPool(1, max_tasks_per_child=0)
     with pytest.raises(ValueError, match="cancel_running"):
         ProcessPool(1, cancel_running="maybe")
+    with pytest.raises(ValueError, match="shm_cache must be >= 0"):
+        ProcessPool(1, shm_cache=-1)
 
 
 # -- as a concurrent.futures.Executor, against ProcessPoolExecutor ------------------
@@ -105,6 +107,68 @@ def test_executor_surface_matches_process_pool_executor(ppe):
     with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
         pool.submit(jobs.noop)
     assert zombies() == []
+
+
+def outcome(results):
+    """What an iterator yields before it stops, and what it raises then."""
+    got = []
+    try:
+        for r in results:
+            got.append(r)
+    except Exception as exc:
+        return got, type(exc), str(exc)
+    return got, None, None
+
+
+async def async_outcome(results):
+    got = []
+    try:
+        async for r in results:
+            got.append(r)
+    except Exception as exc:
+        return got, type(exc), str(exc)
+    return got, None, None
+
+
+MAP_ARGS = [
+    (list(range(1, 24)), list(range(30))),   # zip() stops at the shortest
+    ([5, 4, 3, 2, 1, 0, 6, 7, 8, 9, 10],),    # 100 // 0 raises mid-way
+    ([],),
+]
+
+
+@pytest.mark.parametrize("chunksize", [1, 2, 3, 7, 50])
+def test_map_chunksize_matches_process_pool_executor(ppe, loop, chunksize):
+    with ProcessPool(2) as pool:
+        for args in MAP_ARGS:
+            expected = outcome(ppe.map(jobs.hundred_over, *args, chunksize=chunksize))
+            assert outcome(pool.map(jobs.hundred_over, *args, chunksize=chunksize)) == expected
+
+    async def main():
+        async with ProcessPool(2) as pool:
+            for args in MAP_ARGS:
+                expected = outcome(ppe.map(jobs.hundred_over, *args, chunksize=chunksize))
+                got = await async_outcome(pool.map(jobs.hundred_over, *args,
+                                                   chunksize=chunksize, limit=2))
+                assert got == expected
+    run(loop, main())
+
+
+def test_map_sends_one_job_per_chunk(loop):
+    async def main():
+        async with ProcessPool(2) as pool:
+            first = pool._next_id
+            got = [r async for r in pool.map(jobs.square, range(95), chunksize=10)]
+            assert got == [i * i for i in range(95)]
+            assert pool._next_id - first == 10
+    run(loop, main())
+
+
+def test_map_chunksize_below_one_refused_as_in_ppe(ppe):
+    with ProcessPool(1) as pool:
+        for ex in (pool, ppe):
+            with pytest.raises(ValueError, match=r"^chunksize must be >= 1\.$"):
+                ex.map(jobs.square, [1], chunksize=0)
 
 
 def test_worker_exception_keeps_its_traceback_text(ppe):

@@ -62,7 +62,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import itertools
 import os
 import pickle
 import select
@@ -76,6 +75,7 @@ import weakref
 from concurrent.futures.process import BrokenProcessPool
 
 from . import _procworker as wire
+from ._procmap import Mapping
 
 __all__ = ("ProcessPool", "WorkerDied")
 
@@ -269,8 +269,7 @@ class ProcessPool(concurrent.futures.Executor):
         that raises fails its whole chunk)."""
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
-        return _Mapping(self, fn, iterables, timeout, chunksize,
-                        limit or 2 * self._max_workers)
+        return Mapping(self, fn, iterables, timeout, chunksize, limit or 2 * self._max_workers)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """Stop taking jobs; workers finish the submitted ones (or, with
@@ -838,67 +837,3 @@ def _finalize(workers, jobs, segments):
     workers.clear()
     if procs:
         threading.Thread(target=lambda: [p.wait() for p in procs], daemon=True).start()
-
-
-class _Mapping:
-    """pool.map(...): Executor.map with ``for``, bounded with ``async for``.
-
-    With chunksize > 1 a job is concurrent.futures.process._process_chunk
-    over a tuple of argument tuples, as ProcessPoolExecutor.map sends it:
-    the standard library's, so the worker imports nothing of uvpy, and a
-    chunk fails whole, as there."""
-
-    def __init__(self, pool, fn, iterables, timeout, chunksize, limit):
-        self._pool, self._fn, self._iterables = pool, fn, iterables
-        self._end = None if timeout is None else time.monotonic() + timeout
-        self._chunksize, self._limit = chunksize, limit
-
-    def _jobs(self):
-        """(fn, args) of each job, in order."""
-        items = zip(*self._iterables)
-        if self._chunksize == 1:
-            return ((self._fn, args) for args in items)
-        from concurrent.futures.process import _process_chunk
-
-        chunks = iter(lambda: tuple(itertools.islice(items, self._chunksize)), ())
-        return ((_process_chunk, (self._fn, chunk)) for chunk in chunks)
-
-    def __iter__(self):
-        fs = [self._pool.submit(fn, *args) for fn, args in self._jobs()]
-        chunked = self._chunksize > 1
-
-        def results():
-            try:
-                fs.reverse()
-                while fs:
-                    if self._end is None:
-                        r = fs.pop().result()
-                    else:
-                        r = fs.pop().result(self._end - time.monotonic())
-                    if chunked:
-                        yield from r
-                    else:
-                        yield r
-            finally:
-                for f in fs:
-                    f.cancel()
-        return results()
-
-    async def __aiter__(self):
-        pool, window = self._pool, collections.deque()
-        single = self._chunksize == 1
-        try:
-            for fn, args in self._jobs():
-                window.append(asyncio.ensure_future(pool.run(fn, *args)))
-                if len(window) < self._limit:
-                    continue
-                r = await window.popleft()
-                for x in (r,) if single else r:
-                    yield x
-            while window:
-                r = await window.popleft()
-                for x in (r,) if single else r:
-                    yield x
-        finally:
-            for f in window:
-                f.cancel()

@@ -264,7 +264,10 @@ class Segments:
             except BaseException:
                 os.close(fd)
                 raise
-            self.next_id = seg = self.next_id % 0xFFFFFFFF + 1
+            seg = self.next_id
+            while seg == self.next_id or seg in self.size:  # ids wrap at 32 bits
+                seg = seg % 0xFFFFFFFF + 1
+            self.next_id = seg
             self.size[seg] = (fd, need)
             self.refs[seg] = 1
             self.held += need

@@ -86,6 +86,7 @@ _BOOT = ("import importlib.util as u, sys; "
 _WORKER_FILE = os.path.abspath(wire.__file__)
 
 _QUEUED, _SENT, _DONE = 0, 1, 2
+_RESULT, _ERROR = wire.RESULT, wire.ERROR
 PREFETCH_BUDGET = 0.001  # seconds of work queued behind a running job, adaptive prefetch
 PREFETCH_MAX = 16
 SHM_CACHE = 256 << 20  # bytes of shared memory kept for reuse, by the pool and by each worker
@@ -231,7 +232,7 @@ class ProcessPool(concurrent.futures.Executor):
     async def run(self, fn, /, *args, **kwargs):
         """Run fn(*args, **kwargs) in a worker; return its result."""
         loop = asyncio.get_running_loop()
-        if not self._attach(loop):
+        if loop is not self._loop and not self._attach(loop):
             return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
         job = self._new_job(loop.create_future(), True, fn, args, kwargs)
         self._enqueue(job)
@@ -345,9 +346,9 @@ class ProcessPool(concurrent.futures.Executor):
                 args = wire.mark(args, t, 2)
             if kwargs:
                 kwargs = wire.mark(kwargs, t, 2)
-            enc = wire._Encoder(t, self._segments)
-            job.frame, job.fd = enc.encode(wire.JOB, job_id, (fn, args, kwargs))
-            job.seg, job.segments = enc.seg, self._segments
+            job.frame, job.fd, job.seg = wire.encode(wire.JOB, job_id, (fn, args, kwargs), t,
+                                                     self._segments)
+            job.segments = self._segments
         except Exception as exc:  # unpicklable: this job fails, as in concurrent.futures
             job.state = _DONE
             if not aio:
@@ -388,7 +389,9 @@ class ProcessPool(concurrent.futures.Executor):
 
     def _settle(self, job, value, ok):
         job.state = _DONE
-        job.release()
+        if job.fd >= 0 or job.seg:
+            job.release()
+        job.frame = b""
         self._jobs.pop(job.id, None)
         fut = job.future
         if fut.done():
@@ -485,8 +488,8 @@ class ProcessPool(concurrent.futures.Executor):
         w = _Worker(proc, parent, pidfd)
         self._workers.append(w)
         try:
-            wire.send_all(parent, [wire._Encoder(self._threshold).encode(
-                wire.INIT, 0, (data, pickle.dumps(self._init, 5)))])
+            wire.send_all(parent, [wire.encode(
+                wire.INIT, 0, (data, pickle.dumps(self._init, 5)), self._threshold)[:2]])
         except Exception as exc:  # an initializer that does not pickle
             self._break(f"the initializer could not be sent to the worker: {exc!r}")
         parent.setblocking(False)
@@ -581,30 +584,36 @@ class ProcessPool(concurrent.futures.Executor):
     def _frames(self, w):
         while (frame := w.reader.next()) is not None:
             kind, job_id, nbufs, payload, fd = frame
-            if kind == wire.READY:
-                w.ready = True
-                continue
-            if kind == wire.RELEASE:  # the worker no longer maps this job segment
-                if job_id in w.mapped:
-                    w.mapped.remove(job_id)
-                    self._segments.unref(job_id)
-                continue
-            if kind == wire.INIT_FAILED:
-                text = wire.decode(nbufs, payload, fd)
-                self._break("the pool's initializer failed in a worker, the pool is not usable "
-                            f"anymore:\n{text}")
+            if kind != _RESULT and kind != _ERROR:
+                self._control(w, kind, job_id, nbufs, payload, fd)
                 continue
             job = w.inflight.popleft()
             if self._prefetch is None:
                 now = time.perf_counter()
-                self._job_time += (now - w.started - self._job_time) * 0.125
+                t = self._job_time = self._job_time + (now - w.started - self._job_time) * 0.125
                 w.started = now
-                self._depth = 1 + max(0, min(PREFETCH_MAX, int(PREFETCH_BUDGET / max(self._job_time, 1e-6))))
+                self._depth = 1 + (PREFETCH_MAX if t * PREFETCH_MAX <= PREFETCH_BUDGET
+                                   else int(PREFETCH_BUDGET / t))
             try:
-                value, ok = wire.decode(nbufs, payload, fd, w.released.append), kind == wire.RESULT
+                value = pickle.loads(payload) if fd < 0 else \
+                    wire.decode(nbufs, payload, fd, w.released.append)
+                ok = kind == wire.RESULT
             except Exception as exc:  # e.g. the result's class is not importable here
                 value, ok = exc, False
             self._settle(job, value, ok)
+
+    def _control(self, w, kind, job_id, nbufs, payload, fd):
+        """A frame from w that is not a job's outcome."""
+        if kind == wire.READY:
+            w.ready = True
+        elif kind == wire.RELEASE:  # w no longer maps this job segment
+            if job_id in w.mapped:
+                w.mapped.remove(job_id)
+                self._segments.unref(job_id)
+        elif kind == wire.INIT_FAILED:
+            text = wire.decode(nbufs, payload, fd)
+            self._break("the pool's initializer failed in a worker, the pool is not usable "
+                        f"anymore:\n{text}")
 
     def _exited(self, w):
         """w's process exited: deliver what it sent, reap it, settle its jobs

@@ -147,38 +147,26 @@ def mark(value, threshold, depth=1):
     return t([mark(x, threshold, depth - 1) for x in value])
 
 
-class _Encoder:
-    """Pickles one object into a frame; collects its large buffers. With
-    segments, they go into a segment of that cache (its id: ``seg`` after
-    encode(), 0 if none)."""
+def encode(kind, job_id, obj, threshold, segments=None):
+    """Pickle obj into a frame: (frame bytes, memfd or -1, segment id or 0).
+    Raises what pickling raises. Its large buffers go into a memfd, a
+    segment of segments where one fits (invariant 6); large bytes and
+    memoryviews only where mark() put them, other buffers (numpy,
+    bytearray, PickleBuffer) by their size."""
+    bufs = []
 
-    __slots__ = ("bufs", "threshold", "segments", "seg")
-
-    def __init__(self, threshold, segments=None):
-        self.threshold = threshold
-        self.segments = segments
-        self.bufs = []
-        self.seg = 0
-
-    def _callback(self, pb):
+    def out_of_band(pb):
         raw = pb.raw()
-        if raw.nbytes < self.threshold:
+        if raw.nbytes < threshold:
             return True  # in band
-        self.bufs.append(raw)
+        bufs.append(raw)
         return False
 
-    def encode(self, kind, job_id, obj):
-        """Return (frame bytes, memfd or -1). Raises what pickling raises.
-        Large bytes and memoryviews go out of band only where mark() put
-        them; other buffers (numpy, bytearray, PickleBuffer) by their size."""
-        self.bufs = []
-        self.seg = 0
-        data = pickle.dumps(obj, 5, buffer_callback=self._callback)
-        if not self.bufs:
-            return HEADER.pack(kind, job_id, 0, len(data)) + data, -1
-        bufs, self.bufs = self.bufs, []
-        table, fd, self.seg = _to_memfd(bufs, self.segments)
-        return HEADER.pack(kind, job_id, len(bufs), len(table) + len(data)) + table + data, fd
+    data = pickle.dumps(obj, 5, buffer_callback=out_of_band)
+    if not bufs:
+        return HEADER.pack(kind, job_id, 0, len(data)) + data, -1, 0
+    table, fd, seg = _to_memfd(bufs, segments)
+    return HEADER.pack(kind, job_id, len(bufs), len(table) + len(data)) + table + data, fd, seg
 
 
 def _to_memfd(bufs, segments):
@@ -418,24 +406,25 @@ def send_all(sock, chunks):
 
 # ------------------------------------------------------------------ the worker
 
-def _exception_frame(encoder, job_id, exc):
+def _exception_frame(job_id, exc, threshold, segments):
     """An ERROR frame carrying exc with its traceback text, as
     concurrent.futures does (the caller sees it as exc.__cause__)."""
     from concurrent.futures.process import _ExceptionWithTraceback
 
     try:
-        return encoder.encode(ERROR, job_id, _ExceptionWithTraceback(exc, exc.__traceback__))
+        return encode(ERROR, job_id, _ExceptionWithTraceback(exc, exc.__traceback__),
+                      threshold, segments)
     except Exception as e:  # the exception itself does not pickle
         text = "".join(traceback.format_exception(exc))
         err = RuntimeError(f"the job raised {type(exc).__qualname__}, which could not be "
                            f"pickled ({type(e).__name__}: {e}); its traceback:\n{text}")
-        return encoder.encode(ERROR, job_id, _ExceptionWithTraceback(err, None))
+        return encode(ERROR, job_id, _ExceptionWithTraceback(err, None), threshold, segments)
 
 
 def _send_result(sock, out, released):
     """Send a RESULT or ERROR frame (invariant 4), after a RELEASE frame for
     each of the pool's segments whose mapping here is gone: one sendmsg()."""
-    data, fd = out
+    data, fd, _ = out
     if released:
         data = b"".join([HEADER.pack(RELEASE, seg, 0, 0) for seg in released] + [data])
         released.clear()
@@ -453,7 +442,6 @@ def main(fd, threshold, cache=0):
     os.set_inheritable(fd, False)
     reader = FrameReader()
     segments = Segments(cache) if cache > 0 else None  # for results (invariant 6)
-    encoder = _Encoder(threshold, segments)
     released = []  # the pool's segments this worker no longer maps
     # The first frame is INIT: prepare like multiprocessing's spawn (sys.path,
     # cwd, the parent's __main__ as __mp_main__), then the initializer.
@@ -473,14 +461,14 @@ def main(fd, threshold, cache=0):
             initializer(*initargs)
     except BaseException as exc:
         text = "".join(traceback.format_exception(exc))
-        send_all(sock, [encoder.encode(INIT_FAILED, 0, text)])
+        send_all(sock, [encode(INIT_FAILED, 0, text, threshold)[:2]])
         return 1
     del frame, payload
     # What start-up made (modules, the initializer's state) lives as long
     # as the worker: out of the collector's sight, a job's collections only
     # walk what jobs allocate.
     gc.freeze()
-    send_all(sock, [encoder.encode(READY, 0, None)])
+    send_all(sock, [encode(READY, 0, None, threshold)[:2]])
     while True:
         frame = reader.next()
         if frame is None:
@@ -499,13 +487,13 @@ def main(fd, threshold, cache=0):
             result = fn(*args, **kwargs)
             fn = args = kwargs = None
             try:
-                out = encoder.encode(RESULT, job_id, mark(result, threshold))
+                out = encode(RESULT, job_id, mark(result, threshold), threshold, segments)
             except Exception as exc:
-                out = _exception_frame(encoder, job_id, exc)
+                out = _exception_frame(job_id, exc, threshold, segments)
         except BaseException as exc:
             if isinstance(exc, SystemExit):
                 raise
-            out = _exception_frame(encoder, job_id, exc)
+            out = _exception_frame(job_id, exc, threshold, segments)
         # Out of the except blocks: the exception's traceback no longer holds
         # the arguments, so a mapping they kept can be RELEASEd with this send.
         fn = args = kwargs = result = None

@@ -89,7 +89,7 @@ _QUEUED, _SENT, _DONE = 0, 1, 2
 _RESULT, _ERROR = wire.RESULT, wire.ERROR
 PREFETCH_BUDGET = 0.001  # seconds of work queued behind a running job, adaptive prefetch
 PREFETCH_MAX = 16
-SHM_CACHE = 256 << 20  # bytes of shared memory kept for reuse, by the pool and by each worker
+SHM_CACHE = 128 << 20  # bytes of shared memory kept for reuse, by the pool and by each worker
 
 
 class WorkerDied(BrokenProcessPool):

@@ -274,20 +274,16 @@ class Segments:
                 self.refs[seg] += 1
 
     def unref(self, seg):
-        """One holder is done; at none the segment is idle (or closed, if
-        the cache is)."""
+        """One holder is done; at none the segment is idle."""
         with self.lock:
             n = self.refs.get(seg)
-            if n is None:
+            if n is None:  # not cached, or the cache is closed
                 return
             if n > 1:
                 self.refs[seg] = n - 1
                 return
             del self.refs[seg]
-            if self.closed:
-                self._drop(seg)
-            else:
-                self.free.append(seg)
+            self.free.append(seg)
 
     def _drop(self, seg):
         fd, n, mm = self.size.pop(seg)
@@ -296,15 +292,13 @@ class Segments:
         os.close(fd)
 
     def close(self):
-        """Close the idle segments now and each busy one as its last holder
-        lets go (a receiver's mapping keeps the memory meanwhile)."""
+        """Close every segment, busy ones too: the sender is done sending
+        (a receiver's mapping keeps the memory it still uses), and take()
+        caches nothing from now on."""
         with self.lock:
             self.closed = True
-            free, self.free = self.free, []
-            for seg in free:
-                self._drop(seg)
-            busy, self.refs = list(self.refs), {}
-            for seg in busy:  # nobody needs to write them again
+            self.free, self.refs = [], {}
+            for seg in list(self.size):
                 self._drop(seg)
 
 

@@ -25,7 +25,7 @@ import procpool_jobs as jobs
 import uvpy
 from conftest import open_fds
 from proc_helpers import warmed_fds, zombies
-from uvpy._procworker import SEGMENTS_MAX
+from uvpy._procworker import SEGMENTS_MAX, Segments
 
 ProcessPool = uvpy.ProcessPool
 
@@ -505,6 +505,33 @@ def test_a_job_that_keeps_its_arguments_keeps_them_intact(loop):
                 assert await pool.run(jobs.echo, bytes([i]) * n) == bytes([i]) * n
     run(loop, main())
     assert open_fds() == fds
+
+
+def test_segment_cache_reuses_and_stays_in_its_bounds():
+    mib = 1 << 20
+    segs = Segments(10 * mib)
+    a, fd_a, _ = segs.take(4 * mib)
+    b, _, _ = segs.take(4 * mib)
+    assert a and b and a != b
+    assert segs.take(4 * mib) == (0, -1, None)    # 12 MiB would pass the bound
+    assert segs.take(11 * mib) == (0, -1, None)   # larger than the bound itself
+    segs.ref(b)                                   # a second holder (a receiver)
+    segs.unref(b)
+    assert segs.take(3 * mib) == (0, -1, None)    # b is still held: nothing idle
+    segs.unref(a)
+    assert segs.take(3 * mib)[0] == a             # idle: reused
+    segs.unref(a)
+    assert segs.take(6 * mib)[0] == a             # grown in place: 6 + 4 <= 10
+    assert os.fstat(fd_a).st_size == 6 * mib
+    segs.unref(a)
+    segs.unref(b)
+    c, fd_c, _ = segs.take(9 * mib)               # the idle ones make room
+    assert c not in (0, a, b) and segs.held == 9 * mib
+    segs.close()
+    for fd in (fd_a, fd_c):
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    assert segs.take(1 * mib) == (0, -1, None)
 
 
 @pytest.mark.parametrize("cache", [0, 1 << 20])

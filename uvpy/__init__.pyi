@@ -176,6 +176,7 @@ class ProcessPool(concurrent.futures.Executor):
         max_tasks_per_child: int | None = None,
         cancel_running: Literal["wait", "kill"] = "wait",
         shm_threshold: int = ...,
+        shm_cache: int = ...,
         prefetch: int | None = None,
     ) -> None: ...
     @property

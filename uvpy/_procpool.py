@@ -19,7 +19,9 @@ Design, and why (docs/process_pool.md has the full rules):
   so a burst of submissions is one sendmsg() per worker.
 * Buffers of at least ``shm_threshold`` bytes (numpy arrays, bytearrays,
   bytes, memoryviews, PickleBuffers) travel out of band in a memfd, both
-  ways: one copy into it, a mapping out of it (see _procworker).
+  ways: one copy into it, a mapping out of it. Each sender reuses its
+  memfds once the receiver's mapping is gone, within ``shm_cache`` bytes
+  (see _procworker, invariant 6).
 * The pool is bound to the loop it is first used from (the running loop of
   the first run(), map() or submit() call). Used first from a thread with no
   running loop, it runs its own loop in one daemon thread: the plain
@@ -49,7 +51,10 @@ Invariants:
    concurrent.futures: replacing it would loop.
 5. Every fd the pool opens (sockets, pidfds, memfds of unsent jobs) is
    closed by shutdown, by the death of its worker, or by the cancellation
-   of its job; the finalizer closes what an unclosed pool dropped.
+   of its job; its cached memfds when the last worker is reaped; the
+   finalizer closes what an unclosed pool dropped. A job holds its cached
+   memfd until it is settled, and each worker it was sent to until that
+   worker's RELEASE or death (``mapped``).
 """
 
 from __future__ import annotations
@@ -70,18 +75,21 @@ import weakref
 from concurrent.futures.process import BrokenProcessPool
 
 from . import _procworker as wire
+from ._procmap import Mapping
 
 __all__ = ("ProcessPool", "WorkerDied")
 
 _BOOT = ("import importlib.util as u, sys; "
          "s = u.spec_from_file_location('_uvpy_procworker', sys.argv[1]); "
          "m = u.module_from_spec(s); s.loader.exec_module(m); "
-         "sys.exit(m.main(int(sys.argv[2]), int(sys.argv[3])))")
+         "sys.exit(m.main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))")
 _WORKER_FILE = os.path.abspath(wire.__file__)
 
 _QUEUED, _SENT, _DONE = 0, 1, 2
+_RESULT, _ERROR = wire.RESULT, wire.ERROR
 PREFETCH_BUDGET = 0.001  # seconds of work queued behind a running job, adaptive prefetch
 PREFETCH_MAX = 16
+SHM_CACHE = 128 << 20  # bytes of shared memory kept for reuse, by the pool and by each worker
 
 
 class WorkerDied(BrokenProcessPool):
@@ -119,25 +127,31 @@ def _default_workers():
 
 
 class _Job:
-    __slots__ = ("id", "future", "frame", "fd", "state", "aio")
+    __slots__ = ("id", "future", "frame", "fd", "seg", "segments", "state", "aio")
 
     def __init__(self, job_id, future, aio):
         self.id, self.future, self.aio = job_id, future, aio
-        self.frame, self.fd, self.state = b"", -1, _QUEUED
+        self.frame, self.fd, self.seg, self.state = b"", -1, 0, _QUEUED
+        self.segments = None
 
     def release(self):
-        """Close the job's memfd and drop its frame: it is settled or
-        cancelled (invariant 5). A job keeps both until then, so that a job
-        a dead worker had not started can be sent again."""
+        """Close the job's memfd, let go of its segment and drop its frame:
+        it is settled or cancelled (invariant 5). A job keeps them until
+        then, so that a job a dead worker had not started can be sent
+        again."""
         fd, self.fd = self.fd, -1
         if fd >= 0:
             os.close(fd)
+        seg, self.seg = self.seg, 0
+        if seg:
+            self.segments.unref(seg)
         self.frame = b""
 
 
 class _Worker:
     __slots__ = ("proc", "sock", "pidfd", "reader", "inflight", "out", "sent", "ready",
-                 "retiring", "eof", "writing", "killed", "started", "__weakref__")
+                 "retiring", "eof", "writing", "killed", "started", "mapped", "released",
+                 "__weakref__")
 
     def __init__(self, proc, sock, pidfd):
         self.proc, self.sock, self.pidfd = proc, sock, pidfd
@@ -146,6 +160,8 @@ class _Worker:
         self.out = []            # [(bytes, memfd or -1)] not yet sent
         self.sent = 0            # jobs sent (max_tasks_per_child)
         self.started = 0.0       # when its current job started, about (job time)
+        self.mapped = []         # the pool's segments sent to it, not yet RELEASEd
+        self.released = collections.deque()  # its segments the pool no longer maps
         self.ready = self.retiring = self.eof = self.writing = self.killed = False
 
 
@@ -158,14 +174,15 @@ class ProcessPool(concurrent.futures.Executor):
     what cancelling a job that is already running does: ``"wait"`` lets it
     finish and drops its result (the worker stays), ``"kill"`` kills and
     replaces the worker. ``shm_threshold``: buffers at least this large go
-    through shared memory. ``prefetch``: jobs sent to a busy worker ahead
-    of time; None (the default) adapts it to the mean job time (see
-    invariant 4).
+    through shared memory; ``shm_cache``: bytes of shared memory the pool,
+    and each worker, keep for reuse (0: none). ``prefetch``: jobs sent to a
+    busy worker ahead of time; None (the default) adapts it to the mean job
+    time (see invariant 4).
     """
 
     def __init__(self, max_workers=None, *, initializer=None, initargs=(),
                  max_tasks_per_child=None, cancel_running="wait", shm_threshold=1 << 18,
-                 prefetch=None):
+                 shm_cache=SHM_CACHE, prefetch=None):
         if max_workers is None:
             max_workers = _default_workers()
         elif max_workers <= 0:
@@ -188,6 +205,10 @@ class ProcessPool(concurrent.futures.Executor):
         self._depth = 1 + (prefetch if prefetch is not None else 0)
         self._job_time = PREFETCH_BUDGET  # mean seconds per job (exponential, adaptive depth)
         self._threshold = max(int(shm_threshold), 1)
+        if shm_cache < 0:
+            raise ValueError("shm_cache must be >= 0")
+        self._cache = int(shm_cache)
+        self._segments = wire.Segments(self._cache) if self._cache else None
         self._init = (initializer, tuple(initargs))
         self._lock = threading.Lock()   # submit() from any thread: ids, shutdown flag
         self._next_id = 0
@@ -201,7 +222,8 @@ class ProcessPool(concurrent.futures.Executor):
         self._broken = None              # the BrokenProcessPool message, once broken
         self._all_gone = threading.Event()
         self._closed_waiters = []
-        self._finalizer = weakref.finalize(self, _finalize, self._workers, self._jobs)
+        self._finalizer = weakref.finalize(self, _finalize, self._workers, self._jobs,
+                                           self._segments)
         for _ in range(max_workers):
             self._spawn()
 
@@ -210,7 +232,7 @@ class ProcessPool(concurrent.futures.Executor):
     async def run(self, fn, /, *args, **kwargs):
         """Run fn(*args, **kwargs) in a worker; return its result."""
         loop = asyncio.get_running_loop()
-        if not self._attach(loop):
+        if loop is not self._loop and not self._attach(loop):
             return await asyncio.wrap_future(self.submit(fn, *args, **kwargs))
         job = self._new_job(loop.create_future(), True, fn, args, kwargs)
         self._enqueue(job)
@@ -243,8 +265,12 @@ class ProcessPool(concurrent.futures.Executor):
     def map(self, fn, *iterables, timeout=None, chunksize=1, limit=None):
         """Executor.map when iterated with ``for``; with ``async for``, the
         results in order with at most ``limit`` jobs in flight (default:
-        twice the workers). Nothing is submitted before iteration starts."""
-        return _Mapping(self, fn, iterables, timeout, limit or 2 * self._max_workers)
+        twice the workers). Nothing is submitted before iteration starts.
+        ``chunksize``: items per job, as in ProcessPoolExecutor.map (a job
+        that raises fails its whole chunk)."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        return Mapping(self, fn, iterables, timeout, chunksize, limit or 2 * self._max_workers)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """Stop taking jobs; workers finish the submitted ones (or, with
@@ -320,7 +346,9 @@ class ProcessPool(concurrent.futures.Executor):
                 args = wire.mark(args, t, 2)
             if kwargs:
                 kwargs = wire.mark(kwargs, t, 2)
-            job.frame, job.fd = wire._Encoder(t).encode(wire.JOB, job_id, (fn, args, kwargs))
+            job.frame, job.fd, job.seg = wire.encode(wire.JOB, job_id, (fn, args, kwargs), t,
+                                                     self._segments)
+            job.segments = self._segments
         except Exception as exc:  # unpicklable: this job fails, as in concurrent.futures
             job.state = _DONE
             if not aio:
@@ -361,7 +389,9 @@ class ProcessPool(concurrent.futures.Executor):
 
     def _settle(self, job, value, ok):
         job.state = _DONE
-        job.release()
+        if job.fd >= 0 or job.seg:
+            job.release()
+        job.frame = b""
         self._jobs.pop(job.id, None)
         fut = job.future
         if fut.done():
@@ -410,6 +440,11 @@ class ProcessPool(concurrent.futures.Executor):
         if not w.inflight:
             w.started = time.perf_counter()
         w.inflight.append(job)
+        if w.released:  # first, so the worker may reuse them for this result
+            w.out.append((_releases(w.released), -1))
+        if job.seg:
+            self._segments.ref(job.seg)  # the worker maps it until its RELEASE
+            w.mapped.append(job.seg)
         w.out.append((job.frame, job.fd))
         w.sent += 1
         if self._max_tasks is not None and w.sent >= self._max_tasks:
@@ -435,7 +470,7 @@ class ProcessPool(concurrent.futures.Executor):
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, _WORKER_FILE, str(child.fileno()),
-                 str(self._threshold)],
+                 str(self._threshold), str(self._cache)],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
         except BaseException:
             parent.close()
@@ -453,8 +488,8 @@ class ProcessPool(concurrent.futures.Executor):
         w = _Worker(proc, parent, pidfd)
         self._workers.append(w)
         try:
-            wire.send_all(parent, [wire._Encoder(self._threshold).encode(
-                wire.INIT, 0, (data, pickle.dumps(self._init, 5)))])
+            wire.send_all(parent, [wire.encode(
+                wire.INIT, 0, (data, pickle.dumps(self._init, 5)), self._threshold)[:2]])
         except Exception as exc:  # an initializer that does not pickle
             self._break(f"the initializer could not be sent to the worker: {exc!r}")
         parent.setblocking(False)
@@ -549,25 +584,36 @@ class ProcessPool(concurrent.futures.Executor):
     def _frames(self, w):
         while (frame := w.reader.next()) is not None:
             kind, job_id, nbufs, payload, fd = frame
-            if kind == wire.READY:
-                w.ready = True
-                continue
-            if kind == wire.INIT_FAILED:
-                text = wire.decode(nbufs, payload, fd)
-                self._break("the pool's initializer failed in a worker, the pool is not usable "
-                            f"anymore:\n{text}")
+            if kind != _RESULT and kind != _ERROR:
+                self._control(w, kind, job_id, nbufs, payload, fd)
                 continue
             job = w.inflight.popleft()
             if self._prefetch is None:
                 now = time.perf_counter()
-                self._job_time += (now - w.started - self._job_time) * 0.125
+                t = self._job_time = self._job_time + (now - w.started - self._job_time) * 0.125
                 w.started = now
-                self._depth = 1 + max(0, min(PREFETCH_MAX, int(PREFETCH_BUDGET / max(self._job_time, 1e-6))))
+                self._depth = 1 + (PREFETCH_MAX if t * PREFETCH_MAX <= PREFETCH_BUDGET
+                                   else int(PREFETCH_BUDGET / t))
             try:
-                value, ok = wire.decode(nbufs, payload, fd), kind == wire.RESULT
+                value = pickle.loads(payload) if fd < 0 else \
+                    wire.decode(nbufs, payload, fd, w.released.append)
+                ok = kind == wire.RESULT
             except Exception as exc:  # e.g. the result's class is not importable here
                 value, ok = exc, False
             self._settle(job, value, ok)
+
+    def _control(self, w, kind, job_id, nbufs, payload, fd):
+        """A frame from w that is not a job's outcome."""
+        if kind == wire.READY:
+            w.ready = True
+        elif kind == wire.RELEASE:  # w no longer maps this job segment
+            if job_id in w.mapped:
+                w.mapped.remove(job_id)
+                self._segments.unref(job_id)
+        elif kind == wire.INIT_FAILED:
+            text = wire.decode(nbufs, payload, fd)
+            self._break("the pool's initializer failed in a worker, the pool is not usable "
+                        f"anymore:\n{text}")
 
     def _exited(self, w):
         """w's process exited: deliver what it sent, reap it, settle its jobs
@@ -576,6 +622,9 @@ class ProcessPool(concurrent.futures.Executor):
             self._readable(w, drain=True)
         self._unwatch(w)
         code = _reap(w)
+        for seg in w.mapped:  # its mappings died with it
+            self._segments.unref(seg)
+        w.mapped.clear()
         if w in self._workers:
             self._workers.remove(w)
         if not w.ready and not self._broken and not w.retiring:
@@ -622,6 +671,8 @@ class ProcessPool(concurrent.futures.Executor):
     def _check_all_gone(self):
         if self._workers or not (self._shutdown or self._broken):
             return
+        if self._segments is not None:
+            self._segments.close()
         self._all_gone.set()
         waiters, self._closed_waiters = self._closed_waiters, []
         for f in waiters:
@@ -746,6 +797,15 @@ class ProcessPool(concurrent.futures.Executor):
             thread.join()
 
 
+def _releases(segs):
+    """RELEASE frames for the worker's segments in segs (emptied): a deque
+    that the finalizers of the pool's mappings append to, from any thread."""
+    out = []
+    while segs:
+        out.append(wire.HEADER.pack(wire.RELEASE, segs.popleft(), 0, 0))
+    return b"".join(out)
+
+
 def _in_loop(loop):
     try:
         return asyncio.get_running_loop() is loop
@@ -766,12 +826,14 @@ def _reap(w):
     return w.proc.wait()
 
 
-def _finalize(workers, jobs):
+def _finalize(workers, jobs, segments):
     """An unclosed pool was collected: close its sockets (the workers read
     EOF and exit) and reap them in a thread (invariant 5)."""
     for job in jobs.values():
         job.release()
     jobs.clear()
+    if segments is not None:
+        segments.close()
     procs = []
     for w in workers:
         if w.pidfd >= 0:
@@ -784,42 +846,3 @@ def _finalize(workers, jobs):
     workers.clear()
     if procs:
         threading.Thread(target=lambda: [p.wait() for p in procs], daemon=True).start()
-
-
-class _Mapping:
-    """pool.map(...): Executor.map with ``for``, bounded with ``async for``."""
-
-    def __init__(self, pool, fn, iterables, timeout, limit):
-        self._pool, self._fn, self._iterables = pool, fn, iterables
-        self._end = None if timeout is None else time.monotonic() + timeout
-        self._limit = limit
-
-    def __iter__(self):
-        fs = [self._pool.submit(self._fn, *args) for args in zip(*self._iterables)]
-
-        def results():
-            try:
-                fs.reverse()
-                while fs:
-                    if self._end is None:
-                        yield fs.pop().result()
-                    else:
-                        yield fs.pop().result(self._end - time.monotonic())
-            finally:
-                for f in fs:
-                    f.cancel()
-        return results()
-
-    async def __aiter__(self):
-        pool, window = self._pool, collections.deque()
-        it = zip(*self._iterables)
-        try:
-            for args in it:
-                window.append(asyncio.ensure_future(pool.run(self._fn, *args)))
-                if len(window) >= self._limit:
-                    yield await window.popleft()
-            while window:
-                yield await window.popleft()
-        finally:
-            for f in window:
-                f.cancel()

@@ -10,13 +10,19 @@ Wire format (one AF_UNIX SOCK_STREAM socketpair per worker, both ways):
     frame  = header payload
     header = struct "<BIIQ": kind, job id, number of out-of-band buffers,
              payload length
-    table  = nbufs x struct "<QQ" (offset, length), at the start of payload
+    table  = struct "<I" segment id, then nbufs x struct "<QQ" (offset,
+             length), at the start of payload (only when nbufs > 0)
     payload after the table: a pickle (protocol 5)
 
 A frame with nbufs > 0 carries exactly one fd (SCM_RIGHTS, on the sendmsg()
 that sends its header): a memfd holding all its out-of-band buffers at the
 offsets of the table. The receiver maps it once and hands slices of the
 mapping to pickle.loads(buffers=...).
+
+A memfd is a segment of its sender's cache (Segments) when its segment id
+is not 0: the receiver then sends a RELEASE frame (job id field: the
+segment id) once its mapping is gone, and only then does the sender write
+into that memfd again. Segment id 0: the receiver owns the memfd alone.
 
 Invariants:
 
@@ -28,13 +34,13 @@ Invariants:
 2. A memfd is closed by its receiver right after mmap(), and by its sender
    once the message cannot be needed again (the kernel holds a reference in
    flight): the worker right after sendmsg(), the pool when the job is
-   settled (a job that a dead worker had not started is sent again). The
-   memory then lives exactly as long as the mapping, that is as long as
-   some object made from one of its slices (a numpy array, a memoryview) is
-   alive, and it is never named in a file system: a crash on either side
-   leaks nothing.
-3. The sender copies each buffer once, into the memfd (pwrite); the receiver
-   maps it. A numpy array or a memoryview arrives as a view of the mapping;
+   settled (a job that a dead worker had not started is sent again). A
+   cached segment's own fd stays with its sender's Segments (what travels
+   is a dup): its memory lives while the cache keeps it, or while a mapping
+   of it is alive, and it is never named in a file system: a crash on
+   either side leaks nothing.
+3. The sender copies each buffer once, into the memfd (through its own
+   mapping of a cached segment, else pwrite); the receiver maps it. A numpy array or a memoryview arrives as a view of the mapping;
    bytes and bytearray are rebuilt from it, a second copy (they own their
    memory).
 4. The worker runs jobs in the order they arrive, one at a time, and has
@@ -46,19 +52,33 @@ Invariants:
    results per recvmsg(); the worker reads many jobs per recvmsg(), but
    sends one result per sendmsg() (invariant 4 forbids holding results
    back).
+6. A cached segment is written only while nobody maps it: Segments counts
+   its holders and reuses it at zero. A job's segment is held by the job
+   until it is settled (it may be sent again) and by each worker it was
+   sent to until that worker's RELEASE or death; a result's, by the pool
+   until its RELEASE. A receiver sends RELEASE when its mapping object is
+   freed (a weakref finalizer), that is when no view of it is left. The
+   cache holds at most its byte bound and SEGMENTS_MAX segments, busy ones
+   included; a message that does not fit gets a segment of its own (id 0),
+   freed as in invariant 2. Reusing a segment saves the kernel's page
+   allocation, zeroing and freeing, which cost twice the copy itself.
 """
 
 import array
+import gc
 import mmap
 import os
 import pickle
 import socket
 import struct
 import sys
+import threading
 import traceback
+import weakref
 
 HEADER = struct.Struct("<BIIQ")
 SPAN = struct.Struct("<QQ")
+SEGMENT = struct.Struct("<I")
 
 # Frame kinds.
 INIT = 1        # pool -> worker: (preparation data, pickled (initializer, initargs))
@@ -67,13 +87,20 @@ READY = 3       # worker -> pool: the initializer ran
 INIT_FAILED = 4  # worker -> pool: traceback text of the failed initializer
 RESULT = 5      # worker -> pool: the return value
 ERROR = 6       # worker -> pool: the exception, with its traceback text
+RELEASE = 7     # both ways: the receiver's mapping of segment <job id> is gone
 
 _CONTAINERS = (tuple, list, dict)
+SEGMENTS_MAX = 8  # cached segments per sender, busy ones included: 2 fds each (mmap dups one)
 MARK_SCAN = 256
 ALIGN = 64      # out-of-band buffer alignment in the memfd (numpy's, and a cache line)
 RECV_SIZE = 1 << 18
 MAX_FDS = 64
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * 4)
+# Plain ints: socket's flags are IntFlag members, and `flags & MSG_CTRUNC`
+# on them runs enum's Python-level __and__ once per read.
+_CMSG_CLOEXEC = int(socket.MSG_CMSG_CLOEXEC)
+_CTRUNC = int(socket.MSG_CTRUNC)
+_SOL_SOCKET, _SCM_RIGHTS = int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS)
 
 
 class _OutOfBand:
@@ -120,84 +147,200 @@ def mark(value, threshold, depth=1):
     return t([mark(x, threshold, depth - 1) for x in value])
 
 
-class _Encoder:
-    """Pickles one object into a frame; collects its large buffers."""
+def encode(kind, job_id, obj, threshold, segments=None):
+    """Pickle obj into a frame: (frame bytes, memfd or -1, segment id or 0).
+    Raises what pickling raises. Its large buffers go into a memfd, a
+    segment of segments where one fits (invariant 6); large bytes and
+    memoryviews only where mark() put them, other buffers (numpy,
+    bytearray, PickleBuffer) by their size."""
+    bufs = []
 
-    __slots__ = ("bufs", "threshold")
-
-    def __init__(self, threshold):
-        self.threshold = threshold
-        self.bufs = []
-
-    def _callback(self, pb):
+    def out_of_band(pb):
         raw = pb.raw()
-        if raw.nbytes < self.threshold:
+        if raw.nbytes < threshold:
             return True  # in band
-        self.bufs.append(raw)
+        bufs.append(raw)
         return False
 
-    def encode(self, kind, job_id, obj):
-        """Return (frame bytes, memfd or -1). Raises what pickling raises.
-        Large bytes and memoryviews go out of band only where mark() put
-        them; other buffers (numpy, bytearray, PickleBuffer) by their size."""
-        self.bufs = []
-        data = pickle.dumps(obj, 5, buffer_callback=self._callback)
-        if not self.bufs:
-            return HEADER.pack(kind, job_id, 0, len(data)) + data, -1
-        table, fd = _to_memfd(self.bufs)
-        self.bufs = []
-        return HEADER.pack(kind, job_id, len(table) // SPAN.size, len(table) + len(data)) \
-            + table + data, fd
+    data = pickle.dumps(obj, 5, buffer_callback=out_of_band)
+    if not bufs:
+        return HEADER.pack(kind, job_id, 0, len(data)) + data, -1, 0
+    table, fd, seg = _to_memfd(bufs, segments)
+    return HEADER.pack(kind, job_id, len(bufs), len(table) + len(data)) + table + data, fd, seg
 
 
-def _to_memfd(bufs):
-    """Copy bufs into one new memfd (invariant 3); return (span table, fd)."""
+def _to_memfd(bufs, segments):
+    """Copy bufs into one memfd (invariant 3): a segment of segments if one
+    is free or fits, else a new one. Return (table, fd to send and close,
+    segment id or 0)."""
     spans, off = [], 0
     for b in bufs:
         spans.append((off, b.nbytes))
         off = (off + b.nbytes + ALIGN - 1) // ALIGN * ALIGN
-    fd = os.memfd_create("uvpy-pool", os.MFD_CLOEXEC)
+    size = max(off, 1)
+    seg, fd, mm = segments.take(size) if segments is not None else (0, -1, None)
     try:
-        os.ftruncate(fd, max(off, 1))
-        for (start, n), b in zip(spans, bufs):
-            done = 0
-            while done < n:
-                done += os.pwrite(fd, b[done:], start + done)
+        if seg:
+            # Through the sender's own mapping of the segment, whose pages
+            # are in place: a plain memcpy, twice as fast as pwrite().
+            for (start, n), b in zip(spans, bufs):
+                mm[start:start + n] = b
+            fd = os.dup(fd)  # travels and is closed as a one-off memfd would be
+        else:
+            fd = os.memfd_create("uvpy-pool", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, size)
+                for (start, n), b in zip(spans, bufs):
+                    done = 0
+                    while done < n:
+                        done += os.pwrite(fd, b[done:], start + done)
+            except BaseException:
+                os.close(fd)
+                raise
     except BaseException:
-        os.close(fd)
+        if seg:
+            segments.unref(seg)
         raise
-    return b"".join(SPAN.pack(s, n) for s, n in spans), fd
+    return SEGMENT.pack(seg) + b"".join(SPAN.pack(s, n) for s, n in spans), fd, seg
 
 
-def decode(nbufs, payload, fd):
-    """Unpickle a frame's payload; fd (its memfd, or -1) is closed here."""
+class Segments:
+    """A sender's cache of memfds, reused once no receiver maps them
+    (invariant 6). Thread-safe: the pool encodes in submit()'s thread."""
+
+    __slots__ = ("limit", "free", "size", "refs", "held", "next_id", "lock", "closed")
+
+    def __init__(self, limit):
+        self.limit = limit
+        self.free = []        # ids of idle segments, most recently used last
+        self.size = {}        # id -> (fd, bytes, the sender's mapping of it)
+        self.refs = {}        # id -> holders (busy segments only)
+        self.held = 0         # bytes of every cached segment
+        self.next_id = 0
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def take(self, need):
+        """(id, fd, mapping) of a segment of at least need bytes, with one
+        holder (the caller); (0, -1, None) if it cannot be cached."""
+        if need > self.limit:
+            return 0, -1, None
+        with self.lock:
+            if self.closed:
+                return 0, -1, None
+            # The smallest that fits, else the largest (grown); of equals the
+            # most recently used: its pages are warm; the oldest idle ones are
+            # the first closed when a new segment needs room.
+            fits = [seg for seg in reversed(self.free) if self.size[seg][1] >= need]
+            if fits:
+                best = min(fits, key=lambda seg: self.size[seg][1])
+            else:
+                best = max(reversed(self.free), key=lambda seg: self.size[seg][1], default=None)
+            if best is not None:
+                fd, n, mm = self.size[best]
+                if n >= need or self.held - n + need <= self.limit:
+                    self.free.remove(best)
+                    if n < need:  # grown in place: its pages are kept
+                        os.ftruncate(fd, need)
+                        mm.close()
+                        mm = mmap.mmap(fd, need)
+                        self.held += need - n
+                        self.size[best] = (fd, need, mm)
+                    self.refs[best] = 1
+                    return best, fd, mm
+            while self.free and (self.held + need > self.limit or len(self.size) >= SEGMENTS_MAX):
+                self._drop(self.free.pop(0))  # idle and in the way: the oldest goes
+            if self.held + need > self.limit or len(self.size) >= SEGMENTS_MAX:
+                return 0, -1, None
+            fd = os.memfd_create("uvpy-pool-segment", os.MFD_CLOEXEC)
+            try:
+                os.ftruncate(fd, need)
+                mm = mmap.mmap(fd, need)
+            except BaseException:
+                os.close(fd)
+                raise
+            seg = self.next_id
+            while seg == self.next_id or seg in self.size:  # ids wrap at 32 bits
+                seg = seg % 0xFFFFFFFF + 1
+            self.next_id = seg
+            self.size[seg] = (fd, need, mm)
+            self.refs[seg] = 1
+            self.held += need
+            return seg, fd, mm
+
+    def ref(self, seg):
+        with self.lock:
+            if seg in self.refs:
+                self.refs[seg] += 1
+
+    def unref(self, seg):
+        """One holder is done; at none the segment is idle."""
+        with self.lock:
+            n = self.refs.get(seg)
+            if n is None:  # not cached, or the cache is closed
+                return
+            if n > 1:
+                self.refs[seg] = n - 1
+                return
+            del self.refs[seg]
+            self.free.append(seg)
+
+    def _drop(self, seg):
+        fd, n, mm = self.size.pop(seg)
+        self.held -= n
+        mm.close()
+        os.close(fd)
+
+    def close(self):
+        """Close every segment, busy ones too: the sender is done sending
+        (a receiver's mapping keeps the memory it still uses), and take()
+        caches nothing from now on."""
+        with self.lock:
+            self.closed = True
+            self.free, self.refs = [], {}
+            for seg in list(self.size):
+                self._drop(seg)
+
+
+def decode(nbufs, payload, fd, release=None):
+    """Unpickle a frame's payload; fd (its memfd, or -1) is closed here.
+    release(segment id) is called once the mapping of a cached segment is
+    gone (invariant 6): at once if nothing made from it outlives this call."""
     if fd < 0:
         return pickle.loads(payload)
     try:
-        table = payload[:nbufs * SPAN.size]
-        spans = [SPAN.unpack_from(table, i * SPAN.size) for i in range(nbufs)]
+        (seg,) = SEGMENT.unpack_from(payload)
+        table = SEGMENT.size + nbufs * SPAN.size
+        spans = [SPAN.unpack_from(payload, SEGMENT.size + i * SPAN.size) for i in range(nbufs)]
         size = max(s + n for s, n in spans)
         # Faulted in as the unpickled objects touch them: MAP_POPULATE was
         # measured slower (bench/processes.py numpy64, about 15%).
         mm = mmap.mmap(fd, size) if size else None
     finally:
         os.close(fd)  # invariant 2: the mapping keeps the memory
+    if seg and release is not None:
+        if mm is None:
+            release(seg)
+        else:
+            weakref.finalize(mm, release, seg)
     view = memoryview(mm) if mm is not None else memoryview(b"")
+    del mm
     buffers = [view[s:s + n] for s, n in spans]
     del view
-    return pickle.loads(memoryview(payload)[nbufs * SPAN.size:], buffers=buffers)
+    return pickle.loads(memoryview(payload)[table:], buffers=buffers)
 
 
 class FrameReader:
     """Splits bytes (and fds) received on a stream socket into frames."""
 
-    __slots__ = ("buf", "fds", "scratch", "view")
+    __slots__ = ("buf", "fds", "scratch", "view", "iov")
 
     def __init__(self):
         self.buf = bytearray()
         self.fds = []
         self.scratch = bytearray(RECV_SIZE)
         self.view = memoryview(self.scratch)
+        self.iov = [self.scratch]
 
     def feed(self, data, fds):
         self.buf += data
@@ -229,15 +372,15 @@ def recv(sock, reader):
 
     Into the reader's own buffer (recvmsg_into): recvmsg() would allocate
     a fresh RECV_SIZE object per call, which malloc maps and unmaps."""
-    n, anc, flags, _ = sock.recvmsg_into([reader.scratch], _ANC_SIZE, socket.MSG_CMSG_CLOEXEC)
+    n, anc, flags, _ = sock.recvmsg_into(reader.iov, _ANC_SIZE, _CMSG_CLOEXEC)
     if n:
         reader.buf += reader.view[:n]
     for level, type_, data in anc:
-        if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+        if level == _SOL_SOCKET and type_ == _SCM_RIGHTS:
             fds = array.array("i")
             fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
             reader.fds.extend(fds)
-    if flags & socket.MSG_CTRUNC:  # more fds than MAX_FDS in one read: cannot happen
+    if flags & _CTRUNC:  # more fds than MAX_FDS in one read: cannot happen
         raise OSError("process pool: control data truncated")
     return n
 
@@ -265,28 +408,43 @@ def send_all(sock, chunks):
 
 # ------------------------------------------------------------------ the worker
 
-def _exception_frame(encoder, job_id, exc):
+def _exception_frame(job_id, exc, threshold, segments):
     """An ERROR frame carrying exc with its traceback text, as
     concurrent.futures does (the caller sees it as exc.__cause__)."""
     from concurrent.futures.process import _ExceptionWithTraceback
 
     try:
-        return encoder.encode(ERROR, job_id, _ExceptionWithTraceback(exc, exc.__traceback__))
+        return encode(ERROR, job_id, _ExceptionWithTraceback(exc, exc.__traceback__),
+                      threshold, segments)
     except Exception as e:  # the exception itself does not pickle
         text = "".join(traceback.format_exception(exc))
         err = RuntimeError(f"the job raised {type(exc).__qualname__}, which could not be "
                            f"pickled ({type(e).__name__}: {e}); its traceback:\n{text}")
-        return encoder.encode(ERROR, job_id, _ExceptionWithTraceback(err, None))
+        return encode(ERROR, job_id, _ExceptionWithTraceback(err, None), threshold, segments)
 
 
-def main(fd, threshold):
+def _send_result(sock, out, released):
+    """Send a RESULT or ERROR frame (invariant 4), after a RELEASE frame for
+    each of the pool's segments whose mapping here is gone: one sendmsg()."""
+    data, fd, _ = out
+    if released:
+        data = b"".join([HEADER.pack(RELEASE, seg, 0, 0) for seg in released] + [data])
+        released.clear()
+    if fd < 0:
+        sock.sendall(data)
+    else:
+        send_all(sock, [(data, fd)])
+
+
+def main(fd, threshold, cache=0):
     sock = socket.socket(fileno=fd)
     sock.setblocking(True)
     # Not inherited by what a job spawns or forks: the pool must see EOF
     # when this process exits.
     os.set_inheritable(fd, False)
     reader = FrameReader()
-    encoder = _Encoder(threshold)
+    segments = Segments(cache) if cache > 0 else None  # for results (invariant 6)
+    released = []  # the pool's segments this worker no longer maps
     # The first frame is INIT: prepare like multiprocessing's spawn (sys.path,
     # cwd, the parent's __main__ as __mp_main__), then the initializer.
     while (frame := reader.next()) is None:
@@ -305,40 +463,45 @@ def main(fd, threshold):
             initializer(*initargs)
     except BaseException as exc:
         text = "".join(traceback.format_exception(exc))
-        send_all(sock, [encoder.encode(INIT_FAILED, 0, text)])
+        send_all(sock, [encode(INIT_FAILED, 0, text, threshold)[:2]])
         return 1
-    send_all(sock, [encoder.encode(READY, 0, None)])
     del frame, payload
+    # What start-up made (modules, the initializer's state) lives as long
+    # as the worker: out of the collector's sight, a job's collections only
+    # walk what jobs allocate.
+    gc.freeze()
+    send_all(sock, [encode(READY, 0, None, threshold)[:2]])
     while True:
         frame = reader.next()
         if frame is None:
             if not recv(sock, reader):
                 return 0  # the pool closed its end: retire
             continue
-        _, job_id, nbufs, payload, mfd = frame
+        kind, job_id, nbufs, payload, mfd = frame
         frame = None
+        if kind == RELEASE:  # the pool no longer maps one of our results
+            if segments is not None:
+                segments.unref(job_id)
+            continue
         try:
-            fn, args, kwargs = decode(nbufs, payload, mfd)
+            fn, args, kwargs = decode(nbufs, payload, mfd, released.append)
             payload = None
             result = fn(*args, **kwargs)
+            fn = args = kwargs = None
+            try:
+                out = encode(RESULT, job_id, mark(result, threshold), threshold, segments)
+            except Exception as exc:
+                out = _exception_frame(job_id, exc, threshold, segments)
         except BaseException as exc:
             if isinstance(exc, SystemExit):
                 raise
-            fn = args = kwargs = None
-            send_all(sock, [_exception_frame(encoder, job_id, exc)])  # invariant 4
-            continue
-        fn = args = kwargs = None
-        try:
-            out = encoder.encode(RESULT, job_id, mark(result, threshold))
-        except Exception as exc:
-            out = _exception_frame(encoder, job_id, exc)
-        result = None
-        if out[1] < 0:  # invariant 4
-            sock.sendall(out[0])
-        else:
-            send_all(sock, [out])
+            out = _exception_frame(job_id, exc, threshold, segments)
+        # Out of the except blocks: the exception's traceback no longer holds
+        # the arguments, so a mapping they kept can be RELEASEd with this send.
+        fn = args = kwargs = result = None
+        _send_result(sock, out, released)
         out = None
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1]), int(sys.argv[2])))
+    sys.exit(main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])))

@@ -21,6 +21,7 @@ import warnings
 import pytest
 
 from conftest import LOOP_FACTORIES, collect, open_fds
+from proc_helpers import gone, warmed_fds, zombies
 
 PY = sys.executable
 PIPE = asyncio.subprocess.PIPE
@@ -28,38 +29,6 @@ PIPE = asyncio.subprocess.PIPE
 
 def run(loop, coro):
     return loop.run_until_complete(coro)
-
-
-def zombies():
-    """pids of this process's children that have exited and not been reaped."""
-    me = str(os.getpid())
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == "Z" and fields[1] == me:
-            found.append(int(entry))
-    return found
-
-
-def gone(pid, timeout=10.0):
-    """Wait until pid no longer exists (reaped); True if it went."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not os.path.exists(f"/proc/{pid}"):
-            return True
-        time.sleep(0.01)
-    return False
-
-
-def warmed_fds(loop):
-    run(loop, asyncio.sleep(0))
-    return open_fds()
 
 
 async def spawn_py(code, **kwargs):

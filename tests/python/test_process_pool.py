@@ -24,7 +24,8 @@ import pytest
 import procpool_jobs as jobs
 import uvpy
 from conftest import open_fds
-from test_process import warmed_fds, zombies
+from proc_helpers import warmed_fds, zombies
+from uvpy._procworker import SEGMENTS_MAX, Segments
 
 ProcessPool = uvpy.ProcessPool
 
@@ -93,6 +94,8 @@ def test_arguments_bad_values_refused():
         ProcessPool(1, max_tasks_per_child=0)
     with pytest.raises(ValueError, match="cancel_running"):
         ProcessPool(1, cancel_running="maybe")
+    with pytest.raises(ValueError, match="shm_cache must be >= 0"):
+        ProcessPool(1, shm_cache=-1)
 
 
 # -- as a concurrent.futures.Executor, against ProcessPoolExecutor ------------------
@@ -105,6 +108,68 @@ def test_executor_surface_matches_process_pool_executor(ppe):
     with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
         pool.submit(jobs.noop)
     assert zombies() == []
+
+
+def outcome(results):
+    """What an iterator yields before it stops, and what it raises then."""
+    got = []
+    try:
+        for r in results:
+            got.append(r)
+    except Exception as exc:
+        return got, type(exc), str(exc)
+    return got, None, None
+
+
+async def async_outcome(results):
+    got = []
+    try:
+        async for r in results:
+            got.append(r)
+    except Exception as exc:
+        return got, type(exc), str(exc)
+    return got, None, None
+
+
+MAP_ARGS = [
+    (list(range(1, 24)), list(range(30))),   # zip() stops at the shortest
+    ([5, 4, 3, 2, 1, 0, 6, 7, 8, 9, 10],),    # 100 // 0 raises mid-way
+    ([],),
+]
+
+
+@pytest.mark.parametrize("chunksize", [1, 2, 3, 7, 50])
+def test_map_chunksize_matches_process_pool_executor(ppe, loop, chunksize):
+    with ProcessPool(2) as pool:
+        for args in MAP_ARGS:
+            expected = outcome(ppe.map(jobs.hundred_over, *args, chunksize=chunksize))
+            assert outcome(pool.map(jobs.hundred_over, *args, chunksize=chunksize)) == expected
+
+    async def main():
+        async with ProcessPool(2) as pool:
+            for args in MAP_ARGS:
+                expected = outcome(ppe.map(jobs.hundred_over, *args, chunksize=chunksize))
+                got = await async_outcome(pool.map(jobs.hundred_over, *args,
+                                                   chunksize=chunksize, limit=2))
+                assert got == expected
+    run(loop, main())
+
+
+def test_map_sends_one_job_per_chunk(loop):
+    async def main():
+        async with ProcessPool(2) as pool:
+            first = pool._next_id
+            got = [r async for r in pool.map(jobs.square, range(95), chunksize=10)]
+            assert got == [i * i for i in range(95)]
+            assert pool._next_id - first == 10
+    run(loop, main())
+
+
+def test_map_chunksize_below_one_refused_as_in_ppe(ppe):
+    with ProcessPool(1) as pool:
+        for ex in (pool, ppe):
+            with pytest.raises(ValueError, match=r"^chunksize must be >= 1\.$"):
+                ex.map(jobs.square, [1], chunksize=0)
 
 
 def test_worker_exception_keeps_its_traceback_text(ppe):
@@ -384,6 +449,104 @@ def test_large_buffers_travel_through_shared_memory(loop):
             small = b"x" * 100
             assert await pool.run(jobs.describe, small) == ("bytes", 100, False)
     run(loop, main())
+
+
+def mapped_inode(buf):
+    """The inode of the shared memory segment that buf (a memoryview of a
+    mapping) lies in, from /proc/self/maps."""
+    import ctypes
+
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            if lo <= addr < hi:
+                return int(fields[4])
+    raise AssertionError("not mapped")
+
+
+def test_shared_memory_is_reused_once_no_view_is_left(loop):
+    n = 1 << 20
+
+    async def main():
+        async with ProcessPool(1) as pool:
+            base = await pool.run(jobs.open_fd_count)
+            # Results kept alive: none is written over, however many.
+            held = [await pool.run(jobs.filled, i, n) for i in range(40)]
+            assert all(h == bytes([i]) * n for i, h in enumerate(held))
+            assert len({mapped_inode(h) for h in held}) == 40
+            del held
+            # Dropped at once: the worker writes each result into the same segment.
+            inodes = set()
+            for i in range(20):
+                r = await pool.run(jobs.filled, i, n)
+                assert r == bytes([i]) * n
+                inodes.add(mapped_inode(r))
+                del r
+            assert len(inodes) <= 2
+            # The worker's cache is bounded: a few segments (an fd each, and
+            # one its mapping holds), not one per job.
+            assert await pool.run(jobs.open_fd_count) <= base + 2 * SEGMENTS_MAX
+    run(loop, main())
+
+
+def test_a_job_that_keeps_its_arguments_keeps_them_intact(loop):
+    n = 1 << 20
+    fds = warmed_fds(loop)
+
+    async def main():
+        async with ProcessPool(1) as pool:
+            for i in range(30):  # more than the pool's cache holds segments
+                await pool.run(jobs.keep, memoryview(bytearray([i]) * n))
+            assert await pool.run(jobs.kept_heads) == [bytes([i]) * 4 for i in range(30)]
+            await pool.run(jobs.forget)
+            for i in range(30):
+                assert await pool.run(jobs.echo, bytes([i]) * n) == bytes([i]) * n
+    run(loop, main())
+    assert open_fds() == fds
+
+
+def test_segment_cache_reuses_and_stays_in_its_bounds():
+    mib = 1 << 20
+    segs = Segments(10 * mib)
+    a, fd_a, _ = segs.take(4 * mib)
+    b, _, _ = segs.take(4 * mib)
+    assert a and b and a != b
+    assert segs.take(4 * mib) == (0, -1, None)    # 12 MiB would pass the bound
+    assert segs.take(11 * mib) == (0, -1, None)   # larger than the bound itself
+    segs.ref(b)                                   # a second holder (a receiver)
+    segs.unref(b)
+    assert segs.take(3 * mib) == (0, -1, None)    # b is still held: nothing idle
+    segs.unref(a)
+    assert segs.take(3 * mib)[0] == a             # idle: reused
+    segs.unref(a)
+    assert segs.take(6 * mib)[0] == a             # grown in place: 6 + 4 <= 10
+    assert os.fstat(fd_a).st_size == 6 * mib
+    segs.unref(a)
+    segs.unref(b)
+    c, fd_c, _ = segs.take(9 * mib)               # the idle ones make room
+    assert c not in (0, a, b) and segs.held == 9 * mib
+    segs.close()
+    for fd in (fd_a, fd_c):
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    assert segs.take(1 * mib) == (0, -1, None)
+
+
+@pytest.mark.parametrize("cache", [0, 1 << 20])
+def test_messages_larger_than_the_cache(loop, cache):
+    n = 4 << 20
+    fds = warmed_fds(loop)
+    shm = set(os.listdir("/dev/shm"))
+
+    async def main():
+        async with ProcessPool(2, shm_cache=cache) as pool:
+            for i in range(20):
+                assert await pool.run(jobs.echo, bytes([i]) * n) == bytes([i]) * n
+    run(loop, main())
+    assert open_fds() == fds
+    assert set(os.listdir("/dev/shm")) == shm
 
 
 def test_a_one_gib_result(loop):

@@ -24,12 +24,15 @@ Invariants:
    that main starts would inherit. A main that installs its own SIGTERM
    handler (uvicorn.Server does) stops itself: the worker then only waits
    for main (up to graceful_timeout, then cancels it), and turns EOF on the
-   control socket into a SIGTERM for it. Otherwise the first request stops
-   gracefully: every server of the
-   loop stops accepting, the worker waits until their connections are all
-   closed, main ends by itself, or graceful_timeout passes, then cancels
-   main; asyncio.Runner then cancels what is left and closes the loop. A
-   second request skips the wait.
+   control socket into a SIGTERM for it. Otherwise a request stops
+   gracefully: every server of the loop stops accepting, the worker waits
+   until their connections are all closed, main ends by itself, or
+   graceful_timeout passes, then cancels main; asyncio.Runner then cancels
+   what is left and closes the loop. Requests after the first change
+   nothing: a SIGTERM to the whole process group (systemd's default
+   KillMode=control-group, `timeout`, `kill -TERM -PGID`) reaches a worker
+   besides the supervisor's own, and is the same request. The supervisor
+   answers a second stop signal with SIGKILL, not with a second request.
 4. The exit status is the program's, as `python script.py` would give it:
    0 when main returns or was stopped as asked, 1 with the traceback on
    stderr when main raises (or a stop finds it raising), sys.exit()'s.
@@ -160,13 +163,10 @@ async def _call(fn, args):
 async def _serve(fn, args, ctl, graceful_timeout):
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
-    force = loop.create_future()
 
-    def request_stop():  # invariant 3
-        for fut in (stop, force):
-            if not fut.done():
-                fut.set_result(None)
-                return
+    def request_stop():  # invariant 3: the first request is the only one
+        if not stop.done():
+            stop.set_result(None)
 
     def control_readable():
         try:
@@ -204,10 +204,9 @@ async def _serve(fn, args, ctl, graceful_timeout):
         await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             if main_owns_sigterm():  # invariant 3: main stops itself
-                await asyncio.wait((task, force), timeout=graceful_timeout,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((task,), timeout=graceful_timeout)
             else:
-                await _drain(loop, task, force, graceful_timeout)
+                await _drain(loop, task, graceful_timeout)
     finally:
         up_timer.cancel()
         loop._on_serving = None
@@ -222,7 +221,7 @@ async def _serve(fn, args, ctl, graceful_timeout):
         return None
 
 
-async def _drain(loop, task, force, graceful_timeout):
+async def _drain(loop, task, graceful_timeout):
     """Invariant 3's graceful part: stop accepting, then wait for the
     connections, main or the timeout, whichever is first."""
     servers = list(loop._servers)
@@ -233,7 +232,7 @@ async def _drain(loop, task, force, graceful_timeout):
         return  # nothing serves connections: main is cancelled at once
     everything = asyncio.gather(*drained)
     try:
-        await asyncio.wait((everything, task, force), timeout=graceful_timeout,
+        await asyncio.wait((everything, task), timeout=graceful_timeout,
                            return_when=asyncio.FIRST_COMPLETED)
     finally:
         everything.cancel()

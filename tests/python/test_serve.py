@@ -37,12 +37,15 @@ UP = re.compile(r"worker (\d+) \(pid (\d+)\) is up")
 class Supervisor:
     """`python -m uvpy serve ARGS` (or `python SCRIPT`) with its log in a file."""
 
-    def __init__(self, tmp_path, *args, script=None):
+    def __init__(self, tmp_path, *args, script=None, flags=(), group=False):
         self.log_path = tmp_path / f"serve-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
-        cmd = [sys.executable, script] if script else [sys.executable, "-m", "uvpy", "serve", *args]
+        cmd = [sys.executable, *flags]
+        cmd += [script] if script else ["-m", "uvpy", "serve", *args]
+        # group: in a process group of its own, which killpg() can signal
+        # as a service manager signals every process of a service.
         self.proc = subprocess.Popen(cmd, cwd=HERE, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, process_group=0 if group else None)
 
     def text(self):
         return self.log_path.read_text(errors="replace")
@@ -91,8 +94,8 @@ class Supervisor:
 def supervise(tmp_path):
     made = []
 
-    def start(*args, script=None):
-        made.append(Supervisor(tmp_path, *args, script=script))
+    def start(*args, script=None, flags=(), group=False):
+        made.append(Supervisor(tmp_path, *args, script=script, flags=flags, group=group))
         return made[-1]
     yield start
     for s in made:
@@ -341,6 +344,25 @@ def test_graceful_timeout_ends_a_connection_that_never_finishes(supervise):
         s.signal(signal.SIGTERM)
         assert read_all(held) == b""  # closed by the worker once the timeout passed
     assert s.wait() == 0
+
+
+def test_a_sigterm_to_the_whole_process_group_still_drains(supervise):
+    # systemd (KillMode=control-group), `timeout` and `kill -TERM -PGID`
+    # signal every process: each worker gets SIGTERM from there and again
+    # from the supervisor, which is one stop request, not two.
+    port = free_port()
+    s = supervise("--workers", "1", "--graceful-timeout", "600", "serve_apps:echo", str(port),
+                  group=True)
+    s.wait_for(UP.pattern)
+    with connect(("127.0.0.1", port)) as held:
+        held.sendall(b"hold\n")
+        assert held.recv(100).startswith(b"held ")
+        os.killpg(s.proc.pid, signal.SIGTERM)
+        s.wait_for("SIGTERM: stopping the workers")
+        held.sendall(b"go\n")
+        assert read_all(held) == b"done\n"
+    assert s.wait() == 0
+    assert "stopped (status 0)" in s.text()
 
 
 def test_a_second_signal_kills_the_workers(supervise):

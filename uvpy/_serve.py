@@ -36,8 +36,8 @@ Invariants:
      no worker is left.
    - otherwise (a crash): it is restarted after a backoff of
      RESTART_DELAY * 2**k seconds, at most MAX_RESTART_DELAY, where k counts
-     the slot's crashes in a row; k starts over after a worker that stayed
-     up for STABLE seconds.
+     the slot's crashes in a row (up to the cap, however long the crash
+     loop); k starts over after a worker that stayed up for STABLE seconds.
 4. The first SIGINT or SIGTERM stops everything gracefully: no restarts,
    SIGTERM to every worker (each drains its connections for up to
    graceful_timeout, then cancels main), and SIGKILL to any worker still
@@ -536,7 +536,10 @@ class _Supervisor:
         if w.up and self._loop.time() - w.up_at >= STABLE:
             self._streak[slot] = 0
         delay = min(RESTART_DELAY * 2 ** self._streak[slot], MAX_RESTART_DELAY)
-        self._streak[slot] += 1
+        if delay < MAX_RESTART_DELAY:
+            # k stops at the cap: 2**k grows past a float in 1024 crashes,
+            # under three hours of a crash loop at the cap.
+            self._streak[slot] += 1
         logger.warning("%r exited with %s; restarting it in %.1f s", w, _describe(code), delay)
         self._restart[slot] = self._loop.call_later(delay, self._restart_slot, slot)
 

@@ -239,6 +239,21 @@ def test_a_crash_loop_backs_off(supervise):
     assert s.wait() == 0
 
 
+def test_the_backoff_stays_at_its_cap_in_a_crash_loop_of_any_length(loop):
+    # A worker that crashes every 10 s for hours: 2**k must not outgrow a
+    # float (an OverflowError in the exit callback would leave its slot
+    # empty for good).
+    from uvpy import _serve
+
+    sup = _serve._Supervisor(loop, 1, {"fds": []}, 1.0)
+    worker = _serve._Worker(0)
+    for _ in range(2000):
+        sup._schedule_restart(worker, 3)
+        timer, sup._restart[0] = sup._restart[0], None
+        timer.cancel()
+    assert timer.when() - loop.time() == pytest.approx(_serve.MAX_RESTART_DELAY, abs=1.0)
+
+
 @pytest.mark.parametrize("target, shows", [
     ("serve_apps:fail_at_start", "RuntimeError: boom before listening"),
     ("serve_apps:not_a_coroutine_function", "TypeError: uvpy.serve() needs a coroutine function"),

@@ -216,8 +216,11 @@ async def _serve(fn, args, ctl, graceful_timeout):
     try:
         return await task
     except asyncio.CancelledError:
-        if not task.cancelled():
-            raise  # this coroutine itself was cancelled
+        # Stopped as asked (invariant 4) only where a stop was asked for:
+        # a main cancelled by anything else ends as asyncio.run()'s would,
+        # with the CancelledError.
+        if not task.cancelled() or not stop.done():
+            raise
         return None
 
 

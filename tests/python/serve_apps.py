@@ -85,6 +85,12 @@ async def fail_at_start():
     raise RuntimeError("boom before listening")
 
 
+async def cancels_itself():
+    """Cancelled by no stop request: asyncio.run() would raise CancelledError."""
+    asyncio.current_task().cancel()
+    await asyncio.sleep(1)
+
+
 async def finish():
     await asyncio.sleep(0)
 

@@ -259,6 +259,7 @@ def test_the_backoff_stays_at_its_cap_in_a_crash_loop_of_any_length(loop):
     ("serve_apps:not_a_coroutine_function", "TypeError: uvpy.serve() needs a coroutine function"),
     ("no_such_module_here:main", "ModuleNotFoundError: No module named 'no_such_module_here'"),
     ("serve_apps:missing", "AttributeError: module 'serve_apps' has no attribute 'missing'"),
+    ("serve_apps:cancels_itself", "asyncio.exceptions.CancelledError"),
 ])
 def test_a_worker_that_fails_to_start_fails_serve(supervise, target, shows):
     # One worker: the tracebacks of several would interleave in the log.

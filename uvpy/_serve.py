@@ -231,6 +231,8 @@ def _listen_tcp(spec, backlog):
     host, sep, port = spec.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"bind address must be 'HOST:PORT', '[IPV6]:PORT' or 'unix:PATH', not {spec!r}")
+    if int(port) > 65535:  # getaddrinfo() would take it, modulo 2**16
+        raise ValueError(f"bind address {spec!r}: port must be 0-65535, not {int(port)}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM,
@@ -257,6 +259,8 @@ def _listen_tcp(spec, backlog):
 
 
 def _listen_unix(path, backlog):
+    if not path:  # bind("") autobinds an abstract address: nothing to connect to
+        raise ValueError("'unix:' needs a path: 'unix:PATH'")
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)  # a stale socket file, as create_unix_server removes it

@@ -471,6 +471,12 @@ def test_bad_arguments_are_refused_before_anything_starts():
         uvpy.serve(_main, workers=1, graceful_timeout=-1)
     with pytest.raises(ValueError, match="bind address must be 'HOST:PORT'"):
         uvpy.serve(_main, workers=1, bind="nonsense")
+    # getaddrinfo() takes 99999 and binds port 34463 (99999 - 65536).
+    with pytest.raises(ValueError, match="port must be 0-65535, not 99999"):
+        uvpy.serve(_main, workers=1, bind="127.0.0.1:99999")
+    # bind("") would give an autobound abstract address, with no file.
+    with pytest.raises(ValueError, match="'unix:' needs a path"):
+        uvpy.serve(_main, workers=1, bind="unix:")
     with pytest.raises(TypeError, match="could not pickle the arguments"):
         uvpy.serve(_main, threading.Lock(), workers=1)
     with pytest.raises(ValueError, match="main must be 'module:attr'"):
@@ -502,6 +508,8 @@ def test_the_command_line_refuses_bad_input():
     assert r.returncode == 2 and "MODULE:ATTR needed, not 'serve_apps'" in r.stderr
     r = cli("--workers", "0", "serve_apps:echo")
     assert r.returncode == 2 and "workers must be at least 1, not 0" in r.stderr
+    r = cli("--bind", "127.0.0.1:70000", "serve_apps:echo")
+    assert r.returncode == 2 and "port must be 0-65535, not 70000" in r.stderr
     r = cli("--backend", "nope", "serve_apps:echo")
     assert r.returncode == 2 and "nope" in r.stderr
     r = cli("--help")

@@ -20,8 +20,9 @@ Invariants:
 
 1. A worker is a fresh interpreter, never a fork of this one: it is spawned
    with loop.subprocess_exec (vfork and exec, its exit watched by pidfd, as
-   every subprocess of the loop) and prepared as multiprocessing's spawn
-   prepares a child. So main must be importable: a module-level function
+   every subprocess of the loop), with this interpreter's flags (-O,
+   -X dev, -W ...), and prepared as multiprocessing's spawn prepares a
+   child. So main must be importable: a module-level function
    (pickled by reference), or "module:attr" from `python -m uvpy serve`.
 2. Slots: workers slots are numbered 0..N-1 and each holds at most one
    current worker, plus, during a replacement, the one that will take its
@@ -335,6 +336,8 @@ class _Supervisor:
         self._loop = loop
         self._init = pickle.dumps(init, protocol=5)
         self._fds = init["fds"]
+        # -O, -X dev, -W ... as this interpreter runs with (invariant 1)
+        self._flags = subprocess._args_from_interpreter_flags()
         self._graceful_timeout = graceful_timeout
         self._current = [None] * n    # slot -> its current worker
         self._incoming = [None] * n   # slot -> the worker replacing it (invariant 5)
@@ -390,7 +393,7 @@ class _Supervisor:
         try:
             fds = (child.fileno(), *self._fds)
             await self._loop.subprocess_exec(
-                lambda: _WorkerProtocol(self, w), sys.executable, "-c", _BOOT,
+                lambda: _WorkerProtocol(self, w), sys.executable, *self._flags, "-c", _BOOT,
                 _PACKAGE_PARENT, str(child.fileno()),
                 stdin=subprocess.DEVNULL, stdout=None, stderr=None, pass_fds=fds)
         except Exception as exc:

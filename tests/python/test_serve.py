@@ -208,6 +208,27 @@ def test_a_script_serving_its_own_main_on_a_socket_it_bound(supervise, tmp_path)
     assert "serve returned" in s.text()
 
 
+def test_workers_run_with_the_interpreter_flags_of_the_supervisor(supervise, tmp_path):
+    # As multiprocessing's spawn children do: `python -X dev -O server.py`
+    # runs main in dev mode (asyncio debug) and optimized, in each worker.
+    script = tmp_path / "flags.py"
+    script.write_text(textwrap.dedent(f"""\
+        import asyncio, sys
+        sys.path.insert(0, {HERE!r})
+        import uvpy
+
+        async def main():
+            print("flags", sys.flags.dev_mode, sys.flags.optimize,
+                  asyncio.get_running_loop().get_debug(), flush=True)
+
+        if __name__ == "__main__":
+            uvpy.serve(main, workers=1)
+        """))
+    s = supervise(script=str(script), flags=("-X", "dev", "-O"))
+    assert s.wait() == 0
+    assert re.findall(r"flags (\w+) (\w+) (\w+)", s.text()) == [("True", "1", "True")]
+
+
 # -- faults -----------------------------------------------------------------------------
 
 def test_a_crashed_worker_is_restarted_and_the_others_keep_serving(supervise):

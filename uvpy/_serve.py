@@ -42,8 +42,11 @@ Invariants:
 4. The first SIGINT or SIGTERM stops everything gracefully: no restarts,
    SIGTERM to every worker (each drains its connections for up to
    graceful_timeout, then cancels main), and SIGKILL to any worker still
-   alive KILL_MARGIN seconds after that. A second SIGINT or SIGTERM kills
-   the workers at once. serve() then returns None.
+   alive KILL_MARGIN seconds after that. A SIGINT after that (Ctrl+C
+   twice) kills the workers at once; a second SIGTERM changes nothing, as
+   in uvicorn: `timeout` sends SIGTERM to the process and again to its
+   group, and a service manager escalates with SIGKILL of its own.
+   serve() then returns None.
 5. SIGHUP replaces the workers one slot at a time: a new worker is started
    beside the old one, and only once it is up is the old one asked to stop
    (gracefully, as in 4), so the port never goes unserved. A replacement
@@ -472,7 +475,10 @@ class _Supervisor:
 
     def _stop_signal(self, signum):
         if self._stopping:
-            if not self._killed:
+            if signum != signal.SIGINT:  # invariant 4: only Ctrl+C twice kills
+                logger.info("%s again: already stopping (SIGINT kills the workers at once)",
+                            signal.Signals(signum).name)
+            elif not self._killed:
                 self._killed = True
                 logger.warning("%s again: killing the workers", signal.Signals(signum).name)
                 for w in list(self._live):

@@ -402,6 +402,26 @@ def test_a_sigterm_to_the_whole_process_group_still_drains(supervise):
     assert "stopped (status 0)" in s.text()
 
 
+def test_a_repeated_sigterm_does_not_cut_the_drain_short(supervise):
+    # `timeout` sends SIGTERM to its child and then to the child's group,
+    # and a service manager escalates with SIGKILL itself: a second SIGTERM
+    # is no request to kill (as in uvicorn, only a second SIGINT is).
+    port = free_port()
+    s = supervise("--workers", "1", "--graceful-timeout", "600", "serve_apps:echo", str(port))
+    s.wait_for(UP.pattern)
+    with connect(("127.0.0.1", port)) as held:
+        held.sendall(b"hold\n")
+        assert held.recv(100).startswith(b"held ")
+        s.signal(signal.SIGTERM)
+        s.wait_for("SIGTERM: stopping the workers")
+        s.signal(signal.SIGTERM)
+        s.wait_for("SIGTERM again: already stopping")
+        held.sendall(b"go\n")
+        assert read_all(held) == b"done\n"
+    assert s.wait() == 0
+    assert "killing" not in s.text()
+
+
 def test_a_second_signal_kills_the_workers(supervise):
     port = free_port()
     s = supervise("--workers", "1", "--graceful-timeout", "600", "serve_apps:echo", str(port))

@@ -302,14 +302,15 @@ def _describe(code):
 
 
 class _Worker:
-    __slots__ = ("slot", "transport", "pid", "ctl", "up", "up_at", "asked", "kill_timer",
-                 "replaces", "exited")
+    __slots__ = ("slot", "transport", "pid", "ctl", "unsent", "up", "up_at", "asked",
+                 "kill_timer", "replaces", "exited")
 
     def __init__(self, slot, replaces=None):
         self.slot = slot
         self.transport = None
         self.pid = None
         self.ctl = None
+        self.unsent = None         # what is left to send of the init message (a writer sends it)
         self.up = False
         self.up_at = None
         self.asked = False
@@ -412,14 +413,29 @@ class _Supervisor:
         w.ctl = parent
         self._live.add(w)
         logger.info("started %r", w)
-        try:
-            parent.sendall(_serveworker.LENGTH.pack(len(self._init)) + self._init)
-        except OSError:
-            pass  # it died already; its exit is on the way
         parent.setblocking(False)
+        w.unsent = memoryview(_serveworker.LENGTH.pack(len(self._init)) + self._init)
+        self._send_init(w)
         self._loop.add_reader(parent.fileno(), self._control, w)
         if self._stopping or (w.replaces is not None and self._incoming[w.slot] is not w):
             self._ask_stop(w)  # a stop came while it was being spawned
+
+    def _send_init(self, w):
+        """Write what the socket takes of the init message now, the rest
+        when it turns writable: a worker that is slow to read it (a large
+        main argument, a hung interpreter start-up) must not block this
+        loop, which would then act on no signal."""
+        try:
+            sent = w.ctl.send(w.unsent)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = len(w.unsent)  # it died already; its exit is on the way
+        w.unsent = w.unsent[sent:] or None
+        if w.unsent is None:
+            self._loop.remove_writer(w.ctl.fileno())
+        else:
+            self._loop.add_writer(w.ctl.fileno(), self._send_init, w)
 
     def _control(self, w):
         try:
@@ -507,6 +523,7 @@ class _Supervisor:
         if w.ctl is not None:
             if w.ctl.fileno() >= 0:
                 self._loop.remove_reader(w.ctl.fileno())
+                self._loop.remove_writer(w.ctl.fileno())
             w.ctl.close()
         w.transport.close()
         self._gone(w, code)

@@ -308,6 +308,64 @@ def test_a_worker_that_fails_to_start_stops_the_others(supervise, tmp_path):
     assert "restarting" not in log
 
 
+def test_a_worker_stuck_before_reading_its_init_does_not_block_the_supervisor(
+        supervise, tmp_path):
+    # The init message (main's arguments) is larger than a socket buffer,
+    # and the worker hangs in its interpreter's start-up (a sitecustomize):
+    # a SIGTERM must still stop the supervisor.
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(textwrap.dedent("""\
+        import sys, time
+        if any("_serveworker" in arg for arg in sys.orig_argv):
+            time.sleep(120)
+        """))
+    script = tmp_path / "big.py"
+    script.write_text(textwrap.dedent(f"""\
+        import logging, os, sys
+        sys.path.insert(0, {HERE!r})
+        import uvpy
+
+        async def main(blob):
+            pass
+
+        if __name__ == "__main__":
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            os.environ["PYTHONPATH"] = {str(hooks)!r}
+            uvpy.serve(main, b"x" * (16 << 20), workers=1)
+            print("serve returned", flush=True)
+        """))
+    s = supervise(script=str(script))
+    [pid] = s.wait_for(r"started worker 0 \(pid (\d+)\)")
+    s.signal(signal.SIGTERM)
+    try:
+        assert s.wait() == 0
+    finally:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert "serve returned" in s.text()
+
+
+def test_a_large_argument_reaches_every_worker(supervise, tmp_path):
+    script = tmp_path / "big.py"
+    script.write_text(textwrap.dedent(f"""\
+        import os, sys
+        sys.path.insert(0, {HERE!r})
+        import uvpy
+
+        async def main(blob):
+            print("got", len(blob), blob == bytes(range(256)) * (1 << 16), flush=True)
+
+        if __name__ == "__main__":
+            uvpy.serve(main, bytes(range(256)) * (1 << 16), workers=3)
+        """))
+    s = supervise(script=str(script))
+    assert s.wait() == 0
+    assert re.findall(r"got (\d+) (\w+)", s.text()) == [(str(1 << 24), "True")] * 3
+
+
 def test_main_that_returns_is_done_and_not_restarted(supervise):
     s = supervise("--workers", "2", "serve_apps:finish")
     assert s.wait() == 0

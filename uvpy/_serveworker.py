@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import pickle
 import signal
 import socket
@@ -54,6 +55,7 @@ UP_AFTER = 1.0  # seconds of main without a listening server before it counts as
 
 _booting = False
 _inherited = None  # the listening sockets from the supervisor, once made
+_inherited_inodes = frozenset()  # their (st_dev, st_ino): is_inherited()
 
 
 def inherited_sockets():
@@ -64,9 +66,16 @@ def inherited_sockets():
 
 
 def is_inherited(sock):
-    """Whether sock is one of inherited_sockets(): its file, for a Unix
-    socket, is the supervisor's to remove (the loop leaves it)."""
-    return any(sock is s for s in _inherited or ())
+    """Whether sock is one of inherited_sockets() or a copy of one (dup(),
+    socket.fromfd(): the same socket, found by its inode): its file, for a
+    Unix socket, is the supervisor's to remove (the loop leaves it)."""
+    if not _inherited_inodes:
+        return False
+    try:
+        st = os.fstat(sock.fileno())
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) in _inherited_inodes
 
 
 def read_init(ctl):
@@ -105,7 +114,7 @@ def _ignore(signum, frame):
 
 
 def main(fd):
-    global _booting, _inherited
+    global _booting, _inherited, _inherited_inodes
     for signum in (signal.SIGINT, signal.SIGHUP):  # invariant 3
         signal.signal(signum, _ignore)
     import multiprocessing.spawn
@@ -122,6 +131,7 @@ def main(fd):
     finally:
         _booting = False
     _inherited = [socket.socket(fileno=f) for f in init["fds"]]
+    _inherited_inodes = frozenset((st.st_dev, st.st_ino) for st in map(os.fstat, init["fds"]))
     loop = uvpy.new_event_loop(init["backend"])
     try:
         with asyncio.Runner(loop_factory=lambda: loop) as runner:

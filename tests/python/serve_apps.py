@@ -43,6 +43,15 @@ async def echo(port=None):
     await asyncio.gather(*(s.serve_forever() for s in servers))
 
 
+async def echo_on_a_copy():
+    """echo on a socket.fromfd() copy of the inherited Unix socket (as a
+    library handed its fd number makes one), with cleanup_socket on."""
+    [inherited] = uvpy.inherited_sockets()
+    copy = socket.fromfd(inherited.fileno(), inherited.family, inherited.type)
+    server = await asyncio.start_unix_server(_handle, sock=copy, cleanup_socket=True)
+    await server.serve_forever()
+
+
 async def crash_when_up(port):
     """Listens (so the worker is up), then dies: a crash loop."""
     await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)

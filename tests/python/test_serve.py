@@ -174,6 +174,23 @@ def test_workers_share_an_inherited_unix_listener(supervise, tmp_path):
     assert not os.path.exists(path)  # the supervisor bound it, and removed it
 
 
+def test_a_worker_leaves_the_file_of_an_inherited_unix_socket_it_copied(supervise, tmp_path):
+    # The file is the supervisor's: a worker replaced by SIGHUP must not
+    # remove it (cleanup_socket, Python 3.13's default) under the new one,
+    # not even through a dup of the inherited socket.
+    path = str(tmp_path / "app.sock")
+    s = supervise("--workers", "1", "--bind", f"unix:{path}", "serve_apps:echo_on_a_copy")
+    s.wait_for(UP.pattern)
+    old = s.up_pids()
+    s.signal(signal.SIGHUP)
+    s.wait_for("workers replaced")
+    until_gone(old)
+    assert int(ask(path)) in s.up_pids() - old
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert not os.path.exists(path)
+
+
 def test_a_script_serving_its_own_main_on_a_socket_it_bound(supervise, tmp_path):
     script = tmp_path / "server.py"
     script.write_text(textwrap.dedent(f"""\

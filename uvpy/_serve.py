@@ -524,6 +524,12 @@ class _Supervisor:
             if w.ctl.fileno() >= 0:
                 self._loop.remove_reader(w.ctl.fileno())
                 self._loop.remove_writer(w.ctl.fileno())
+                if not w.up:  # a b"U" it sent before it died still counts (invariant 3)
+                    try:
+                        if _serveworker.UP in w.ctl.recv(64):
+                            self._up(w)
+                    except OSError:
+                        pass
             w.ctl.close()
         w.transport.close()
         self._gone(w, code)

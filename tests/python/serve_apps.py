@@ -59,6 +59,12 @@ async def crash_when_up(port):
     os._exit(3)
 
 
+async def crash_at_once_when_up(port):
+    """Listens (so the worker says it is up), then dies in the same step."""
+    await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)
+    os._exit(3)
+
+
 async def own_sigterm(port):
     """Handles SIGTERM itself, with signal.signal, as uvicorn.Server does,
     and says so when it has stopped."""

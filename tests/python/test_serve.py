@@ -277,6 +277,17 @@ def test_a_crash_loop_backs_off(supervise):
     assert s.wait() == 0
 
 
+def test_a_worker_that_dies_right_after_it_said_up_was_up(supervise):
+    # Its b"U" and its exit reach the supervisor in the same loop
+    # iteration: whichever callback runs first, it was up, so this is a
+    # crash (restarted), not a start-up failure (serve() failing).
+    s = supervise("--workers", "1", "serve_apps:crash_at_once_when_up", str(free_port()))
+    s.wait_for(r"exited with status 3; restarting it in", 3)
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert "before it was up" not in s.text()
+
+
 def test_the_backoff_stays_at_its_cap_in_a_crash_loop_of_any_length(loop):
     # A worker that crashes every 10 s for hours: 2**k must not outgrow a
     # float (an OverflowError in the exit callback would leave its slot

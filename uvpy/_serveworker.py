@@ -32,10 +32,15 @@ Invariants:
    nothing: a SIGTERM to the whole process group (systemd's default
    KillMode=control-group, `timeout`, `kill -TERM -PGID`) reaches a worker
    besides the supervisor's own, and is the same request. The supervisor
-   answers a second stop signal with SIGKILL, not with a second request.
+   answers Ctrl+C twice with SIGKILL, not with a second request.
 4. The exit status is the program's, as `python script.py` would give it:
    0 when main returns or was stopped as asked, 1 with the traceback on
    stderr when main raises (or a stop finds it raising), sys.exit()'s.
+5. An orphan (EOF on the control socket) still alive graceful_timeout +
+   KILL_MARGIN seconds later (a main that ignores its cancellation, an
+   executor job or a non-daemon thread that never ends) SIGKILLs itself,
+   as its supervisor would have killed it; with graceful_timeout None it
+   waits as long as it takes.
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ import signal
 import socket
 import struct
 import sys
+import threading
+import time
 
 LENGTH = struct.Struct("<Q")
 UP = b"U"
@@ -187,6 +194,8 @@ async def _serve(fn, args, ctl, graceful_timeout):
             data = b""
         if not data:
             loop.remove_reader(ctl.fileno())
+            if graceful_timeout is not None:
+                _end_orphan_after(graceful_timeout)
             if main_owns_sigterm():
                 signal.raise_signal(signal.SIGTERM)
             else:
@@ -232,6 +241,25 @@ async def _serve(fn, args, ctl, graceful_timeout):
         if not task.cancelled() or not stop.done():
             raise
         return None
+
+
+def _end_orphan_after(graceful_timeout):
+    """Invariant 5: SIGKILL for this process when it is still alive as long
+    after the supervisor's death as the supervisor would have waited. A
+    daemon thread, so it acts while the loop is blocked and while the
+    interpreter joins non-daemon threads at exit, and never holds the exit
+    up itself."""
+    from ._serve import KILL_MARGIN
+
+    limit = graceful_timeout + KILL_MARGIN
+
+    def deadline():
+        time.sleep(limit)
+        os.write(2, f"uvpy.serve worker {os.getpid()}: the supervisor is gone and main did not "
+                    f"stop within {limit:.1f} s; killing this worker\n".encode())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=deadline, name="uvpy.serve orphan deadline", daemon=True).start()
 
 
 async def _drain(loop, task, graceful_timeout):

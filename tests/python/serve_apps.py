@@ -65,6 +65,16 @@ async def crash_at_once_when_up(port):
     os._exit(3)
 
 
+async def ignores_cancellation_once(port):
+    """echo on port; cancelled, it goes on as if nothing happened."""
+    server = await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)
+    try:
+        await server.serve_forever()
+    except asyncio.CancelledError:
+        print(f"{os.getpid()} ignores the cancellation", flush=True)
+        await asyncio.sleep(3600)
+
+
 async def own_sigterm(port):
     """Handles SIGTERM itself, with signal.signal, as uvicorn.Server does,
     and says so when it has stopped."""

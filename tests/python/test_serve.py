@@ -508,6 +508,31 @@ def test_a_repeated_sigterm_does_not_cut_the_drain_short(supervise):
     assert "killing" not in s.text()
 
 
+def test_a_worker_that_ignores_its_cancellation_is_killed(supervise):
+    s = supervise("--workers", "1", "--graceful-timeout", "0.2",
+                  "serve_apps:ignores_cancellation_once", str(free_port()))
+    s.wait_for(UP.pattern)
+    s.signal(signal.SIGTERM)
+    s.wait_for("ignores the cancellation")
+    assert s.wait() == 0  # 0.2 s, then KILL_MARGIN (5 s)
+    log = s.text()
+    assert re.search(r"worker 0 \(pid \d+\) did not stop within 5\.2 s; killing it", log)
+    assert "stopped (signal SIGKILL)" in log
+
+
+def test_an_orphan_that_ignores_its_cancellation_ends_itself(supervise):
+    # No supervisor is left to kill it: the worker does, as late as the
+    # supervisor would have.
+    s = supervise("--workers", "1", "--graceful-timeout", "0.2",
+                  "serve_apps:ignores_cancellation_once", str(free_port()))
+    s.wait_for(UP.pattern)
+    s.proc.kill()
+    s.proc.wait()
+    s.wait_for("ignores the cancellation", orphans=True)
+    until_gone(s.up_pids())
+    assert "the supervisor is gone and main did not stop within 5.2 s" in s.text()
+
+
 def test_a_second_signal_kills_the_workers(supervise):
     port = free_port()
     s = supervise("--workers", "1", "--graceful-timeout", "600", "serve_apps:echo", str(port))

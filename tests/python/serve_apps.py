@@ -52,6 +52,30 @@ async def echo_on_a_copy():
     await server.serve_forever()
 
 
+async def aiohttp_app(port):
+    """aiohttp's AppRunner and TCPSite(reuse_port=True); POST /echo answers
+    with the request's body. A server that main never starts
+    (start_serving=False) sits beside it."""
+    from aiohttp import web
+
+    async def echo(request):
+        return web.Response(body=await request.read())
+
+    app = web.Application()
+    app.router.add_post("/echo", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(port), reuse_port=True).start()
+    idle = await asyncio.get_running_loop().create_server(
+        asyncio.Protocol, "127.0.0.1", 0, start_serving=False)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        idle.close()
+        await runner.cleanup()
+        print(f"{os.getpid()} cleaned up", flush=True)
+
+
 async def crash_when_up(port):
     """Listens (so the worker is up), then dies: a crash loop."""
     await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)

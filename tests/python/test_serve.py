@@ -457,6 +457,24 @@ def test_graceful_stop_finishes_open_connections_and_refuses_new_ones(supervise)
     assert "stopped (status 0)" in s.text()
 
 
+def test_graceful_stop_drains_an_aiohttp_site(supervise):
+    pytest.importorskip("aiohttp")
+    port = free_port()
+    s = supervise("--workers", "1", "serve_apps:aiohttp_app", str(port))
+    s.wait_for(UP.pattern)
+    with connect(("127.0.0.1", port)) as held:
+        held.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                     b"Connection: close\r\n\r\nab")
+        s.signal(signal.SIGTERM)
+        s.wait_for("SIGTERM: stopping the workers")
+        held.sendall(b"cd")  # the request in flight finishes
+        response = read_all(held)
+    assert response.startswith(b"HTTP/1.1 200 OK") and response.endswith(b"\r\n\r\nabcd")
+    assert s.wait() == 0
+    log = s.text()
+    assert "cleaned up" in log and "stopped (status 0)" in log and "Traceback" not in log
+
+
 def test_graceful_timeout_ends_a_connection_that_never_finishes(supervise):
     port = free_port()
     s = supervise("--workers", "1", "--graceful-timeout", "0.2", "serve_apps:echo", str(port))

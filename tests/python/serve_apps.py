@@ -76,6 +76,17 @@ async def aiohttp_app(port):
         print(f"{os.getpid()} cleaned up", flush=True)
 
 
+async def tls_echo(port, certfile, keyfile):
+    """echo's protocol over TLS, on 127.0.0.1:port with reuse_port."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    server = await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True,
+                                        ssl=context)
+    await server.serve_forever()
+
+
 async def crash_when_up(port):
     """Listens (so the worker is up), then dies: a crash loop."""
     await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)

@@ -475,6 +475,30 @@ def test_graceful_stop_drains_an_aiohttp_site(supervise):
     assert "cleaned up" in log and "stopped (status 0)" in log and "Traceback" not in log
 
 
+def test_graceful_stop_finishes_an_open_tls_connection(supervise, ca, tmp_path):
+    import ssl
+
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(certfile)
+    cert.private_key_pem.write_to_path(keyfile)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    port = free_port()
+    s = supervise("--workers", "1", "serve_apps:tls_echo", str(port), str(certfile), str(keyfile))
+    s.wait_for(UP.pattern)
+    with client_context.wrap_socket(connect(("127.0.0.1", port)),
+                                    server_hostname="127.0.0.1") as held:
+        held.sendall(b"hold\n")
+        assert held.recv(100).startswith(b"held ")
+        s.signal(signal.SIGTERM)
+        s.wait_for("SIGTERM: stopping the workers")
+        held.sendall(b"go\n")
+        assert read_all(held) == b"done\n"
+    assert s.wait() == 0
+    assert "stopped (status 0)" in s.text()
+
+
 def test_graceful_timeout_ends_a_connection_that_never_finishes(supervise):
     port = free_port()
     s = supervise("--workers", "1", "--graceful-timeout", "0.2", "serve_apps:echo", str(port))

@@ -627,6 +627,38 @@ def test_sighup_replaces_every_worker_without_refusing_a_connection(supervise, t
     assert s.wait() == 0
 
 
+STARTED = r"started worker \d+ \(pid (\d+)\)"
+
+
+def test_a_sighup_during_a_round_runs_another_round_after_it(supervise):
+    s = supervise("--workers", "2", "serve_apps:echo", str(free_port()))
+    s.wait_for(UP.pattern, 2)
+    s.signal(signal.SIGHUP)
+    s.wait_for("SIGHUP: replacing the workers")
+    s.signal(signal.SIGHUP)
+    s.wait_for("workers replaced", 2)
+    started = {int(p) for p in re.findall(STARTED, s.text())}
+    assert len(started) == 6  # 2, then 2 for each round
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    until_gone(started)
+    assert s.text().count("SIGHUP: replacing the workers") == 2
+
+
+@pytest.mark.parametrize("when", ["at once", "once a replacement is up"])
+def test_a_stop_during_a_sighup_round_stops_every_worker(supervise, when):
+    s = supervise("--workers", "2", "serve_apps:echo", str(free_port()))
+    s.wait_for(UP.pattern, 2)
+    s.signal(signal.SIGHUP)
+    if when == "at once":
+        s.wait_for("SIGHUP: replacing the workers")
+    else:
+        s.wait_for(UP.pattern, 3)
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    until_gone({int(p) for p in re.findall(STARTED, s.text())})
+
+
 def test_a_replacement_that_fails_to_start_leaves_the_old_worker_serving(supervise, tmp_path):
     port, flag = free_port(), tmp_path / "broken"
     s = supervise("--workers", "2", "serve_apps:echo_unless", str(flag), str(port))

@@ -630,6 +630,19 @@ def test_sighup_replaces_every_worker_without_refusing_a_connection(supervise, t
 STARTED = r"started worker \d+ \(pid (\d+)\)"
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_the_workers_are_being_spawned(supervise, signum):
+    s = supervise("--workers", "3", "serve_apps:echo", str(free_port()))
+    s.wait_for(r"starting 3 workers")  # the supervisor's handlers are in place
+    s.signal(signum)
+    if signum == signal.SIGHUP:  # a round over workers not up yet, then a stop
+        s.wait_for(UP.pattern, 3)
+        s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    until_gone({int(p) for p in re.findall(STARTED, s.text())})
+    assert "Traceback" not in s.text()
+
+
 def test_a_sighup_during_a_round_runs_another_round_after_it(supervise):
     s = supervise("--workers", "2", "serve_apps:echo", str(free_port()))
     s.wait_for(UP.pattern, 2)

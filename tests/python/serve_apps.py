@@ -123,6 +123,19 @@ async def own_sigterm(port):
     print(f"{os.getpid()} stopped by its own handler", flush=True)
 
 
+async def own_loop_sigterm(port):
+    """Handles SIGTERM with loop.add_signal_handler, which replaces the
+    worker's own handler, and stops itself."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    server = await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+    print(f"{os.getpid()} stopped by its own loop handler", flush=True)
+
+
 async def fail_unless_first(path):
     """The first worker to make the directory `path` listens on a Unix
     socket inside it (and is up); every other one raises at once."""

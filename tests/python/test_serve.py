@@ -421,6 +421,16 @@ def test_a_main_with_its_own_sigterm_handler_stops_itself(supervise):
     assert len(re.findall(r"stopped by its own handler", s.text())) == 2
 
 
+def test_a_main_with_its_own_loop_sigterm_handler_stops_itself(supervise):
+    s = supervise("--workers", "2", "serve_apps:own_loop_sigterm", str(free_port()))
+    s.wait_for(UP.pattern, 2)
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    log = s.text()
+    assert len(re.findall(r"stopped by its own loop handler", log)) == 2
+    assert len(re.findall(r"stopped \(status 0\)", log)) == 2
+
+
 def test_an_orphan_with_its_own_sigterm_handler_gets_a_sigterm(supervise):
     s = supervise("--workers", "1", "serve_apps:own_sigterm", str(free_port()))
     s.wait_for(UP.pattern)

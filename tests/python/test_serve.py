@@ -732,6 +732,24 @@ def test_bad_arguments_are_refused_before_anything_starts():
         uvpy.serve("serve_apps", workers=1)
 
 
+async def _fail():
+    raise RuntimeError("boom in a worker")
+
+
+def test_serve_leaves_no_fd_file_or_child_behind(tmp_path):
+    path = str(tmp_path / "app.sock")
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(uvpy.ServeError, match="before it was up"):
+        uvpy.serve(_fail, workers=2, bind=["127.0.0.1:0", f"unix:{path}"])
+    uvpy.serve(_main, workers=2, bind=["127.0.0.1:0", f"unix:{path}"])  # both finish
+    with pytest.raises(ValueError, match="bind address must be"):
+        uvpy.serve(_main, workers=1, bind=["127.0.0.1:0", f"unix:{path}", "nonsense"])
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert not os.path.exists(path)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # every worker was reaped
+
+
 def test_serve_refuses_a_running_loop_and_a_taken_port(loop):
     async def inside():
         uvpy.serve(_main, workers=1)

@@ -509,6 +509,32 @@ def test_graceful_stop_finishes_an_open_tls_connection(supervise, ca, tmp_path):
     assert "stopped (status 0)" in s.text()
 
 
+def test_graceful_timeout_none_waits_for_the_connection_then_returns(supervise, tmp_path):
+    port = free_port()
+    script = tmp_path / "none.py"
+    script.write_text(textwrap.dedent(f"""\
+        import logging, sys
+        sys.path.insert(0, {HERE!r})
+        import serve_apps, uvpy
+
+        if __name__ == "__main__":
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            uvpy.serve(serve_apps.echo, {port}, workers=1, graceful_timeout=None)
+            print("serve returned", flush=True)
+        """))
+    s = supervise(script=str(script))
+    s.wait_for(UP.pattern)
+    with connect(("127.0.0.1", port)) as held:
+        held.sendall(b"hold\n")
+        assert held.recv(100).startswith(b"held ")
+        s.signal(signal.SIGTERM)
+        s.wait_for("SIGTERM: stopping the workers")
+        held.sendall(b"go\n")
+        assert read_all(held) == b"done\n"
+    assert s.wait() == 0
+    assert "serve returned" in s.text() and "killing" not in s.text()
+
+
 def test_graceful_timeout_ends_a_connection_that_never_finishes(supervise):
     port = free_port()
     s = supervise("--workers", "1", "--graceful-timeout", "0.2", "serve_apps:echo", str(port))

@@ -7,11 +7,16 @@ reads what it logged. Waits are for log lines and connection results; the
 deadlines are only safety nets against a hang.
 
 Covered: load spread over reuse_port listeners and a shared inherited
-listener, a crash restarted with growing backoff, a worker that fails to
-start, graceful stop (connections finish; idle ones end at the timeout), a
-second signal, SIGHUP replacing every worker without refusing a connection,
-a killed supervisor, a main that returns, the same from a script that calls
-uvpy.serve() (main in __main__), and bad arguments.
+listener, a crash restarted with growing backoff (capped however long the
+crash loop), a worker that fails to start, graceful stop (connections
+finish, plain, TLS and aiohttp's; idle ones end at the timeout; no limit
+with graceful_timeout=None), a second signal, a SIGTERM to the whole
+process group, SIGHUP replacing every worker without refusing a
+connection, signals during spawning and during a SIGHUP round, a killed
+supervisor, a main that ignores its cancellation (killed by the supervisor,
+or by itself as an orphan), a main that returns, the same from a script
+that calls uvpy.serve() (main in __main__), a worker slow to read its init,
+interpreter flags, no fd or child left behind, and bad arguments.
 """
 
 import os

@@ -22,9 +22,12 @@ Invariants:
    Ctrl+C or hangup reaches the whole process group): the worker ignores
    them, with a Python-level handler rather than SIG_IGN, which processes
    that main starts would inherit. A main that installs its own SIGTERM
-   handler (uvicorn.Server does) stops itself: the worker then only waits
+   handler (uvicorn.Server does, with signal.signal; or with
+   loop.add_signal_handler) stops itself: the worker then only waits
    for main (up to graceful_timeout, then cancels it), and turns EOF on the
-   control socket into a SIGTERM for it. Otherwise a request stops
+   control socket into a SIGTERM for it. (A loop handler takes the place of
+   the worker's own, so the worker sees no SIGTERM then: only the
+   supervisor's kill bounds main's stop.) Otherwise a request stops
    gracefully: every server of the loop stops accepting, the worker waits
    until their connections are all closed, main ends by itself, or
    graceful_timeout passes, then cancels main; asyncio.Runner then cancels
@@ -201,8 +204,9 @@ async def _serve(fn, args, ctl, graceful_timeout):
             else:
                 request_stop()
 
-    def main_owns_sigterm():
-        return signal.getsignal(signal.SIGTERM) is not ours
+    def main_owns_sigterm():  # with signal.signal, or with loop.add_signal_handler
+        return (signal.getsignal(signal.SIGTERM) is not ours
+                or loop._signal_handlers.get(signal.SIGTERM) is not our_handle)
 
     def report_up(*_):  # invariant 2
         loop._on_serving = None
@@ -214,6 +218,7 @@ async def _serve(fn, args, ctl, graceful_timeout):
 
     loop.add_signal_handler(signal.SIGTERM, request_stop)
     ours = signal.getsignal(signal.SIGTERM)
+    our_handle = loop._signal_handlers[signal.SIGTERM]
     ctl.setblocking(False)
     loop.add_reader(ctl.fileno(), control_readable)
     loop._on_serving = report_up

@@ -445,6 +445,15 @@ def test_an_orphan_with_its_own_sigterm_handler_gets_a_sigterm(supervise):
     until_gone(s.up_pids())
 
 
+def test_an_orphan_with_its_own_loop_sigterm_handler_gets_a_sigterm(supervise):
+    s = supervise("--workers", "1", "serve_apps:own_loop_sigterm", str(free_port()))
+    s.wait_for(UP.pattern)
+    s.proc.kill()
+    s.proc.wait()
+    s.wait_for("stopped by its own loop handler", orphans=True)
+    until_gone(s.up_pids())
+
+
 def test_graceful_stop_finishes_open_connections_and_refuses_new_ones(supervise):
     port = free_port()
     s = supervise("--workers", "1", "serve_apps:echo", str(port))

@@ -20,8 +20,9 @@ Invariants:
 
 1. A worker is a fresh interpreter, never a fork of this one: it is spawned
    with loop.subprocess_exec (vfork and exec, its exit watched by pidfd, as
-   every subprocess of the loop) and prepared as multiprocessing's spawn
-   prepares a child. So main must be importable: a module-level function
+   every subprocess of the loop), with this interpreter's flags (-O,
+   -X dev, -W ...), and prepared as multiprocessing's spawn prepares a
+   child. So main must be importable: a module-level function
    (pickled by reference), or "module:attr" from `python -m uvpy serve`.
 2. Slots: workers slots are numbered 0..N-1 and each holds at most one
    current worker, plus, during a replacement, the one that will take its
@@ -36,13 +37,16 @@ Invariants:
      no worker is left.
    - otherwise (a crash): it is restarted after a backoff of
      RESTART_DELAY * 2**k seconds, at most MAX_RESTART_DELAY, where k counts
-     the slot's crashes in a row; k starts over after a worker that stayed
-     up for STABLE seconds.
+     the slot's crashes in a row (up to the cap, however long the crash
+     loop); k starts over after a worker that stayed up for STABLE seconds.
 4. The first SIGINT or SIGTERM stops everything gracefully: no restarts,
    SIGTERM to every worker (each drains its connections for up to
    graceful_timeout, then cancels main), and SIGKILL to any worker still
-   alive KILL_MARGIN seconds after that. A second SIGINT or SIGTERM kills
-   the workers at once. serve() then returns None.
+   alive KILL_MARGIN seconds after that. A SIGINT after that (Ctrl+C
+   twice) kills the workers at once; a second SIGTERM changes nothing, as
+   in uvicorn: `timeout` sends SIGTERM to the process and again to its
+   group, and a service manager escalates with SIGKILL of its own.
+   serve() then returns None.
 5. SIGHUP replaces the workers one slot at a time: a new worker is started
    beside the old one, and only once it is up is the old one asked to stop
    (gracefully, as in 4), so the port never goes unserved. A replacement
@@ -231,6 +235,8 @@ def _listen_tcp(spec, backlog):
     host, sep, port = spec.rpartition(":")
     if not sep or not port.isdigit():
         raise ValueError(f"bind address must be 'HOST:PORT', '[IPV6]:PORT' or 'unix:PATH', not {spec!r}")
+    if int(port) > 65535:  # getaddrinfo() would take it, modulo 2**16
+        raise ValueError(f"bind address {spec!r}: port must be 0-65535, not {int(port)}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM,
@@ -257,6 +263,8 @@ def _listen_tcp(spec, backlog):
 
 
 def _listen_unix(path, backlog):
+    if not path:  # bind("") autobinds an abstract address: nothing to connect to
+        raise ValueError("'unix:' needs a path: 'unix:PATH'")
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)  # a stale socket file, as create_unix_server removes it
@@ -294,14 +302,15 @@ def _describe(code):
 
 
 class _Worker:
-    __slots__ = ("slot", "transport", "pid", "ctl", "up", "up_at", "asked", "kill_timer",
-                 "replaces", "exited")
+    __slots__ = ("slot", "transport", "pid", "ctl", "unsent", "up", "up_at", "asked",
+                 "kill_timer", "replaces", "exited")
 
     def __init__(self, slot, replaces=None):
         self.slot = slot
         self.transport = None
         self.pid = None
         self.ctl = None
+        self.unsent = None         # what is left to send of the init message (a writer sends it)
         self.up = False
         self.up_at = None
         self.asked = False
@@ -331,6 +340,8 @@ class _Supervisor:
         self._loop = loop
         self._init = pickle.dumps(init, protocol=5)
         self._fds = init["fds"]
+        # -O, -X dev, -W ... as this interpreter runs with (invariant 1)
+        self._flags = subprocess._args_from_interpreter_flags()
         self._graceful_timeout = graceful_timeout
         self._current = [None] * n    # slot -> its current worker
         self._incoming = [None] * n   # slot -> the worker replacing it (invariant 5)
@@ -386,7 +397,7 @@ class _Supervisor:
         try:
             fds = (child.fileno(), *self._fds)
             await self._loop.subprocess_exec(
-                lambda: _WorkerProtocol(self, w), sys.executable, "-c", _BOOT,
+                lambda: _WorkerProtocol(self, w), sys.executable, *self._flags, "-c", _BOOT,
                 _PACKAGE_PARENT, str(child.fileno()),
                 stdin=subprocess.DEVNULL, stdout=None, stderr=None, pass_fds=fds)
         except Exception as exc:
@@ -402,14 +413,29 @@ class _Supervisor:
         w.ctl = parent
         self._live.add(w)
         logger.info("started %r", w)
-        try:
-            parent.sendall(_serveworker.LENGTH.pack(len(self._init)) + self._init)
-        except OSError:
-            pass  # it died already; its exit is on the way
         parent.setblocking(False)
+        w.unsent = memoryview(_serveworker.LENGTH.pack(len(self._init)) + self._init)
+        self._send_init(w)
         self._loop.add_reader(parent.fileno(), self._control, w)
         if self._stopping or (w.replaces is not None and self._incoming[w.slot] is not w):
             self._ask_stop(w)  # a stop came while it was being spawned
+
+    def _send_init(self, w):
+        """Write what the socket takes of the init message now, the rest
+        when it turns writable: a worker that is slow to read it (a large
+        main argument, a hung interpreter start-up) must not block this
+        loop, which would then act on no signal."""
+        try:
+            sent = w.ctl.send(w.unsent)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError:
+            sent = len(w.unsent)  # it died already; its exit is on the way
+        w.unsent = w.unsent[sent:] or None
+        if w.unsent is None:
+            self._loop.remove_writer(w.ctl.fileno())
+        else:
+            self._loop.add_writer(w.ctl.fileno(), self._send_init, w)
 
     def _control(self, w):
         try:
@@ -465,7 +491,10 @@ class _Supervisor:
 
     def _stop_signal(self, signum):
         if self._stopping:
-            if not self._killed:
+            if signum != signal.SIGINT:  # invariant 4: only Ctrl+C twice kills
+                logger.info("%s again: already stopping (SIGINT kills the workers at once)",
+                            signal.Signals(signum).name)
+            elif not self._killed:
                 self._killed = True
                 logger.warning("%s again: killing the workers", signal.Signals(signum).name)
                 for w in list(self._live):
@@ -494,6 +523,13 @@ class _Supervisor:
         if w.ctl is not None:
             if w.ctl.fileno() >= 0:
                 self._loop.remove_reader(w.ctl.fileno())
+                self._loop.remove_writer(w.ctl.fileno())
+                if not w.up:  # a b"U" it sent before it died still counts (invariant 3)
+                    try:
+                        if _serveworker.UP in w.ctl.recv(64):
+                            self._up(w)
+                    except OSError:
+                        pass
             w.ctl.close()
         w.transport.close()
         self._gone(w, code)
@@ -536,7 +572,10 @@ class _Supervisor:
         if w.up and self._loop.time() - w.up_at >= STABLE:
             self._streak[slot] = 0
         delay = min(RESTART_DELAY * 2 ** self._streak[slot], MAX_RESTART_DELAY)
-        self._streak[slot] += 1
+        if delay < MAX_RESTART_DELAY:
+            # k stops at the cap: 2**k grows past a float in 1024 crashes,
+            # under three hours of a crash loop at the cap.
+            self._streak[slot] += 1
         logger.warning("%r exited with %s; restarting it in %.1f s", w, _describe(code), delay)
         self._restart[slot] = self._loop.call_later(delay, self._restart_slot, slot)
 

@@ -22,28 +22,42 @@ Invariants:
    Ctrl+C or hangup reaches the whole process group): the worker ignores
    them, with a Python-level handler rather than SIG_IGN, which processes
    that main starts would inherit. A main that installs its own SIGTERM
-   handler (uvicorn.Server does) stops itself: the worker then only waits
+   handler (uvicorn.Server does, with signal.signal; or with
+   loop.add_signal_handler) stops itself: the worker then only waits
    for main (up to graceful_timeout, then cancels it), and turns EOF on the
-   control socket into a SIGTERM for it. Otherwise the first request stops
-   gracefully: every server of the
-   loop stops accepting, the worker waits until their connections are all
-   closed, main ends by itself, or graceful_timeout passes, then cancels
-   main; asyncio.Runner then cancels what is left and closes the loop. A
-   second request skips the wait.
+   control socket into a SIGTERM for it. (A loop handler takes the place of
+   the worker's own, so the worker sees no SIGTERM then: only the
+   supervisor's kill bounds main's stop.) Otherwise a request stops
+   gracefully: every server of the loop stops accepting, the worker waits
+   until their connections are all closed, main ends by itself, or
+   graceful_timeout passes, then cancels main; asyncio.Runner then cancels
+   what is left and closes the loop. Requests after the first change
+   nothing: a SIGTERM to the whole process group (systemd's default
+   KillMode=control-group, `timeout`, `kill -TERM -PGID`) reaches a worker
+   besides the supervisor's own, and is the same request. The supervisor
+   answers Ctrl+C twice with SIGKILL, not with a second request.
 4. The exit status is the program's, as `python script.py` would give it:
    0 when main returns or was stopped as asked, 1 with the traceback on
    stderr when main raises (or a stop finds it raising), sys.exit()'s.
+5. An orphan (EOF on the control socket) still alive graceful_timeout +
+   KILL_MARGIN seconds later (a main that ignores its cancellation, an
+   executor job or a non-daemon thread that never ends) SIGKILLs itself,
+   as its supervisor would have killed it; with graceful_timeout None it
+   waits as long as it takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import os
 import pickle
 import signal
 import socket
 import struct
 import sys
+import threading
+import time
 
 LENGTH = struct.Struct("<Q")
 UP = b"U"
@@ -51,6 +65,7 @@ UP_AFTER = 1.0  # seconds of main without a listening server before it counts as
 
 _booting = False
 _inherited = None  # the listening sockets from the supervisor, once made
+_inherited_inodes = frozenset()  # their (st_dev, st_ino): is_inherited()
 
 
 def inherited_sockets():
@@ -61,9 +76,16 @@ def inherited_sockets():
 
 
 def is_inherited(sock):
-    """Whether sock is one of inherited_sockets(): its file, for a Unix
-    socket, is the supervisor's to remove (the loop leaves it)."""
-    return any(sock is s for s in _inherited or ())
+    """Whether sock is one of inherited_sockets() or a copy of one (dup(),
+    socket.fromfd(): the same socket, found by its inode): its file, for a
+    Unix socket, is the supervisor's to remove (the loop leaves it)."""
+    if not _inherited_inodes:
+        return False
+    try:
+        st = os.fstat(sock.fileno())
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) in _inherited_inodes
 
 
 def read_init(ctl):
@@ -102,7 +124,7 @@ def _ignore(signum, frame):
 
 
 def main(fd):
-    global _booting, _inherited
+    global _booting, _inherited, _inherited_inodes
     for signum in (signal.SIGINT, signal.SIGHUP):  # invariant 3
         signal.signal(signum, _ignore)
     import multiprocessing.spawn
@@ -119,6 +141,7 @@ def main(fd):
     finally:
         _booting = False
     _inherited = [socket.socket(fileno=f) for f in init["fds"]]
+    _inherited_inodes = frozenset((st.st_dev, st.st_ino) for st in map(os.fstat, init["fds"]))
     loop = uvpy.new_event_loop(init["backend"])
     try:
         with asyncio.Runner(loop_factory=lambda: loop) as runner:
@@ -160,13 +183,10 @@ async def _call(fn, args):
 async def _serve(fn, args, ctl, graceful_timeout):
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
-    force = loop.create_future()
 
-    def request_stop():  # invariant 3
-        for fut in (stop, force):
-            if not fut.done():
-                fut.set_result(None)
-                return
+    def request_stop():  # invariant 3: the first request is the only one
+        if not stop.done():
+            stop.set_result(None)
 
     def control_readable():
         try:
@@ -177,13 +197,16 @@ async def _serve(fn, args, ctl, graceful_timeout):
             data = b""
         if not data:
             loop.remove_reader(ctl.fileno())
+            if graceful_timeout is not None:
+                _end_orphan_after(graceful_timeout)
             if main_owns_sigterm():
                 signal.raise_signal(signal.SIGTERM)
             else:
                 request_stop()
 
-    def main_owns_sigterm():
-        return signal.getsignal(signal.SIGTERM) is not ours
+    def main_owns_sigterm():  # with signal.signal, or with loop.add_signal_handler
+        return (signal.getsignal(signal.SIGTERM) is not ours
+                or loop._signal_handlers.get(signal.SIGTERM) is not our_handle)
 
     def report_up(*_):  # invariant 2
         loop._on_serving = None
@@ -195,6 +218,7 @@ async def _serve(fn, args, ctl, graceful_timeout):
 
     loop.add_signal_handler(signal.SIGTERM, request_stop)
     ours = signal.getsignal(signal.SIGTERM)
+    our_handle = loop._signal_handlers[signal.SIGTERM]
     ctl.setblocking(False)
     loop.add_reader(ctl.fileno(), control_readable)
     loop._on_serving = report_up
@@ -204,10 +228,9 @@ async def _serve(fn, args, ctl, graceful_timeout):
         await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
             if main_owns_sigterm():  # invariant 3: main stops itself
-                await asyncio.wait((task, force), timeout=graceful_timeout,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((task,), timeout=graceful_timeout)
             else:
-                await _drain(loop, task, force, graceful_timeout)
+                await _drain(loop, task, graceful_timeout)
     finally:
         up_timer.cancel()
         loop._on_serving = None
@@ -217,12 +240,34 @@ async def _serve(fn, args, ctl, graceful_timeout):
     try:
         return await task
     except asyncio.CancelledError:
-        if not task.cancelled():
-            raise  # this coroutine itself was cancelled
+        # Stopped as asked (invariant 4) only where a stop was asked for:
+        # a main cancelled by anything else ends as asyncio.run()'s would,
+        # with the CancelledError.
+        if not task.cancelled() or not stop.done():
+            raise
         return None
 
 
-async def _drain(loop, task, force, graceful_timeout):
+def _end_orphan_after(graceful_timeout):
+    """Invariant 5: SIGKILL for this process when it is still alive as long
+    after the supervisor's death as the supervisor would have waited. A
+    daemon thread, so it acts while the loop is blocked and while the
+    interpreter joins non-daemon threads at exit, and never holds the exit
+    up itself."""
+    from ._serve import KILL_MARGIN
+
+    limit = graceful_timeout + KILL_MARGIN
+
+    def deadline():
+        time.sleep(limit)
+        os.write(2, f"uvpy.serve worker {os.getpid()}: the supervisor is gone and main did not "
+                    f"stop within {limit:.1f} s; killing this worker\n".encode())
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=deadline, name="uvpy.serve orphan deadline", daemon=True).start()
+
+
+async def _drain(loop, task, graceful_timeout):
     """Invariant 3's graceful part: stop accepting, then wait for the
     connections, main or the timeout, whichever is first."""
     servers = list(loop._servers)
@@ -233,7 +278,7 @@ async def _drain(loop, task, force, graceful_timeout):
         return  # nothing serves connections: main is cancelled at once
     everything = asyncio.gather(*drained)
     try:
-        await asyncio.wait((everything, task, force), timeout=graceful_timeout,
+        await asyncio.wait((everything, task), timeout=graceful_timeout,
                            return_when=asyncio.FIRST_COMPLETED)
     finally:
         everything.cancel()

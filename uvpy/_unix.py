@@ -20,7 +20,9 @@ Invariants (asyncio's _UnixSelectorEventLoop has the same ones):
 3. cleanup_socket (the default from Python 3.13 on, as there) records the
    inode of the bound path; when the server stops serving that socket the
    path is unlinked only if it still has that inode, so a newer server's
-   socket at the same path survives.
+   socket at the same path survives. A socket uvpy.serve's supervisor bound
+   (or a copy of one, _serveworker.is_inherited) is never recorded: its
+   file is the supervisor's, and the other workers still listen on it.
 4. ssl= is checked as asyncio checks it, before any socket or file is
    touched: create_unix_connection with ssl needs server_hostname (""
    skips the name check), create_unix_server takes an SSLContext or None.

@@ -43,11 +43,71 @@ async def echo(port=None):
     await asyncio.gather(*(s.serve_forever() for s in servers))
 
 
+async def echo_on_a_copy():
+    """echo on a socket.fromfd() copy of the inherited Unix socket (as a
+    library handed its fd number makes one), with cleanup_socket on."""
+    [inherited] = uvpy.inherited_sockets()
+    copy = socket.fromfd(inherited.fileno(), inherited.family, inherited.type)
+    server = await asyncio.start_unix_server(_handle, sock=copy, cleanup_socket=True)
+    await server.serve_forever()
+
+
+async def aiohttp_app(port):
+    """aiohttp's AppRunner and TCPSite(reuse_port=True); POST /echo answers
+    with the request's body. A server that main never starts
+    (start_serving=False) sits beside it."""
+    from aiohttp import web
+
+    async def echo(request):
+        return web.Response(body=await request.read())
+
+    app = web.Application()
+    app.router.add_post("/echo", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(port), reuse_port=True).start()
+    idle = await asyncio.get_running_loop().create_server(
+        asyncio.Protocol, "127.0.0.1", 0, start_serving=False)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        idle.close()
+        await runner.cleanup()
+        print(f"{os.getpid()} cleaned up", flush=True)
+
+
+async def tls_echo(port, certfile, keyfile):
+    """echo's protocol over TLS, on 127.0.0.1:port with reuse_port."""
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    server = await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True,
+                                        ssl=context)
+    await server.serve_forever()
+
+
 async def crash_when_up(port):
     """Listens (so the worker is up), then dies: a crash loop."""
     await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)
     await asyncio.sleep(0.05)
     os._exit(3)
+
+
+async def crash_at_once_when_up(port):
+    """Listens (so the worker says it is up), then dies in the same step."""
+    await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)
+    os._exit(3)
+
+
+async def ignores_cancellation_once(port):
+    """echo on port; cancelled, it goes on as if nothing happened."""
+    server = await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)
+    try:
+        await server.serve_forever()
+    except asyncio.CancelledError:
+        print(f"{os.getpid()} ignores the cancellation", flush=True)
+        await asyncio.sleep(3600)
 
 
 async def own_sigterm(port):
@@ -61,6 +121,19 @@ async def own_sigterm(port):
     server.close()
     await server.wait_closed()
     print(f"{os.getpid()} stopped by its own handler", flush=True)
+
+
+async def own_loop_sigterm(port):
+    """Handles SIGTERM with loop.add_signal_handler, which replaces the
+    worker's own handler, and stops itself."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    server = await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+    print(f"{os.getpid()} stopped by its own loop handler", flush=True)
 
 
 async def fail_unless_first(path):
@@ -83,6 +156,12 @@ async def echo_unless(path, port):
 
 async def fail_at_start():
     raise RuntimeError("boom before listening")
+
+
+async def cancels_itself():
+    """Cancelled by no stop request: asyncio.run() would raise CancelledError."""
+    asyncio.current_task().cancel()
+    await asyncio.sleep(1)
 
 
 async def finish():

@@ -7,11 +7,16 @@ reads what it logged. Waits are for log lines and connection results; the
 deadlines are only safety nets against a hang.
 
 Covered: load spread over reuse_port listeners and a shared inherited
-listener, a crash restarted with growing backoff, a worker that fails to
-start, graceful stop (connections finish; idle ones end at the timeout), a
-second signal, SIGHUP replacing every worker without refusing a connection,
-a killed supervisor, a main that returns, the same from a script that calls
-uvpy.serve() (main in __main__), and bad arguments.
+listener, a crash restarted with growing backoff (capped however long the
+crash loop), a worker that fails to start, graceful stop (connections
+finish, plain, TLS and aiohttp's; idle ones end at the timeout; no limit
+with graceful_timeout=None), a second signal, a SIGTERM to the whole
+process group, SIGHUP replacing every worker without refusing a
+connection, signals during spawning and during a SIGHUP round, a killed
+supervisor, a main that ignores its cancellation (killed by the supervisor,
+or by itself as an orphan), a main that returns, the same from a script
+that calls uvpy.serve() (main in __main__), a worker slow to read its init,
+interpreter flags, no fd or child left behind, and bad arguments.
 """
 
 import os
@@ -37,12 +42,15 @@ UP = re.compile(r"worker (\d+) \(pid (\d+)\) is up")
 class Supervisor:
     """`python -m uvpy serve ARGS` (or `python SCRIPT`) with its log in a file."""
 
-    def __init__(self, tmp_path, *args, script=None):
+    def __init__(self, tmp_path, *args, script=None, flags=(), group=False):
         self.log_path = tmp_path / f"serve-{time.monotonic_ns()}.log"
         self._log = open(self.log_path, "wb")
-        cmd = [sys.executable, script] if script else [sys.executable, "-m", "uvpy", "serve", *args]
+        cmd = [sys.executable, *flags]
+        cmd += [script] if script else ["-m", "uvpy", "serve", *args]
+        # group: in a process group of its own, which killpg() can signal
+        # as a service manager signals every process of a service.
         self.proc = subprocess.Popen(cmd, cwd=HERE, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, process_group=0 if group else None)
 
     def text(self):
         return self.log_path.read_text(errors="replace")
@@ -91,8 +99,8 @@ class Supervisor:
 def supervise(tmp_path):
     made = []
 
-    def start(*args, script=None):
-        made.append(Supervisor(tmp_path, *args, script=script))
+    def start(*args, script=None, flags=(), group=False):
+        made.append(Supervisor(tmp_path, *args, script=script, flags=flags, group=group))
         return made[-1]
     yield start
     for s in made:
@@ -171,6 +179,23 @@ def test_workers_share_an_inherited_unix_listener(supervise, tmp_path):
     assert not os.path.exists(path)  # the supervisor bound it, and removed it
 
 
+def test_a_worker_leaves_the_file_of_an_inherited_unix_socket_it_copied(supervise, tmp_path):
+    # The file is the supervisor's: a worker replaced by SIGHUP must not
+    # remove it (cleanup_socket, Python 3.13's default) under the new one,
+    # not even through a dup of the inherited socket.
+    path = str(tmp_path / "app.sock")
+    s = supervise("--workers", "1", "--bind", f"unix:{path}", "serve_apps:echo_on_a_copy")
+    s.wait_for(UP.pattern)
+    old = s.up_pids()
+    s.signal(signal.SIGHUP)
+    s.wait_for("workers replaced")
+    until_gone(old)
+    assert int(ask(path)) in s.up_pids() - old
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert not os.path.exists(path)
+
+
 def test_a_script_serving_its_own_main_on_a_socket_it_bound(supervise, tmp_path):
     script = tmp_path / "server.py"
     script.write_text(textwrap.dedent(f"""\
@@ -205,6 +230,27 @@ def test_a_script_serving_its_own_main_on_a_socket_it_bound(supervise, tmp_path)
     assert "serve returned" in s.text()
 
 
+def test_workers_run_with_the_interpreter_flags_of_the_supervisor(supervise, tmp_path):
+    # As multiprocessing's spawn children do: `python -X dev -O server.py`
+    # runs main in dev mode (asyncio debug) and optimized, in each worker.
+    script = tmp_path / "flags.py"
+    script.write_text(textwrap.dedent(f"""\
+        import asyncio, sys
+        sys.path.insert(0, {HERE!r})
+        import uvpy
+
+        async def main():
+            print("flags", sys.flags.dev_mode, sys.flags.optimize,
+                  asyncio.get_running_loop().get_debug(), flush=True)
+
+        if __name__ == "__main__":
+            uvpy.serve(main, workers=1)
+        """))
+    s = supervise(script=str(script), flags=("-X", "dev", "-O"))
+    assert s.wait() == 0
+    assert re.findall(r"flags (\w+) (\w+) (\w+)", s.text()) == [("True", "1", "True")]
+
+
 # -- faults -----------------------------------------------------------------------------
 
 def test_a_crashed_worker_is_restarted_and_the_others_keep_serving(supervise):
@@ -236,11 +282,38 @@ def test_a_crash_loop_backs_off(supervise):
     assert s.wait() == 0
 
 
+def test_a_worker_that_dies_right_after_it_said_up_was_up(supervise):
+    # Its b"U" and its exit reach the supervisor in the same loop
+    # iteration: whichever callback runs first, it was up, so this is a
+    # crash (restarted), not a start-up failure (serve() failing).
+    s = supervise("--workers", "1", "serve_apps:crash_at_once_when_up", str(free_port()))
+    s.wait_for(r"exited with status 3; restarting it in", 3)
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert "before it was up" not in s.text()
+
+
+def test_the_backoff_stays_at_its_cap_in_a_crash_loop_of_any_length(loop):
+    # A worker that crashes every 10 s for hours: 2**k must not outgrow a
+    # float (an OverflowError in the exit callback would leave its slot
+    # empty for good).
+    from uvpy import _serve
+
+    sup = _serve._Supervisor(loop, 1, {"fds": []}, 1.0)
+    worker = _serve._Worker(0)
+    for _ in range(2000):
+        sup._schedule_restart(worker, 3)
+        timer, sup._restart[0] = sup._restart[0], None
+        timer.cancel()
+    assert timer.when() - loop.time() == pytest.approx(_serve.MAX_RESTART_DELAY, abs=1.0)
+
+
 @pytest.mark.parametrize("target, shows", [
     ("serve_apps:fail_at_start", "RuntimeError: boom before listening"),
     ("serve_apps:not_a_coroutine_function", "TypeError: uvpy.serve() needs a coroutine function"),
     ("no_such_module_here:main", "ModuleNotFoundError: No module named 'no_such_module_here'"),
     ("serve_apps:missing", "AttributeError: module 'serve_apps' has no attribute 'missing'"),
+    ("serve_apps:cancels_itself", "asyncio.exceptions.CancelledError"),
 ])
 def test_a_worker_that_fails_to_start_fails_serve(supervise, target, shows):
     # One worker: the tracebacks of several would interleave in the log.
@@ -266,6 +339,64 @@ def test_a_worker_that_fails_to_start_stops_the_others(supervise, tmp_path):
                      r"before it was up", log), log
     until_gone(s.up_pids())
     assert "restarting" not in log
+
+
+def test_a_worker_stuck_before_reading_its_init_does_not_block_the_supervisor(
+        supervise, tmp_path):
+    # The init message (main's arguments) is larger than a socket buffer,
+    # and the worker hangs in its interpreter's start-up (a sitecustomize):
+    # a SIGTERM must still stop the supervisor.
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(textwrap.dedent("""\
+        import sys, time
+        if any("_serveworker" in arg for arg in sys.orig_argv):
+            time.sleep(120)
+        """))
+    script = tmp_path / "big.py"
+    script.write_text(textwrap.dedent(f"""\
+        import logging, os, sys
+        sys.path.insert(0, {HERE!r})
+        import uvpy
+
+        async def main(blob):
+            pass
+
+        if __name__ == "__main__":
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            os.environ["PYTHONPATH"] = {str(hooks)!r}
+            uvpy.serve(main, b"x" * (16 << 20), workers=1)
+            print("serve returned", flush=True)
+        """))
+    s = supervise(script=str(script))
+    [pid] = s.wait_for(r"started worker 0 \(pid (\d+)\)")
+    s.signal(signal.SIGTERM)
+    try:
+        assert s.wait() == 0
+    finally:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert "serve returned" in s.text()
+
+
+def test_a_large_argument_reaches_every_worker(supervise, tmp_path):
+    script = tmp_path / "big.py"
+    script.write_text(textwrap.dedent(f"""\
+        import os, sys
+        sys.path.insert(0, {HERE!r})
+        import uvpy
+
+        async def main(blob):
+            print("got", len(blob), blob == bytes(range(256)) * (1 << 16), flush=True)
+
+        if __name__ == "__main__":
+            uvpy.serve(main, bytes(range(256)) * (1 << 16), workers=3)
+        """))
+    s = supervise(script=str(script))
+    assert s.wait() == 0
+    assert re.findall(r"got (\d+) (\w+)", s.text()) == [(str(1 << 24), "True")] * 3
 
 
 def test_main_that_returns_is_done_and_not_restarted(supervise):
@@ -295,12 +426,31 @@ def test_a_main_with_its_own_sigterm_handler_stops_itself(supervise):
     assert len(re.findall(r"stopped by its own handler", s.text())) == 2
 
 
+def test_a_main_with_its_own_loop_sigterm_handler_stops_itself(supervise):
+    s = supervise("--workers", "2", "serve_apps:own_loop_sigterm", str(free_port()))
+    s.wait_for(UP.pattern, 2)
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    log = s.text()
+    assert len(re.findall(r"stopped by its own loop handler", log)) == 2
+    assert len(re.findall(r"stopped \(status 0\)", log)) == 2
+
+
 def test_an_orphan_with_its_own_sigterm_handler_gets_a_sigterm(supervise):
     s = supervise("--workers", "1", "serve_apps:own_sigterm", str(free_port()))
     s.wait_for(UP.pattern)
     s.proc.kill()
     s.proc.wait()
     s.wait_for("stopped by its own handler", orphans=True)
+    until_gone(s.up_pids())
+
+
+def test_an_orphan_with_its_own_loop_sigterm_handler_gets_a_sigterm(supervise):
+    s = supervise("--workers", "1", "serve_apps:own_loop_sigterm", str(free_port()))
+    s.wait_for(UP.pattern)
+    s.proc.kill()
+    s.proc.wait()
+    s.wait_for("stopped by its own loop handler", orphans=True)
     until_gone(s.up_pids())
 
 
@@ -331,6 +481,74 @@ def test_graceful_stop_finishes_open_connections_and_refuses_new_ones(supervise)
     assert "stopped (status 0)" in s.text()
 
 
+def test_graceful_stop_drains_an_aiohttp_site(supervise):
+    pytest.importorskip("aiohttp")
+    port = free_port()
+    s = supervise("--workers", "1", "serve_apps:aiohttp_app", str(port))
+    s.wait_for(UP.pattern)
+    with connect(("127.0.0.1", port)) as held:
+        held.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                     b"Connection: close\r\n\r\nab")
+        s.signal(signal.SIGTERM)
+        s.wait_for("SIGTERM: stopping the workers")
+        held.sendall(b"cd")  # the request in flight finishes
+        response = read_all(held)
+    assert response.startswith(b"HTTP/1.1 200 OK") and response.endswith(b"\r\n\r\nabcd")
+    assert s.wait() == 0
+    log = s.text()
+    assert "cleaned up" in log and "stopped (status 0)" in log and "Traceback" not in log
+
+
+def test_graceful_stop_finishes_an_open_tls_connection(supervise, ca, tmp_path):
+    import ssl
+
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(certfile)
+    cert.private_key_pem.write_to_path(keyfile)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    port = free_port()
+    s = supervise("--workers", "1", "serve_apps:tls_echo", str(port), str(certfile), str(keyfile))
+    s.wait_for(UP.pattern)
+    with client_context.wrap_socket(connect(("127.0.0.1", port)),
+                                    server_hostname="127.0.0.1") as held:
+        held.sendall(b"hold\n")
+        assert held.recv(100).startswith(b"held ")
+        s.signal(signal.SIGTERM)
+        s.wait_for("SIGTERM: stopping the workers")
+        held.sendall(b"go\n")
+        assert read_all(held) == b"done\n"
+    assert s.wait() == 0
+    assert "stopped (status 0)" in s.text()
+
+
+def test_graceful_timeout_none_waits_for_the_connection_then_returns(supervise, tmp_path):
+    port = free_port()
+    script = tmp_path / "none.py"
+    script.write_text(textwrap.dedent(f"""\
+        import logging, sys
+        sys.path.insert(0, {HERE!r})
+        import serve_apps, uvpy
+
+        if __name__ == "__main__":
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            uvpy.serve(serve_apps.echo, {port}, workers=1, graceful_timeout=None)
+            print("serve returned", flush=True)
+        """))
+    s = supervise(script=str(script))
+    s.wait_for(UP.pattern)
+    with connect(("127.0.0.1", port)) as held:
+        held.sendall(b"hold\n")
+        assert held.recv(100).startswith(b"held ")
+        s.signal(signal.SIGTERM)
+        s.wait_for("SIGTERM: stopping the workers")
+        held.sendall(b"go\n")
+        assert read_all(held) == b"done\n"
+    assert s.wait() == 0
+    assert "serve returned" in s.text() and "killing" not in s.text()
+
+
 def test_graceful_timeout_ends_a_connection_that_never_finishes(supervise):
     port = free_port()
     s = supervise("--workers", "1", "--graceful-timeout", "0.2", "serve_apps:echo", str(port))
@@ -341,6 +559,70 @@ def test_graceful_timeout_ends_a_connection_that_never_finishes(supervise):
         s.signal(signal.SIGTERM)
         assert read_all(held) == b""  # closed by the worker once the timeout passed
     assert s.wait() == 0
+
+
+def test_a_sigterm_to_the_whole_process_group_still_drains(supervise):
+    # systemd (KillMode=control-group), `timeout` and `kill -TERM -PGID`
+    # signal every process: each worker gets SIGTERM from there and again
+    # from the supervisor, which is one stop request, not two.
+    port = free_port()
+    s = supervise("--workers", "1", "--graceful-timeout", "600", "serve_apps:echo", str(port),
+                  group=True)
+    s.wait_for(UP.pattern)
+    with connect(("127.0.0.1", port)) as held:
+        held.sendall(b"hold\n")
+        assert held.recv(100).startswith(b"held ")
+        os.killpg(s.proc.pid, signal.SIGTERM)
+        s.wait_for("SIGTERM: stopping the workers")
+        held.sendall(b"go\n")
+        assert read_all(held) == b"done\n"
+    assert s.wait() == 0
+    assert "stopped (status 0)" in s.text()
+
+
+def test_a_repeated_sigterm_does_not_cut_the_drain_short(supervise):
+    # `timeout` sends SIGTERM to its child and then to the child's group,
+    # and a service manager escalates with SIGKILL itself: a second SIGTERM
+    # is no request to kill (as in uvicorn, only a second SIGINT is).
+    port = free_port()
+    s = supervise("--workers", "1", "--graceful-timeout", "600", "serve_apps:echo", str(port))
+    s.wait_for(UP.pattern)
+    with connect(("127.0.0.1", port)) as held:
+        held.sendall(b"hold\n")
+        assert held.recv(100).startswith(b"held ")
+        s.signal(signal.SIGTERM)
+        s.wait_for("SIGTERM: stopping the workers")
+        s.signal(signal.SIGTERM)
+        s.wait_for("SIGTERM again: already stopping")
+        held.sendall(b"go\n")
+        assert read_all(held) == b"done\n"
+    assert s.wait() == 0
+    assert "killing" not in s.text()
+
+
+def test_a_worker_that_ignores_its_cancellation_is_killed(supervise):
+    s = supervise("--workers", "1", "--graceful-timeout", "0.2",
+                  "serve_apps:ignores_cancellation_once", str(free_port()))
+    s.wait_for(UP.pattern)
+    s.signal(signal.SIGTERM)
+    s.wait_for("ignores the cancellation")
+    assert s.wait() == 0  # 0.2 s, then KILL_MARGIN (5 s)
+    log = s.text()
+    assert re.search(r"worker 0 \(pid \d+\) did not stop within 5\.2 s; killing it", log)
+    assert "stopped (signal SIGKILL)" in log
+
+
+def test_an_orphan_that_ignores_its_cancellation_ends_itself(supervise):
+    # No supervisor is left to kill it: the worker does, as late as the
+    # supervisor would have.
+    s = supervise("--workers", "1", "--graceful-timeout", "0.2",
+                  "serve_apps:ignores_cancellation_once", str(free_port()))
+    s.wait_for(UP.pattern)
+    s.proc.kill()
+    s.proc.wait()
+    s.wait_for("ignores the cancellation", orphans=True)
+    until_gone(s.up_pids())
+    assert "the supervisor is gone and main did not stop within 5.2 s" in s.text()
 
 
 def test_a_second_signal_kills_the_workers(supervise):
@@ -395,6 +677,51 @@ def test_sighup_replaces_every_worker_without_refusing_a_connection(supervise, t
     assert s.wait() == 0
 
 
+STARTED = r"started worker \d+ \(pid (\d+)\)"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_while_the_workers_are_being_spawned(supervise, signum):
+    s = supervise("--workers", "3", "serve_apps:echo", str(free_port()))
+    s.wait_for(r"starting 3 workers")  # the supervisor's handlers are in place
+    s.signal(signum)
+    if signum == signal.SIGHUP:  # a round over workers not up yet, then a stop
+        s.wait_for(UP.pattern, 3)
+        s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    until_gone({int(p) for p in re.findall(STARTED, s.text())})
+    assert "Traceback" not in s.text()
+
+
+def test_a_sighup_during_a_round_runs_another_round_after_it(supervise):
+    s = supervise("--workers", "2", "serve_apps:echo", str(free_port()))
+    s.wait_for(UP.pattern, 2)
+    s.signal(signal.SIGHUP)
+    s.wait_for("SIGHUP: replacing the workers")
+    s.signal(signal.SIGHUP)
+    s.wait_for("workers replaced", 2)
+    started = {int(p) for p in re.findall(STARTED, s.text())}
+    assert len(started) == 6  # 2, then 2 for each round
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    until_gone(started)
+    assert s.text().count("SIGHUP: replacing the workers") == 2
+
+
+@pytest.mark.parametrize("when", ["at once", "once a replacement is up"])
+def test_a_stop_during_a_sighup_round_stops_every_worker(supervise, when):
+    s = supervise("--workers", "2", "serve_apps:echo", str(free_port()))
+    s.wait_for(UP.pattern, 2)
+    s.signal(signal.SIGHUP)
+    if when == "at once":
+        s.wait_for("SIGHUP: replacing the workers")
+    else:
+        s.wait_for(UP.pattern, 3)
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    until_gone({int(p) for p in re.findall(STARTED, s.text())})
+
+
 def test_a_replacement_that_fails_to_start_leaves_the_old_worker_serving(supervise, tmp_path):
     port, flag = free_port(), tmp_path / "broken"
     s = supervise("--workers", "2", "serve_apps:echo_unless", str(flag), str(port))
@@ -433,10 +760,34 @@ def test_bad_arguments_are_refused_before_anything_starts():
         uvpy.serve(_main, workers=1, graceful_timeout=-1)
     with pytest.raises(ValueError, match="bind address must be 'HOST:PORT'"):
         uvpy.serve(_main, workers=1, bind="nonsense")
+    # getaddrinfo() takes 99999 and binds port 34463 (99999 - 65536).
+    with pytest.raises(ValueError, match="port must be 0-65535, not 99999"):
+        uvpy.serve(_main, workers=1, bind="127.0.0.1:99999")
+    # bind("") would give an autobound abstract address, with no file.
+    with pytest.raises(ValueError, match="'unix:' needs a path"):
+        uvpy.serve(_main, workers=1, bind="unix:")
     with pytest.raises(TypeError, match="could not pickle the arguments"):
         uvpy.serve(_main, threading.Lock(), workers=1)
     with pytest.raises(ValueError, match="main must be 'module:attr'"):
         uvpy.serve("serve_apps", workers=1)
+
+
+async def _fail():
+    raise RuntimeError("boom in a worker")
+
+
+def test_serve_leaves_no_fd_file_or_child_behind(tmp_path):
+    path = str(tmp_path / "app.sock")
+    before = sorted(os.listdir("/proc/self/fd"))
+    with pytest.raises(uvpy.ServeError, match="before it was up"):
+        uvpy.serve(_fail, workers=2, bind=["127.0.0.1:0", f"unix:{path}"])
+    uvpy.serve(_main, workers=2, bind=["127.0.0.1:0", f"unix:{path}"])  # both finish
+    with pytest.raises(ValueError, match="bind address must be"):
+        uvpy.serve(_main, workers=1, bind=["127.0.0.1:0", f"unix:{path}", "nonsense"])
+    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert not os.path.exists(path)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(-1, os.WNOHANG)  # every worker was reaped
 
 
 def test_serve_refuses_a_running_loop_and_a_taken_port(loop):
@@ -464,6 +815,8 @@ def test_the_command_line_refuses_bad_input():
     assert r.returncode == 2 and "MODULE:ATTR needed, not 'serve_apps'" in r.stderr
     r = cli("--workers", "0", "serve_apps:echo")
     assert r.returncode == 2 and "workers must be at least 1, not 0" in r.stderr
+    r = cli("--bind", "127.0.0.1:70000", "serve_apps:echo")
+    assert r.returncode == 2 and "port must be 0-65535, not 70000" in r.stderr
     r = cli("--backend", "nope", "serve_apps:echo")
     assert r.returncode == 2 and "nope" in r.stderr
     r = cli("--help")

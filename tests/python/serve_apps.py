@@ -110,30 +110,22 @@ async def ignores_cancellation_once(port):
         await asyncio.sleep(3600)
 
 
-async def own_sigterm(port):
-    """Handles SIGTERM itself, with signal.signal, as uvicorn.Server does,
-    and says so when it has stopped."""
+async def own_sigterm(port, how="signal"):
+    """Handles SIGTERM itself, with signal.signal as uvicorn.Server does, or
+    (how="loop") with loop.add_signal_handler, which replaces the worker's
+    own handler; says so when it has stopped."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(stop.set))
+    if how == "loop":
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+    else:
+        signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(stop.set))
     server = await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)
     await stop.wait()
     server.close()
     await server.wait_closed()
-    print(f"{os.getpid()} stopped by its own handler", flush=True)
-
-
-async def own_loop_sigterm(port):
-    """Handles SIGTERM with loop.add_signal_handler, which replaces the
-    worker's own handler, and stops itself."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    server = await asyncio.start_server(_handle, "127.0.0.1", int(port), reuse_port=True)
-    await stop.wait()
-    server.close()
-    await server.wait_closed()
-    print(f"{os.getpid()} stopped by its own loop handler", flush=True)
+    by = "loop handler" if how == "loop" else "handler"
+    print(f"{os.getpid()} stopped by its own {by}", flush=True)
 
 
 async def fail_unless_first(path):

@@ -19,6 +19,7 @@ that calls uvpy.serve() (main in __main__), a worker slow to read its init,
 interpreter flags, no fd or child left behind, and bad arguments.
 """
 
+import contextlib
 import os
 import re
 import signal
@@ -140,6 +141,16 @@ def read_all(sock):
     while chunk := sock.recv(4096):
         data += chunk
     return data
+
+
+@contextlib.contextmanager
+def held_connection(port):
+    """A connection to serve_apps' echo that its worker holds open ("hold")
+    until the client sends another line."""
+    with connect(("127.0.0.1", port)) as sock:
+        sock.sendall(b"hold\n")
+        assert sock.recv(100).startswith(b"held ")
+        yield sock
 
 
 def ask(address, line=b"pid"):
@@ -418,39 +429,28 @@ def test_workers_stop_when_the_supervisor_is_killed(supervise):
 
 # -- stopping and replacing ---------------------------------------------------------------
 
-def test_a_main_with_its_own_sigterm_handler_stops_itself(supervise):
-    s = supervise("--workers", "2", "serve_apps:own_sigterm", str(free_port()))
-    s.wait_for(UP.pattern, 2)
-    s.signal(signal.SIGTERM)
-    assert s.wait() == 0
-    assert len(re.findall(r"stopped by its own handler", s.text())) == 2
+# how main handles SIGTERM itself -> what it prints when it has stopped
+OWN_SIGTERM = {"signal": "stopped by its own handler", "loop": "stopped by its own loop handler"}
 
 
-def test_a_main_with_its_own_loop_sigterm_handler_stops_itself(supervise):
-    s = supervise("--workers", "2", "serve_apps:own_loop_sigterm", str(free_port()))
+@pytest.mark.parametrize("how", list(OWN_SIGTERM))
+def test_a_main_with_its_own_sigterm_handler_stops_itself(supervise, how):
+    s = supervise("--workers", "2", "serve_apps:own_sigterm", str(free_port()), how)
     s.wait_for(UP.pattern, 2)
     s.signal(signal.SIGTERM)
     assert s.wait() == 0
     log = s.text()
-    assert len(re.findall(r"stopped by its own loop handler", log)) == 2
+    assert len(re.findall(OWN_SIGTERM[how], log)) == 2
     assert len(re.findall(r"stopped \(status 0\)", log)) == 2
 
 
-def test_an_orphan_with_its_own_sigterm_handler_gets_a_sigterm(supervise):
-    s = supervise("--workers", "1", "serve_apps:own_sigterm", str(free_port()))
+@pytest.mark.parametrize("how", list(OWN_SIGTERM))
+def test_an_orphan_with_its_own_sigterm_handler_gets_a_sigterm(supervise, how):
+    s = supervise("--workers", "1", "serve_apps:own_sigterm", str(free_port()), how)
     s.wait_for(UP.pattern)
     s.proc.kill()
     s.proc.wait()
-    s.wait_for("stopped by its own handler", orphans=True)
-    until_gone(s.up_pids())
-
-
-def test_an_orphan_with_its_own_loop_sigterm_handler_gets_a_sigterm(supervise):
-    s = supervise("--workers", "1", "serve_apps:own_loop_sigterm", str(free_port()))
-    s.wait_for(UP.pattern)
-    s.proc.kill()
-    s.proc.wait()
-    s.wait_for("stopped by its own loop handler", orphans=True)
+    s.wait_for(OWN_SIGTERM[how], orphans=True)
     until_gone(s.up_pids())
 
 
@@ -538,9 +538,7 @@ def test_graceful_timeout_none_waits_for_the_connection_then_returns(supervise, 
         """))
     s = supervise(script=str(script))
     s.wait_for(UP.pattern)
-    with connect(("127.0.0.1", port)) as held:
-        held.sendall(b"hold\n")
-        assert held.recv(100).startswith(b"held ")
+    with held_connection(port) as held:
         s.signal(signal.SIGTERM)
         s.wait_for("SIGTERM: stopping the workers")
         held.sendall(b"go\n")
@@ -553,9 +551,7 @@ def test_graceful_timeout_ends_a_connection_that_never_finishes(supervise):
     port = free_port()
     s = supervise("--workers", "1", "--graceful-timeout", "0.2", "serve_apps:echo", str(port))
     s.wait_for(UP.pattern)
-    with connect(("127.0.0.1", port)) as held:
-        held.sendall(b"hold\n")
-        assert held.recv(100).startswith(b"held ")
+    with held_connection(port) as held:
         s.signal(signal.SIGTERM)
         assert read_all(held) == b""  # closed by the worker once the timeout passed
     assert s.wait() == 0
@@ -569,9 +565,7 @@ def test_a_sigterm_to_the_whole_process_group_still_drains(supervise):
     s = supervise("--workers", "1", "--graceful-timeout", "600", "serve_apps:echo", str(port),
                   group=True)
     s.wait_for(UP.pattern)
-    with connect(("127.0.0.1", port)) as held:
-        held.sendall(b"hold\n")
-        assert held.recv(100).startswith(b"held ")
+    with held_connection(port) as held:
         os.killpg(s.proc.pid, signal.SIGTERM)
         s.wait_for("SIGTERM: stopping the workers")
         held.sendall(b"go\n")
@@ -580,24 +574,30 @@ def test_a_sigterm_to_the_whole_process_group_still_drains(supervise):
     assert "stopped (status 0)" in s.text()
 
 
-def test_a_repeated_sigterm_does_not_cut_the_drain_short(supervise):
+@pytest.mark.parametrize("second", ["SIGTERM", "SIGINT"])
+def test_a_second_stop_signal(supervise, second):
     # `timeout` sends SIGTERM to its child and then to the child's group,
-    # and a service manager escalates with SIGKILL itself: a second SIGTERM
-    # is no request to kill (as in uvicorn, only a second SIGINT is).
+    # and a service manager escalates with SIGKILL itself: a repeated
+    # SIGTERM changes nothing. Ctrl+C twice (a SIGINT after the stop) kills
+    # the workers, as in uvicorn.
     port = free_port()
     s = supervise("--workers", "1", "--graceful-timeout", "600", "serve_apps:echo", str(port))
     s.wait_for(UP.pattern)
-    with connect(("127.0.0.1", port)) as held:
-        held.sendall(b"hold\n")
-        assert held.recv(100).startswith(b"held ")
+    with held_connection(port) as held:
         s.signal(signal.SIGTERM)
         s.wait_for("SIGTERM: stopping the workers")
-        s.signal(signal.SIGTERM)
-        s.wait_for("SIGTERM again: already stopping")
-        held.sendall(b"go\n")
-        assert read_all(held) == b"done\n"
-    assert s.wait() == 0
-    assert "killing" not in s.text()
+        s.signal(getattr(signal, second))
+        if second == "SIGTERM":
+            s.wait_for("SIGTERM again: already stopping")
+            held.sendall(b"go\n")
+            assert read_all(held) == b"done\n"
+        assert s.wait() == 0
+    log = s.text()
+    if second == "SIGTERM":
+        assert "killing" not in log
+    else:
+        assert "SIGINT again: killing the workers" in log
+        assert "stopped (signal SIGKILL)" in log
 
 
 def test_a_worker_that_ignores_its_cancellation_is_killed(supervise):
@@ -623,22 +623,6 @@ def test_an_orphan_that_ignores_its_cancellation_ends_itself(supervise):
     s.wait_for("ignores the cancellation", orphans=True)
     until_gone(s.up_pids())
     assert "the supervisor is gone and main did not stop within 5.2 s" in s.text()
-
-
-def test_a_second_signal_kills_the_workers(supervise):
-    port = free_port()
-    s = supervise("--workers", "1", "--graceful-timeout", "600", "serve_apps:echo", str(port))
-    s.wait_for(UP.pattern)
-    with connect(("127.0.0.1", port)) as held:
-        held.sendall(b"hold\n")
-        assert held.recv(100).startswith(b"held ")
-        s.signal(signal.SIGTERM)
-        s.wait_for("SIGTERM: stopping the workers")
-        s.signal(signal.SIGINT)
-        assert s.wait() == 0
-    log = s.text()
-    assert "SIGINT again: killing the workers" in log
-    assert "stopped (signal SIGKILL)" in log
 
 
 def test_sighup_replaces_every_worker_without_refusing_a_connection(supervise, tmp_path):

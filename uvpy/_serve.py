@@ -75,6 +75,7 @@ import subprocess
 import sys
 
 from . import _serveworker
+from ._procpool import _default_workers
 
 __all__ = ("serve", "ServeError", "inherited_sockets")
 
@@ -178,10 +179,7 @@ def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=
 
 def _check_workers(workers):
     if workers is None:
-        try:
-            return len(os.sched_getaffinity(0)) or 1
-        except (AttributeError, OSError):
-            return os.cpu_count() or 1
+        return _default_workers() or 1  # the CPUs in the affinity mask, as ProcessPool's
     if isinstance(workers, bool) or not isinstance(workers, int):
         raise TypeError(f"workers must be an int, not {type(workers).__name__}")
     if workers < 1:

@@ -81,8 +81,7 @@ int BlockingPool::submit(Job* j, bool blocking) {
     tail_ = j;
     ++len_;
     queued_.store(len_, std::memory_order_release);
-    const unsigned busy = threads_ - idle_;  // running, or claimed to run
-    if (idle_ > 0 && busy < opts_.max_threads) {  // rule 2: claim a waiting thread
+    if (idle_ > 0 && active_ + claimed_ < opts_.max_threads) {  // rule 2: claim a waiting thread
       --idle_;
       ++claimed_;
       // Spinners take queued jobs without being woken (one each): wake a
@@ -207,11 +206,15 @@ void BlockingPool::thread_main(unsigned index) {
   const auto keep_alive = std::chrono::milliseconds(opts_.keep_alive_ms);
   std::unique_lock<std::mutex> lk(mu_);
   for (;;) {
-    if (Job* j = pop_locked()) {
-      lk.unlock();
-      run_batch(j);
-      lk.lock();
-      continue;
+    if (active_ < opts_.max_threads || stopping_) {  // rule 2
+      if (Job* j = pop_locked()) {
+        ++active_;
+        lk.unlock();
+        run_batch(j);
+        lk.lock();
+        --active_;
+        continue;
+      }
     }
     if (stopping_ || threads_ > opts_.max_threads) break;
     // Wait for work: counted idle from here (rule 3), spinning first.
@@ -224,11 +227,10 @@ void BlockingPool::thread_main(unsigned index) {
     const bool core = index < opts_.core_threads;  // rule 8: waits without a keep-alive
     bool take = false;
     for (;;) {
-      // A queued job is ours if a submitter claimed a thread for it, or if
-      // fewer than max_threads run jobs (rule 2: the limit holds for
-      // spinners too); when draining at shutdown, always.
-      const unsigned running = threads_ - idle_ - claimed_;
-      if (head_ != nullptr && (claimed_ > 0 || running < opts_.max_threads || stopping_)) {
+      // A queued job is ours while fewer than max_threads run jobs (rule 2:
+      // for claimed threads and spinners alike); when draining at shutdown,
+      // always.
+      if (head_ != nullptr && (active_ < opts_.max_threads || stopping_)) {
         take = true;
         break;
       }
@@ -237,7 +239,7 @@ void BlockingPool::thread_main(unsigned index) {
       else timed_out = cv_.wait_for(lk, keep_alive) == std::cv_status::timeout;
     }
     leave_idle_locked();
-    if (!take) break;
+    if (!take) break;  // else mu_ is still held: the top of the loop pops the job
   }
   --threads_;
   index_used_[index] = false;
@@ -252,10 +254,10 @@ void BlockingPool::run_batch(Job* j) {  // rules 7 and 9
     if (abort_.load(std::memory_order_acquire)) hand_back_cancelled(j);
     else if (run_job(j)) ran = j;
     if (now_ns() >= deadline || queued_.load(std::memory_order_acquire) == 0) break;
-    Job* next;
+    Job* next = nullptr;
     {
       std::lock_guard<std::mutex> lk(mu_);
-      next = pop_locked();
+      if (active_ <= opts_.max_threads || stopping_) next = pop_locked();  // rule 2: counting this thread
     }
     if (ran != nullptr) {  // before the next job, which may block for long
       finish(ran);

@@ -15,6 +15,7 @@
 //   threads_ threads started (or being started) and not yet exited
 //   idle_    threads waiting for work that no submitter has claimed
 //   claimed_ idle threads a submitter has claimed (notified), not yet awake
+//   active_  threads that took a job and have not come back from its batch
 //   spinning_ idle threads still spinning: they need no notify (rule 3)
 // A thread waits for work by spinning (spin_us, no lock) and then on cv_.
 //
@@ -22,13 +23,17 @@
 //  1. Every accepted job is run or handed back cancelled, exactly once
 //     (job.h rules 1-3): the thread that takes it out of queue_ decides with
 //     one CAS queued -> running.
-//  2. No job waits while a thread could take it. submit() claims an idle
-//     thread if there is one (idle_ -> claimed_, one notify), otherwise it
-//     starts a thread while threads_ < max_threads. With the pool at its
-//     limit and no thread idle, the job waits for the next thread to finish
-//     its job; that is the bound, as with asyncio's ThreadPoolExecutor. An
-//     idle thread is claimed only while fewer than max_threads run jobs, so
-//     a lowered limit holds at once, before the extra threads have exited.
+//  2. No job waits while a thread could take it, and no more than
+//     max_threads threads run jobs. active_ counts the threads between
+//     taking a job out of queue_ and coming back from its batch; a thread
+//     takes a job (at the top of its loop, out of its wait, or to go on with
+//     its batch) only while the others leave room under the limit. submit()
+//     claims an idle thread if there is one and active_ + claimed_ is under
+//     the limit (idle_ -> claimed_, one notify), otherwise it starts a thread
+//     while threads_ < max_threads. With the pool at its limit the job waits
+//     for the next thread to finish its job; that is the bound, as with
+//     asyncio's ThreadPoolExecutor. A lowered limit holds at once, before the
+//     extra threads have exited and for the threads whose jobs were running.
 //  3. idle_ + claimed_ is always the number of waiting threads, and
 //     claimed_ <= len_: a claim stands for a queued job. A thread that stops
 //     waiting (to take a job, or to exit) consumes a claim if there is one,
@@ -165,6 +170,7 @@ class BlockingPool {
   unsigned threads_ = 0;
   unsigned idle_ = 0;
   unsigned claimed_ = 0;
+  unsigned active_ = 0;
   unsigned spinning_ = 0;
   std::vector<bool> index_used_;
   bool stopping_ = false;

@@ -165,6 +165,38 @@ TEST_CASE("lowering the limit lets the extra idle threads go", "[executor][block
   REQUIRE(eventually([&] { return pool.metrics().threads == 1; }));
 }
 
+TEST_CASE("a lowered limit holds for threads that finish a job with more queued", "[executor][blocking]") {
+  // Four threads are inside their jobs with more queued behind them when the
+  // limit drops to one. Each finishes its job and would take the next, in its
+  // batch or back at the top of its loop: only one may.
+  for (int round = 0; round < 20; ++round) {
+    TestLoop loop;
+    Gate gate;
+    std::atomic<int> inside{0}, most{0};
+    std::deque<TestJob> first, more;
+    add_jobs(first, 4, &loop.port, [&](TestJob& t) { gate.pass(t.job); });
+    add_jobs(more, 6, &loop.port, [&](TestJob&) {
+      int now = inside.fetch_add(1) + 1;
+      int prev = most.load();
+      while (now > prev && !most.compare_exchange_weak(prev, now)) {
+      }
+      std::this_thread::sleep_for(1ms);
+      inside.fetch_sub(1);
+    });
+    BlockingPool pool(pool_opts(4));
+    for (auto& j : first) REQUIRE(pool.submit(&j.job) == 0);
+    REQUIRE(gate.wait_inside(4));
+    for (auto& j : more) REQUIRE(pool.submit(&j.job) == 0);
+    pool.set_max_threads(1);
+    gate.open = true;
+    REQUIRE(loop.run_until([&] { return total(more, &TestJob::completes) == 6; }));
+    REQUIRE(most.load() == 1);
+    require_all_handed_back(first, loop);
+    require_all_handed_back(more, loop);
+    REQUIRE(eventually([&] { return pool.metrics().threads == 1; }));
+  }
+}
+
 TEST_CASE("a cancelled queued job is handed back without running", "[executor][blocking]") {
   TestLoop loop;
   Gate gate;

@@ -55,6 +55,12 @@ Invariants:
    finalizer closes what an unclosed pool dropped. A job holds its cached
    memfd until it is settled, and each worker it was sent to until that
    worker's RELEASE or death (``mapped``).
+6. A submit() from a thread other than the loop's either raises or hands
+   its job over: the job goes on ``_incoming`` under the lock that shutdown
+   and breakage set their flags under, and the loop takes it from there
+   (one call_soon_threadsafe each). Whatever ends the pool's work takes
+   ``_incoming`` first: a shutdown runs those jobs, a broken pool or a lost
+   loop fails them. A submission never waits on a loop that will not run it.
 """
 
 from __future__ import annotations
@@ -210,9 +216,10 @@ class ProcessPool(concurrent.futures.Executor):
         self._cache = int(shm_cache)
         self._segments = wire.Segments(self._cache) if self._cache else None
         self._init = (initializer, tuple(initargs))
-        self._lock = threading.Lock()   # submit() from any thread: ids, shutdown flag
+        self._lock = threading.RLock()  # ids, flags, _incoming; held across _lost_loop
         self._next_id = 0
         self._queue = collections.deque()
+        self._incoming = []              # jobs submit() handed to the loop from another thread
         self._jobs = {}                  # id -> _Job, queued or sent
         self._workers = []
         self._loop = None
@@ -259,7 +266,22 @@ class ProcessPool(concurrent.futures.Executor):
         loop = self._loop
         if loop is None or loop.is_closed() or not (loop.is_running() or self._jobs):
             loop = self._private_loop()  # jobs on a stopped loop wait for it to run again
-        loop.call_soon_threadsafe(self._enqueue, job)
+        # Invariant 6: the job is either refused here or reaches the queue.
+        with self._lock:
+            try:
+                self._check_open_locked()
+            except BaseException:
+                job.release()
+                raise
+            self._incoming.append(job)
+        try:
+            loop.call_soon_threadsafe(self._take_incoming)
+        except RuntimeError:  # that loop was closed meanwhile
+            with self._lock:
+                if job in self._incoming:
+                    self._incoming.remove(job)
+                    job.release()
+                    raise
         return future
 
     def map(self, fn, *iterables, timeout=None, chunksize=1, limit=None):
@@ -332,12 +354,15 @@ class ProcessPool(concurrent.futures.Executor):
 
     # -- jobs ---------------------------------------------------------------------
 
+    def _check_open_locked(self):
+        if self._broken:
+            raise BrokenProcessPool(self._broken)
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+
     def _new_job(self, future, aio, fn, args, kwargs):
         with self._lock:
-            if self._broken:
-                raise BrokenProcessPool(self._broken)
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._check_open_locked()
             self._next_id = job_id = (self._next_id + 1) & 0xFFFFFFFF
         job = _Job(job_id, future, aio)
         try:
@@ -375,6 +400,13 @@ class ProcessPool(concurrent.futures.Executor):
         if not self._dispatch_pending:
             self._dispatch_pending = True
             self._loop.call_soon(self._dispatch)
+
+    def _take_incoming(self):
+        """Queue the jobs other threads submitted (invariant 6)."""
+        with self._lock:
+            jobs, self._incoming = self._incoming, []
+        for job in jobs:
+            self._enqueue(job)
 
     def _cancelled(self, job):
         if job.state == _QUEUED:  # taken off the queue at dispatch
@@ -653,7 +685,8 @@ class ProcessPool(concurrent.futures.Executor):
     def _break(self, message):
         if self._broken:
             return
-        self._broken = message
+        with self._lock:
+            self._broken = message
         self._fail_all(lambda: BrokenProcessPool(message))
         for w in self._workers:
             if w.proc.poll() is None:
@@ -671,6 +704,7 @@ class ProcessPool(concurrent.futures.Executor):
     def _check_all_gone(self):
         if self._workers or not (self._shutdown or self._broken):
             return
+        self._take_incoming()  # broken: they fail now, not with the loop's stop
         if self._segments is not None:
             self._segments.close()
         self._all_gone.set()
@@ -682,6 +716,7 @@ class ProcessPool(concurrent.futures.Executor):
             self._loop.stop()
 
     def _begin_shutdown(self, cancel_futures):
+        self._take_incoming()  # submitted before the shutdown: they run (invariant 6)
         if cancel_futures:
             for job in list(self._queue):
                 if job.state == _QUEUED:
@@ -738,7 +773,7 @@ class ProcessPool(concurrent.futures.Executor):
         if old is loop:
             return True
         if old is not None and not old.is_closed():
-            if old.is_running() or self._jobs:
+            if old.is_running() or self._jobs or self._incoming:
                 return False
             for w in self._workers:
                 self._unwatch(w)
@@ -755,6 +790,10 @@ class ProcessPool(concurrent.futures.Executor):
         """The bound loop was closed under the pool: the jobs in flight fail."""
         self._loop = None
         err = "the event loop the process pool ran on was closed with this job in flight"
+        with self._lock:
+            jobs, self._incoming = self._incoming, []
+        for job in jobs:
+            self._settle(job, RuntimeError(err), False)
         self._fail_all(lambda: RuntimeError(err))
         for w in self._workers:
             w.writing = False

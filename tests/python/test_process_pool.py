@@ -376,6 +376,66 @@ def test_shutdown_on_the_loop_thread_pumps_the_workers(loop):
     assert zombies() == []
 
 
+class _StallsPickling:
+    """Pickles as the int n, once `go` is set; sets `entered` first. Holds a
+    submit() between its shutdown check and the hand-over to the loop."""
+
+    def __init__(self, n):
+        self.n = n
+        self.entered, self.go = threading.Event(), threading.Event()
+
+    def __reduce__(self):
+        self.entered.set()
+        assert self.go.wait(10)
+        return int, (self.n,)
+
+
+def test_a_submit_racing_shutdown_from_another_thread_is_refused_not_lost():
+    loop = uvpy.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever)
+    runner.start()
+    before = open_fds()
+    pool = ProcessPool(1, shm_threshold=1024)
+    assert asyncio.run_coroutine_threadsafe(pool.run(jobs.square, 2), loop).result(10) == 4
+    stalls, out = _StallsPickling(5), {}
+
+    def submitter():  # a 1 MiB buffer too: its memfd must not leak
+        try:
+            out["future"] = pool.submit(jobs.echo, (stalls, bytearray(1 << 20)))
+        except RuntimeError as exc:
+            out["error"] = exc
+
+    thread = threading.Thread(target=submitter)
+    thread.start()
+    assert stalls.entered.wait(10)
+    pool.shutdown(wait=True)  # every worker reaped while that submit is still inside
+    stalls.go.set()
+    thread.join(10)
+    # submit() had not returned when shutdown began: refused, as after it.
+    # Before, it returned a future that nothing would ever run.
+    assert "future" not in out
+    assert "after shutdown" in str(out["error"])
+    loop.call_soon_threadsafe(loop.stop)
+    runner.join(10)
+    assert open_fds() == before
+    loop.close()
+    assert zombies() == []
+
+
+def test_a_job_submitted_from_another_thread_runs_despite_a_shutdown_on_the_loop_thread(loop):
+    async def main():
+        pool = ProcessPool(1)
+        assert await pool.run(jobs.square, 3) == 9  # bound to this loop
+        futures = []
+        other = threading.Thread(target=lambda: futures.append(pool.submit(jobs.square, 4)))
+        other.start()
+        other.join()  # its hand-over to this loop is still pending
+        pool.shutdown(wait=True)  # here, before the loop takes it: the pump must run it
+        assert await asyncio.wait_for(asyncio.wrap_future(futures[0]), 10) == 16
+    run(loop, main())
+    assert zombies() == []
+
+
 def test_aclose_with_jobs_running(loop):
     async def main():
         pool = ProcessPool(2)

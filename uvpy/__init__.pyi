@@ -200,6 +200,7 @@ def serve(
     bind: str | socket.socket | list[str | socket.socket] | tuple[str | socket.socket, ...] = (),
     backlog: int = 2048,
     graceful_timeout: float | None = 30.0,
+    start_timeout: float | None = 60.0,
     backend: _BackendName | None = None,
 ) -> None: ...
 def inherited_sockets() -> list[socket.socket]: ...

@@ -58,7 +58,7 @@ usage: {PROG} run [--backend NAME] SCRIPT [ARGS...]
        {PROG} run [--backend NAME] -m MODULE [ARGS...]
        {PROG} [--backend NAME] -m MODULE [ARGS...]
        {PROG} serve [--workers N] [--bind ADDR]... [--graceful-timeout S]
-             [--backend NAME] [--log-level LEVEL] MODULE:ATTR [ARGS...]
+             [--start-timeout S] [--backend NAME] [--log-level LEVEL] MODULE:ATTR [ARGS...]
        {PROG} info
 
 run      run an asyncio program on uvpy, as `python SCRIPT` / `python -m MODULE` would
@@ -189,6 +189,9 @@ def _serve(argv: list[str]) -> int:
                         help="listen backlog of the --bind sockets (default: 2048)")
     parser.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S",
                         help="seconds a stopping worker waits for its connections (default: 30)")
+    parser.add_argument("--start-timeout", type=float, default=60.0, metavar="S",
+                        help="seconds a worker may take to be up before it is killed as failed "
+                             "(default: 60)")
     parser.add_argument("--backend", default=None, metavar="NAME",
                         help="auto, libuv or io_uring (default: UVPY_BACKEND, else auto)")
     parser.add_argument("--log-level", default="info", metavar="LEVEL",
@@ -213,7 +216,8 @@ def _serve(argv: list[str]) -> int:
     log.propagate = False
     try:
         uvpy.serve(ns.target, *ns.args, workers=ns.workers, bind=ns.bind, backlog=ns.backlog,
-                   graceful_timeout=ns.graceful_timeout, backend=ns.backend)
+                   graceful_timeout=ns.graceful_timeout, start_timeout=ns.start_timeout,
+                   backend=ns.backend)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     except (uvpy.ServeError, OSError) as exc:

@@ -39,6 +39,9 @@ Invariants:
      RESTART_DELAY * 2**k seconds, at most MAX_RESTART_DELAY, where k counts
      the slot's crashes in a row (up to the cap, however long the crash
      loop); k starts over after a worker that stayed up for STABLE seconds.
+   A worker not up start_timeout seconds after it was spawned (an import,
+   a blocking call or a hung interpreter start-up that never ends) is
+   killed, and counts as one that exited before it was up.
 4. The first SIGINT or SIGTERM stops everything gracefully: no restarts,
    SIGTERM to every worker (each drains its connections for up to
    graceful_timeout, then cancels main), and SIGKILL to any worker still
@@ -50,8 +53,8 @@ Invariants:
 5. SIGHUP replaces the workers one slot at a time: a new worker is started
    beside the old one, and only once it is up is the old one asked to stop
    (gracefully, as in 4), so the port never goes unserved. A replacement
-   that fails to come up leaves its slot's old worker running and ends the
-   round, logged as an error. A SIGHUP during a round starts another round
+   that fails to come up (or is not up within start_timeout) leaves its
+   slot's old worker running and ends the round, logged as an error. A SIGHUP during a round starts another round
    after it.
 6. Listening sockets of `bind=` are made before any worker starts and
    passed to every worker at the same fd number; serve() closes them when
@@ -98,7 +101,7 @@ class ServeError(RuntimeError):
 
 
 def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=30.0,
-          backend=None):
+          start_timeout=60.0, backend=None):
     """Run ``main(*args)``, a coroutine function, in ``workers`` processes
     (default: the CPUs this process may run on), each on its own uvpy loop,
     and supervise them until SIGINT or SIGTERM (see the module docstring).
@@ -108,7 +111,9 @@ def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=
     socket.socket; main finds them in ``uvpy.inherited_sockets()``. Without
     it, main binds its own, with ``reuse_port=True``. ``graceful_timeout``
     (seconds, or None for no limit) is how long a stopping worker waits for
-    its connections. ``backend`` is the workers' (see uvpy.new_event_loop).
+    its connections. ``start_timeout`` (seconds, or None) is how long a
+    worker may take to be up before it is killed as failed. ``backend`` is
+    the workers' (see uvpy.new_event_loop).
 
     Returns None once stopped; raises ServeError when a worker fails to
     start. Call it from the main thread, with no event loop running, under
@@ -121,12 +126,8 @@ def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=
     if not callable(main) and not isinstance(main, str):
         raise TypeError(f"main must be a coroutine function, not {type(main).__name__}")
     workers = _check_workers(workers)
-    if graceful_timeout is not None:
-        if isinstance(graceful_timeout, bool) or not isinstance(graceful_timeout, (int, float)):
-            raise TypeError("graceful_timeout must be a number of seconds or None, "
-                            f"not {type(graceful_timeout).__name__}")
-        if not graceful_timeout >= 0 or math.isinf(graceful_timeout):
-            raise ValueError(f"graceful_timeout must be a finite number >= 0, not {graceful_timeout!r}")
+    _check_seconds("graceful_timeout", graceful_timeout, zero=True)
+    _check_seconds("start_timeout", start_timeout, zero=False)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -164,7 +165,7 @@ def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=
             "fds": [s.fileno() for s in sockets],
             "backend": backend,
             "graceful_timeout": graceful_timeout,
-        }, graceful_timeout)
+        }, graceful_timeout, start_timeout)
         loop.run_until_complete(supervisor.run())
     finally:
         try:
@@ -185,6 +186,15 @@ def _check_workers(workers):
     if workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
     return workers
+
+
+def _check_seconds(name, value, zero):
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not {type(value).__name__}")
+    if not (value >= 0 if zero else value > 0) or math.isinf(value):
+        raise ValueError(f"{name} must be a finite number {'>=' if zero else '>'} 0, not {value!r}")
 
 
 def _preparation(with_main):
@@ -301,7 +311,7 @@ def _describe(code):
 
 class _Worker:
     __slots__ = ("slot", "transport", "pid", "ctl", "unsent", "up", "up_at", "asked",
-                 "kill_timer", "replaces", "exited")
+                 "kill_timer", "start_timer", "late", "replaces", "exited")
 
     def __init__(self, slot, replaces=None):
         self.slot = slot
@@ -313,6 +323,8 @@ class _Worker:
         self.up_at = None
         self.asked = False
         self.kill_timer = None
+        self.start_timer = None    # kills it if it is not up within start_timeout
+        self.late = False          # it was killed for that
         self.replaces = replaces   # the worker this one takes over from (invariant 5)
         self.exited = None         # a future, done with the exit status
 
@@ -334,13 +346,14 @@ class _WorkerProtocol(asyncio.SubprocessProtocol):
 
 
 class _Supervisor:
-    def __init__(self, loop, n, init, graceful_timeout):
+    def __init__(self, loop, n, init, graceful_timeout, start_timeout):
         self._loop = loop
         self._init = pickle.dumps(init, protocol=5)
         self._fds = init["fds"]
         # -O, -X dev, -W ... as this interpreter runs with (invariant 1)
         self._flags = subprocess._args_from_interpreter_flags()
         self._graceful_timeout = graceful_timeout
+        self._start_timeout = start_timeout
         self._current = [None] * n    # slot -> its current worker
         self._incoming = [None] * n   # slot -> the worker replacing it (invariant 5)
         self._ever_up = [False] * n
@@ -411,6 +424,8 @@ class _Supervisor:
         w.ctl = parent
         self._live.add(w)
         logger.info("started %r", w)
+        if self._start_timeout is not None:
+            w.start_timer = self._loop.call_later(self._start_timeout, self._not_up, w)
         parent.setblocking(False)
         w.unsent = memoryview(_serveworker.LENGTH.pack(len(self._init)) + self._init)
         self._send_init(w)
@@ -448,7 +463,22 @@ class _Supervisor:
         if _serveworker.UP in data and not w.up:
             self._up(w)
 
+    def _not_up(self, w):  # invariant 3
+        w.start_timer = None
+        if w.up or w.asked or w not in self._live:
+            return
+        logger.error("%r is not up after %.1f s (start_timeout); killing it", w,
+                     self._start_timeout)
+        w.late = True
+        try:
+            w.transport.kill()
+        except ProcessLookupError:
+            pass
+
     def _up(self, w):
+        if w.start_timer is not None:
+            w.start_timer.cancel()
+            w.start_timer = None
         w.up = True
         w.up_at = self._loop.time()
         self._ever_up[w.slot] = True
@@ -516,8 +546,9 @@ class _Supervisor:
         code = w.transport.get_returncode()
         logger.debug("%r exited with %s", w, _describe(code))
         self._live.discard(w)
-        if w.kill_timer is not None:
-            w.kill_timer.cancel()
+        for timer in (w.kill_timer, w.start_timer):
+            if timer is not None:
+                timer.cancel()
         if w.ctl is not None:
             if w.ctl.fileno() >= 0:
                 self._loop.remove_reader(w.ctl.fileno())
@@ -546,17 +577,16 @@ class _Supervisor:
         elif replacing:  # invariant 5
             self._round = None
             if self._current[slot] is None:  # the old one is gone too
-                logger.error("the replacement %r exited with %s before it was up", w,
-                             _describe(code))
+                logger.error("the replacement %r %s", w, self._failed_start(w, code))
                 self._schedule_restart(w, code)
             else:
-                logger.error("the replacement %r exited with %s before it was up; "
-                             "%r keeps serving", w, _describe(code), w.replaces)
+                logger.error("the replacement %r %s; %r keeps serving", w,
+                             self._failed_start(w, code), w.replaces)
             self._replace_next()
         elif code == 0:
             logger.info("%r finished", w)
         elif not w.up and not self._ever_up[slot]:  # invariant 3
-            what = "could not be started" if spawn_failed else f"exited with {_describe(code)} before it was up"
+            what = "could not be started" if spawn_failed else self._failed_start(w, code)
             if self._error is None:
                 self._error = f"{w!r} {what}"
                 logger.error("%s: stopping", self._error)
@@ -564,6 +594,11 @@ class _Supervisor:
         elif self._current[slot] is None and self._incoming[slot] is None:
             self._schedule_restart(w, code)
         self._check_done()
+
+    def _failed_start(self, w, code):
+        if w.late:
+            return f"was not up within {self._start_timeout:.1f} s (start_timeout)"
+        return f"exited with {_describe(code)} before it was up"
 
     def _schedule_restart(self, w, code):
         slot = w.slot
@@ -574,7 +609,8 @@ class _Supervisor:
             # k stops at the cap: 2**k grows past a float in 1024 crashes,
             # under three hours of a crash loop at the cap.
             self._streak[slot] += 1
-        logger.warning("%r exited with %s; restarting it in %.1f s", w, _describe(code), delay)
+        how = self._failed_start(w, code) if w.late else f"exited with {_describe(code)}"
+        logger.warning("%r %s; restarting it in %.1f s", w, how, delay)
         self._restart[slot] = self._loop.call_later(delay, self._restart_slot, slot)
 
     def _restart_slot(self, slot):

@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import socket
+import time
 
 import uvpy
 
@@ -143,6 +144,14 @@ async def echo_unless(path, port):
     """echo on port, or raise at once while the file `path` exists."""
     if os.path.exists(path):
         raise RuntimeError(f"{path} exists")
+    await echo(port)
+
+
+async def echo_or_block(path, port):
+    """echo on port, or block the loop (a model loaded with a blocking call)
+    far longer than any test while the file `path` exists: never up."""
+    if os.path.exists(path):
+        time.sleep(120)
     await echo(port)
 
 

@@ -16,7 +16,9 @@ connection, signals during spawning and during a SIGHUP round, a killed
 supervisor, a main that ignores its cancellation (killed by the supervisor,
 or by itself as an orphan), a main that returns, the same from a script
 that calls uvpy.serve() (main in __main__), a worker slow to read its init,
-interpreter flags, no fd or child left behind, and bad arguments.
+workers never up (killed at start_timeout, at the first start and in a
+SIGHUP round), interpreter flags, no fd or child left behind, and bad
+arguments.
 """
 
 import contextlib
@@ -311,7 +313,7 @@ def test_the_backoff_stays_at_its_cap_in_a_crash_loop_of_any_length(loop):
     # empty for good).
     from uvpy import _serve
 
-    sup = _serve._Supervisor(loop, 1, {"fds": []}, 1.0)
+    sup = _serve._Supervisor(loop, 1, {"fds": []}, 1.0, 60.0)
     worker = _serve._Worker(0)
     for _ in range(2000):
         sup._schedule_restart(worker, 3)
@@ -726,6 +728,58 @@ def test_a_replacement_that_fails_to_start_leaves_the_old_worker_serving(supervi
     assert len(s.up_pids() - old) == 2
 
 
+def test_a_replacement_not_up_within_start_timeout_is_killed_and_the_old_worker_serves(
+        supervise, tmp_path):
+    port, flag = free_port(), tmp_path / "blocks"
+    s = supervise("--workers", "2", "--start-timeout", "1", "serve_apps:echo_or_block",
+                  str(flag), str(port))
+    s.wait_for(UP.pattern, 2)
+    old = s.up_pids()
+    flag.write_text("new code that blocks before it listens")
+    s.signal(signal.SIGHUP)
+    [stuck] = s.wait_for(r"the replacement worker 0 \(pid (\d+)\) was not up within 1.0 s "
+                         r"\(start_timeout\); worker 0 \(pid \d+\) keeps serving")
+    until_gone([int(stuck)])
+    assert {int(ask(("127.0.0.1", port))) for _ in range(40)} == old
+    flag.unlink()
+    s.signal(signal.SIGHUP)  # fixed: the next round replaces both
+    s.wait_for("workers replaced")
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert len(s.up_pids() - old) == 2
+
+
+def test_a_first_worker_not_up_within_start_timeout_fails_serve(supervise, tmp_path):
+    # The worker's import of the script (__main__ run as __mp_main__) never
+    # ends: without a start_timeout, serve() would wait for it forever.
+    script = tmp_path / "hangs.py"
+    script.write_text(textwrap.dedent(f"""\
+        import sys, time
+        sys.path.insert(0, {HERE!r})
+        import uvpy
+
+        async def main():
+            pass
+
+        if __name__ == "__mp_main__":
+            print("worker importing", flush=True)
+            time.sleep(120)
+
+        if __name__ == "__main__":
+            try:
+                uvpy.serve(main, workers=1, start_timeout=0.5)
+            except uvpy.ServeError as exc:
+                print("ServeError:", exc, flush=True)
+        """))
+    s = supervise(script=str(script))
+    assert s.wait() == 0
+    log = s.text()
+    assert "worker importing" in log
+    [pid] = re.findall(r"ServeError: worker 0 \(pid (\d+)\) was not up within 0.5 s "
+                       r"\(start_timeout\)", log)
+    assert not alive(int(pid))
+
+
 # -- the API ------------------------------------------------------------------------------
 
 async def _main():
@@ -743,6 +797,10 @@ def test_bad_arguments_are_refused_before_anything_starts():
         uvpy.serve(3, workers=1)
     with pytest.raises(ValueError, match="graceful_timeout must be a finite number >= 0"):
         uvpy.serve(_main, workers=1, graceful_timeout=-1)
+    with pytest.raises(ValueError, match="start_timeout must be a finite number > 0, not 0"):
+        uvpy.serve(_main, workers=1, start_timeout=0)
+    with pytest.raises(TypeError, match="start_timeout must be a number of seconds or None, not str"):
+        uvpy.serve(_main, workers=1, start_timeout="5")
     with pytest.raises(ValueError, match="bind address must be 'HOST:PORT'"):
         uvpy.serve(_main, workers=1, bind="nonsense")
     # getaddrinfo() takes 99999 and binds port 34463 (99999 - 65536).

@@ -44,6 +44,10 @@ Invariants:
    executor job or a non-daemon thread that never ends) SIGKILLs itself,
    as its supervisor would have killed it; with graceful_timeout None it
    waits as long as it takes.
+6. The control socket and the inherited listeners are made non-inheritable
+   as soon as they arrive: a child main starts with close_fds=False or
+   os.system() (a shell, a daemon) does not keep the port bound after the
+   workers are gone.
 """
 
 from __future__ import annotations
@@ -133,6 +137,8 @@ def main(fd):
 
     ctl = socket.socket(fileno=fd)
     init = read_init(ctl)
+    for f in (fd, *init["fds"]):  # invariant 6: passed to this process, not to its children
+        os.set_inheritable(f, False)
     _booting = True
     try:
         if init["preparation"] is not None:

@@ -53,6 +53,17 @@ async def echo_on_a_copy():
     await server.serve_forever()
 
 
+async def what_a_child_inherits():
+    """Print the inherited listeners' fds and those a child started with
+    close_fds=False (as os.system's shell) holds, then finish."""
+    import subprocess
+
+    mine = sorted(s.fileno() for s in uvpy.inherited_sockets())
+    out = subprocess.run(["sh", "-c", "ls /proc/$$/fd"], close_fds=False, capture_output=True,
+                         text=True, check=True).stdout  # the shell's fds, not ls's own
+    print("listeners", mine, "child", sorted(int(fd) for fd in out.split()), flush=True)
+
+
 async def aiohttp_app(port):
     """aiohttp's AppRunner and TCPSite(reuse_port=True); POST /echo answers
     with the request's body. A server that main never starts

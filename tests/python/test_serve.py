@@ -193,6 +193,18 @@ def test_workers_share_an_inherited_unix_listener(supervise, tmp_path):
     assert not os.path.exists(path)  # the supervisor bound it, and removed it
 
 
+def test_a_child_of_a_worker_does_not_inherit_its_listeners(supervise, tmp_path):
+    # A process main starts with os.system() or close_fds=False (a shell, a
+    # daemon) must not keep the port bound after the workers are gone.
+    s = supervise("--workers", "1", "--bind", f"unix:{tmp_path / 'app.sock'}",
+                  "--bind", "127.0.0.1:0", "serve_apps:what_a_child_inherits")
+    assert s.wait() == 0
+    [(mine, child)] = re.findall(r"listeners \[([\d, ]+)\] child \[([\d, ]+)\]", s.text())
+    mine, child = [{int(fd) for fd in group.split(",")} for group in (mine, child)]
+    assert len(mine) == 2 and {0, 1, 2} <= child, s.text()
+    assert not mine & child
+
+
 def test_a_worker_leaves_the_file_of_an_inherited_unix_socket_it_copied(supervise, tmp_path):
     # The file is the supervisor's: a worker replaced by SIGHUP must not
     # remove it (cleanup_socket, Python 3.13's default) under the new one,

@@ -201,6 +201,7 @@ def serve(
     backlog: int = 2048,
     graceful_timeout: float | None = 30.0,
     start_timeout: float | None = 60.0,
+    heartbeat_timeout: float | None = 30.0,
     backend: _BackendName | None = None,
 ) -> None: ...
 def inherited_sockets() -> list[socket.socket]: ...

@@ -58,7 +58,8 @@ usage: {PROG} run [--backend NAME] SCRIPT [ARGS...]
        {PROG} run [--backend NAME] -m MODULE [ARGS...]
        {PROG} [--backend NAME] -m MODULE [ARGS...]
        {PROG} serve [--workers N] [--bind ADDR]... [--graceful-timeout S]
-             [--start-timeout S] [--backend NAME] [--log-level LEVEL] MODULE:ATTR [ARGS...]
+             [--start-timeout S] [--heartbeat-timeout S] [--backend NAME]
+             [--log-level LEVEL] MODULE:ATTR [ARGS...]
        {PROG} info
 
 run      run an asyncio program on uvpy, as `python SCRIPT` / `python -m MODULE` would
@@ -165,6 +166,11 @@ def _run(backend: str | None, *, script: str | None = None, module: str | None =
     return 0
 
 
+def seconds(text: str) -> float | None:
+    """argparse type of the serve timeouts: a number, or "none" for no limit."""
+    return None if text.strip().lower() == "none" else float(text)
+
+
 def _serve(argv: list[str]) -> int:
     import argparse
     import logging
@@ -187,11 +193,15 @@ def _serve(argv: list[str]) -> int:
                              "without it, main binds its own with reuse_port=True)")
     parser.add_argument("--backlog", type=int, default=2048, metavar="N",
                         help="listen backlog of the --bind sockets (default: 2048)")
-    parser.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S",
-                        help="seconds a stopping worker waits for its connections (default: 30)")
-    parser.add_argument("--start-timeout", type=float, default=60.0, metavar="S",
-                        help="seconds a worker may take to be up before it is killed as failed "
-                             "(default: 60)")
+    parser.add_argument("--graceful-timeout", type=seconds, default=30.0, metavar="S",
+                        help="seconds a stopping worker waits for its connections, or none "
+                             "(default: 30)")
+    parser.add_argument("--start-timeout", type=seconds, default=60.0, metavar="S",
+                        help="seconds a worker may take to be up before it is killed as failed, "
+                             "or none (default: 60)")
+    parser.add_argument("--heartbeat-timeout", type=seconds, default=30.0, metavar="S",
+                        help="seconds a worker's event loop may stay blocked before the worker is "
+                             "killed and restarted, or none (default: 30)")
     parser.add_argument("--backend", default=None, metavar="NAME",
                         help="auto, libuv or io_uring (default: UVPY_BACKEND, else auto)")
     parser.add_argument("--log-level", default="info", metavar="LEVEL",
@@ -217,7 +227,7 @@ def _serve(argv: list[str]) -> int:
     try:
         uvpy.serve(ns.target, *ns.args, workers=ns.workers, bind=ns.bind, backlog=ns.backlog,
                    graceful_timeout=ns.graceful_timeout, start_timeout=ns.start_timeout,
-                   backend=ns.backend)
+                   heartbeat_timeout=ns.heartbeat_timeout, backend=ns.backend)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
     except (uvpy.ServeError, OSError) as exc:

@@ -41,7 +41,10 @@ Invariants:
      loop); k starts over after a worker that stayed up for STABLE seconds.
    A worker not up start_timeout seconds after it was spawned (an import,
    a blocking call or a hung interpreter start-up that never ends) is
-   killed, and counts as one that exited before it was up.
+   killed, and counts as one that exited before it was up. A worker that
+   is up sends a heartbeat from its loop (_serveworker invariant 7); one
+   silent for heartbeat_timeout seconds (its loop blocked: a deadlock, a
+   blocking call that never returns) is killed, and counts as a crash.
 4. The first SIGINT or SIGTERM stops everything gracefully: no restarts,
    SIGTERM to every worker (each drains its connections for up to
    graceful_timeout, then cancels main), and SIGKILL to any worker still
@@ -88,6 +91,7 @@ RESTART_DELAY = 0.1
 MAX_RESTART_DELAY = 10.0
 STABLE = 10.0
 KILL_MARGIN = 5.0
+BEATS = 4  # heartbeats a worker sends per heartbeat_timeout
 
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _BOOT = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -101,7 +105,7 @@ class ServeError(RuntimeError):
 
 
 def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=30.0,
-          start_timeout=60.0, backend=None):
+          start_timeout=60.0, heartbeat_timeout=30.0, backend=None):
     """Run ``main(*args)``, a coroutine function, in ``workers`` processes
     (default: the CPUs this process may run on), each on its own uvpy loop,
     and supervise them until SIGINT or SIGTERM (see the module docstring).
@@ -112,8 +116,10 @@ def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=
     it, main binds its own, with ``reuse_port=True``. ``graceful_timeout``
     (seconds, or None for no limit) is how long a stopping worker waits for
     its connections. ``start_timeout`` (seconds, or None) is how long a
-    worker may take to be up before it is killed as failed. ``backend`` is
-    the workers' (see uvpy.new_event_loop).
+    worker may take to be up before it is killed as failed, and
+    ``heartbeat_timeout`` (seconds, or None) how long a worker's loop may
+    stay blocked before the worker is killed as stuck and restarted.
+    ``backend`` is the workers' (see uvpy.new_event_loop).
 
     Returns None once stopped; raises ServeError when a worker fails to
     start. Call it from the main thread, with no event loop running, under
@@ -128,6 +134,7 @@ def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=
     workers = _check_workers(workers)
     _check_seconds("graceful_timeout", graceful_timeout, zero=True)
     _check_seconds("start_timeout", start_timeout, zero=False)
+    _check_seconds("heartbeat_timeout", heartbeat_timeout, zero=False)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -165,7 +172,9 @@ def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=
             "fds": [s.fileno() for s in sockets],
             "backend": backend,
             "graceful_timeout": graceful_timeout,
-        }, graceful_timeout, start_timeout)
+            "heartbeat": None if heartbeat_timeout is None else heartbeat_timeout / BEATS,
+        }, graceful_timeout=graceful_timeout, start_timeout=start_timeout,
+            heartbeat_timeout=heartbeat_timeout)
         loop.run_until_complete(supervisor.run())
     finally:
         try:
@@ -311,7 +320,8 @@ def _describe(code):
 
 class _Worker:
     __slots__ = ("slot", "transport", "pid", "ctl", "unsent", "up", "up_at", "asked",
-                 "kill_timer", "start_timer", "late", "replaces", "exited")
+                 "kill_timer", "start_timer", "late", "beat_at", "beat_timer", "replaces",
+                 "exited")
 
     def __init__(self, slot, replaces=None):
         self.slot = slot
@@ -325,6 +335,8 @@ class _Worker:
         self.kill_timer = None
         self.start_timer = None    # kills it if it is not up within start_timeout
         self.late = False          # it was killed for that
+        self.beat_at = None        # loop time of its last heartbeat (or of its up)
+        self.beat_timer = None     # checks that it keeps beating
         self.replaces = replaces   # the worker this one takes over from (invariant 5)
         self.exited = None         # a future, done with the exit status
 
@@ -346,7 +358,8 @@ class _WorkerProtocol(asyncio.SubprocessProtocol):
 
 
 class _Supervisor:
-    def __init__(self, loop, n, init, graceful_timeout, start_timeout):
+    def __init__(self, loop, n, init, graceful_timeout=30.0, start_timeout=60.0,
+                 heartbeat_timeout=30.0):
         self._loop = loop
         self._init = pickle.dumps(init, protocol=5)
         self._fds = init["fds"]
@@ -354,6 +367,7 @@ class _Supervisor:
         self._flags = subprocess._args_from_interpreter_flags()
         self._graceful_timeout = graceful_timeout
         self._start_timeout = start_timeout
+        self._heartbeat_timeout = heartbeat_timeout
         self._current = [None] * n    # slot -> its current worker
         self._incoming = [None] * n   # slot -> the worker replacing it (invariant 5)
         self._ever_up = [False] * n
@@ -460,8 +474,12 @@ class _Supervisor:
         if not data:
             self._loop.remove_reader(w.ctl.fileno())
             return
+        w.beat_at = self._loop.time()  # a heartbeat, or the up that comes first
         if _serveworker.UP in data and not w.up:
             self._up(w)
+        if _serveworker.DONE in data and w.beat_timer is not None:  # its loop is closed
+            w.beat_timer.cancel()
+            w.beat_timer = None
 
     def _not_up(self, w):  # invariant 3
         w.start_timer = None
@@ -475,12 +493,30 @@ class _Supervisor:
         except ProcessLookupError:
             pass
 
+    def _check_beat(self, w):  # invariant 3
+        w.beat_timer = None
+        if w.asked or w not in self._live:
+            return
+        silent = self._loop.time() - w.beat_at
+        if silent < self._heartbeat_timeout:
+            w.beat_timer = self._loop.call_later(self._heartbeat_timeout - silent,
+                                                 self._check_beat, w)
+            return
+        logger.error("%r sent no heartbeat for %.1f s (its event loop is blocked); killing it",
+                     w, silent)
+        try:
+            w.transport.kill()
+        except ProcessLookupError:
+            pass
+
     def _up(self, w):
         if w.start_timer is not None:
             w.start_timer.cancel()
             w.start_timer = None
         w.up = True
-        w.up_at = self._loop.time()
+        w.up_at = w.beat_at = self._loop.time()
+        if self._heartbeat_timeout is not None:
+            w.beat_timer = self._loop.call_later(self._heartbeat_timeout, self._check_beat, w)
         self._ever_up[w.slot] = True
         logger.info("%r is up", w)
         if w.replaces is not None and self._incoming[w.slot] is w:
@@ -546,7 +582,7 @@ class _Supervisor:
         code = w.transport.get_returncode()
         logger.debug("%r exited with %s", w, _describe(code))
         self._live.discard(w)
-        for timer in (w.kill_timer, w.start_timer):
+        for timer in (w.kill_timer, w.start_timer, w.beat_timer):
             if timer is not None:
                 timer.cancel()
         if w.ctl is not None:

@@ -48,6 +48,12 @@ Invariants:
    as soon as they arrive: a child main starts with close_fds=False or
    os.system() (a shell, a daemon) does not keep the port bound after the
    workers are gone.
+7. A heartbeat (HEARTBEAT on the control socket) goes out from a timer of
+   the worker's loop every heartbeat_timeout / BEATS seconds, from start
+   until the loop is closed: a loop that stays blocked sends none, and the
+   supervisor kills the worker (_serve invariant 3). Once the loop is
+   closed the worker says DONE: what is left (joining non-daemon threads)
+   is the interpreter's exit, not a stuck loop.
 """
 
 from __future__ import annotations
@@ -65,6 +71,8 @@ import time
 
 LENGTH = struct.Struct("<Q")
 UP = b"U"
+HEARTBEAT = b"H"
+DONE = b"D"
 UP_AFTER = 1.0  # seconds of main without a listening server before it counts as up
 
 _booting = False
@@ -151,12 +159,17 @@ def main(fd):
     loop = uvpy.new_event_loop(init["backend"])
     try:
         with asyncio.Runner(loop_factory=lambda: loop) as runner:
-            runner.run(_serve(fn, init["args"], ctl, init["graceful_timeout"]))
+            runner.run(_serve(fn, init["args"], ctl, init["graceful_timeout"], init["heartbeat"]))
     except (SystemExit, KeyboardInterrupt):
         raise
     except BaseException as exc:
         _report(exc)
         return 1
+    finally:
+        try:
+            ctl.send(DONE)  # invariant 7
+        except OSError:
+            pass
     # The supervisor's SIGTERM may still be on its way after the loop has
     # put SIGTERM's default back: exiting now is what it asks for anyway.
     signal.signal(signal.SIGTERM, _ignore)
@@ -186,7 +199,7 @@ async def _call(fn, args):
     return await awaitable
 
 
-async def _serve(fn, args, ctl, graceful_timeout):
+async def _serve(fn, args, ctl, graceful_timeout, heartbeat=None):
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
 
@@ -214,6 +227,14 @@ async def _serve(fn, args, ctl, graceful_timeout):
         return (signal.getsignal(signal.SIGTERM) is not ours
                 or loop._signal_handlers.get(signal.SIGTERM) is not our_handle)
 
+    def beat():  # invariant 7
+        nonlocal beat_timer
+        try:
+            ctl.send(HEARTBEAT)
+        except OSError:
+            pass  # a full buffer (the supervisor is slow) or EOF, seen by control_readable
+        beat_timer = loop.call_later(heartbeat, beat)
+
     def report_up(*_):  # invariant 2
         loop._on_serving = None
         up_timer.cancel()
@@ -229,6 +250,7 @@ async def _serve(fn, args, ctl, graceful_timeout):
     loop.add_reader(ctl.fileno(), control_readable)
     loop._on_serving = report_up
     up_timer = loop.call_later(UP_AFTER, report_up)
+    beat_timer = loop.call_later(heartbeat, beat) if heartbeat is not None else None
     task = loop.create_task(_call(fn, args))
     try:
         await asyncio.wait((task, stop), return_when=asyncio.FIRST_COMPLETED)
@@ -238,7 +260,7 @@ async def _serve(fn, args, ctl, graceful_timeout):
             else:
                 await _drain(loop, task, graceful_timeout)
     finally:
-        up_timer.cancel()
+        up_timer.cancel()  # beat_timer goes on until the loop is closed
         loop._on_serving = None
         loop.remove_reader(ctl.fileno())
     if not task.done():

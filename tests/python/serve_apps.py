@@ -20,6 +20,8 @@ async def _handle(reader, writer):
     line = (await reader.readline()).strip()
     if line == b"crash":
         os._exit(3)
+    if line == b"block":  # the loop, for longer than any test
+        time.sleep(120)
     if line == b"hold":
         writer.write(f"held {os.getpid()}\n".encode())
         await writer.drain()
@@ -178,6 +180,17 @@ async def cancels_itself():
 
 async def finish():
     await asyncio.sleep(0)
+
+
+async def finish_leaving_a_thread(seconds):
+    """Listen (so the worker is up), then return, leaving a non-daemon
+    thread that the interpreter's exit waits for."""
+    import threading
+
+    server = await asyncio.start_server(_handle, "127.0.0.1", 0)
+    server.close()
+    await server.wait_closed()
+    threading.Thread(target=time.sleep, args=(float(seconds),)).start()
 
 
 def not_a_coroutine_function():

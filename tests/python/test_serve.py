@@ -17,7 +17,8 @@ supervisor, a main that ignores its cancellation (killed by the supervisor,
 or by itself as an orphan), a main that returns, the same from a script
 that calls uvpy.serve() (main in __main__), a worker slow to read its init,
 workers never up (killed at start_timeout, at the first start and in a
-SIGHUP round), interpreter flags, no fd or child left behind, and bad
+SIGHUP round), a worker whose loop stays blocked (no heartbeat: killed and
+restarted) and one whose main returned (not), interpreter flags, no fd or child left behind, and bad
 arguments.
 """
 
@@ -308,6 +309,34 @@ def test_a_crash_loop_backs_off(supervise):
     assert s.wait() == 0
 
 
+def test_a_worker_whose_loop_stays_blocked_is_killed_and_restarted(supervise):
+    port = free_port()
+    s = supervise("--workers", "1", "--heartbeat-timeout", "1", "serve_apps:echo", str(port))
+    [(_, pid)] = s.wait_for(UP.pattern)
+    time.sleep(2.5)  # a worker whose loop runs keeps beating: no kill in 2.5 timeouts
+    assert ask(("127.0.0.1", port)) == f"{pid}\n"
+    assert "heartbeat" not in s.text()
+    with connect(("127.0.0.1", port)) as sock:
+        sock.sendall(b"block\n")
+        s.wait_for(rf"worker 0 \(pid {pid}\) sent no heartbeat for 1\.\d s "
+                   r"\(its event loop is blocked\); killing it")
+        s.wait_for(r"restarting it in")
+    [_, (_, new)] = s.wait_for(UP.pattern, 2)
+    assert ask(("127.0.0.1", port)) == f"{new}\n" and new != pid
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+
+
+def test_a_worker_whose_main_returned_is_not_killed_while_its_threads_end(supervise):
+    # Its loop is closed: no more heartbeats, and none are expected.
+    s = supervise("--workers", "1", "--heartbeat-timeout", "0.5",
+                  "serve_apps:finish_leaving_a_thread", "2")
+    assert s.wait() == 0
+    log = s.text()
+    assert UP.search(log) and re.search(r"worker 0 \(pid \d+\) finished", log), log
+    assert "heartbeat" not in log and "restarting" not in log
+
+
 def test_a_worker_that_dies_right_after_it_said_up_was_up(supervise):
     # Its b"U" and its exit reach the supervisor in the same loop
     # iteration: whichever callback runs first, it was up, so this is a
@@ -325,7 +354,7 @@ def test_the_backoff_stays_at_its_cap_in_a_crash_loop_of_any_length(loop):
     # empty for good).
     from uvpy import _serve
 
-    sup = _serve._Supervisor(loop, 1, {"fds": []}, 1.0, 60.0)
+    sup = _serve._Supervisor(loop, 1, {"fds": []}, graceful_timeout=1.0)
     worker = _serve._Worker(0)
     for _ in range(2000):
         sup._schedule_restart(worker, 3)
@@ -813,6 +842,8 @@ def test_bad_arguments_are_refused_before_anything_starts():
         uvpy.serve(_main, workers=1, start_timeout=0)
     with pytest.raises(TypeError, match="start_timeout must be a number of seconds or None, not str"):
         uvpy.serve(_main, workers=1, start_timeout="5")
+    with pytest.raises(ValueError, match="heartbeat_timeout must be a finite number > 0"):
+        uvpy.serve(_main, workers=1, heartbeat_timeout=float("inf"))
     with pytest.raises(ValueError, match="bind address must be 'HOST:PORT'"):
         uvpy.serve(_main, workers=1, bind="nonsense")
     # getaddrinfo() takes 99999 and binds port 34463 (99999 - 65536).

@@ -82,7 +82,7 @@ else
   echo "SKIPPED: io_uring cannot run here: ${why##*$'\n'}"
 fi
 
-# Real programs (uvicorn, aiohttp, asyncpg, redis, anyio, numpy) against
+# Real programs (uvicorn, aiohttp, asyncpg, psycopg, redis, anyio, numpy) against
 # throwaway PostgreSQL and Redis servers that live in $services and are
 # stopped however this script ends. Under CI=true a test whose service is
 # missing fails instead of skipping. --timeout (pytest-timeout) is a hang guard only.

@@ -82,6 +82,7 @@ import sys
 
 from . import _serveworker
 from ._procpool import _default_workers
+from ._tcp import bind_listener
 
 __all__ = ("serve", "ServeError", "inherited_sockets")
 
@@ -263,14 +264,7 @@ def _listen_tcp(spec, backlog):
         for family, type_, proto, _, addr in dict.fromkeys(infos):
             sock = socket.socket(family, type_, proto)
             sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                sock.bind(addr)
-            except OSError as err:
-                raise OSError(err.errno, f"error while attempting to bind on address {addr!r}: "
-                                         f"{err.strerror.lower()}") from None
+            bind_listener(sock, addr, reuse_address=True, reuse_port=False)
             sock.listen(backlog)
     except BaseException:
         for sock in sockets:

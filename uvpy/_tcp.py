@@ -176,6 +176,24 @@ def _check_ssl_timeouts(ssl, handshake_timeout, shutdown_timeout):
         raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
 
 
+def bind_listener(sock, address, reuse_address, reuse_port):
+    """Bind sock (a new IP socket) for listening as create_server does: the
+    socket options it sets, and its message for a failed bind. Also used
+    by uvpy.serve(), which binds before any loop runs."""
+    if reuse_address:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, True)
+    if reuse_port:
+        base_events._set_reuseport(sock)
+    if sock.family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+        # One socket per family: no IPv4-mapped dual stack.
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, True)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        raise OSError(err.errno, "error while attempting to bind on address "
+                                 f"{address!r}: {err.strerror.lower()}") from None
+
+
 def _stream_socket_required(sock):
     if sock.type != socket.SOCK_STREAM:
         raise ValueError(f"A Stream Socket was expected, got {sock!r}")
@@ -426,18 +444,7 @@ class TCPMixin:
                                        af, socktype, proto, exc_info=True)
                     continue
                 sockets.append(sock)
-                if reuse_address:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, True)
-                if reuse_port:
-                    base_events._set_reuseport(sock)
-                if af == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
-                    # One socket per family: no IPv4-mapped dual stack.
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, True)
-                try:
-                    sock.bind(sa)
-                except OSError as err:
-                    raise OSError(err.errno, "error while attempting to bind on address "
-                                             f"{sa!r}: {err.strerror.lower()}") from None
+                bind_listener(sock, sa, reuse_address, reuse_port)
         except BaseException:
             for sock in sockets:
                 sock.close()

@@ -906,5 +906,13 @@ def test_the_command_line_refuses_bad_input():
     assert r.returncode == 2 and "port must be 0-65535, not 70000" in r.stderr
     r = cli("--backend", "nope", "serve_apps:echo")
     assert r.returncode == 2 and "nope" in r.stderr
+    r = cli("--heartbeat-timeout", "abc", "serve_apps:echo")
+    assert r.returncode == 2 and "invalid seconds value: 'abc'" in r.stderr
+    r = cli("--start-timeout", "0", "serve_apps:echo")
+    assert r.returncode == 2 and "start_timeout must be a finite number > 0, not 0.0" in r.stderr
+    # "none" is no limit, for each of the three.
+    r = cli("--workers", "1", "--graceful-timeout", "none", "--start-timeout", "None",
+            "--heartbeat-timeout", "none", "serve_apps:finish")
+    assert r.returncode == 0 and re.search(r"worker 0 \(pid \d+\) finished", r.stderr), r.stderr
     r = cli("--help")
     assert r.returncode == 0 and "--graceful-timeout" in r.stdout

@@ -45,6 +45,7 @@ Invariants:
    is up sends a heartbeat from its loop (_serveworker invariant 7); one
    silent for heartbeat_timeout seconds (its loop blocked: a deadlock, a
    blocking call that never returns) is killed, and counts as a crash.
+   Only time the supervisor itself ran counts as silence (_check_beat).
 4. The first SIGINT or SIGTERM stops everything gracefully: no restarts,
    SIGTERM to every worker (each drains its connections for up to
    graceful_timeout, then cancels main), and SIGKILL to any worker still
@@ -433,7 +434,8 @@ class _Supervisor:
         self._live.add(w)
         logger.info("started %r", w)
         if self._start_timeout is not None:
-            w.start_timer = self._loop.call_later(self._start_timeout, self._not_up, w)
+            due = self._loop.time() + self._start_timeout / BEATS
+            w.start_timer = self._loop.call_at(due, self._not_up, w, due, 0.0)
         parent.setblocking(False)
         w.unsent = memoryview(_serveworker.LENGTH.pack(len(self._init)) + self._init)
         self._send_init(w)
@@ -475,9 +477,21 @@ class _Supervisor:
             w.beat_timer.cancel()
             w.beat_timer = None
 
-    def _not_up(self, w):  # invariant 3
+    def _not_up(self, w, due, waited):  # invariant 3
+        """Every start_timeout / BEATS seconds until w is up; waited counts
+        the time this loop ran on time (as _check_beat's silence)."""
         w.start_timer = None
         if w.up or w.asked or w not in self._live:
+            return
+        self._control(w)  # an UP already in the socket
+        if w.up:
+            return
+        now = self._loop.time()
+        period = self._start_timeout / BEATS
+        if now - due <= period:
+            waited += now - due + period
+        if waited < self._start_timeout:
+            w.start_timer = self._loop.call_at(now + period, self._not_up, w, now + period, waited)
             return
         logger.error("%r is not up after %.1f s (start_timeout); killing it", w,
                      self._start_timeout)
@@ -487,14 +501,23 @@ class _Supervisor:
         except ProcessLookupError:
             pass
 
-    def _check_beat(self, w):  # invariant 3
+    def _check_beat(self, w, due):  # invariant 3
+        """Every heartbeat_timeout / BEATS seconds while w is up. Silence
+        counts only while this loop was running on time: a check that comes
+        late by more than a period means the supervisor itself was stopped
+        (SIGSTOP, Ctrl+Z of the whole group, an overloaded machine), and
+        says nothing of the worker's loop, so the window starts over."""
         w.beat_timer = None
         if w.asked or w not in self._live:
             return
-        silent = self._loop.time() - w.beat_at
+        self._control(w)  # beats already in the socket: timers run before I/O callbacks
+        now = self._loop.time()
+        period = self._heartbeat_timeout / BEATS
+        if now - due > period:
+            w.beat_at = now
+        silent = now - w.beat_at
         if silent < self._heartbeat_timeout:
-            w.beat_timer = self._loop.call_later(self._heartbeat_timeout - silent,
-                                                 self._check_beat, w)
+            w.beat_timer = self._loop.call_at(now + period, self._check_beat, w, now + period)
             return
         logger.error("%r sent no heartbeat for %.1f s (its event loop is blocked); killing it",
                      w, silent)
@@ -510,7 +533,8 @@ class _Supervisor:
         w.up = True
         w.up_at = w.beat_at = self._loop.time()
         if self._heartbeat_timeout is not None:
-            w.beat_timer = self._loop.call_later(self._heartbeat_timeout, self._check_beat, w)
+            due = w.up_at + self._heartbeat_timeout / BEATS
+            w.beat_timer = self._loop.call_at(due, self._check_beat, w, due)
         self._ever_up[w.slot] = True
         logger.info("%r is up", w)
         if w.replaces is not None and self._incoming[w.slot] is w:

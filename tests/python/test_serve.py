@@ -18,7 +18,8 @@ or by itself as an orphan), a main that returns, the same from a script
 that calls uvpy.serve() (main in __main__), a worker slow to read its init,
 workers never up (killed at start_timeout, at the first start and in a
 SIGHUP round), a worker whose loop stays blocked (no heartbeat: killed and
-restarted) and one whose main returned (not), interpreter flags, no fd or child left behind, and bad
+restarted) and one whose main returned (not), a stopped supervisor or
+process group (no worker killed for the time nobody ran), interpreter flags, no fd or child left behind, and bad
 arguments.
 """
 
@@ -325,6 +326,28 @@ def test_a_worker_whose_loop_stays_blocked_is_killed_and_restarted(supervise):
     assert ask(("127.0.0.1", port)) == f"{new}\n" and new != pid
     s.signal(signal.SIGTERM)
     assert s.wait() == 0
+
+
+@pytest.mark.parametrize("stopped", ["the supervisor", "the process group"])
+def test_a_stopped_supervisor_kills_no_worker_for_missing_heartbeats(supervise, stopped):
+    # SIGSTOP for longer than heartbeat_timeout: of the supervisor alone
+    # (its workers go on beating into the socket), or of the whole group
+    # (Ctrl+Z, then fg: nobody ran). Neither is a blocked worker loop.
+    port = free_port()
+    s = supervise("--workers", "1", "--heartbeat-timeout", "1", "serve_apps:echo", str(port),
+                  group=True)
+    [(_, pid)] = s.wait_for(UP.pattern)
+    stop = (lambda sig: s.proc.send_signal(sig)) if stopped == "the supervisor" else \
+        (lambda sig: os.killpg(s.proc.pid, sig))
+    for _ in range(2):
+        stop(signal.SIGSTOP)
+        time.sleep(2.5)
+        stop(signal.SIGCONT)
+        time.sleep(0.5)
+    assert ask(("127.0.0.1", port)) == f"{pid}\n"
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert "heartbeat" not in s.text() and s.up_pids() == {int(pid)}, s.text()
 
 
 def test_a_worker_whose_main_returned_is_not_killed_while_its_threads_end(supervise):
@@ -819,6 +842,35 @@ def test_a_first_worker_not_up_within_start_timeout_fails_serve(supervise, tmp_p
     [pid] = re.findall(r"ServeError: worker 0 \(pid (\d+)\) was not up within 0.5 s "
                        r"\(start_timeout\)", log)
     assert not alive(int(pid))
+
+
+def test_a_stop_of_the_whole_group_during_a_start_is_not_counted_against_it(
+        supervise, tmp_path):
+    # Ctrl+Z while a worker imports for 1 s, then fg 3 s later: start_timeout
+    # (2 s) counts the time the supervisor ran, not the time it was stopped.
+    script = tmp_path / "slow.py"
+    script.write_text(textwrap.dedent(f"""\
+        import logging, sys, time
+        sys.path.insert(0, {HERE!r})
+        import uvpy
+        from serve_apps import echo
+
+        if __name__ == "__mp_main__":
+            time.sleep(1.0)
+
+        if __name__ == "__main__":
+            logging.basicConfig(level=logging.INFO, format="%(message)s")
+            uvpy.serve(echo, {free_port()}, workers=1, start_timeout=2)
+        """))
+    s = supervise(script=str(script), group=True)
+    s.wait_for(r"started worker 0")
+    os.killpg(s.proc.pid, signal.SIGSTOP)
+    time.sleep(3)
+    os.killpg(s.proc.pid, signal.SIGCONT)
+    s.wait_for(UP.pattern)
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert "start_timeout" not in s.text(), s.text()
 
 
 # -- the API ------------------------------------------------------------------------------

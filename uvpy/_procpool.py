@@ -216,7 +216,7 @@ class ProcessPool(concurrent.futures.Executor):
         self._cache = int(shm_cache)
         self._segments = wire.Segments(self._cache) if self._cache else None
         self._init = (initializer, tuple(initargs))
-        self._lock = threading.RLock()  # ids, flags, _incoming; held across _lost_loop
+        self._lock = threading.RLock()  # ids, flags, _incoming
         self._next_id = 0
         self._queue = collections.deque()
         self._incoming = []              # jobs submit() handed to the loop from another thread
@@ -777,26 +777,38 @@ class ProcessPool(concurrent.futures.Executor):
                 return False
             for w in self._workers:
                 self._unwatch(w)
-        elif old is not None:
-            self._lost_loop()
+        lost = self._drop_lost() if old is not None and old.is_closed() else ()
         self._loop = loop
         for w in self._workers:
             self._watch(w)
         if self._queue:
             self._dispatch()
+        self._fail_lost(lost)  # bound first: their callbacks may submit again
         return True
 
     def _lost_loop(self):
         """The bound loop was closed under the pool: the jobs in flight fail."""
+        self._fail_lost(self._drop_lost())
+
+    def _drop_lost(self):
+        """Unbind from the closed loop; the jobs it had in flight (handed
+        over, queued or sent), for _fail_lost. Failing them runs their
+        futures' callbacks, which may call submit(): the pool must be bound
+        again by then, and not hold its lock."""
         self._loop = None
-        err = "the event loop the process pool ran on was closed with this job in flight"
         with self._lock:
             jobs, self._incoming = self._incoming, []
-        for job in jobs:
-            self._settle(job, RuntimeError(err), False)
-        self._fail_all(lambda: RuntimeError(err))
+        jobs.extend(self._jobs.values())
+        self._jobs.clear()
+        self._queue.clear()
         for w in self._workers:
             w.writing = False
+        return jobs
+
+    def _fail_lost(self, jobs):
+        err = "the event loop the process pool ran on was closed with this job in flight"
+        for job in jobs:
+            self._settle(job, RuntimeError(err), False)
 
     def _private_loop(self):
         """Start (once) the loop thread used when no loop of the caller's runs."""
@@ -821,7 +833,9 @@ class ProcessPool(concurrent.futures.Executor):
                 for w in self._workers:
                     self._unwatch(w)
             elif self._loop is not None:
-                self._lost_loop()
+                # Failed first thing on the new loop's thread, not here under
+                # the lock: a callback that submits again finds the pool bound.
+                loop.call_soon(self._fail_lost, self._drop_lost())
             self._loop = loop
             for w in self._workers:
                 loop.call_soon(self._watch, w)

@@ -471,6 +471,36 @@ def test_loop_closed_with_jobs_in_flight(new_loop, tmp_path):
     assert zombies() == []
 
 
+@pytest.mark.leaves_io_open("closes the loop with the pool's workers still watched")
+def test_a_job_failed_by_a_lost_loop_is_submitted_again_from_its_done_callback(new_loop, tmp_path):
+    # The callback runs when the next submit() moves the pool to its own loop
+    # thread and fails the jobs the closed loop had in flight. Its submit()
+    # must find that one thread, not start a second loop that reads the
+    # same workers' sockets.
+    go, started = tmp_path / "go", tmp_path / "started"
+    loop = new_loop()
+    pool = ProcessPool(1)
+
+    async def start():
+        fut = pool.submit(jobs.wait_for, str(go), str(started))
+        await until_exists(started)
+        return fut
+
+    inflight = run(loop, start())
+    retried = []
+    inflight.add_done_callback(lambda f: retried.append(pool.submit(jobs.square, 5)))
+    loop.close()
+    go.touch()
+    assert pool.submit(jobs.square, 3).result(10) == 9
+    with pytest.raises(RuntimeError, match="closed with this job in flight"):
+        inflight.result()
+    assert retried[0].result(10) == 25
+    assert [t.name for t in threading.enumerate()].count("uvpy-process-pool") == 1
+    pool.shutdown()
+    assert "uvpy-process-pool" not in [t.name for t in threading.enumerate()]
+    assert zombies() == []
+
+
 # -- volume and large data ---------------------------------------------------------------
 
 def test_a_hundred_thousand_small_jobs_leave_nothing(loop):

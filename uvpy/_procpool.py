@@ -673,7 +673,9 @@ class ProcessPool(concurrent.futures.Executor):
                 elif job.state != _DONE:
                     self._settle(job, None, True)
             w.inflight.clear()
-        needed = not self._broken and (not self._shutdown or self._queue)
+        # Shut down, the pool still runs what it accepted before: the queue,
+        # and jobs handed over that the loop has not taken yet (invariant 6).
+        needed = not self._broken and (not self._shutdown or self._queue or self._incoming)
         live = [x for x in self._workers if not x.retiring]
         if needed and len(live) < self._max_workers:
             self._spawn_and_watch()

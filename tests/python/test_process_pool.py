@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import os
 import pickle
+import signal
 import sys
 import threading
 
@@ -24,7 +25,7 @@ import pytest
 import procpool_jobs as jobs
 import uvpy
 from conftest import open_fds
-from proc_helpers import warmed_fds, zombies
+from proc_helpers import gone, warmed_fds, zombies
 from uvpy._procworker import SEGMENTS_MAX, Segments
 
 ProcessPool = uvpy.ProcessPool
@@ -418,6 +419,47 @@ def test_a_submit_racing_shutdown_from_another_thread_is_refused_not_lost():
     loop.call_soon_threadsafe(loop.stop)
     runner.join(10)
     assert open_fds() == before
+    loop.close()
+    assert zombies() == []
+
+
+def test_a_job_handed_over_before_a_shutdown_runs_when_the_last_worker_dies_first(new_loop):
+    # The loop hears of the hand-over and of the shutdown only after it has
+    # reaped the pool's only worker (both threads lose the CPU just before
+    # call_soon_threadsafe): the job was accepted, so a worker is started
+    # to run it, and the shutdown ends once it has.
+    loop = new_loop()
+    runner = threading.Thread(target=loop.run_forever)
+    runner.start()
+    pool = ProcessPool(1)
+    pid = asyncio.run_coroutine_threadsafe(pool.run(jobs.pid), loop).result(10)
+    held, entered, release = set(), threading.Semaphore(0), threading.Event()
+    forward = loop.call_soon_threadsafe
+
+    def call_soon_threadsafe(*args, **kwargs):
+        if threading.current_thread() in held:
+            entered.release()
+            assert release.wait(10)
+        return forward(*args, **kwargs)
+
+    loop.call_soon_threadsafe = call_soon_threadsafe
+    futures = []
+    submitter = threading.Thread(target=lambda: futures.append(pool.submit(jobs.square, 4)))
+    stopper = threading.Thread(target=pool.shutdown, kwargs={"wait": False})
+    held.update((submitter, stopper))
+    submitter.start()
+    assert entered.acquire(timeout=10)  # its job is handed over; the loop is not told yet
+    stopper.start()
+    assert entered.acquire(timeout=10)  # shut down; the loop is not told yet
+    os.kill(pid, signal.SIGKILL)
+    assert gone(pid)  # reaped by the pool, on the loop
+    release.set()
+    submitter.join(10)
+    stopper.join(10)
+    assert futures[0].result(10) == 16
+    pool.shutdown(wait=True)
+    forward(loop.stop)
+    runner.join(10)
     loop.close()
     assert zombies() == []
 

@@ -45,6 +45,10 @@ Invariants:
    is up sends a heartbeat from its loop (_serveworker invariant 7); one
    silent for heartbeat_timeout seconds (its loop blocked: a deadlock, a
    blocking call that never returns) is killed, and counts as a crash.
+   Silence is measured while the supervisor runs: a check that runs late
+   by more than a beat (the supervisor was stopped) counts from then. A
+   worker whose loop is closed (DONE) is expected neither to beat nor to
+   be up.
 4. The first SIGINT or SIGTERM stops everything gracefully: no restarts,
    SIGTERM to every worker (each drains its connections for up to
    graceful_timeout, then cancels main), and SIGKILL to any worker still
@@ -477,9 +481,11 @@ class _Supervisor:
         w.beat_at = self._loop.time()  # a heartbeat, or the up that comes first
         if _serveworker.UP in data and not w.up:
             self._up(w)
-        if _serveworker.DONE in data and w.beat_timer is not None:  # its loop is closed
-            w.beat_timer.cancel()
-            w.beat_timer = None
+        if _serveworker.DONE in data:  # its loop is closed: main is done, up or not
+            for timer in (w.start_timer, w.beat_timer):
+                if timer is not None:
+                    timer.cancel()
+            w.start_timer = w.beat_timer = None
 
     def _not_up(self, w):  # invariant 3
         w.start_timer = None
@@ -494,10 +500,17 @@ class _Supervisor:
             pass
 
     def _check_beat(self, w):  # invariant 3
-        w.beat_timer = None
+        timer, w.beat_timer = w.beat_timer, None
         if w.asked or w not in self._live:
             return
-        silent = self._loop.time() - w.beat_at
+        now = self._loop.time()
+        if now - timer.when() > self._heartbeat_timeout / BEATS:
+            # This check ran later than a beat: the supervisor was not
+            # running either (Ctrl+Z, SIGSTOP of the whole group, a
+            # debugger), and the worker's silence is not its own: it was
+            # stopped with the supervisor, or its beats are still unread.
+            w.beat_at = now
+        silent = now - w.beat_at
         if silent < self._heartbeat_timeout:
             w.beat_timer = self._loop.call_later(self._heartbeat_timeout - silent,
                                                  self._check_beat, w)
@@ -582,9 +595,6 @@ class _Supervisor:
         code = w.transport.get_returncode()
         logger.debug("%r exited with %s", w, _describe(code))
         self._live.discard(w)
-        for timer in (w.kill_timer, w.start_timer, w.beat_timer):
-            if timer is not None:
-                timer.cancel()
         if w.ctl is not None:
             if w.ctl.fileno() >= 0:
                 self._loop.remove_reader(w.ctl.fileno())
@@ -596,6 +606,9 @@ class _Supervisor:
                     except OSError:
                         pass
             w.ctl.close()
+        for timer in (w.kill_timer, w.start_timer, w.beat_timer):  # after _up, which arms one
+            if timer is not None:
+                timer.cancel()
         w.transport.close()
         self._gone(w, code)
 

@@ -58,9 +58,11 @@ Invariants:
 6. A submit() from a thread other than the loop's either raises or hands
    its job over: the job goes on ``_incoming`` under the lock that shutdown
    and breakage set their flags under, and the loop takes it from there
-   (one call_soon_threadsafe each). Whatever ends the pool's work takes
-   ``_incoming`` first: a shutdown runs those jobs, a broken pool or a lost
-   loop fails them. A submission never waits on a loop that will not run it.
+   (one call_soon_threadsafe each, to the loop the pool is bound to then:
+   the pool moves to another loop under that lock, and the move takes
+   ``_incoming``). Whatever ends the pool's work takes ``_incoming``
+   first: a shutdown runs those jobs, a broken pool or a lost loop fails
+   them. A submission never waits on a loop that will not run it.
 """
 
 from __future__ import annotations
@@ -274,8 +276,10 @@ class ProcessPool(concurrent.futures.Executor):
                 job.release()
                 raise
             self._incoming.append(job)
+            if self._loop is not None:
+                loop = self._loop  # the pool moved meanwhile (it moves under the lock)
         try:
-            loop.call_soon_threadsafe(self._take_incoming)
+            loop.call_soon_threadsafe(self._handed_over)
         except RuntimeError:  # that loop was closed meanwhile
             with self._lock:
                 if job in self._incoming:
@@ -400,6 +404,13 @@ class ProcessPool(concurrent.futures.Executor):
         if not self._dispatch_pending:
             self._dispatch_pending = True
             self._loop.call_soon(self._dispatch)
+
+    def _handed_over(self):
+        """submit()'s callback on the loop it handed a job to. One left on a
+        loop the pool has moved from does nothing: the move took
+        _incoming."""
+        if _in_loop(self._loop):
+            self._take_incoming()
 
     def _take_incoming(self):
         """Queue the jobs other threads submitted (invariant 6)."""
@@ -779,10 +790,12 @@ class ProcessPool(concurrent.futures.Executor):
                 return False
             for w in self._workers:
                 self._unwatch(w)
-        lost = self._drop_lost() if old is not None and old.is_closed() else ()
-        self._loop = loop
+        with self._lock:  # a submit() hands its job over to the old loop or to this one
+            lost = self._drop_lost() if old is not None and old.is_closed() else ()
+            self._loop = loop
         for w in self._workers:
             self._watch(w)
+        self._take_incoming()  # handed over to the old loop
         if self._queue:
             self._dispatch()
         self._fail_lost(lost)  # bound first: their callbacks may submit again
@@ -841,6 +854,7 @@ class ProcessPool(concurrent.futures.Executor):
             self._loop = loop
             for w in self._workers:
                 loop.call_soon(self._watch, w)
+            loop.call_soon(self._take_incoming)  # handed over to the old loop
             self._thread = threading.Thread(target=main, name="uvpy-process-pool", daemon=True)
             self._thread.start()
         started.wait()

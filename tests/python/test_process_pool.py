@@ -423,6 +423,42 @@ def test_a_submit_racing_shutdown_from_another_thread_is_refused_not_lost():
     assert zombies() == []
 
 
+def test_a_job_handed_over_as_the_pool_moves_to_its_own_loop_runs_there():
+    # A submit() finds the pool's loop running and is about to hand its job
+    # over when that loop stops and another submit() moves the pool to a
+    # loop thread of its own: the job goes where the pool is, not to the
+    # loop it left.
+    loop = uvpy.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever)
+    runner.start()
+    pool = ProcessPool(1)
+    assert asyncio.run_coroutine_threadsafe(pool.run(jobs.square, 2), loop).result(10) == 4
+    entered, release, out = threading.Event(), threading.Event(), []
+    submitter = threading.Thread(target=lambda: out.append(pool.submit(jobs.square, 3)))
+    real = loop.is_running
+
+    def is_running():
+        running = real()
+        if threading.current_thread() is submitter:
+            entered.set()
+            assert release.wait(10)
+        return running
+
+    loop.is_running = is_running
+    submitter.start()
+    assert entered.wait(10)  # it found the loop running
+    loop.call_soon_threadsafe(loop.stop)
+    runner.join(10)
+    assert pool.submit(jobs.square, 4).result(10) == 16  # the pool moved
+    release.set()
+    submitter.join(10)
+    assert out[0].result(10) == 9
+    pool.shutdown()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    assert zombies() == []
+
+
 def test_a_job_handed_over_before_a_shutdown_runs_when_the_last_worker_dies_first(new_loop):
     # The loop hears of the hand-over and of the shutdown only after it has
     # reaped the pool's only worker (both threads lose the CPU just before

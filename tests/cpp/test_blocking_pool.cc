@@ -1,8 +1,9 @@
 // BlockingPool: jobs that block never starve the ones they wait for, the
 // thread limit holds, idle threads go away, cancel and shutdown hand every
 // job back exactly once, batches are bracketed by enter/leave, and a host
-// that cannot start a thread gets its job back. The last case is a TSan
-// stress of submit/cancel/claim against threads that come and go.
+// that cannot start a thread gets its job back. The last cases are TSan
+// stresses: submit/cancel/claim against threads that come and go, and a
+// thread limit that moves up and down under load.
 #include <catch2/catch.hpp>
 
 #include <cerrno>

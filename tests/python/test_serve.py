@@ -18,8 +18,9 @@ or by itself as an orphan), a main that returns, the same from a script
 that calls uvpy.serve() (main in __main__), a worker slow to read its init,
 workers never up (killed at start_timeout, at the first start and in a
 SIGHUP round), a worker whose loop stays blocked (no heartbeat: killed and
-restarted) and one whose main returned (not), interpreter flags, no fd or child left behind, and bad
-arguments.
+restarted) and one whose main returned, up or not yet (not), workers
+stopped and continued with their supervisor (not), interpreter flags, no
+fd or child left behind, and bad arguments.
 """
 
 import contextlib

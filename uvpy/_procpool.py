@@ -58,9 +58,11 @@ Invariants:
 6. A submit() from a thread other than the loop's either raises or hands
    its job over: the job goes on ``_incoming`` under the lock that shutdown
    and breakage set their flags under, and the loop takes it from there
-   (one call_soon_threadsafe each). Whatever ends the pool's work takes
-   ``_incoming`` first: a shutdown runs those jobs, a broken pool or a lost
-   loop fails them. A submission never waits on a loop that will not run it.
+   (one call_soon_threadsafe each, to the loop the pool is bound to then:
+   the pool moves to another loop under that lock, and the move takes
+   ``_incoming``). Whatever ends the pool's work takes ``_incoming``
+   first: a shutdown runs those jobs, a broken pool or a lost loop fails
+   them. A submission never waits on a loop that will not run it.
 """
 
 from __future__ import annotations
@@ -216,7 +218,7 @@ class ProcessPool(concurrent.futures.Executor):
         self._cache = int(shm_cache)
         self._segments = wire.Segments(self._cache) if self._cache else None
         self._init = (initializer, tuple(initargs))
-        self._lock = threading.RLock()  # ids, flags, _incoming; held across _lost_loop
+        self._lock = threading.RLock()  # ids, flags, _incoming
         self._next_id = 0
         self._queue = collections.deque()
         self._incoming = []              # jobs submit() handed to the loop from another thread
@@ -274,8 +276,10 @@ class ProcessPool(concurrent.futures.Executor):
                 job.release()
                 raise
             self._incoming.append(job)
+            if self._loop is not None:
+                loop = self._loop  # the pool moved meanwhile (it moves under the lock)
         try:
-            loop.call_soon_threadsafe(self._take_incoming)
+            loop.call_soon_threadsafe(self._handed_over)
         except RuntimeError:  # that loop was closed meanwhile
             with self._lock:
                 if job in self._incoming:
@@ -401,6 +405,13 @@ class ProcessPool(concurrent.futures.Executor):
             self._dispatch_pending = True
             self._loop.call_soon(self._dispatch)
 
+    def _handed_over(self):
+        """submit()'s callback on the loop it handed a job to. One left on a
+        loop the pool has moved from does nothing: the move took
+        _incoming."""
+        if _in_loop(self._loop):
+            self._take_incoming()
+
     def _take_incoming(self):
         """Queue the jobs other threads submitted (invariant 6)."""
         with self._lock:
@@ -488,7 +499,7 @@ class ProcessPool(concurrent.futures.Executor):
         for w in list(self._workers):
             if w.inflight or w.eof or w.sock is None:
                 continue
-            if w.retiring or (self._shutdown and not self._queue):
+            if w.retiring or (self._shutdown and not self._queue and not self._incoming):
                 w.retiring = True
                 try:
                     w.sock.shutdown(socket.SHUT_WR)  # the worker reads EOF and exits
@@ -673,7 +684,9 @@ class ProcessPool(concurrent.futures.Executor):
                 elif job.state != _DONE:
                     self._settle(job, None, True)
             w.inflight.clear()
-        needed = not self._broken and (not self._shutdown or self._queue)
+        # Shut down, the pool still runs what it accepted before: the queue,
+        # and jobs handed over that the loop has not taken yet (invariant 6).
+        needed = not self._broken and (not self._shutdown or self._queue or self._incoming)
         live = [x for x in self._workers if not x.retiring]
         if needed and len(live) < self._max_workers:
             self._spawn_and_watch()
@@ -777,26 +790,40 @@ class ProcessPool(concurrent.futures.Executor):
                 return False
             for w in self._workers:
                 self._unwatch(w)
-        elif old is not None:
-            self._lost_loop()
-        self._loop = loop
+        with self._lock:  # a submit() hands its job over to the old loop or to this one
+            lost = self._drop_lost() if old is not None and old.is_closed() else ()
+            self._loop = loop
         for w in self._workers:
             self._watch(w)
+        self._take_incoming()  # handed over to the old loop
         if self._queue:
             self._dispatch()
+        self._fail_lost(lost)  # bound first: their callbacks may submit again
         return True
 
     def _lost_loop(self):
         """The bound loop was closed under the pool: the jobs in flight fail."""
+        self._fail_lost(self._drop_lost())
+
+    def _drop_lost(self):
+        """Unbind from the closed loop; the jobs it had in flight (handed
+        over, queued or sent), for _fail_lost. Failing them runs their
+        futures' callbacks, which may call submit(): the pool must be bound
+        again by then, and not hold its lock."""
         self._loop = None
-        err = "the event loop the process pool ran on was closed with this job in flight"
         with self._lock:
             jobs, self._incoming = self._incoming, []
-        for job in jobs:
-            self._settle(job, RuntimeError(err), False)
-        self._fail_all(lambda: RuntimeError(err))
+        jobs.extend(self._jobs.values())
+        self._jobs.clear()
+        self._queue.clear()
         for w in self._workers:
             w.writing = False
+        return jobs
+
+    def _fail_lost(self, jobs):
+        err = "the event loop the process pool ran on was closed with this job in flight"
+        for job in jobs:
+            self._settle(job, RuntimeError(err), False)
 
     def _private_loop(self):
         """Start (once) the loop thread used when no loop of the caller's runs."""
@@ -821,10 +848,13 @@ class ProcessPool(concurrent.futures.Executor):
                 for w in self._workers:
                     self._unwatch(w)
             elif self._loop is not None:
-                self._lost_loop()
+                # Failed first thing on the new loop's thread, not here under
+                # the lock: a callback that submits again finds the pool bound.
+                loop.call_soon(self._fail_lost, self._drop_lost())
             self._loop = loop
             for w in self._workers:
                 loop.call_soon(self._watch, w)
+            loop.call_soon(self._take_incoming)  # handed over to the old loop
             self._thread = threading.Thread(target=main, name="uvpy-process-pool", daemon=True)
             self._thread.start()
         started.wait()

@@ -46,6 +46,8 @@ Invariants:
    silent for heartbeat_timeout seconds (its loop blocked: a deadlock, a
    blocking call that never returns) is killed, and counts as a crash.
    Only time the supervisor itself ran counts as silence (_check_beat).
+   A worker whose loop is closed (DONE) is expected neither to beat nor to
+   be up.
 4. The first SIGINT or SIGTERM stops everything gracefully: no restarts,
    SIGTERM to every worker (each drains its connections for up to
    graceful_timeout, then cancels main), and SIGKILL to any worker still
@@ -473,9 +475,11 @@ class _Supervisor:
         w.beat_at = self._loop.time()  # a heartbeat, or the up that comes first
         if _serveworker.UP in data and not w.up:
             self._up(w)
-        if _serveworker.DONE in data and w.beat_timer is not None:  # its loop is closed
-            w.beat_timer.cancel()
-            w.beat_timer = None
+        if _serveworker.DONE in data:  # its loop is closed: main is done, up or not
+            for timer in (w.start_timer, w.beat_timer):
+                if timer is not None:
+                    timer.cancel()
+            w.start_timer = w.beat_timer = None
 
     def _not_up(self, w, due, waited):  # invariant 3
         """Every start_timeout / BEATS seconds until w is up; waited counts
@@ -600,9 +604,6 @@ class _Supervisor:
         code = w.transport.get_returncode()
         logger.debug("%r exited with %s", w, _describe(code))
         self._live.discard(w)
-        for timer in (w.kill_timer, w.start_timer, w.beat_timer):
-            if timer is not None:
-                timer.cancel()
         if w.ctl is not None:
             if w.ctl.fileno() >= 0:
                 self._loop.remove_reader(w.ctl.fileno())
@@ -614,6 +615,9 @@ class _Supervisor:
                     except OSError:
                         pass
             w.ctl.close()
+        for timer in (w.kill_timer, w.start_timer, w.beat_timer):  # after _up, which arms one
+            if timer is not None:
+                timer.cancel()
         w.transport.close()
         self._gone(w, code)
 

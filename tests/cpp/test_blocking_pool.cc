@@ -1,8 +1,9 @@
 // BlockingPool: jobs that block never starve the ones they wait for, the
 // thread limit holds, idle threads go away, cancel and shutdown hand every
 // job back exactly once, batches are bracketed by enter/leave, and a host
-// that cannot start a thread gets its job back. The last case is a TSan
-// stress of submit/cancel/claim against threads that come and go.
+// that cannot start a thread gets its job back. The last cases are TSan
+// stresses: submit/cancel/claim against threads that come and go, and a
+// thread limit that moves up and down under load.
 #include <catch2/catch.hpp>
 
 #include <cerrno>
@@ -344,4 +345,43 @@ TEST_CASE("blocking pool: many producers, cancels and short keep-alives, exactly
   auto m = pool.metrics();
   REQUIRE(m.completed == uint64_t(ran));
   REQUIRE(m.cancelled == uint64_t(cancelled.load()));
+}
+
+TEST_CASE("blocking pool: a limit that moves up and down under load strands no job", "[stress]") {
+  // Producers submit while another thread moves max_threads between 1 and
+  // 4: a thread that comes back from its batch over the limit exits, a
+  // claim made before the limit dropped meets a full pool, a spinner finds
+  // no room. Every job must still run, and once all is quiet the counts
+  // must agree: every thread left waits (idle_ + claimed_), none is active.
+  TestLoop loop;
+  constexpr int kProducers = 2, kPerProducer = 4000;
+  std::deque<TestJob> jobs;
+  add_jobs(jobs, kProducers * kPerProducer, &loop.port, [](TestJob& t) {
+    if ((reinterpret_cast<uintptr_t>(&t) >> 4) % 13 == 0) std::this_thread::sleep_for(20us);
+  });
+  BlockingPool pool(pool_opts(4, 2));
+  std::atomic<bool> done{false};
+  std::thread mover([&] {
+    for (unsigned i = 0; !done.load(); ++i) {
+      pool.set_max_threads(1 + (i * 7) % 4);
+      std::this_thread::sleep_for(30us);
+    }
+  });
+  std::vector<std::thread> producers;
+  for (int p = 0; p < kProducers; ++p) {
+    producers.emplace_back([&, p] {
+      for (int i = 0; i < kPerProducer; ++i) pool.submit(&jobs[p * kPerProducer + i].job, true);
+    });
+  }
+  for (auto& t : producers) t.join();
+  bool all = loop.run_until([&] { return total(jobs, &TestJob::completes) == kProducers * kPerProducer; }, 60s);
+  done = true;
+  mover.join();
+  REQUIRE(all);
+  require_all_handed_back(jobs, loop);
+  pool.set_max_threads(2);
+  REQUIRE(eventually([&] {
+    auto m = pool.metrics();
+    return m.threads <= 2 && m.idle == m.threads && m.queued == 0 && m.running == 0;
+  }));
 }

@@ -193,5 +193,13 @@ async def finish_leaving_a_thread(seconds):
     threading.Thread(target=time.sleep, args=(float(seconds),)).start()
 
 
+async def return_leaving_a_thread(seconds):
+    """Return at once, never up (no server, and sooner than UP_AFTER),
+    leaving a non-daemon thread that the interpreter's exit waits for."""
+    import threading
+
+    threading.Thread(target=time.sleep, args=(float(seconds),)).start()
+
+
 def not_a_coroutine_function():
     return 42

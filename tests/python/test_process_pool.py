@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import os
 import pickle
+import signal
 import sys
 import threading
 
@@ -24,7 +25,7 @@ import pytest
 import procpool_jobs as jobs
 import uvpy
 from conftest import open_fds
-from proc_helpers import warmed_fds, zombies
+from proc_helpers import gone, warmed_fds, zombies
 from uvpy._procworker import SEGMENTS_MAX, Segments
 
 ProcessPool = uvpy.ProcessPool
@@ -422,6 +423,83 @@ def test_a_submit_racing_shutdown_from_another_thread_is_refused_not_lost():
     assert zombies() == []
 
 
+def test_a_job_handed_over_as_the_pool_moves_to_its_own_loop_runs_there():
+    # A submit() finds the pool's loop running and is about to hand its job
+    # over when that loop stops and another submit() moves the pool to a
+    # loop thread of its own: the job goes where the pool is, not to the
+    # loop it left.
+    loop = uvpy.new_event_loop()
+    runner = threading.Thread(target=loop.run_forever)
+    runner.start()
+    pool = ProcessPool(1)
+    assert asyncio.run_coroutine_threadsafe(pool.run(jobs.square, 2), loop).result(10) == 4
+    entered, release, out = threading.Event(), threading.Event(), []
+    submitter = threading.Thread(target=lambda: out.append(pool.submit(jobs.square, 3)))
+    real = loop.is_running
+
+    def is_running():
+        running = real()
+        if threading.current_thread() is submitter:
+            entered.set()
+            assert release.wait(10)
+        return running
+
+    loop.is_running = is_running
+    submitter.start()
+    assert entered.wait(10)  # it found the loop running
+    loop.call_soon_threadsafe(loop.stop)
+    runner.join(10)
+    assert pool.submit(jobs.square, 4).result(10) == 16  # the pool moved
+    release.set()
+    submitter.join(10)
+    assert out[0].result(10) == 9
+    pool.shutdown()
+    loop.run_until_complete(asyncio.sleep(0))
+    loop.close()
+    assert zombies() == []
+
+
+def test_a_job_handed_over_before_a_shutdown_runs_when_the_last_worker_dies_first(new_loop):
+    # The loop hears of the hand-over and of the shutdown only after it has
+    # reaped the pool's only worker (both threads lose the CPU just before
+    # call_soon_threadsafe): the job was accepted, so a worker is started
+    # to run it, and the shutdown ends once it has.
+    loop = new_loop()
+    runner = threading.Thread(target=loop.run_forever)
+    runner.start()
+    pool = ProcessPool(1)
+    pid = asyncio.run_coroutine_threadsafe(pool.run(jobs.pid), loop).result(10)
+    held, entered, release = set(), threading.Semaphore(0), threading.Event()
+    forward = loop.call_soon_threadsafe
+
+    def call_soon_threadsafe(*args, **kwargs):
+        if threading.current_thread() in held:
+            entered.release()
+            assert release.wait(10)
+        return forward(*args, **kwargs)
+
+    loop.call_soon_threadsafe = call_soon_threadsafe
+    futures = []
+    submitter = threading.Thread(target=lambda: futures.append(pool.submit(jobs.square, 4)))
+    stopper = threading.Thread(target=pool.shutdown, kwargs={"wait": False})
+    held.update((submitter, stopper))
+    submitter.start()
+    assert entered.acquire(timeout=10)  # its job is handed over; the loop is not told yet
+    stopper.start()
+    assert entered.acquire(timeout=10)  # shut down; the loop is not told yet
+    os.kill(pid, signal.SIGKILL)
+    assert gone(pid)  # reaped by the pool, on the loop
+    release.set()
+    submitter.join(10)
+    stopper.join(10)
+    assert futures[0].result(10) == 16
+    pool.shutdown(wait=True)
+    forward(loop.stop)
+    runner.join(10)
+    loop.close()
+    assert zombies() == []
+
+
 def test_a_job_submitted_from_another_thread_runs_despite_a_shutdown_on_the_loop_thread(loop):
     async def main():
         pool = ProcessPool(1)
@@ -468,6 +546,36 @@ def test_loop_closed_with_jobs_in_flight(new_loop, tmp_path):
     with pytest.raises(RuntimeError, match="closed with this job in flight"):
         inflight.result()
     pool.shutdown()
+    assert zombies() == []
+
+
+@pytest.mark.leaves_io_open("closes the loop with the pool's workers still watched")
+def test_a_job_failed_by_a_lost_loop_is_submitted_again_from_its_done_callback(new_loop, tmp_path):
+    # The callback runs when the next submit() moves the pool to its own loop
+    # thread and fails the jobs the closed loop had in flight. Its submit()
+    # must find that one thread, not start a second loop that reads the
+    # same workers' sockets.
+    go, started = tmp_path / "go", tmp_path / "started"
+    loop = new_loop()
+    pool = ProcessPool(1)
+
+    async def start():
+        fut = pool.submit(jobs.wait_for, str(go), str(started))
+        await until_exists(started)
+        return fut
+
+    inflight = run(loop, start())
+    retried = []
+    inflight.add_done_callback(lambda f: retried.append(pool.submit(jobs.square, 5)))
+    loop.close()
+    go.touch()
+    assert pool.submit(jobs.square, 3).result(10) == 9
+    with pytest.raises(RuntimeError, match="closed with this job in flight"):
+        inflight.result()
+    assert retried[0].result(10) == 25
+    assert [t.name for t in threading.enumerate()].count("uvpy-process-pool") == 1
+    pool.shutdown()
+    assert "uvpy-process-pool" not in [t.name for t in threading.enumerate()]
     assert zombies() == []
 
 

@@ -18,9 +18,9 @@ or by itself as an orphan), a main that returns, the same from a script
 that calls uvpy.serve() (main in __main__), a worker slow to read its init,
 workers never up (killed at start_timeout, at the first start and in a
 SIGHUP round), a worker whose loop stays blocked (no heartbeat: killed and
-restarted) and one whose main returned (not), a stopped supervisor or
-process group (no worker killed for the time nobody ran), interpreter flags, no fd or child left behind, and bad
-arguments.
+restarted) and one whose main returned, up or not yet (not), a stopped
+supervisor or process group (no worker killed for the time nobody ran),
+interpreter flags, no fd or child left behind, and bad arguments.
 """
 
 import contextlib
@@ -358,6 +358,63 @@ def test_a_worker_whose_main_returned_is_not_killed_while_its_threads_end(superv
     log = s.text()
     assert UP.search(log) and re.search(r"worker 0 \(pid \d+\) finished", log), log
     assert "heartbeat" not in log and "restarting" not in log
+
+
+def test_workers_stopped_with_their_supervisor_are_not_killed_for_the_silence(supervise):
+    # Ctrl+Z in a terminal, then fg: the whole group stops, for longer than
+    # heartbeat_timeout, and goes on. The supervisor's clock ran, but
+    # neither it nor the workers did: no worker is to blame.
+    port = free_port()
+    s = supervise("--workers", "1", "--heartbeat-timeout", "1", "serve_apps:echo", str(port),
+                  group=True)
+    [(_, pid)] = s.wait_for(UP.pattern)
+    os.killpg(s.proc.pid, signal.SIGSTOP)
+    time.sleep(2.5)
+    os.killpg(s.proc.pid, signal.SIGCONT)
+    time.sleep(2.5)  # the checks that were due, and two more timeouts
+    assert ask(("127.0.0.1", port)) == f"{pid}\n"
+    assert "heartbeat" not in s.text()
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+
+
+def test_a_worker_whose_main_returned_before_it_was_up_is_not_killed_at_start_timeout(
+        supervise):
+    # Its loop is closed (DONE): it is exiting, not starting up; main
+    # returned, so it is done, as it would be after it was up.
+    s = supervise("--workers", "1", "--start-timeout", "0.5",
+                  "serve_apps:return_leaving_a_thread", "2")
+    assert s.wait() == 0
+    log = s.text()
+    assert re.search(r"worker 0 \(pid \d+\) finished", log), log
+    assert "start_timeout" not in log and "is up" not in log
+
+
+def test_no_heartbeat_check_is_left_for_a_worker_that_said_up_and_died(loop):
+    # Its b"U" is read only once its exit is: that makes it up, and must not
+    # arm the heartbeat check of a worker that is gone.
+    from uvpy import _serve
+
+    class Exited:
+        def get_returncode(self):
+            return 3
+
+        def close(self):
+            pass
+
+    sup = _serve._Supervisor(loop, 1, {"fds": []}, heartbeat_timeout=30.0)
+    w = _serve._Worker(0)
+    w.transport, w.exited = Exited(), loop.create_future()
+    w.ctl, peer = socket.socketpair()
+    peer.sendall(b"U")
+    peer.close()
+    sup._current[0] = w
+    sup._live.add(w)
+    sup._exited(w)
+    assert w.up and w.exited.result() == 3
+    assert w.beat_timer is None or w.beat_timer.cancelled()
+    timer, sup._restart[0] = sup._restart[0], None  # the crash's restart
+    timer.cancel()
 
 
 def test_a_worker_that_dies_right_after_it_said_up_was_up(supervise):

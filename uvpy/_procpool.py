@@ -73,65 +73,23 @@ import concurrent.futures
 import os
 import pickle
 import select
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import weakref
 from concurrent.futures.process import BrokenProcessPool
 
 from . import _procworker as wire
+from ._prochandle import Worker, WorkerDied, default_workers, describe_exit, reap, releases
 from ._procmap import Mapping
 
 __all__ = ("ProcessPool", "WorkerDied")
-
-_BOOT = ("import importlib.util as u, sys; "
-         "s = u.spec_from_file_location('_uvpy_procworker', sys.argv[1]); "
-         "m = u.module_from_spec(s); s.loader.exec_module(m); "
-         "sys.exit(m.main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))")
-_WORKER_FILE = os.path.abspath(wire.__file__)
 
 _QUEUED, _SENT, _DONE = 0, 1, 2
 _RESULT, _ERROR = wire.RESULT, wire.ERROR
 PREFETCH_BUDGET = 0.001  # seconds of work queued behind a running job, adaptive prefetch
 PREFETCH_MAX = 16
 SHM_CACHE = 128 << 20  # bytes of shared memory kept for reuse, by the pool and by each worker
-
-
-class WorkerDied(BrokenProcessPool):
-    """The worker running this job died (a crash, os._exit, a kill).
-
-    Only that job fails; the pool replaces the worker and keeps serving. It
-    derives from BrokenProcessPool so that code written for
-    ProcessPoolExecutor, where such a death breaks the whole pool, still
-    catches it. ``pid`` and ``exitcode`` (negative: the signal) say which.
-    """
-
-    def __init__(self, pid, exitcode):
-        self.pid, self.exitcode = pid, exitcode
-        super().__init__(f"the worker process (pid {pid}) running this job died: "
-                         f"{_describe_exit(exitcode)}")
-
-    def __reduce__(self):
-        return type(self), (self.pid, self.exitcode)
-
-
-def _describe_exit(code):
-    if code is not None and code < 0:
-        try:
-            return f"killed by signal {-code} ({signal.Signals(-code).name})"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit status {code}"
-
-
-def _default_workers():
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 class _Job:
@@ -156,23 +114,6 @@ class _Job:
         self.frame = b""
 
 
-class _Worker:
-    __slots__ = ("proc", "sock", "pidfd", "reader", "inflight", "out", "sent", "ready",
-                 "retiring", "eof", "writing", "killed", "started", "mapped", "released",
-                 "__weakref__")
-
-    def __init__(self, proc, sock, pidfd):
-        self.proc, self.sock, self.pidfd = proc, sock, pidfd
-        self.reader = wire.FrameReader()
-        self.inflight = collections.deque()
-        self.out = []            # [(bytes, memfd or -1)] not yet sent
-        self.sent = 0            # jobs sent (max_tasks_per_child)
-        self.started = 0.0       # when its current job started, about (job time)
-        self.mapped = []         # the pool's segments sent to it, not yet RELEASEd
-        self.released = collections.deque()  # its segments the pool no longer maps
-        self.ready = self.retiring = self.eof = self.writing = self.killed = False
-
-
 class ProcessPool(concurrent.futures.Executor):
     """A pool of worker processes, driven by the event loop.
 
@@ -192,7 +133,7 @@ class ProcessPool(concurrent.futures.Executor):
                  max_tasks_per_child=None, cancel_running="wait", shm_threshold=1 << 18,
                  shm_cache=SHM_CACHE, prefetch=None):
         if max_workers is None:
-            max_workers = _default_workers()
+            max_workers = default_workers()
         elif max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         if max_tasks_per_child is not None:
@@ -484,7 +425,7 @@ class ProcessPool(concurrent.futures.Executor):
             w.started = time.perf_counter()
         w.inflight.append(job)
         if w.released:  # first, so the worker may reuse them for this result
-            w.out.append((_releases(w.released), -1))
+            w.out.append((releases(w.released), -1))
         if job.seg:
             self._segments.ref(job.seg)  # the worker maps it until its RELEASE
             w.mapped.append(job.seg)
@@ -509,33 +450,13 @@ class ProcessPool(concurrent.futures.Executor):
     # -- workers ------------------------------------------------------------------
 
     def _spawn(self):
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", _BOOT, _WORKER_FILE, str(child.fileno()),
-                 str(self._threshold), str(self._cache)],
-                pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL)
-        except BaseException:
-            parent.close()
-            raise
-        finally:
-            child.close()
-        import multiprocessing.spawn
-
-        data = multiprocessing.spawn.get_preparation_data("uvpy-pool-worker")
-        data["authkey"] = bytes(data["authkey"])
-        try:
-            pidfd = os.pidfd_open(proc.pid)
-        except (AttributeError, OSError):
-            pidfd = -1
-        w = _Worker(proc, parent, pidfd)
+        w = Worker.start(self._threshold, self._cache)
         self._workers.append(w)
         try:
-            wire.send_all(parent, [wire.encode(
-                wire.INIT, 0, (data, pickle.dumps(self._init, 5)), self._threshold)[:2]])
+            w.send_init(self._init, self._threshold)
         except Exception as exc:  # an initializer that does not pickle
             self._break(f"the initializer could not be sent to the worker: {exc!r}")
-        parent.setblocking(False)
+        w.sock.setblocking(False)
         return w
 
     def _spawn_and_watch(self):
@@ -664,7 +585,7 @@ class ProcessPool(concurrent.futures.Executor):
         if w.sock is not None and not w.eof:
             self._readable(w, drain=True)
         self._unwatch(w)
-        code = _reap(w)
+        code = reap(w)
         for seg in w.mapped:  # its mappings died with it
             self._segments.unref(seg)
         w.mapped.clear()
@@ -672,7 +593,7 @@ class ProcessPool(concurrent.futures.Executor):
             self._workers.remove(w)
         if not w.ready and not self._broken and not w.retiring:
             self._break("a worker process died before it was ready "
-                        f"(pid {w.proc.pid}, {_describe_exit(code)}): the pool is not usable "
+                        f"(pid {w.proc.pid}, {describe_exit(code)}): the pool is not usable "
                         "anymore")
         if w.inflight:
             running = w.inflight.popleft()
@@ -866,33 +787,11 @@ class ProcessPool(concurrent.futures.Executor):
             thread.join()
 
 
-def _releases(segs):
-    """RELEASE frames for the worker's segments in segs (emptied): a deque
-    that the finalizers of the pool's mappings append to, from any thread."""
-    out = []
-    while segs:
-        out.append(wire.HEADER.pack(wire.RELEASE, segs.popleft(), 0, 0))
-    return b"".join(out)
-
-
 def _in_loop(loop):
     try:
         return asyncio.get_running_loop() is loop
     except RuntimeError:
         return False
-
-
-def _reap(w):
-    """Close w's fds and reap its process; its exit code."""
-    if w.pidfd >= 0:
-        os.close(w.pidfd)
-        w.pidfd = -1
-    if w.sock is not None:
-        w.sock.close()
-        w.sock = None
-    w.out.clear()
-    w.reader.close()
-    return w.proc.wait()
 
 
 def _finalize(workers, jobs, segments):

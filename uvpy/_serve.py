@@ -84,7 +84,7 @@ import subprocess
 import sys
 
 from . import _serveworker
-from ._procpool import _default_workers
+from ._prochandle import default_workers
 from ._tcp import bind_listener
 
 __all__ = ("serve", "ServeError", "inherited_sockets")
@@ -193,7 +193,7 @@ def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=
 
 def _check_workers(workers):
     if workers is None:
-        return _default_workers() or 1  # the CPUs in the affinity mask, as ProcessPool's
+        return default_workers() or 1  # the CPUs in the affinity mask, as ProcessPool's
     if isinstance(workers, bool) or not isinstance(workers, int):
         raise TypeError(f"workers must be an int, not {type(workers).__name__}")
     if workers < 1:

@@ -62,7 +62,7 @@ int BlockingPool::submit(Job* j, bool blocking) {
   if (int rc = begin_submit(j, &abort_, now_ns())) return rc;
   j->next = nullptr;
 
-  unsigned starts[64];  // slots reserved for threads to start (rule 5)
+  unsigned starts[kMaxStarts];  // slots reserved for threads to start (rule 5)
   unsigned n_start = 0;
   bool wake = false;
   {
@@ -89,35 +89,14 @@ int BlockingPool::submit(Job* j, bool blocking) {
       wake = len_ > spinning_;
     } else if (idle_ == 0 && threads_ < opts_.max_threads) {  // rule 2: or start one, or the core (rule 8)
       unsigned want = std::max(1u, opts_.core_threads > threads_ ? opts_.core_threads - threads_ : 0u);
-      want = std::min({want, opts_.max_threads - threads_, unsigned(sizeof starts / sizeof starts[0])});
-      for (unsigned index = 0; n_start < want; ++index) {
-        if (index == index_used_.size()) index_used_.push_back(false);
-        if (index_used_[index]) continue;
-        index_used_[index] = true;
-        starts[n_start++] = index;
-      }
-      threads_ += n_start;
+      n_start = reserve_threads_locked(want, starts);
     }
   }
   // Notified after unlocking, so the woken thread does not block on mu_ at
   // once; a claim outlives the unlock (rule 3), so no wakeup is lost.
   if (wake) cv_.notify_one();
-  int rc = 0;
-  unsigned failed = 0;
-  for (unsigned i = 0; i < n_start; ++i) {
-    int r = opts_.spawn(opts_.spawn_arg, this, starts[i]);
-    if (r == 0) {
-      spawned_.fetch_add(1, std::memory_order_relaxed);
-      continue;
-    }
-    rc = r;
-    std::lock_guard<std::mutex> lk(mu_);  // rule 5: give the slot back
-    --threads_;
-    index_used_[starts[i]] = false;
-    ++failed;
-    exit_cv_.notify_all();
-  }
-  if (failed == 0) return 0;
+  int rc = start_threads(starts, n_start);
+  if (rc == 0) return 0;
   // If no thread is left to run it, take the job back out (nothing could
   // have taken it) and report the host's error.
   std::lock_guard<std::mutex> lk(mu_);
@@ -140,10 +119,61 @@ int BlockingPool::submit(Job* j, bool blocking) {
   return -rc;
 }
 
+// Rule 5: reserves up to `want` thread slots (within max_threads and
+// kMaxStarts) with the lowest free indices; returns how many, in starts.
+unsigned BlockingPool::reserve_threads_locked(unsigned want, unsigned* starts) {
+  want = std::min({want, opts_.max_threads > threads_ ? opts_.max_threads - threads_ : 0u,
+                   kMaxStarts});
+  unsigned n = 0;
+  for (unsigned index = 0; n < want; ++index) {
+    if (index == index_used_.size()) index_used_.push_back(false);
+    if (index_used_[index]) continue;
+    index_used_[index] = true;
+    starts[n++] = index;
+  }
+  threads_ += n;
+  return n;
+}
+
+// Rule 5: starts the reserved threads with mu_ released, giving back the
+// slot of each the host could not start. 0, or the last host error.
+int BlockingPool::start_threads(const unsigned* starts, unsigned n) {
+  int rc = 0;
+  for (unsigned i = 0; i < n; ++i) {
+    int r = opts_.spawn(opts_.spawn_arg, this, starts[i]);
+    if (r == 0) {
+      spawned_.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    rc = r;
+    std::lock_guard<std::mutex> lk(mu_);
+    --threads_;
+    index_used_[starts[i]] = false;
+    exit_cv_.notify_all();
+  }
+  return rc;
+}
+
 void BlockingPool::set_max_threads(unsigned n) {
-  std::lock_guard<std::mutex> lk(mu_);
-  opts_.max_threads = n > 0 ? n : 1;
-  if (threads_ > opts_.max_threads) cv_.notify_all();  // rule 4: extras exit when idle
+  unsigned starts[kMaxStarts];
+  unsigned n_start = 0;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    opts_.max_threads = n > 0 ? n : 1;
+    if (threads_ > opts_.max_threads) {
+      cv_.notify_all();  // rule 4: extras exit when idle
+    } else if (head_ != nullptr && !stopping_) {
+      // Rule 2 for the jobs already queued: the waiting threads take what
+      // the raised limit now lets run, and new threads the rest.
+      cv_.notify_all();
+      const size_t waiting = idle_ + claimed_;
+      if (len_ > waiting) {
+        n_start = reserve_threads_locked(unsigned(std::min<size_t>(len_ - waiting, kMaxStarts)),
+                                         starts);
+      }
+    }
+  }
+  start_threads(starts, n_start);
 }
 
 // --- the threads -------------------------------------------------------------------

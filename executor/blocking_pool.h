@@ -33,7 +33,8 @@
 //     while threads_ < max_threads. With the pool at its limit the job waits
 //     for the next thread to finish its job; that is the bound, as with
 //     asyncio's ThreadPoolExecutor. A lowered limit holds at once, before the
-//     extra threads have exited and for the threads whose jobs were running.
+//     extra threads have exited and for the threads whose jobs were running;
+//     a raised one puts queued jobs on waiting or new threads at once.
 //  3. idle_ + claimed_ is always the number of waiting threads, and
 //     claimed_ <= len_: a claim stands for a queued job. A thread that stops
 //     waiting (to take a job, or to exit) consumes a claim if there is one,
@@ -149,6 +150,9 @@ class BlockingPool {
   void thread_main(unsigned index);
 
  private:
+  static constexpr unsigned kMaxStarts = 64;  // threads one call starts at most
+  unsigned reserve_threads_locked(unsigned want, unsigned* starts);
+  int start_threads(const unsigned* starts, unsigned n);
   Job* pop_locked();
   void leave_idle_locked();
   void release_stale_claim_locked();

@@ -198,6 +198,27 @@ TEST_CASE("a lowered limit holds for threads that finish a job with more queued"
   }
 }
 
+TEST_CASE("a raised limit runs the queued jobs at once", "[executor][blocking]") {
+  // One thread, blocked; two jobs queued behind it. Raising the limit must
+  // put them on threads of their own now, not at the next submit: they may
+  // be what the blocked one waits for.
+  TestLoop loop;
+  Gate gate;
+  std::deque<TestJob> jobs;
+  add_jobs(jobs, 3, &loop.port, [&](TestJob& t) { gate.pass(t.job); });
+  BlockingPool pool(pool_opts(1));
+  for (auto& j : jobs) REQUIRE(pool.submit(&j.job) == 0);
+  REQUIRE(gate.wait_inside(1));
+  std::this_thread::sleep_for(5ms);
+  REQUIRE(gate.inside.load() == 1);
+  pool.set_max_threads(3);
+  REQUIRE(gate.wait_inside(3, 5s));
+  REQUIRE(pool.metrics().threads == 3);
+  gate.open = true;
+  REQUIRE(loop.run_until([&] { return total(jobs, &TestJob::completes) == 3; }));
+  require_all_handed_back(jobs, loop);
+}
+
 TEST_CASE("a cancelled queued job is handed back without running", "[executor][blocking]") {
   TestLoop loop;
   Gate gate;

@@ -35,6 +35,15 @@ def test_loop_stats_prints_a_line_per_second_and_the_watchdog_names_the_blocker(
         assert "time.sleep(0.25)" in report
 
 
+def test_offload_hashes_on_threads_and_parses_on_processes_with_the_same_results():
+    out = run_example("offload.py", "--blocks", "6", "--lines", "30000")
+    assert out.returncode == 0, out.stderr
+    assert "results match the sequential run: True" in out.stdout, out.stdout
+    totals = re.search(r"bytes per status: \{(.*)\}", out.stdout).group(1)
+    assert {s.split(":")[0].strip(" '") for s in totals.split(",")} == {"200", "304", "404", "500"}
+    assert re.search(r"loop lag while working: p50 [\d.]+ ms", out.stdout), out.stdout
+
+
 def test_prometheus_exporter_serves_the_loop_counters():
     need_module("prometheus_client")
     out = run_example("prometheus_stats.py", "--check")

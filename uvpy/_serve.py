@@ -317,8 +317,8 @@ def _describe(code):
 
 class _Worker:
     __slots__ = ("slot", "transport", "pid", "ctl", "unsent", "up", "up_at", "asked",
-                 "kill_timer", "start_timer", "late", "beat_at", "beat_timer", "replaces",
-                 "exited")
+                 "kill_timer", "start_timer", "late", "beat_at", "beat_timer", "done",
+                 "replaces", "exited")
 
     def __init__(self, slot, replaces=None):
         self.slot = slot
@@ -334,6 +334,7 @@ class _Worker:
         self.late = False          # it was killed for that
         self.beat_at = None        # loop time of its last heartbeat (or of its up)
         self.beat_timer = None     # checks that it keeps beating
+        self.done = False          # it said DONE: its loop is closed, no check is due
         self.replaces = replaces   # the worker this one takes over from (invariant 5)
         self.exited = None         # a future, done with the exit status
 
@@ -476,6 +477,7 @@ class _Supervisor:
         if _serveworker.UP in data and not w.up:
             self._up(w)
         if _serveworker.DONE in data:  # its loop is closed: main is done, up or not
+            w.done = True
             for timer in (w.start_timer, w.beat_timer):
                 if timer is not None:
                     timer.cancel()
@@ -487,8 +489,8 @@ class _Supervisor:
         w.start_timer = None
         if w.up or w.asked or w not in self._live:
             return
-        self._control(w)  # an UP already in the socket
-        if w.up:
+        self._control(w)  # an UP (or a DONE) already in the socket
+        if w.up or w.done:
             return
         now = self._loop.time()
         period = self._start_timeout / BEATS
@@ -515,6 +517,8 @@ class _Supervisor:
         if w.asked or w not in self._live:
             return
         self._control(w)  # beats already in the socket: timers run before I/O callbacks
+        if w.done:  # and a DONE after them: nothing more is due
+            return
         now = self._loop.time()
         period = self._heartbeat_timeout / BEATS
         if now - due > period:

@@ -417,6 +417,41 @@ def test_no_heartbeat_check_is_left_for_a_worker_that_said_up_and_died(loop):
     timer.cancel()
 
 
+@pytest.mark.parametrize("check", ["heartbeat", "start"])
+def test_a_done_that_a_due_check_reads_ends_the_checks(loop, check):
+    # A check reads what the control socket holds before it judges (timers
+    # run before I/O callbacks): a DONE there means the worker's loop is
+    # closed, and the check must not arm itself again. Armed again, it
+    # would kill a worker that is joining its threads for longer than the
+    # timeout, as silent or as never up.
+    from uvpy import _serve
+
+    sup = _serve._Supervisor(loop, 1, {"fds": []}, start_timeout=10.0, heartbeat_timeout=10.0)
+    w = _serve._Worker(0)
+    w.ctl, peer = socket.socketpair()
+    w.ctl.setblocking(False)
+    sup._current[0] = w
+    sup._live.add(w)
+    try:
+        if check == "heartbeat":
+            sup._up(w)
+            due = w.beat_timer.when()
+            w.beat_timer.cancel()  # it is due now: called below
+            peer.sendall(_serve._serveworker.HEARTBEAT + _serve._serveworker.DONE)
+            sup._check_beat(w, due)
+            assert w.beat_timer is None
+        else:
+            peer.sendall(_serve._serveworker.DONE)  # main returned before it was up
+            sup._not_up(w, loop.time(), 0.0)
+            assert w.start_timer is None and not w.up
+    finally:
+        for timer in (w.beat_timer, w.start_timer):
+            if timer is not None:
+                timer.cancel()
+        w.ctl.close()
+        peer.close()
+
+
 def test_a_worker_that_dies_right_after_it_said_up_was_up(supervise):
     # Its b"U" and its exit reach the supervisor in the same loop
     # iteration: whichever callback runs first, it was up, so this is a

@@ -73,11 +73,8 @@ async def main(blocks, lines):
     want_totals = merge([parse(log)])
     sequential = time.perf_counter() - t0
 
-    lags, stop = [], asyncio.Event()
-    probe = asyncio.create_task(lag_probe(lags, stop))
     async with uvpy.ProcessPool() as pool:
         await pool.run(parse, log[:10])  # workers are up: not part of the timing
-        t0 = time.perf_counter()
 
         async def hashes():
             return await asyncio.gather(
@@ -88,11 +85,16 @@ async def main(blocks, lines):
             chunks = [log[i:i + chunk] for i in range(0, len(log), chunk)]
             return merge([part async for part in pool.map(parse, chunks)])
 
+        # The lag is measured over the work alone, not over the workers'
+        # start-up or their exit, when the loop has nothing else to do.
+        lags, stop = [], asyncio.Event()
+        t0 = time.perf_counter()
+        probe = asyncio.create_task(lag_probe(lags, stop))
         digests, got_totals = await asyncio.gather(hashes(), totals())
         parallel = time.perf_counter() - t0
+        stop.set()
+        await probe
         workers = pool.max_workers
-    stop.set()
-    await probe
 
     lags.sort()
     print(f"sha256 of {blocks} x 4 MiB and {lines} log lines parsed: {parallel:.2f} s "

@@ -18,9 +18,10 @@ or by itself as an orphan), a main that returns, the same from a script
 that calls uvpy.serve() (main in __main__), a worker slow to read its init,
 workers never up (killed at start_timeout, at the first start and in a
 SIGHUP round), a worker whose loop stays blocked (no heartbeat: killed and
-restarted) and one whose main returned, up or not yet (not), a stopped
-supervisor or process group (no worker killed for the time nobody ran),
-interpreter flags, no fd or child left behind, and bad arguments.
+restarted) and one whose main returned, up or not yet (not, also when a
+due check is what reads its DONE), a stopped supervisor or process group
+(no worker killed for the time nobody ran), interpreter flags, no fd or
+child left behind, and bad arguments.
 """
 
 import contextlib

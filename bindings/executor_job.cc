@@ -23,7 +23,14 @@
 //  5. A parallel_for Group resolves its one future when its last chunk
 //     completes, with the first non-zero code any chunk returned; a chunk
 //     that never ran (cancelled) only counts down.
+//  6. A job handed back unrun because no thread could be started for it
+//     (job.h rule 6) fails its future, asyncio's or concurrent.futures', with
+//     RuntimeError("can't start new thread ..."), as ThreadPoolExecutor's
+//     submit() raises it: its submit() had returned before the start failed.
 #include "executor_bridge.h"
+
+#include <cstring>
+#include <string>
 
 namespace uvpy::py::executor {
 
@@ -108,10 +115,34 @@ PyObject* kernel_error(int rc) {
   return e;
 }
 
+// Invariant 6: RuntimeError for a job no thread could be started for.
+// Never nullptr: where making it fails, the exception that says why.
+PyObject* no_thread_error(int error) {
+  const std::string text = "can't start new thread for this job: " + std::string(std::strerror(-error));
+  PyObject* e = PyObject_CallFunction(PyExc_RuntimeError, "s", text.c_str());
+  return e != nullptr ? e : fetch_exception();
+}
+
+// Invariant 6 for a concurrent future (kThread), unless cancelled meanwhile.
+void fail_thread_future(PyObject* fut, int error) {
+  PyObject* done = PyObject_CallMethodNoArgs(fut, names()->done);
+  if (done == Py_False) {
+    PyObject* exc = no_thread_error(error);
+    PyObject* r = call_method1(fut, "set_exception", exc);
+    if (r == nullptr) PyErr_WriteUnraisable(fut);
+    Py_XDECREF(r);
+    Py_XDECREF(exc);
+  } else if (done == nullptr) {
+    PyErr_WriteUnraisable(fut);
+  }
+  Py_XDECREF(done);
+}
+
 void job_complete(exec::Job* job) {
   auto* j = static_cast<ExecJob*>(job->data);
   j->port->live.erase(j);
   const bool ran = job->state.load(std::memory_order_acquire) == exec::kJobDone;
+  if (!ran && job->error != 0 && j->kind == kThread) fail_thread_future(j->future, job->error);
   for (Py_buffer& v : j->views) PyBuffer_Release(&v);
   j->views.clear();
   const bool loop_open = j->port->reactor == nullptr || j->port->open;
@@ -135,6 +166,10 @@ void job_complete(exec::Job* job) {
         if (err == nullptr) PyErr_WriteUnraisable(g_convert_exc);
       }
       resolve(j->future, j->result, err ? err : j->exc);
+      Py_XDECREF(err);
+    } else if (job->error != 0) {  // invariant 6
+      PyObject* err = no_thread_error(job->error);
+      resolve(j->future, nullptr, err);
       Py_XDECREF(err);
     }
   } else if (j->group != nullptr && --j->group->remaining == 0) {

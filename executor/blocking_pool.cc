@@ -98,8 +98,9 @@ int BlockingPool::submit(Job* j, bool blocking) {
   int rc = start_threads(starts, n_start);
   if (rc == 0) return 0;
   // If no thread is left to run it, take the job back out (nothing could
-  // have taken it) and report the host's error.
-  std::lock_guard<std::mutex> lk(mu_);
+  // have taken it) and report the host's error; jobs queued behind it by
+  // others go back failed (rule 5).
+  std::unique_lock<std::mutex> lk(mu_);
   if (threads_ > 0) return 0;
   Job** link = &head_;
   Job* prev = nullptr;
@@ -116,7 +117,33 @@ int BlockingPool::submit(Job* j, bool blocking) {
     j->port->outstanding_.fetch_sub(1, std::memory_order_relaxed);
     j->state.store(kJobIdle, std::memory_order_relaxed);
   }
+  Job* stranded = stopping_ ? nullptr : take_queue_locked();
+  lk.unlock();
+  hand_back_all(stranded, -rc);
   return -rc;
+}
+
+// Empties the queue (rule 3's counts kept): its jobs, linked through next.
+Job* BlockingPool::take_queue_locked() {
+  Job* jobs = head_;
+  head_ = tail_ = nullptr;
+  len_ = 0;
+  queued_.store(0, std::memory_order_release);
+  idle_ += claimed_;
+  claimed_ = 0;
+  if (room_waiters_ > 0) room_cv_.notify_all();
+  return jobs;
+}
+
+// Hands back jobs taken out of the queue without running them: cancelled,
+// or, with error (job.h rule 6), failed for want of a thread.
+void BlockingPool::hand_back_all(Job* jobs, int error) {
+  while (jobs != nullptr) {
+    Job* next = jobs->next;
+    cancelled_.fetch_add(1, std::memory_order_relaxed);
+    exec::hand_back_cancelled(jobs, error);
+    jobs = next;
+  }
 }
 
 // Rule 5: reserves up to `want` thread slots (within max_threads and
@@ -173,7 +200,14 @@ void BlockingPool::set_max_threads(unsigned n) {
       }
     }
   }
-  start_threads(starts, n_start);
+  int rc = start_threads(starts, n_start);
+  if (rc == 0) return;
+  Job* stranded = nullptr;  // rule 5: no thread left for the queued jobs
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (threads_ == 0 && !stopping_) stranded = take_queue_locked();
+  }
+  hand_back_all(stranded, -rc);
 }
 
 // --- the threads -------------------------------------------------------------------
@@ -335,21 +369,12 @@ void BlockingPool::shutdown(bool drain) {  // rule 6
     stopping_ = true;
     if (!drain) {
       abort_.store(true, std::memory_order_release);
-      cancelled = head_;
-      head_ = tail_ = nullptr;
-      len_ = 0;
-      queued_.store(0, std::memory_order_release);
-      idle_ += claimed_;
-      claimed_ = 0;
+      cancelled = take_queue_locked();
     }
     cv_.notify_all();
     room_cv_.notify_all();
   }
-  while (cancelled != nullptr) {
-    Job* next = cancelled->next;
-    hand_back_cancelled(cancelled);
-    cancelled = next;
-  }
+  hand_back_all(cancelled, 0);
 }
 
 void BlockingPool::wait_exited() {

@@ -53,7 +53,10 @@
 //     released: a host that starts Python threads takes the GIL to do it,
 //     and a pool thread that holds the GIL may be waiting for mu_. The slot
 //     is reserved (threads_++) before mu_ is released, so rule 2's count is
-//     exact, and given back if the host fails to start the thread.
+//     exact, and given back if the host fails to start the thread. When
+//     that leaves no thread at all (a start that failed after others had
+//     queued behind its reservation), the queued jobs go back failed with
+//     the host's error (job.h rule 6): none would run until a later submit.
 //  6. shutdown(drain) stops accepting (-ESHUTDOWN) and wakes every waiting
 //     thread. With drain, threads run what is queued, then exit; without,
 //     queued jobs are handed back cancelled and running ones see
@@ -153,6 +156,8 @@ class BlockingPool {
   static constexpr unsigned kMaxStarts = 64;  // threads one call starts at most
   unsigned reserve_threads_locked(unsigned want, unsigned* starts);
   int start_threads(const unsigned* starts, unsigned n);
+  Job* take_queue_locked();
+  void hand_back_all(Job* jobs, int error);
   Job* pop_locked();
   void leave_idle_locked();
   void release_stale_claim_locked();

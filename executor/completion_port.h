@@ -103,10 +103,11 @@ class CompletionPort {
 // Hands back a job taken out of a queue without running it (job.h rule 3):
 // cancelled if it was still queued (a shutdown's), already cancelled
 // otherwise (try_cancel's), and pushed to its port.
-inline void hand_back_cancelled(Job* j) {
+inline void hand_back_cancelled(Job* j, int error = 0) {
   int expected = kJobQueued;
-  j->state.compare_exchange_strong(expected, kJobCancelled, std::memory_order_acq_rel,
-                                   std::memory_order_relaxed);
+  if (j->state.compare_exchange_strong(expected, kJobCancelled, std::memory_order_acq_rel,
+                                       std::memory_order_relaxed))
+    j->error = error;  // job.h rule 6: a job try_cancel had cancelled keeps error 0
   j->cancel_requested.store(true, std::memory_order_relaxed);
   j->port->push(j);
 }

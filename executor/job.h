@@ -11,7 +11,7 @@
 //
 //   idle ──submit──▶ queued ──a worker dequeues it──▶ running ──run returns──▶ done
 //                      │
-//                      └──try_cancel, or shutdown(false)──▶ cancelled
+//                      └──try_cancel, shutdown(false), or no thread to run it──▶ cancelled
 //
 //   done and cancelled last until complete() has run; after that the job may
 //   be submitted again.
@@ -35,6 +35,11 @@
 //     executor shuts down without draining.
 //  5. A job whose submit() failed was never seen by the executor: the owner
 //     keeps it, and complete() is not called.
+//  6. A job the executor accepted but then cannot run, because no thread is
+//     left to run it and none can be started (BlockingPool rule 5), is
+//     handed back cancelled with `error` set to the host's -errno, so the
+//     owner can fail its future with the error submit() would have returned.
+//     Every other cancelled job has error 0.
 #pragma once
 #include <atomic>
 #include <cerrno>
@@ -69,6 +74,7 @@ struct Job {
   int64_t submit_ns = 0;
   int64_t start_ns = 0;
   int64_t end_ns = 0;
+  int error = 0;  // rule 6: handed back unrun for this -errno, not cancelled
   const std::atomic<bool>* abort = nullptr;  // the executor's "stop running jobs" flag
   Job* next = nullptr;  // intrusive link, owned by whichever queue holds the job
 
@@ -97,6 +103,7 @@ inline int begin_submit(Job* j, const std::atomic<bool>* abort, int64_t now) {
   j->abort = abort;
   j->submit_ns = now;
   j->start_ns = j->end_ns = 0;
+  j->error = 0;
   return 0;
 }
 

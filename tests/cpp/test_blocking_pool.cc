@@ -337,6 +337,100 @@ TEST_CASE("a host that cannot start a thread gets its job back", "[executor][blo
   REQUIRE(m.queued == 0);
 }
 
+namespace {
+// A host whose call k (1, 2, ...) waits until release >= k, then fails: the
+// order in which concurrent thread starts fail, chosen by the test.
+struct FailingHost {
+  std::atomic<int> calls{0}, release{0};
+  static int spawn(void* arg, BlockingPool*, unsigned) {
+    auto* h = static_cast<FailingHost*>(arg);
+    const int k = h->calls.fetch_add(1) + 1;
+    while (h->release.load() < k) std::this_thread::sleep_for(1ms);
+    return EAGAIN;
+  }
+  bool wait_calls(int n) {
+    return eventually([&] { return calls.load() >= n; });
+  }
+};
+
+BlockingPool::Options failing_opts(unsigned max_threads, FailingHost* host) {
+  auto o = pool_opts(max_threads);
+  o.spawn = FailingHost::spawn;
+  o.spawn_arg = host;
+  return o;
+}
+}  // namespace
+
+TEST_CASE("a job queued behind a thread that fails to start goes back failed", "[executor][blocking]") {
+  // B is accepted at the limit, behind A's thread being started. A's start
+  // fails: A gets -EAGAIN, and B, with no thread left to run it, comes back
+  // failed with the same error (job.h rule 6) instead of waiting forever.
+  TestLoop loop;
+  std::deque<TestJob> jobs;
+  add_jobs(jobs, 2, &loop.port);
+  FailingHost host;
+  BlockingPool pool(failing_opts(1, &host));
+  int rc_a = 1;
+  std::thread a([&] { rc_a = pool.submit(&jobs[0].job); });
+  REQUIRE(host.wait_calls(1));
+  REQUIRE(pool.submit(&jobs[1].job) == 0);
+  host.release = 1;
+  a.join();
+  REQUIRE(rc_a == -EAGAIN);
+  REQUIRE(jobs[0].job.state.load() == exec::kJobIdle);
+  REQUIRE(loop.run_until([&] { return jobs[1].completes.load() == 1; }, 5s));
+  REQUIRE(jobs[1].runs.load() == 0);
+  REQUIRE(jobs[1].final_state.load() == exec::kJobCancelled);
+  REQUIRE(jobs[1].job.error == -EAGAIN);
+  auto m = pool.metrics();
+  REQUIRE(m.threads == 0);
+  REQUIRE(m.queued == 0);
+  REQUIRE(loop.port.outstanding() == 0);
+}
+
+TEST_CASE("a raise whose thread fails to start after the submit's fails the queued job", "[executor][blocking]") {
+  // A's thread is being started when a raise reserves a second one for A's
+  // job. A's start fails first (the raise's still counts, so A's submit
+  // returns 0), then the raise's: the job comes back failed.
+  TestLoop loop;
+  std::deque<TestJob> jobs;
+  add_jobs(jobs, 1, &loop.port);
+  FailingHost host;
+  BlockingPool pool(failing_opts(1, &host));
+  int rc_a = 1;
+  std::thread a([&] { rc_a = pool.submit(&jobs[0].job); });
+  REQUIRE(host.wait_calls(1));
+  std::thread raise([&] { pool.set_max_threads(2); });
+  REQUIRE(host.wait_calls(2));
+  host.release = 1;
+  a.join();
+  REQUIRE(rc_a == 0);
+  host.release = 2;
+  raise.join();
+  REQUIRE(loop.run_until([&] { return jobs[0].completes.load() == 1; }, 5s));
+  REQUIRE(jobs[0].runs.load() == 0);
+  REQUIRE(jobs[0].job.error == -EAGAIN);
+  REQUIRE(pool.metrics().threads == 0);
+  REQUIRE(loop.port.outstanding() == 0);
+}
+
+TEST_CASE("a job cancelled before its thread failed to start stays plainly cancelled", "[executor][blocking]") {
+  TestLoop loop;
+  std::deque<TestJob> jobs;
+  add_jobs(jobs, 2, &loop.port);
+  FailingHost host;
+  BlockingPool pool(failing_opts(1, &host));
+  std::thread a([&] { pool.submit(&jobs[0].job); });
+  REQUIRE(host.wait_calls(1));
+  REQUIRE(pool.submit(&jobs[1].job) == 0);
+  REQUIRE(exec::try_cancel(&jobs[1].job));
+  host.release = 1;
+  a.join();
+  REQUIRE(loop.run_until([&] { return jobs[1].completes.load() == 1; }, 5s));
+  REQUIRE(jobs[1].final_state.load() == exec::kJobCancelled);
+  REQUIRE(jobs[1].job.error == 0);
+}
+
 TEST_CASE("blocking pool: many producers, cancels and short keep-alives, exactly once", "[stress]") {
   TestLoop loop;
   constexpr int kProducers = 4, kPerProducer = 5000;

@@ -11,6 +11,7 @@ import concurrent.futures
 import ctypes
 import os
 import subprocess
+import textwrap
 import sys
 import threading
 import time
@@ -300,6 +301,59 @@ def test_blocking_threads_from_environment():
     # Three threads, all blocked: the setter waited for a free one, so at
     # least one wait ran out before it could run.
     assert out.stdout.split() == ["True", "3", "3"], out.stdout
+
+
+def test_a_job_whose_thread_could_not_be_started_fails_instead_of_hanging():
+    # One blocking thread per loop. Loop A's first job reserves the only
+    # thread; while its start is failing (slowly: the starter sleeps), a
+    # second loop opens its executor port in another thread, which raises
+    # the limit and reserves a thread for A's queued job, whose start fails
+    # too. A's submit() had returned (a start was pending): with no thread
+    # left its job comes back, and its future fails as ThreadPoolExecutor's
+    # submit() would, instead of waiting forever. Then starts work again.
+    env = dict(os.environ, UVPY_BLOCKING_THREADS="1")
+    code = textwrap.dedent("""\
+        import asyncio, threading, time, uvpy
+        from uvpy import _executor, _uvpy
+
+        fails, starting = [2], threading.Event()
+
+        def starter(pool, index):
+            if fails[0] == 0:
+                return _executor._start_blocking_thread(pool, index)
+            fails[0] -= 1
+            starting.set()
+            time.sleep(0.4)  # releases the GIL: the other loop goes on meanwhile
+            raise RuntimeError("can't start new thread")
+
+        _uvpy._set_blocking_starter(starter)
+
+        def other_loop():
+            starting.wait()
+            time.sleep(0.1)
+            print("B", uvpy.run(b()), flush=True)
+
+        async def b():
+            return await asyncio.get_running_loop().run_in_executor(None, abs, -2)
+
+        async def a():
+            t = threading.Thread(target=other_loop)
+            t.start()
+            try:
+                r = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, abs, -1), 10)
+            except RuntimeError as exc:
+                r = f"RuntimeError: {exc}"
+            await asyncio.to_thread(t.join)
+            return r
+
+        print("A", uvpy.run(a()), flush=True)
+        print("A again", uvpy.run(b()), flush=True)
+        """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "A RuntimeError: can't start new thread for this job: Resource temporarily unavailable" in lines, out
+    assert "B 2" in lines and "A again 2" in lines, out
 
 
 def test_idle_blocking_threads_let_the_process_exit():

@@ -21,7 +21,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 from . import _procworker as wire
 
-__all__ = ("Worker", "WorkerDied", "default_workers", "describe_exit", "reap", "releases")
+__all__ = ("Worker", "WorkerDied", "close_fds", "default_workers", "describe_exit", "reap",
+           "releases")
 
 _BOOT = ("import importlib.util as u, sys; "
          "s = u.spec_from_file_location('_uvpy_procworker', sys.argv[1]); "
@@ -125,14 +126,19 @@ def releases(segs):
     return b"".join(out)
 
 
-def reap(w):
-    """Close w's fds and reap its process; its exit code."""
+def close_fds(w):
+    """Close w's pidfd and socket (the worker reads EOF and exits)."""
     if w.pidfd >= 0:
         os.close(w.pidfd)
         w.pidfd = -1
     if w.sock is not None:
         w.sock.close()
         w.sock = None
+
+
+def reap(w):
+    """Close w's fds and reap its process; its exit code."""
+    close_fds(w)
     w.out.clear()
     w.reader.close()
     return w.proc.wait()

@@ -80,7 +80,8 @@ import weakref
 from concurrent.futures.process import BrokenProcessPool
 
 from . import _procworker as wire
-from ._prochandle import Worker, WorkerDied, default_workers, describe_exit, reap, releases
+from ._prochandle import (Worker, WorkerDied, close_fds, default_workers, describe_exit, reap,
+                          releases)
 from ._procmap import Mapping
 
 __all__ = ("ProcessPool", "WorkerDied")
@@ -804,12 +805,7 @@ def _finalize(workers, jobs, segments):
         segments.close()
     procs = []
     for w in workers:
-        if w.pidfd >= 0:
-            os.close(w.pidfd)
-            w.pidfd = -1
-        if w.sock is not None:
-            w.sock.close()
-            w.sock = None
+        close_fds(w)
         procs.append(w.proc)
     workers.clear()
     if procs:

@@ -183,3 +183,19 @@ def client_ctx(ca):
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ca.configure_trust(ctx)
     return ctx
+
+
+# The PostgreSQL that scripts/services.sh starts (test_asyncpg, test_psycopg).
+@pytest.fixture
+def dsn():
+    return need_env("UVPY_TEST_PG_DSN")
+
+
+@pytest.fixture
+def socket_dir():
+    return need_env("UVPY_TEST_PG_SOCKET_DIR")
+
+
+@pytest.fixture
+def pg_ca():
+    return need_env("UVPY_TEST_PG_CA")

@@ -15,24 +15,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import need_env, need_module
+from conftest import need_module
 
 asyncpg = need_module("asyncpg")
-
-
-@pytest.fixture
-def dsn():
-    return need_env("UVPY_TEST_PG_DSN")
-
-
-@pytest.fixture
-def socket_dir():
-    return need_env("UVPY_TEST_PG_SOCKET_DIR")
-
-
-@pytest.fixture
-def pg_ca():
-    return need_env("UVPY_TEST_PG_CA")
 
 
 async def ssl_in_use(conn):

@@ -17,26 +17,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from conftest import need_env, need_module
+from conftest import need_module
 
 psycopg = need_module("psycopg")
 psycopg_pool = need_module("psycopg_pool")
 trustme = need_module("trustme")
-
-
-@pytest.fixture
-def dsn():
-    return need_env("UVPY_TEST_PG_DSN")
-
-
-@pytest.fixture
-def socket_dir():
-    return need_env("UVPY_TEST_PG_SOCKET_DIR")
-
-
-@pytest.fixture
-def pg_ca():
-    return need_env("UVPY_TEST_PG_CA")
 
 
 async def fetchone(conn, query, params=None):

@@ -527,18 +527,24 @@ def test_aclose_with_jobs_running(loop):
     assert zombies() == []
 
 
-@pytest.mark.leaves_io_open("closes the loop with the pool's workers still watched")
-def test_loop_closed_with_jobs_in_flight(new_loop, tmp_path):
+def _running_on(loop, pool, tmp_path):
+    """A job submitted on loop and running in pool's worker until the file
+    it returns (go) exists."""
     go, started = tmp_path / "go", tmp_path / "started"
-    loop = new_loop()
-    pool = ProcessPool(1)
 
     async def start():
         fut = pool.submit(jobs.wait_for, str(go), str(started))
         await until_exists(started)
         return fut
 
-    inflight = run(loop, start())
+    return run(loop, start()), go
+
+
+@pytest.mark.leaves_io_open("closes the loop with the pool's workers still watched")
+def test_loop_closed_with_jobs_in_flight(new_loop, tmp_path):
+    loop = new_loop()
+    pool = ProcessPool(1)
+    inflight, go = _running_on(loop, pool, tmp_path)
     loop.close()
     go.touch()
     # The pool moves to its own loop thread; the job in flight fails.
@@ -555,16 +561,9 @@ def test_a_job_failed_by_a_lost_loop_is_submitted_again_from_its_done_callback(n
     # thread and fails the jobs the closed loop had in flight. Its submit()
     # must find that one thread, not start a second loop that reads the
     # same workers' sockets.
-    go, started = tmp_path / "go", tmp_path / "started"
     loop = new_loop()
     pool = ProcessPool(1)
-
-    async def start():
-        fut = pool.submit(jobs.wait_for, str(go), str(started))
-        await until_exists(started)
-        return fut
-
-    inflight = run(loop, start())
+    inflight, go = _running_on(loop, pool, tmp_path)
     retried = []
     inflight.add_done_callback(lambda f: retried.append(pool.submit(jobs.square, 5)))
     loop.close()

@@ -866,6 +866,20 @@ def test_a_stop_during_a_sighup_round_stops_every_worker(supervise, when):
     until_gone({int(p) for p in re.findall(STARTED, s.text())})
 
 
+def _old_serve_until_fixed(s, port, old, flag):
+    """After a SIGHUP round whose replacement failed: the old workers answer
+    every connection; with the fault (flag) gone, the next round replaces
+    both; then a clean stop."""
+    assert {int(ask(("127.0.0.1", port))) for _ in range(40)} == old
+    assert "workers replaced" not in s.text()
+    flag.unlink()
+    s.signal(signal.SIGHUP)
+    s.wait_for("workers replaced")
+    s.signal(signal.SIGTERM)
+    assert s.wait() == 0
+    assert len(s.up_pids() - old) == 2
+
+
 def test_a_replacement_that_fails_to_start_leaves_the_old_worker_serving(supervise, tmp_path):
     port, flag = free_port(), tmp_path / "broken"
     s = supervise("--workers", "2", "serve_apps:echo_unless", str(flag), str(port))
@@ -875,14 +889,7 @@ def test_a_replacement_that_fails_to_start_leaves_the_old_worker_serving(supervi
     s.signal(signal.SIGHUP)
     s.wait_for(r"the replacement worker 0 \(pid \d+\) exited with status 1 before it was up; "
                r"worker 0 \(pid \d+\) keeps serving")
-    assert {int(ask(("127.0.0.1", port))) for _ in range(40)} == old
-    assert "workers replaced" not in s.text()
-    flag.unlink()
-    s.signal(signal.SIGHUP)  # fixed: the next round replaces both
-    s.wait_for("workers replaced")
-    s.signal(signal.SIGTERM)
-    assert s.wait() == 0
-    assert len(s.up_pids() - old) == 2
+    _old_serve_until_fixed(s, port, old, flag)
 
 
 def test_a_replacement_not_up_within_start_timeout_is_killed_and_the_old_worker_serves(
@@ -897,13 +904,7 @@ def test_a_replacement_not_up_within_start_timeout_is_killed_and_the_old_worker_
     [stuck] = s.wait_for(r"the replacement worker 0 \(pid (\d+)\) was not up within 1.0 s "
                          r"\(start_timeout\); worker 0 \(pid \d+\) keeps serving")
     until_gone([int(stuck)])
-    assert {int(ask(("127.0.0.1", port))) for _ in range(40)} == old
-    flag.unlink()
-    s.signal(signal.SIGHUP)  # fixed: the next round replaces both
-    s.wait_for("workers replaced")
-    s.signal(signal.SIGTERM)
-    assert s.wait() == 0
-    assert len(s.up_pids() - old) == 2
+    _old_serve_until_fixed(s, port, old, flag)
 
 
 def test_a_first_worker_not_up_within_start_timeout_fails_serve(supervise, tmp_path):

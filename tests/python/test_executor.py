@@ -367,6 +367,44 @@ def test_a_job_whose_thread_could_not_be_started_fails_instead_of_hanging():
     assert "B 2" in lines and "A again 2" in lines, out
 
 
+def test_a_submit_no_thread_can_be_started_for_raises_runtime_error():
+    # With no thread and none that can be started, run_in_executor and
+    # NativeExecutor.submit raise RuntimeError, as ThreadPoolExecutor's
+    # submit() does; the start's EAGAIN is not a full queue (which would
+    # park the job and retry the start for ever, or, for submit, return no
+    # exception at all). Once starts work, both do.
+    code = textwrap.dedent("""\
+        import asyncio, uvpy
+        from uvpy import _executor, _uvpy
+
+        def failing(pool, index):
+            raise RuntimeError("can't start new thread")
+
+        async def call():
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, abs, -1)
+            except RuntimeError as exc:
+                return f"RuntimeError: {exc}"
+
+        def submit():
+            try:
+                return uvpy.NativeExecutor().submit(abs, -2).result(30)
+            except RuntimeError as exc:
+                return f"RuntimeError: {exc}"
+
+        _uvpy._set_blocking_starter(failing)
+        print("call", uvpy.run(call()), flush=True)
+        print("submit", submit(), flush=True)
+        _uvpy._set_blocking_starter(_executor._start_blocking_thread)
+        print("call", uvpy.run(call()), flush=True)
+        print("submit", submit(), flush=True)
+        """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    error = "RuntimeError: can't start new thread for this job: Resource temporarily unavailable"
+    assert out.stdout.splitlines() == [f"call {error}", f"submit {error}", "call 1", "submit 2"], out
+
+
 def test_idle_blocking_threads_let_the_process_exit():
     # Pool threads are non-daemon threading.Threads; at exit the pool lets
     # them go at once instead of after their keep-alive.

@@ -509,6 +509,29 @@ TEST_CASE("a draining shutdown does not strand jobs queued behind a thread that 
   REQUIRE(loop.port.outstanding() == 0);
 }
 
+TEST_CASE("a submit whose start fails after a shutdown took its job back succeeds", "[executor][blocking]") {
+  // shutdown(false) hands back A's queued job, cancelled, while A's thread
+  // is being started; the start then fails. The job will complete, so A's
+  // submit returns 0 rather than the host's error (job.h rule 5).
+  TestLoop loop;
+  std::deque<TestJob> jobs;
+  add_jobs(jobs, 1, &loop.port);
+  FailingHost host;
+  BlockingPool pool(failing_opts(1, &host));
+  int rc_a = 1;
+  std::thread a([&] { rc_a = pool.submit(&jobs[0].job); });
+  REQUIRE(host.wait_calls(1));
+  pool.shutdown(false);
+  host.release = 1;
+  a.join();
+  REQUIRE(loop.run_until([&] { return jobs[0].completes.load() == 1; }, 5s));
+  REQUIRE(jobs[0].final_state.load() == exec::kJobCancelled);
+  REQUIRE(jobs[0].job.error == 0);
+  REQUIRE(rc_a == 0);
+  pool.wait_exited();
+  REQUIRE(loop.port.outstanding() == 0);
+}
+
 TEST_CASE("blocking pool: many producers, cancels and short keep-alives, exactly once", "[stress]") {
   TestLoop loop;
   constexpr int kProducers = 4, kPerProducer = 5000;

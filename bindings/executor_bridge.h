@@ -128,6 +128,10 @@ inline void ensure_blocking() {
 }
 // A loop port opened (+1) or closed (-1): the blocking pool's limit follows.
 void loop_ports_changed(int delta);
+// Set on the submitting thread when the blocking pool's host failed to start
+// a thread (the submitter clears it first): the host's EAGAIN, unlike a full
+// queue's, fails the submit instead of parking the job.
+extern thread_local bool t_blocking_start_failed;
 
 // --- executor_port.cc: ports --------------------------------------------------
 
@@ -139,7 +143,9 @@ Port* loop_port(LoopCore* loop);
 Port* inline_port();
 // Submits j. On success the executor holds its own reference (released by
 // job_complete); the caller keeps and later drops its own. Returns 0, or
-// -EAGAIN (queue full, nothing submitted), or -1 with an exception set.
+// -EAGAIN (queue full, nothing submitted), or -1 with an exception set (a
+// shut-down pool, or no thread for the job: RuntimeError, as
+// ThreadPoolExecutor's submit() raises it).
 int submit(ExecJob* j, bool blocking);
 // Submits j (of a loop port) without blocking and makes cancelling `future`
 // cancel the job. Consumes the caller's reference to j. Returns True, or
@@ -153,6 +159,9 @@ void forget_ports();
 
 // --- executor_job.cc: jobs ---------------------------------------------------
 
+// RuntimeError("can't start new thread for this job: ...") for -errno error;
+// never nullptr (else the exception that says why making it failed).
+PyObject* no_thread_error(int error);
 // uvpy._executor._JobFuture (see watch()); nullptr until _set_job_future_type.
 extern PyObject* g_job_future_type;
 // A new job of `port` (one reference, the caller's), nothing recorded but

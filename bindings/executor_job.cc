@@ -27,6 +27,9 @@
 //     (job.h rule 6) fails its future, asyncio's or concurrent.futures', with
 //     RuntimeError("can't start new thread ..."), as ThreadPoolExecutor's
 //     submit() raises it: its submit() had returned before the start failed.
+//     A submit() whose own start failed raises that error itself
+//     (executor_port.cc's submit), rather than parking the job as if the
+//     queue were full.
 #include "executor_bridge.h"
 
 #include <cstring>
@@ -115,13 +118,18 @@ PyObject* kernel_error(int rc) {
   return e;
 }
 
-// Invariant 6: RuntimeError for a job no thread could be started for.
-// Never nullptr: where making it fails, the exception that says why.
+}  // namespace
+
+// Invariant 6: RuntimeError for a job no thread could be started for (also
+// raised by submit(), executor_port.cc). Never nullptr: where making it
+// fails, the exception that says why.
 PyObject* no_thread_error(int error) {
   const std::string text = "can't start new thread for this job: " + std::string(std::strerror(-error));
   PyObject* e = PyObject_CallFunction(PyExc_RuntimeError, "s", text.c_str());
   return e != nullptr ? e : fetch_exception();
 }
+
+namespace {
 
 // Invariant 6 for a concurrent future (kThread), unless cancelled meanwhile.
 void fail_thread_future(PyObject* fut, int error) {

@@ -40,6 +40,8 @@ namespace executor {
 exec::Executor* g_exec = nullptr;
 exec::BlockingPool* g_blocking = nullptr;
 
+thread_local bool t_blocking_start_failed = false;
+
 namespace {
 
 exec::Executor::Options g_options;   // set by configure_executor() before first use
@@ -72,6 +74,7 @@ int spawn_python_thread(void*, exec::BlockingPool* pool, unsigned index) {
     // shutdown") or out of resources: the submitter sees EAGAIN.
     PyErr_WriteUnraisable(g_start_thread);
     rc = EAGAIN;
+    t_blocking_start_failed = true;  // spawn runs on the submitting thread
   }
   Py_XDECREF(r);
   PyGILState_Release(g);

@@ -180,6 +180,7 @@ int submit(ExecJob* j, bool blocking) {
   }
   j->port->live.insert(j);
   Py_INCREF(j);  // the executor's reference
+  t_blocking_start_failed = false;
   int rc;
   if (blocking) {  // bridge rule 3: from here on, j may complete before we return
     Py_BEGIN_ALLOW_THREADS rc = python ? g_blocking->submit(&j->job, true) : g_exec->submit(&j->job, true);
@@ -190,6 +191,14 @@ int submit(ExecJob* j, bool blocking) {
   if (rc < 0) {
     j->port->live.erase(j);
     Py_DECREF(j);
+    // -EAGAIN after a failed start is the host's (a full queue starts
+    // nothing): no thread for the job, which a retry would not change.
+    if (python && rc == -EAGAIN && t_blocking_start_failed) {
+      PyObject* e = no_thread_error(rc);
+      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(e)), e);
+      Py_DECREF(e);
+      return -1;
+    }
     if (rc == -EAGAIN) return -EAGAIN;
     PyErr_SetString(PyExc_RuntimeError, rc == -ESHUTDOWN ? "the native executor has been shut down"
                                                          : "cannot submit to the native executor");

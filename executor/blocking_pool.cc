@@ -97,9 +97,12 @@ int BlockingPool::submit(Job* j, bool blocking) {
   if (wake) cv_.notify_one();
   int rc = start_threads(starts, n_start);
   if (rc == 0) return 0;
-  // If no thread is left to run it, take the job back out (nothing could
-  // have taken it) and report the host's error; jobs queued behind it by
-  // others go back failed (rule 5).
+  // If no thread is left to run it, take the job back out and report the
+  // host's error; jobs queued behind it by others go back failed (rule 5),
+  // a draining shutdown's too: no thread is left to drain them. A job no
+  // longer queued was taken by a thread that has exited since (a lowered
+  // limit, a keep-alive): it ran or was handed back, so it was accepted and
+  // submit() must say so (job.h rule 5).
   std::unique_lock<std::mutex> lk(mu_);
   if (threads_ > 0) return 0;
   Job** link = &head_;
@@ -108,7 +111,8 @@ int BlockingPool::submit(Job* j, bool blocking) {
     prev = *link;
     link = &(*link)->next;
   }
-  if (*link == j) {
+  const bool taken_back = *link == j;
+  if (taken_back) {
     *link = j->next;
     if (tail_ == j) tail_ = prev;
     --len_;
@@ -117,10 +121,10 @@ int BlockingPool::submit(Job* j, bool blocking) {
     j->port->outstanding_.fetch_sub(1, std::memory_order_relaxed);
     j->state.store(kJobIdle, std::memory_order_relaxed);
   }
-  Job* stranded = stopping_ ? nullptr : take_queue_locked();
+  Job* stranded = take_queue_locked();
   lk.unlock();
   hand_back_all(stranded, -rc);
-  return -rc;
+  return taken_back ? -rc : 0;
 }
 
 // Empties the queue (rule 3's counts kept): its jobs, linked through next.
@@ -202,10 +206,10 @@ void BlockingPool::set_max_threads(unsigned n) {
   }
   int rc = start_threads(starts, n_start);
   if (rc == 0) return;
-  Job* stranded = nullptr;  // rule 5: no thread left for the queued jobs
+  Job* stranded = nullptr;  // rule 5: no thread left for the queued jobs (draining or not)
   {
     std::lock_guard<std::mutex> lk(mu_);
-    if (threads_ == 0 && !stopping_) stranded = take_queue_locked();
+    if (threads_ == 0) stranded = take_queue_locked();
   }
   hand_back_all(stranded, -rc);
 }

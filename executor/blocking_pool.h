@@ -56,7 +56,8 @@
 //     exact, and given back if the host fails to start the thread. When
 //     that leaves no thread at all (a start that failed after others had
 //     queued behind its reservation), the queued jobs go back failed with
-//     the host's error (job.h rule 6): none would run until a later submit.
+//     the host's error (job.h rule 6): none would run until a later submit,
+//     or ever once a draining shutdown began.
 //  6. shutdown(drain) stops accepting (-ESHUTDOWN) and wakes every waiting
 //     thread. With drain, threads run what is queued, then exit; without,
 //     queued jobs are handed back cancelled and running ones see
@@ -89,7 +90,8 @@
 //   submit: -EINVAL (job lacks run, complete or port), -EBUSY (already
 //           queued or running), -EAGAIN (queue_capacity reached),
 //           -ESHUTDOWN (shutdown began), or the host's error when no thread
-//           exists and none could be started (nothing is then queued).
+//           exists and none could be started (nothing is then queued); a
+//           job a thread took meanwhile was accepted: 0.
 #pragma once
 #include <atomic>
 #include <condition_variable>

@@ -1,9 +1,11 @@
 // BlockingPool: jobs that block never starve the ones they wait for, the
 // thread limit holds, idle threads go away, cancel and shutdown hand every
 // job back exactly once, batches are bracketed by enter/leave, and a host
-// that cannot start a thread gets its job back. The last cases are TSan
-// stresses: submit/cancel/claim against threads that come and go, and a
-// thread limit that moves up and down under load.
+// that cannot start a thread gets its job back (or, where a thread took it
+// meanwhile, the submit succeeds) and strands no job queued behind the
+// failed start, draining or not. The last cases are TSan stresses:
+// submit/cancel/claim against threads that come and go, and a thread limit
+// that moves up and down under load.
 #include <catch2/catch.hpp>
 
 #include <cerrno>
@@ -429,6 +431,105 @@ TEST_CASE("a job cancelled before its thread failed to start stays plainly cance
   REQUIRE(loop.run_until([&] { return jobs[1].completes.load() == 1; }, 5s));
   REQUIRE(jobs[1].final_state.load() == exec::kJobCancelled);
   REQUIRE(jobs[1].job.error == 0);
+}
+
+namespace {
+// A host that starts its first thread and fails every later start, once
+// ready() holds: what the pool did meanwhile is chosen by the test.
+struct FirstThenFailingHost {
+  std::atomic<int> calls{0};
+  std::function<bool()> ready;
+  static int spawn(void* arg, BlockingPool* pool, unsigned index) {
+    auto* h = static_cast<FirstThenFailingHost*>(arg);
+    if (h->calls.fetch_add(1) == 0) {
+      std::thread([pool, index] { pool->thread_main(index); }).detach();
+      return 0;
+    }
+    eventually(h->ready);
+    return EAGAIN;
+  }
+};
+}  // namespace
+
+TEST_CASE("a submit whose start failed after a thread ran its job and exited succeeds", "[executor][blocking]") {
+  // A's job is queued while A starts a second thread. The first thread runs
+  // it, then exits (the limit was lowered), before A's start fails: no
+  // thread is left, but A's job was accepted and completes, so A's submit
+  // must return 0 (job.h rule 5: an error means complete() never runs).
+  TestLoop loop;
+  std::deque<TestJob> jobs;
+  Event go;
+  jobs.emplace_back(&loop.port, [&](TestJob&) { go.wait(5s); });
+  jobs.emplace_back(&loop.port);
+  FirstThenFailingHost host;
+  auto o = pool_opts(2);
+  o.spawn = FirstThenFailingHost::spawn;
+  o.spawn_arg = &host;
+  BlockingPool pool(o);
+  host.ready = [&] {
+    auto m = pool.metrics();
+    return m.completed == 2 && m.threads == 1;  // only A's reservation left
+  };
+  REQUIRE(pool.submit(&jobs[0].job) == 0);
+  REQUIRE(eventually([&] { return jobs[0].runs.load() == 1; }));
+  int rc_a = 1;
+  std::thread a([&] { rc_a = pool.submit(&jobs[1].job); });
+  REQUIRE(eventually([&] { return host.calls.load() == 2; }));
+  pool.set_max_threads(1);  // the running thread exits once it has no job
+  go.set();
+  a.join();
+  REQUIRE(loop.run_until([&] { return jobs[1].completes.load() == 1; }, 5s));
+  REQUIRE(jobs[1].runs.load() == 1);
+  REQUIRE(jobs[1].final_state.load() == exec::kJobDone);
+  REQUIRE(rc_a == 0);
+  REQUIRE(pool.metrics().threads == 0);
+  REQUIRE(loop.port.outstanding() == 0);
+}
+
+TEST_CASE("a draining shutdown does not strand jobs queued behind a thread that fails to start", "[executor][blocking]") {
+  // shutdown(true) leaves queued jobs to the threads; when the only thread
+  // being started fails, none is left to drain them: they go back failed.
+  TestLoop loop;
+  std::deque<TestJob> jobs;
+  add_jobs(jobs, 2, &loop.port);
+  FailingHost host;
+  BlockingPool pool(failing_opts(1, &host));
+  int rc_a = 1;
+  std::thread a([&] { rc_a = pool.submit(&jobs[0].job); });
+  REQUIRE(host.wait_calls(1));
+  REQUIRE(pool.submit(&jobs[1].job) == 0);
+  pool.shutdown(true);
+  host.release = 1;
+  a.join();
+  REQUIRE(rc_a == -EAGAIN);
+  REQUIRE(loop.run_until([&] { return jobs[1].completes.load() == 1; }, 5s));
+  REQUIRE(jobs[1].runs.load() == 0);
+  REQUIRE(jobs[1].job.error == -EAGAIN);
+  pool.wait_exited();
+  REQUIRE(loop.port.outstanding() == 0);
+}
+
+TEST_CASE("a submit whose start fails after a shutdown took its job back succeeds", "[executor][blocking]") {
+  // shutdown(false) hands back A's queued job, cancelled, while A's thread
+  // is being started; the start then fails. The job will complete, so A's
+  // submit returns 0 rather than the host's error (job.h rule 5).
+  TestLoop loop;
+  std::deque<TestJob> jobs;
+  add_jobs(jobs, 1, &loop.port);
+  FailingHost host;
+  BlockingPool pool(failing_opts(1, &host));
+  int rc_a = 1;
+  std::thread a([&] { rc_a = pool.submit(&jobs[0].job); });
+  REQUIRE(host.wait_calls(1));
+  pool.shutdown(false);
+  host.release = 1;
+  a.join();
+  REQUIRE(loop.run_until([&] { return jobs[0].completes.load() == 1; }, 5s));
+  REQUIRE(jobs[0].final_state.load() == exec::kJobCancelled);
+  REQUIRE(jobs[0].job.error == 0);
+  REQUIRE(rc_a == 0);
+  pool.wait_exited();
+  REQUIRE(loop.port.outstanding() == 0);
 }
 
 TEST_CASE("blocking pool: many producers, cancels and short keep-alives, exactly once", "[stress]") {

@@ -305,32 +305,43 @@ def test_blocking_threads_from_environment():
 
 def test_a_job_whose_thread_could_not_be_started_fails_instead_of_hanging():
     # One blocking thread per loop. Loop A's first job reserves the only
-    # thread; while its start is failing (slowly: the starter sleeps), a
-    # second loop opens its executor port in another thread, which raises
-    # the limit and reserves a thread for A's queued job, whose start fails
-    # too. A's submit() had returned (a start was pending): with no thread
-    # left its job comes back, and its future fails as ThreadPoolExecutor's
-    # submit() would, instead of waiting forever. Then starts work again.
+    # thread; while its start is failing, a second loop opens its executor
+    # port in another thread, which raises the limit and reserves a thread
+    # for A's queued job, whose start fails too, after A's: the starters
+    # wait for each other (A's for B's call, B's for A's slot to be given
+    # back), not for a time. A's submit() had returned (a start was
+    # pending): with no thread left its job comes back, and its future fails
+    # as ThreadPoolExecutor's submit() would, instead of waiting forever.
+    # Then starts work again.
     env = dict(os.environ, UVPY_BLOCKING_THREADS="1")
     code = textwrap.dedent("""\
         import asyncio, threading, time, uvpy
         from uvpy import _executor, _uvpy
 
-        fails, starting = [2], threading.Event()
+        calls, starting, b_called = [0], threading.Event(), threading.Event()
+
+        def threads():
+            return uvpy.executor_metrics()["blocking"]["threads"]
 
         def starter(pool, index):
-            if fails[0] == 0:
+            calls[0] += 1
+            if calls[0] == 1:  # A's: fails once B's start is pending
+                starting.set()
+                assert b_called.wait(30)  # releases the GIL
+            elif calls[0] == 2:  # B's, for A's job: fails once A's has
+                b_called.set()
+                deadline = time.monotonic() + 30
+                while threads() > 1:  # A's slot given back; B's own still counts
+                    assert time.monotonic() < deadline
+                    time.sleep(0.001)
+            else:
                 return _executor._start_blocking_thread(pool, index)
-            fails[0] -= 1
-            starting.set()
-            time.sleep(0.4)  # releases the GIL: the other loop goes on meanwhile
             raise RuntimeError("can't start new thread")
 
         _uvpy._set_blocking_starter(starter)
 
         def other_loop():
             starting.wait()
-            time.sleep(0.1)
             print("B", uvpy.run(b()), flush=True)
 
         async def b():
@@ -340,7 +351,7 @@ def test_a_job_whose_thread_could_not_be_started_fails_instead_of_hanging():
             t = threading.Thread(target=other_loop)
             t.start()
             try:
-                r = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, abs, -1), 10)
+                r = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(None, abs, -1), 30)
             except RuntimeError as exc:
                 r = f"RuntimeError: {exc}"
             await asyncio.to_thread(t.join)
@@ -349,11 +360,49 @@ def test_a_job_whose_thread_could_not_be_started_fails_instead_of_hanging():
         print("A", uvpy.run(a()), flush=True)
         print("A again", uvpy.run(b()), flush=True)
         """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert "A RuntimeError: can't start new thread for this job: Resource temporarily unavailable" in lines, out
     assert "B 2" in lines and "A again 2" in lines, out
+
+
+def test_a_submit_no_thread_can_be_started_for_raises_runtime_error():
+    # With no thread and none that can be started, run_in_executor and
+    # NativeExecutor.submit raise RuntimeError, as ThreadPoolExecutor's
+    # submit() does; the start's EAGAIN is not a full queue (which would
+    # park the job and retry the start for ever, or, for submit, return no
+    # exception at all). Once starts work, both do.
+    code = textwrap.dedent("""\
+        import asyncio, uvpy
+        from uvpy import _executor, _uvpy
+
+        def failing(pool, index):
+            raise RuntimeError("can't start new thread")
+
+        async def call():
+            try:
+                return await asyncio.get_running_loop().run_in_executor(None, abs, -1)
+            except RuntimeError as exc:
+                return f"RuntimeError: {exc}"
+
+        def submit():
+            try:
+                return uvpy.NativeExecutor().submit(abs, -2).result(30)
+            except RuntimeError as exc:
+                return f"RuntimeError: {exc}"
+
+        _uvpy._set_blocking_starter(failing)
+        print("call", uvpy.run(call()), flush=True)
+        print("submit", submit(), flush=True)
+        _uvpy._set_blocking_starter(_executor._start_blocking_thread)
+        print("call", uvpy.run(call()), flush=True)
+        print("submit", submit(), flush=True)
+        """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    error = "RuntimeError: can't start new thread for this job: Resource temporarily unavailable"
+    assert out.stdout.splitlines() == [f"call {error}", f"submit {error}", "call 1", "submit 2"], out
 
 
 def test_idle_blocking_threads_let_the_process_exit():

@@ -361,24 +361,47 @@ BlockingPool::Options failing_opts(unsigned max_threads, FailingHost* host) {
   o.spawn_arg = host;
   return o;
 }
+
+// A one-thread pool on a FailingHost and n jobs; submitter A (thread a)
+// submits jobs[0], and its thread start is pending once started() holds.
+// fail_a() lets that start fail and waits for A's submit to return rc_a.
+struct StartPending {
+  TestLoop loop;
+  std::deque<TestJob> jobs;
+  FailingHost host;
+  BlockingPool pool;
+  int rc_a = 1;
+  std::thread a;
+
+  explicit StartPending(int n) : pool(failing_opts(1, &host)) {
+    add_jobs(jobs, n, &loop.port);
+    a = std::thread([this] { rc_a = pool.submit(&jobs[0].job); });
+  }
+  ~StartPending() {
+    if (!a.joinable()) return;
+    host.release = 1 << 30;  // a failed REQUIRE: let every start fail
+    a.join();
+  }
+  bool started() { return host.wait_calls(1); }
+  void fail_a() {
+    host.release = 1;
+    a.join();
+  }
+};
 }  // namespace
 
 TEST_CASE("a job queued behind a thread that fails to start goes back failed", "[executor][blocking]") {
   // B is accepted at the limit, behind A's thread being started. A's start
   // fails: A gets -EAGAIN, and B, with no thread left to run it, comes back
   // failed with the same error (job.h rule 6) instead of waiting forever.
-  TestLoop loop;
-  std::deque<TestJob> jobs;
-  add_jobs(jobs, 2, &loop.port);
-  FailingHost host;
-  BlockingPool pool(failing_opts(1, &host));
-  int rc_a = 1;
-  std::thread a([&] { rc_a = pool.submit(&jobs[0].job); });
-  REQUIRE(host.wait_calls(1));
+  StartPending s(2);
+  auto& loop = s.loop;
+  auto& jobs = s.jobs;
+  auto& pool = s.pool;
+  REQUIRE(s.started());
   REQUIRE(pool.submit(&jobs[1].job) == 0);
-  host.release = 1;
-  a.join();
-  REQUIRE(rc_a == -EAGAIN);
+  s.fail_a();
+  REQUIRE(s.rc_a == -EAGAIN);
   REQUIRE(jobs[0].job.state.load() == exec::kJobIdle);
   REQUIRE(loop.run_until([&] { return jobs[1].completes.load() == 1; }, 5s));
   REQUIRE(jobs[1].runs.load() == 0);
@@ -394,20 +417,16 @@ TEST_CASE("a raise whose thread fails to start after the submit's fails the queu
   // A's thread is being started when a raise reserves a second one for A's
   // job. A's start fails first (the raise's still counts, so A's submit
   // returns 0), then the raise's: the job comes back failed.
-  TestLoop loop;
-  std::deque<TestJob> jobs;
-  add_jobs(jobs, 1, &loop.port);
-  FailingHost host;
-  BlockingPool pool(failing_opts(1, &host));
-  int rc_a = 1;
-  std::thread a([&] { rc_a = pool.submit(&jobs[0].job); });
-  REQUIRE(host.wait_calls(1));
+  StartPending s(1);
+  auto& loop = s.loop;
+  auto& jobs = s.jobs;
+  auto& pool = s.pool;
+  REQUIRE(s.started());
   std::thread raise([&] { pool.set_max_threads(2); });
-  REQUIRE(host.wait_calls(2));
-  host.release = 1;
-  a.join();
-  REQUIRE(rc_a == 0);
-  host.release = 2;
+  REQUIRE(s.host.wait_calls(2));
+  s.fail_a();
+  REQUIRE(s.rc_a == 0);
+  s.host.release = 2;
   raise.join();
   REQUIRE(loop.run_until([&] { return jobs[0].completes.load() == 1; }, 5s));
   REQUIRE(jobs[0].runs.load() == 0);
@@ -417,17 +436,14 @@ TEST_CASE("a raise whose thread fails to start after the submit's fails the queu
 }
 
 TEST_CASE("a job cancelled before its thread failed to start stays plainly cancelled", "[executor][blocking]") {
-  TestLoop loop;
-  std::deque<TestJob> jobs;
-  add_jobs(jobs, 2, &loop.port);
-  FailingHost host;
-  BlockingPool pool(failing_opts(1, &host));
-  std::thread a([&] { pool.submit(&jobs[0].job); });
-  REQUIRE(host.wait_calls(1));
+  StartPending s(2);
+  auto& loop = s.loop;
+  auto& jobs = s.jobs;
+  auto& pool = s.pool;
+  REQUIRE(s.started());
   REQUIRE(pool.submit(&jobs[1].job) == 0);
   REQUIRE(exec::try_cancel(&jobs[1].job));
-  host.release = 1;
-  a.join();
+  s.fail_a();
   REQUIRE(loop.run_until([&] { return jobs[1].completes.load() == 1; }, 5s));
   REQUIRE(jobs[1].final_state.load() == exec::kJobCancelled);
   REQUIRE(jobs[1].job.error == 0);
@@ -489,19 +505,15 @@ TEST_CASE("a submit whose start failed after a thread ran its job and exited suc
 TEST_CASE("a draining shutdown does not strand jobs queued behind a thread that fails to start", "[executor][blocking]") {
   // shutdown(true) leaves queued jobs to the threads; when the only thread
   // being started fails, none is left to drain them: they go back failed.
-  TestLoop loop;
-  std::deque<TestJob> jobs;
-  add_jobs(jobs, 2, &loop.port);
-  FailingHost host;
-  BlockingPool pool(failing_opts(1, &host));
-  int rc_a = 1;
-  std::thread a([&] { rc_a = pool.submit(&jobs[0].job); });
-  REQUIRE(host.wait_calls(1));
+  StartPending s(2);
+  auto& loop = s.loop;
+  auto& jobs = s.jobs;
+  auto& pool = s.pool;
+  REQUIRE(s.started());
   REQUIRE(pool.submit(&jobs[1].job) == 0);
   pool.shutdown(true);
-  host.release = 1;
-  a.join();
-  REQUIRE(rc_a == -EAGAIN);
+  s.fail_a();
+  REQUIRE(s.rc_a == -EAGAIN);
   REQUIRE(loop.run_until([&] { return jobs[1].completes.load() == 1; }, 5s));
   REQUIRE(jobs[1].runs.load() == 0);
   REQUIRE(jobs[1].job.error == -EAGAIN);
@@ -513,21 +525,17 @@ TEST_CASE("a submit whose start fails after a shutdown took its job back succeed
   // shutdown(false) hands back A's queued job, cancelled, while A's thread
   // is being started; the start then fails. The job will complete, so A's
   // submit returns 0 rather than the host's error (job.h rule 5).
-  TestLoop loop;
-  std::deque<TestJob> jobs;
-  add_jobs(jobs, 1, &loop.port);
-  FailingHost host;
-  BlockingPool pool(failing_opts(1, &host));
-  int rc_a = 1;
-  std::thread a([&] { rc_a = pool.submit(&jobs[0].job); });
-  REQUIRE(host.wait_calls(1));
+  StartPending s(1);
+  auto& loop = s.loop;
+  auto& jobs = s.jobs;
+  auto& pool = s.pool;
+  REQUIRE(s.started());
   pool.shutdown(false);
-  host.release = 1;
-  a.join();
+  s.fail_a();
   REQUIRE(loop.run_until([&] { return jobs[0].completes.load() == 1; }, 5s));
   REQUIRE(jobs[0].final_state.load() == exec::kJobCancelled);
   REQUIRE(jobs[0].job.error == 0);
-  REQUIRE(rc_a == 0);
+  REQUIRE(s.rc_a == 0);
   pool.wait_exited();
   REQUIRE(loop.port.outstanding() == 0);
 }

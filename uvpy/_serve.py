@@ -60,8 +60,8 @@ Invariants:
    beside the old one, and only once it is up is the old one asked to stop
    (gracefully, as in 4), so the port never goes unserved. A replacement
    that fails to come up (or is not up within start_timeout) leaves its
-   slot's old worker running and ends the round, logged as an error. A SIGHUP during a round starts another round
-   after it.
+   slot's old worker running and ends the round, logged as an error. A
+   SIGHUP during a round starts another round after it.
 6. Listening sockets of `bind=` are made before any worker starts and
    passed to every worker at the same fd number; serve() closes them when
    it returns, and removes the file of a Unix socket it bound.
@@ -502,10 +502,7 @@ class _Supervisor:
         logger.error("%r is not up after %.1f s (start_timeout); killing it", w,
                      self._start_timeout)
         w.late = True
-        try:
-            w.transport.kill()
-        except ProcessLookupError:
-            pass
+        self._sigkill(w)
 
     def _check_beat(self, w, due):  # invariant 3
         """Every heartbeat_timeout / BEATS seconds while w is up. Silence
@@ -529,10 +526,7 @@ class _Supervisor:
             return
         logger.error("%r sent no heartbeat for %.1f s (its event loop is blocked); killing it",
                      w, silent)
-        try:
-            w.transport.kill()
-        except ProcessLookupError:
-            pass
+        self._sigkill(w)
 
     def _up(self, w):
         if w.start_timer is not None:
@@ -574,6 +568,10 @@ class _Supervisor:
             logger.warning("%r did not stop within %.1f s; killing it", w,
                            self._graceful_timeout + KILL_MARGIN)
         w.asked = True
+        self._sigkill(w)
+
+    @staticmethod
+    def _sigkill(w):
         try:
             w.transport.kill()
         except ProcessLookupError:

@@ -52,8 +52,13 @@ void Watchdog::run() {
       return;
     }
     lock.unlock();
-    const int64_t since = beacon_->since.load(std::memory_order_acquire);
+    // The clock first: a `since` still set after `now` was read means the
+    // spell lasted at least now - since, so a reported stall has really
+    // lasted the threshold (read the other way round, a spell that ended
+    // while this thread was descheduled between the two reads would be
+    // reported at the length of the delay).
     const int64_t now = monotonic_ns();
+    const int64_t since = beacon_->since.load(std::memory_order_acquire);
     if (stall != 0 && since != stall) {
       // Rule 2: the stall is over. The reactor recorded its exact end if it
       // was a long spell that ended in a poll or mark_idle().

@@ -1,5 +1,6 @@
 // Watchdog: one stall, one stalled/lingering/ended sequence, exact end;
-// a loop that keeps coming back to its poll is never reported.
+// a loop that keeps coming back to its poll is reported only for the spells
+// the reactor itself measured as long (an OS that descheduled it).
 #include <catch2/catch.hpp>
 
 #include <atomic>
@@ -56,7 +57,11 @@ TEST_CASE("a callback that blocks the loop is one stall, ended exactly", "[watch
   int64_t blocked_from = 0, blocked_to = 0;
   Probe blocker([&] {
     blocked_from = monotonic_ns();
-    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    // Blocks until the watchdog has said both (so a starved watchdog thread
+    // delays the test instead of failing it), and for 150 ms at least.
+    REQUIRE(eventually([&] { return rec.lingering == 1; }));
+    std::this_thread::sleep_until(std::chrono::steady_clock::now() +
+                                  std::chrono::nanoseconds(blocked_from + 150 * kMs - monotonic_ns()));
     blocked_to = monotonic_ns();
     return 0;
   });
@@ -76,7 +81,7 @@ TEST_CASE("a callback that blocks the loop is one stall, ended exactly", "[watch
   r->close();
 }
 
-TEST_CASE("a loop that keeps polling is never reported", "[watchdog]") {
+TEST_CASE("a loop that keeps polling is reported only for spells it really stalled", "[watchdog]") {
   auto r = make_reactor();
   Record rec;
   Watchdog dog(r->beacon(), 20 * kMs, 20 * kMs, rec.hooks());
@@ -84,15 +89,31 @@ TEST_CASE("a loop that keeps polling is never reported", "[watchdog]") {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
     return 0;
   });
+  // The OS may deschedule this thread for the threshold on a loaded
+  // machine; that is a real stall (rule 3), and the reactor records it as a
+  // long spell. So every report must match a spell the reactor measured,
+  // and on a machine that kept this thread running there are none.
+  auto* beacon = r->beacon();
+  int real_stalls = 0;
+  int64_t last_seen = 0;
+  auto count_long_spell = [&] {
+    const int64_t s = beacon->last_long_start.load();
+    if (s != last_seen) {
+      last_seen = s;
+      ++real_stalls;
+    }
+  };
   const int64_t until = monotonic_ns() + 200 * kMs;
   while (monotonic_ns() < until) {
     r->call_soon(quick.cb());
     REQUIRE(r->run_once(nullptr) == 0);
+    count_long_spell();  // a spell ends at the next poll: at most one per run_once
   }
   r->mark_idle();
+  count_long_spell();
   dog.stop();
-  CHECK(rec.stalled == 0);
-  CHECK(rec.ended == 0);
+  CHECK(rec.stalled <= real_stalls);
+  CHECK(rec.ended == rec.stalled);
   r->close();
 }
 

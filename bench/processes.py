@@ -11,6 +11,9 @@ Workloads:
   cpu_par     A pure-Python countdown of 10^7 (N chunks of 250,000) on every
               worker. Unit: chunks/s.
   cpu_1w      The same on a one-worker pool: cpu_par / cpu_1w is the scaling.
+  cpu_bare    The same chunks on as many plain processes, no pool and no
+              loop in the way (the same for every contender): the machine's
+              ceiling for cpu_par in this run. Unit: chunks/s.
   roundtrip   N sequential no-op jobs: the latency of one job. Headline: p50
               in microseconds, LOWER is better; the JSON line has p99_us.
   gather      N no-op jobs under one asyncio.gather. Unit: jobs/s.
@@ -101,6 +104,44 @@ def cpu_1w(loop, n):
     return _cpu(loop, n, 1)
 
 
+def _bare_child(conn, chunks):
+    conn.send("ready")
+    conn.recv()
+    for _ in range(chunks):
+        countdown(CHUNK)
+    conn.send("done")
+
+
+def cpu_bare(loop, n):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    workers = _workers()
+
+    async def main():
+        ends, procs = [], []
+        for i in range(workers):
+            ours, theirs = ctx.Pipe()
+            p = ctx.Process(target=_bare_child, args=(theirs, n // workers + (i < n % workers)))
+            p.start()
+            ends.append(ours)
+            procs.append(p)
+        for end in ends:
+            check(end.recv() == "ready", "a child started")
+        t0 = time.perf_counter()
+        for end in ends:
+            end.send("go")
+        done = [end.recv() for end in ends]
+        wall = time.perf_counter() - t0
+        for p in procs:
+            p.join()
+        check(done == ["done"] * workers and all(p.exitcode == 0 for p in procs),
+              "every child counted its chunks down")
+        return n, {"value": n / wall}
+
+    return main()
+
+
 def roundtrip(loop, n):
     async def main():
         pool = _Pool(loop, _workers())
@@ -179,6 +220,7 @@ def lag(loop, n):
 WORKLOADS = [
     Workload("cpu_par", cpu_par, n=40, quick_n=40, unit="chunks/s"),
     Workload("cpu_1w", cpu_1w, n=40, quick_n=20, unit="chunks/s"),
+    Workload("cpu_bare", cpu_bare, n=40, quick_n=40, unit="chunks/s"),
     Workload("roundtrip", roundtrip, n=3000, quick_n=500, unit="us p50 round trip (lower is better)"),
     Workload("gather", gather, n=10_000, quick_n=5_000, unit="jobs/s"),
     Workload("numpy64", numpy64, n=10, quick_n=4, unit="round trips/s"),

@@ -578,6 +578,106 @@ def test_a_job_failed_by_a_lost_loop_is_submitted_again_from_its_done_callback(n
     assert zombies() == []
 
 
+# -- the worker's wait for its next job (_procworker invariant 7) ------------------------
+
+# A worker as the pool starts it, with SPIN set and its polling counted; it
+# prints the counts when the pool side closes its socket.
+_COUNTING_BOOT = """
+import importlib.util as u, json, sys
+s = u.spec_from_file_location('_uvpy_procworker', sys.argv[1])
+m = u.module_from_spec(s); s.loader.exec_module(m)
+m.SPIN = float(sys.argv[3])
+counts = {"polls": 0, "hits": 0}
+polling = m._recv_polling
+def counted(*args):
+    counts["polls"] += 1
+    n = polling(*args)
+    counts["hits"] += n is not None
+    return n
+m._recv_polling = counted
+code = m.main(int(sys.argv[2]), 1 << 16)
+print(json.dumps(counts))
+sys.exit(code)
+"""
+
+
+def _counting_worker(spin):
+    import socket
+    import subprocess
+
+    from uvpy._prochandle import Worker
+    from uvpy import _procworker as wire
+
+    parent, child = socket.socketpair()
+    proc = subprocess.Popen([sys.executable, "-c", _COUNTING_BOOT, wire.__file__,
+                             str(child.fileno()), str(spin)],
+                            pass_fds=(child.fileno(),), stdout=subprocess.PIPE, text=True)
+    child.close()
+    w = Worker(proc, parent, -1)
+    w.send_init((None, ()), 1 << 16)
+    return w
+
+
+def _call(w, job_id, fn, *args):
+    """Send one job to w and wait (blocking) for its outcome."""
+    from uvpy import _procworker as wire
+
+    wire.send_all(w.sock, [wire.encode(wire.JOB, job_id, (fn, wire.mark(args, 1 << 16, 2), {}),
+                                       1 << 16)[:2]])
+    while True:
+        frame = w.reader.next()
+        if frame is None:
+            assert wire.recv(w.sock, w.reader), "the worker closed its socket"
+            continue
+        kind, jid, nbufs, payload, fd = frame
+        if kind == wire.READY:
+            continue
+        assert (kind, jid) == (wire.RESULT, job_id)
+        return wire.decode(nbufs, payload, fd) if nbufs else pickle.loads(payload)
+
+
+def _counts(w):
+    import json
+    import socket
+
+    w.sock.shutdown(socket.SHUT_WR)  # EOF: the worker retires
+    out, _ = w.proc.communicate(timeout=60)
+    w.sock.close()
+    w.reader.close()
+    assert w.proc.returncode == 0
+    return json.loads(out)
+
+
+def test_a_worker_polls_for_jobs_that_come_back_to_back():
+    # SPIN of 5 s: every job here comes "back to back", however loaded the
+    # machine. Every fifth carries a 1 MiB buffer (a memfd) through the
+    # polling recvmsg().
+    w = _counting_worker(5.0)
+    for i in range(1, 41):
+        arg = bytes([i]) * (1 << 20) if i % 5 == 0 else b"x" * i
+        assert _call(w, i, jobs.checksum, arg) == jobs.checksum(arg)
+    counts = _counts(w)
+    # The first wait in the job loop sleeps (nothing came back to back yet:
+    # job 1 may even arrive with INIT); each later one, and the EOF, polled
+    # and was answered by the poll.
+    assert counts["polls"] >= 39
+    assert counts["hits"] == counts["polls"]
+
+
+def test_a_worker_whose_jobs_come_apart_sleeps_instead_of_polling():
+    import time
+
+    w = _counting_worker(0.001)
+    for i in range(1, 7):
+        assert _call(w, i, jobs.square, i) == i * i
+        time.sleep(0.03)  # far longer than SPIN: polling would only burn the CPU
+    counts = _counts(w)
+    # At most the wait after the first job polls (READY and that job may have
+    # come within SPIN); it misses, and the worker sleeps from then on.
+    assert counts["polls"] <= 1
+    assert counts["hits"] == 0
+
+
 # -- volume and large data ---------------------------------------------------------------
 
 def test_a_hundred_thousand_small_jobs_leave_nothing(loop):

@@ -224,12 +224,21 @@ def _serve(argv: list[str]) -> int:
     log.addHandler(handler)
     log.setLevel(ns.log_level.upper())
     log.propagate = False
+    from . import _serve
+
+    # Only the checks of the arguments are usage errors: a ValueError from
+    # the supervisor later is a fault, with its traceback.
     try:
-        uvpy.serve(ns.target, *ns.args, workers=ns.workers, bind=ns.bind, backlog=ns.backlog,
-                   graceful_timeout=ns.graceful_timeout, start_timeout=ns.start_timeout,
-                   heartbeat_timeout=ns.heartbeat_timeout, backend=ns.backend)
+        plan = _serve._setup(ns.target, tuple(ns.args), ns.workers, ns.bind, ns.backlog,
+                             ns.graceful_timeout, ns.start_timeout, ns.heartbeat_timeout,
+                             ns.backend)
     except (ValueError, TypeError) as exc:
         parser.error(str(exc))
+    except OSError as exc:
+        print(f"{PROG} serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        _serve._run(*plan)
     except (uvpy.ServeError, OSError) as exc:
         print(f"{PROG} serve: {exc}", file=sys.stderr)
         return 1

@@ -129,6 +129,16 @@ def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=
     start. Call it from the main thread, with no event loop running, under
     ``if __name__ == "__main__":``.
     """
+    _run(*_setup(main, args, workers, bind, backlog, graceful_timeout, start_timeout,
+                 heartbeat_timeout, backend))
+
+
+def _setup(main, args, workers, bind, backlog, graceful_timeout, start_timeout,
+           heartbeat_timeout, backend):
+    """serve()'s arguments checked (ValueError, TypeError: a bad argument),
+    and its listening sockets bound (OSError): what _run() takes. Apart, so
+    that `python -m uvpy serve` reports these as usage errors and nothing
+    that happens later."""
     if _serveworker._booting:
         raise RuntimeError(
             "uvpy.serve() was called while a worker was importing the main module: "
@@ -164,21 +174,31 @@ def serve(main, /, *args, workers=None, bind=(), backlog=2048, graceful_timeout=
 
     from . import new_event_loop
 
+    args = pickle.loads(payload)  # the workers' copy, made before anything is bound
     new_event_loop(backend).close()  # a bad backend name fails before anything is bound
     sockets, paths = _listen(bind, backlog)
+    config = {
+        "preparation": preparation,
+        "main": target,
+        "args": args,
+        "fds": [s.fileno() for s in sockets],
+        "backend": backend,
+        "graceful_timeout": graceful_timeout,
+        "heartbeat": None if heartbeat_timeout is None else heartbeat_timeout / BEATS,
+    }
+    return (config, sockets, paths, workers, graceful_timeout, start_timeout,
+            heartbeat_timeout)
+
+
+def _run(config, sockets, paths, workers, graceful_timeout, start_timeout, heartbeat_timeout):
+    """Supervise the workers until stopped; closes what _setup() bound."""
+    from . import new_event_loop
+
     loop = None
     try:
-        loop = new_event_loop(backend)  # the supervisor's own
-        supervisor = _Supervisor(loop, workers, {
-            "preparation": preparation,
-            "main": target,
-            "args": pickle.loads(payload),
-            "fds": [s.fileno() for s in sockets],
-            "backend": backend,
-            "graceful_timeout": graceful_timeout,
-            "heartbeat": None if heartbeat_timeout is None else heartbeat_timeout / BEATS,
-        }, graceful_timeout=graceful_timeout, start_timeout=start_timeout,
-            heartbeat_timeout=heartbeat_timeout)
+        loop = new_event_loop(config["backend"])  # the supervisor's own
+        supervisor = _Supervisor(loop, workers, config, graceful_timeout=graceful_timeout,
+                                 start_timeout=start_timeout, heartbeat_timeout=heartbeat_timeout)
         loop.run_until_complete(supervisor.run())
     finally:
         try:

@@ -25,6 +25,7 @@ child left behind, and bad arguments.
 """
 
 import contextlib
+import logging
 import os
 import re
 import signal
@@ -1062,3 +1063,30 @@ def test_the_command_line_refuses_bad_input():
     assert r.returncode == 0 and re.search(r"worker 0 \(pid \d+\) finished", r.stderr), r.stderr
     r = cli("--help")
     assert r.returncode == 0 and "--graceful-timeout" in r.stdout
+
+
+def test_the_command_line_reports_a_fault_after_set_up_as_a_fault_not_a_usage_error(monkeypatch):
+    import uvpy.__main__ as cli
+    from uvpy import _serve
+
+    ran = []
+
+    def failing_run(config, sockets, *rest):
+        ran.append([s.fileno() >= 0 for s in sockets])
+        for sock in sockets:
+            sock.close()
+        raise ValueError("a supervisor fault")
+
+    monkeypatch.setattr(_serve, "_run", failing_run)
+    log = logging.getLogger("uvpy.serve")  # the command line sets it up: undone after
+    for attr in ("handlers", "propagate", "level"):
+        monkeypatch.setattr(log, attr, getattr(log, attr))
+    # A ValueError while supervising keeps its type and traceback: argparse
+    # would have turned it into exit status 2 and a usage line.
+    with pytest.raises(ValueError, match="a supervisor fault"):
+        cli._serve(["--workers", "1", "--bind", "127.0.0.1:0", "serve_apps:echo"])
+    assert ran == [[True]]  # set-up bound the listener and handed it over
+    # The same argument error as before set-up is still a usage error.
+    with pytest.raises(SystemExit) as exit_:
+        cli._serve(["--workers", "0", "serve_apps:echo"])
+    assert exit_.value.code == 2

@@ -38,6 +38,7 @@ async def _session(process):
         stderr=asyncio.subprocess.PIPE)
     await process.redirect(stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr)
     process.exit(await proc.wait())
+    await process.wait_closed()  # runs the redirects' clean-up (asyncssh's own example does)
 
 
 @pytest.fixture(scope="module")

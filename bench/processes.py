@@ -12,8 +12,10 @@ Workloads:
               worker. Unit: chunks/s.
   cpu_1w      The same on a one-worker pool: cpu_par / cpu_1w is the scaling.
   cpu_bare    The same chunks on as many plain processes, no pool and no
-              loop in the way (the same for every contender): the machine's
-              ceiling for cpu_par in this run. Unit: chunks/s.
+              loop in the way (the same for every contender), each taking
+              the next chunk when it is done with one, as a pool's worker
+              does: the machine's ceiling for cpu_par in this run (a fixed
+              share each would wait for the slowest CPU). Unit: chunks/s.
   roundtrip   N sequential no-op jobs: the latency of one job. Headline: p50
               in microseconds, LOWER is better; the JSON line has p99_us.
   gather      N no-op jobs under one asyncio.gather. Unit: jobs/s.
@@ -105,11 +107,15 @@ def cpu_1w(loop, n):
 
 
 def _bare_child(conn, chunks):
+    """Counts chunks down while there are any: one byte of the `chunks`
+    pipe each (a one-byte read is atomic among readers), so the children
+    share the work as they get the CPU, as a pool's workers do."""
     conn.send("ready")
-    conn.recv()
-    for _ in range(chunks):
+    fd, done = chunks.fileno(), 0
+    while os.read(fd, 1):
         countdown(CHUNK)
-    conn.send("done")
+        done += 1
+    conn.send(done)
 
 
 def cpu_bare(loop, n):
@@ -119,24 +125,29 @@ def cpu_bare(loop, n):
     workers = _workers()
 
     async def main():
+        take, give = ctx.Pipe(duplex=False)  # the chunks, a byte each
         ends, procs = [], []
-        for i in range(workers):
+        for _ in range(workers):
             ours, theirs = ctx.Pipe()
-            p = ctx.Process(target=_bare_child, args=(theirs, n // workers + (i < n % workers)))
+            p = ctx.Process(target=_bare_child, args=(theirs, take))
             p.start()
+            theirs.close()
             ends.append(ours)
             procs.append(p)
+        take.close()
         for end in ends:
             check(end.recv() == "ready", "a child started")
         t0 = time.perf_counter()
-        for end in ends:
-            end.send("go")
+        check(os.write(give.fileno(), b"c" * n) == n, "the chunks were handed out")
+        give.close()  # the children read EOF once every chunk is taken
         done = [end.recv() for end in ends]
         wall = time.perf_counter() - t0
+        for end in ends:
+            end.close()
         for p in procs:
             p.join()
-        check(done == ["done"] * workers and all(p.exitcode == 0 for p in procs),
-              "every child counted its chunks down")
+        check(sum(done) == n and all(p.exitcode == 0 for p in procs),
+              "the children counted every chunk down")
         return n, {"value": n / wall}
 
     return main()

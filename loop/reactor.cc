@@ -277,12 +277,20 @@ int Reactor::run_once(BlockingScope* scope) {
 }
 
 void Reactor::end_long_spell(int64_t since, int64_t long_ns) {
+  // `since` is cleared before the clock is read. The watchdog reads its
+  // clock before `since` (watchdog.cc), so a spell it saw open at its
+  // `now` ends here at a later one: a spell it reported is recorded as
+  // long (watchdog.h rule 3). Read the other way round, a loop thread
+  // descheduled between the read and the store would measure the spell
+  // shorter than the watchdog saw it. seq_cst: the clock read does not
+  // pass the store. A watchdog that finds `since` changed before
+  // last_long is written takes its own clock as the end (rule 2).
+  beacon_.since.store(0, std::memory_order_seq_cst);
   const int64_t now = monotonic_ns();
   if (now - since >= long_ns) {
     beacon_.last_long_end.store(now, std::memory_order_relaxed);
     beacon_.last_long_start.store(since, std::memory_order_release);
   }
-  beacon_.since.store(0, std::memory_order_release);
 }
 
 

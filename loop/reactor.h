@@ -177,7 +177,8 @@ class Reactor final : private Backend::Sink {
   // monotonic time in ns at which the current iteration's poll ended, or 0
   // while the loop polls or is not running; the loop thread stores it twice
   // per iteration (relaxed: a watchdog needs the value, not ordering with
-  // anything else). A busy spell that lasted at least long_ns is recorded
+  // anything else; a watched loop ends a spell with a seq_cst store, see
+  // end_long_spell). A busy spell that lasted at least long_ns is recorded
   // at its end, exactly, in last_long (its start and end), so a watchdog
   // that sampled the stall can report its true duration. mark_idle() is the
   // caller's "run_forever returned", which also ends a busy spell.

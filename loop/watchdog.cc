@@ -61,10 +61,14 @@ void Watchdog::run() {
     const int64_t since = beacon_->since.load(std::memory_order_acquire);
     if (stall != 0 && since != stall) {
       // Rule 2: the stall is over. The reactor recorded its exact end if it
-      // was a long spell that ended in a poll or mark_idle().
-      int64_t end = now;
+      // was a long spell that ended in a poll or mark_idle(); else the end
+      // is when this thread saw it: a clock read after `since` was (`now`
+      // may be from before the spell ended).
+      int64_t end;
       if (beacon_->last_long_start.load(std::memory_order_acquire) == stall) {
         end = beacon_->last_long_end.load(std::memory_order_relaxed);
+      } else {
+        end = monotonic_ns();
       }
       if (hooks_.ended) hooks_.ended(stall, end);
       stall = 0;

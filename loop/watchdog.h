@@ -20,8 +20,9 @@
 //     a stall still open when the watchdog stops ends then.
 //  3. This thread samples every threshold/4 (at least 1 ms, at most 250 ms):
 //     a stall is noticed between 1x and 1.25x the threshold after it began.
-//     A reported stall has lasted the threshold: the spell the reactor
-//     measures (last_long) is never shorter than the one reported. A loop
+//     A reported stall has lasted the threshold, and the reactor records
+//     it as a long spell (last_long): this thread reads its clock before
+//     `since`, the reactor clears `since` before it reads its clock. A loop
 //     thread the OS deschedules for the threshold is a real stall.
 //  4. Hooks run on this thread and may block (the bindings take the GIL in
 //     them); sampling resumes when they return. stop() wakes and joins the

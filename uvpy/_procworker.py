@@ -69,7 +69,10 @@ Invariants:
    jobs come back to back (its last wait was shorter than SPIN), so an
    idle worker costs nothing, and it gives its CPU up on every miss
    (sched_yield), so a process that shares that CPU, the pool's loop
-   included, is not kept waiting by it.
+   included, is not kept waiting by it. It times its waits with the
+   time.perf_counter this module found when it loaded: a job that replaces
+   it (a mock left in place) can neither make a poll last until the next
+   frame nor crash the worker.
 """
 
 import array
@@ -447,12 +450,13 @@ def _send_result(sock, out, released):
 
 
 _NOWAIT = _CMSG_CLOEXEC | int(socket.MSG_DONTWAIT)
+_clock = time.perf_counter  # invariant 7: taken before any job can replace it
 
 
 def _recv_polling(sock, reader, until):
-    """recv() without sleeping, retried until `until` (perf_counter);
-    None if nothing came by then (invariant 7)."""
-    clock, yield_cpu = time.perf_counter, os.sched_yield
+    """recv() without sleeping, retried until `until` (_clock); None if
+    nothing came by then (invariant 7)."""
+    clock, yield_cpu = _clock, os.sched_yield
     while True:
         try:
             return recv(sock, reader, _NOWAIT)
@@ -497,7 +501,7 @@ def main(fd, threshold, cache=0):
     # walk what jobs allocate.
     gc.freeze()
     send_all(sock, [encode(READY, 0, None, threshold)[:2]])
-    clock = time.perf_counter
+    clock = _clock
     idle_from = clock()  # when this worker last ran out of frames
     poll = False  # invariant 7: jobs have been coming back to back
     while True:

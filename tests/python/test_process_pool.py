@@ -14,6 +14,7 @@ no fd (socket, pidfd, memfd) and no zombie left (conftest checks the fds).
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import pickle
 import signal
@@ -581,7 +582,10 @@ def test_a_job_failed_by_a_lost_loop_is_submitted_again_from_its_done_callback(n
 # -- the worker's wait for its next job (_procworker invariant 7) ------------------------
 
 # A worker as the pool starts it, with SPIN set and its polling counted; it
-# prints the counts when the pool side closes its socket.
+# prints the counts when the pool side closes its socket. Given a file
+# (argv[4]), its clock is set late by the seconds the file says each time a
+# recv() brings bytes: the frame came that much later, by the worker's
+# clock, whatever the OS made of the two processes' timing.
 _COUNTING_BOOT = """
 import importlib.util as u, json, sys
 s = u.spec_from_file_location('_uvpy_procworker', sys.argv[1])
@@ -595,13 +599,26 @@ def counted(*args):
     counts["hits"] += n is not None
     return n
 m._recv_polling = counted
+if len(sys.argv) > 4:
+    late, offset, clock, recv = sys.argv[4], [0.0], m._clock, m.recv
+    m._clock = lambda: clock() + offset[0]
+    def recv_late(*args):
+        n = recv(*args)
+        if n:
+            with open(late) as f:
+                offset[0] += float(f.read())
+        return n
+    m.recv = recv_late
 code = m.main(int(sys.argv[2]), 1 << 16)
 print(json.dumps(counts))
 sys.exit(code)
 """
 
 
-def _counting_worker(spin):
+@contextlib.contextmanager
+def _counting_worker(spin, late=None):
+    """A worker started with _COUNTING_BOOT; killed and reaped, and its
+    socket closed, on the way out (a failed test leaves nothing behind)."""
     import socket
     import subprocess
 
@@ -609,13 +626,25 @@ def _counting_worker(spin):
     from uvpy import _procworker as wire
 
     parent, child = socket.socketpair()
-    proc = subprocess.Popen([sys.executable, "-c", _COUNTING_BOOT, wire.__file__,
-                             str(child.fileno()), str(spin)],
-                            pass_fds=(child.fileno(),), stdout=subprocess.PIPE, text=True)
-    child.close()
+    argv = [sys.executable, "-c", _COUNTING_BOOT, wire.__file__, str(child.fileno()), str(spin)]
+    try:
+        proc = subprocess.Popen(argv + ([str(late)] if late else []),
+                                pass_fds=(child.fileno(),), stdout=subprocess.PIPE, text=True)
+    except BaseException:
+        parent.close()
+        raise
+    finally:
+        child.close()
     w = Worker(proc, parent, -1)
-    w.send_init((None, ()), 1 << 16)
-    return w
+    try:
+        w.send_init((None, ()), 1 << 16)
+        yield w
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.communicate()
+        w.sock.close()
+        w.reader.close()
 
 
 def _call(w, job_id, fn, *args):
@@ -642,21 +671,27 @@ def _counts(w):
 
     w.sock.shutdown(socket.SHUT_WR)  # EOF: the worker retires
     out, _ = w.proc.communicate(timeout=60)
-    w.sock.close()
-    w.reader.close()
     assert w.proc.returncode == 0
     return json.loads(out)
+
+
+def _set_late(path, seconds):
+    """What the next frame's recv() in a _COUNTING_BOOT worker reads:
+    written whole (a rename), so the worker never reads half of it."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(repr(float(seconds)))
+    os.replace(tmp, path)
 
 
 def test_a_worker_polls_for_jobs_that_come_back_to_back():
     # SPIN of 5 s: every job here comes "back to back", however loaded the
     # machine. Every fifth carries a 1 MiB buffer (a memfd) through the
     # polling recvmsg().
-    w = _counting_worker(5.0)
-    for i in range(1, 41):
-        arg = bytes([i]) * (1 << 20) if i % 5 == 0 else b"x" * i
-        assert _call(w, i, jobs.checksum, arg) == jobs.checksum(arg)
-    counts = _counts(w)
+    with _counting_worker(5.0) as w:
+        for i in range(1, 41):
+            arg = bytes([i]) * (1 << 20) if i % 5 == 0 else b"x" * i
+            assert _call(w, i, jobs.checksum, arg) == jobs.checksum(arg)
+        counts = _counts(w)
     # The first wait in the job loop sleeps (nothing came back to back yet:
     # job 1 may even arrive with INIT); each later one, and the EOF, polled
     # and was answered by the poll.
@@ -664,18 +699,52 @@ def test_a_worker_polls_for_jobs_that_come_back_to_back():
     assert counts["hits"] == counts["polls"]
 
 
-def test_a_worker_whose_jobs_come_apart_sleeps_instead_of_polling():
+def test_a_worker_polls_only_after_a_wait_shorter_than_spin(tmp_path):
+    # Which jobs come apart is the test's word (the worker's clock is set an
+    # hour late for them), not the OS scheduler's; and with SPIN a minute,
+    # no poll runs out on its own.
+    late = tmp_path / "late"
+    _set_late(late, 0)
+    apart = 3600.0
+    pattern = [apart, 0, 0, 0, apart, 0, apart, apart, 0, 0, apart, 0]
+    with _counting_worker(60.0, late) as w:
+        for i, seconds in enumerate(pattern, 1):
+            _set_late(late, seconds)
+            assert _call(w, i, jobs.square, i) == i * i
+        counts = _counts(w)
+    # The wait for job i (i > 1), and the EOF's after job 12, polls exactly
+    # when job i - 1 came back to back. Job 1 came apart (or with INIT):
+    # the first wait in the job loop sleeps either way.
+    assert counts["polls"] == pattern.count(0)
+    assert counts["hits"] == counts["polls"]
+
+
+def _state(pid):
+    """The process's state letter in /proc/PID/stat (S: asleep in a wait)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_job_that_stops_the_clock_does_not_keep_its_worker_polling(tmp_path):
     import time
 
-    w = _counting_worker(0.001)
-    for i in range(1, 7):
-        assert _call(w, i, jobs.square, i) == i * i
-        time.sleep(0.03)  # far longer than SPIN: polling would only burn the CPU
-    counts = _counts(w)
-    # At most the wait after the first job polls (READY and that job may have
-    # come within SPIN); it misses, and the worker sleeps from then on.
-    assert counts["polls"] <= 1
-    assert counts["hits"] == 0
+    # A job may leave time.perf_counter replaced (a mock left in place): the
+    # worker's poll must still run out, by its own clock, and the worker
+    # sleep. A polling worker never sleeps: it stays runnable throughout
+    # (sched_yield).
+    late = tmp_path / "late"
+    _set_late(late, 3600)
+    with _counting_worker(0.2, late) as w:
+        assert _call(w, 1, jobs.square, 1) == 1  # apart: the next wait sleeps
+        _set_late(late, -3600)
+        assert _call(w, 2, jobs.stop_perf_counter) is None  # back to back: the next polls
+        for _ in range(3000):  # a bound against hangs, not a timing assertion
+            if _state(w.proc.pid) == "S":
+                break
+            time.sleep(0.01)
+        assert _state(w.proc.pid) == "S"
+        counts = _counts(w)
+    assert counts == {"polls": 1, "hits": 0}
 
 
 # -- volume and large data ---------------------------------------------------------------

@@ -1078,8 +1078,13 @@ def test_the_command_line_reports_a_fault_after_set_up_as_a_fault_not_a_usage_er
         raise ValueError("a supervisor fault")
 
     monkeypatch.setattr(_serve, "_run", failing_run)
-    log = logging.getLogger("uvpy.serve")  # the command line sets it up: undone after
-    for attr in ("handlers", "propagate", "level"):
+    # The command line sets the logger up: undone after. addHandler()
+    # appends in place, so the test's list is a copy and the original goes
+    # back as it was.
+    log = logging.getLogger("uvpy.serve")
+    handlers = list(log.handlers)
+    monkeypatch.setattr(log, "handlers", list(handlers))
+    for attr in ("propagate", "level"):
         monkeypatch.setattr(log, attr, getattr(log, attr))
     # A ValueError while supervising keeps its type and traceback: argparse
     # would have turned it into exit status 2 and a usage line.
@@ -1090,3 +1095,5 @@ def test_the_command_line_reports_a_fault_after_set_up_as_a_fault_not_a_usage_er
     with pytest.raises(SystemExit) as exit_:
         cli._serve(["--workers", "0", "serve_apps:echo"])
     assert exit_.value.code == 2
+    monkeypatch.undo()
+    assert log.handlers == handlers  # none left writing to this test's stderr

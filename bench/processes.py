@@ -14,8 +14,10 @@ Workloads:
   cpu_bare    The same chunks on as many plain processes, no pool and no
               loop in the way (the same for every contender), each taking
               the next chunk when it is done with one, as a pool's worker
-              does: the machine's ceiling for cpu_par in this run (a fixed
-              share each would wait for the slowest CPU). Unit: chunks/s.
+              does (a fixed share each would wait for the slowest CPU): a
+              reference for what the machine allowed cpu_par during the
+              run, not a strict bound (it runs at other moments, and a VM's
+              second core comes and goes). Unit: chunks/s.
   roundtrip   N sequential no-op jobs: the latency of one job. Headline: p50
               in microseconds, LOWER is better; the JSON line has p99_us.
   gather      N no-op jobs under one asyncio.gather. Unit: jobs/s.

@@ -67,7 +67,10 @@ Invariants:
    process on another CPU costs more than a whole small job (about 30 us
    of a 50 us socketpair ping-pong on a 2-core VM). It polls only while
    jobs come back to back (its last wait was shorter than SPIN), so an
-   idle worker costs nothing, and it gives its CPU up on every miss
+   idle worker costs nothing, and only after a job shorter than SPIN_JOB:
+   a longer job would gain a few percent at most, and when every CPU runs
+   such jobs the pool's loop needs the CPU that a poll would hold to send
+   the next one. It gives its CPU up on every miss
    (sched_yield), so a process that shares that CPU, the pool's loop
    included, is not kept waiting by it. It times its waits with the
    time.perf_counter this module found when it loaded: a job that replaces
@@ -107,6 +110,7 @@ MARK_SCAN = 256
 ALIGN = 64      # out-of-band buffer alignment in the memfd (numpy's, and a cache line)
 RECV_SIZE = 1 << 18
 SPIN = 200e-6   # seconds a worker polls for its next job before it sleeps (invariant 7)
+SPIN_JOB = 1e-3  # ... after a job that ran shorter than this
 MAX_FDS = 64
 _ANC_SIZE = socket.CMSG_SPACE(MAX_FDS * 4)
 # Plain ints: socket's flags are IntFlag members, and `flags & MSG_CTRUNC`
@@ -504,10 +508,11 @@ def main(fd, threshold, cache=0):
     clock = _clock
     idle_from = clock()  # when this worker last ran out of frames
     poll = False  # invariant 7: jobs have been coming back to back
+    short = True  # and the last one was short
     while True:
         frame = reader.next()
         if frame is None:
-            n = _recv_polling(sock, reader, idle_from + SPIN) if poll else None
+            n = _recv_polling(sock, reader, idle_from + SPIN) if poll and short else None
             if n is None:
                 n = recv(sock, reader)
             if not n:
@@ -520,6 +525,7 @@ def main(fd, threshold, cache=0):
             if segments is not None:
                 segments.unref(job_id)
             continue
+        started = clock()
         try:
             fn, args, kwargs = decode(nbufs, payload, mfd, released.append)
             payload = None
@@ -539,6 +545,7 @@ def main(fd, threshold, cache=0):
         _send_result(sock, out, released)
         out = None
         idle_from = clock()
+        short = idle_from - started < SPIN_JOB
 
 
 if __name__ == "__main__":

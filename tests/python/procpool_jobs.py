@@ -26,6 +26,10 @@ def noop():
     return None
 
 
+def nap(seconds):
+    time.sleep(seconds)
+
+
 def stop_perf_counter():
     """Leaves time.perf_counter standing still in the worker, as a job that
     patched it and never put it back does."""

@@ -591,6 +591,7 @@ import importlib.util as u, json, sys
 s = u.spec_from_file_location('_uvpy_procworker', sys.argv[1])
 m = u.module_from_spec(s); s.loader.exec_module(m)
 m.SPIN = float(sys.argv[3])
+m.SPIN_JOB = float(sys.argv[5]) if len(sys.argv) > 5 else m.SPIN_JOB
 counts = {"polls": 0, "hits": 0}
 polling = m._recv_polling
 def counted(*args):
@@ -599,7 +600,7 @@ def counted(*args):
     counts["hits"] += n is not None
     return n
 m._recv_polling = counted
-if len(sys.argv) > 4:
+if len(sys.argv) > 4 and sys.argv[4]:
     late, offset, clock, recv = sys.argv[4], [0.0], m._clock, m.recv
     m._clock = lambda: clock() + offset[0]
     def recv_late(*args):
@@ -616,7 +617,7 @@ sys.exit(code)
 
 
 @contextlib.contextmanager
-def _counting_worker(spin, late=None):
+def _counting_worker(spin, late=None, spin_job=None):
     """A worker started with _COUNTING_BOOT; killed and reaped, and its
     socket closed, on the way out (a failed test leaves nothing behind)."""
     import socket
@@ -628,7 +629,8 @@ def _counting_worker(spin, late=None):
     parent, child = socket.socketpair()
     argv = [sys.executable, "-c", _COUNTING_BOOT, wire.__file__, str(child.fileno()), str(spin)]
     try:
-        proc = subprocess.Popen(argv + ([str(late)] if late else []),
+        extra = [str(late or "")] + ([str(spin_job)] if spin_job is not None else [])
+        proc = subprocess.Popen(argv + extra,
                                 pass_fds=(child.fileno(),), stdout=subprocess.PIPE, text=True)
     except BaseException:
         parent.close()
@@ -685,9 +687,9 @@ def _set_late(path, seconds):
 
 def test_a_worker_polls_for_jobs_that_come_back_to_back():
     # SPIN of 5 s: every job here comes "back to back", however loaded the
-    # machine. Every fifth carries a 1 MiB buffer (a memfd) through the
-    # polling recvmsg().
-    with _counting_worker(5.0) as w:
+    # machine, and SPIN_JOB of 5 s: every job is short. Every fifth carries
+    # a 1 MiB buffer (a memfd) through the polling recvmsg().
+    with _counting_worker(5.0, spin_job=5.0) as w:
         for i in range(1, 41):
             arg = bytes([i]) * (1 << 20) if i % 5 == 0 else b"x" * i
             assert _call(w, i, jobs.checksum, arg) == jobs.checksum(arg)
@@ -707,7 +709,7 @@ def test_a_worker_polls_only_after_a_wait_shorter_than_spin(tmp_path):
     _set_late(late, 0)
     apart = 3600.0
     pattern = [apart, 0, 0, 0, apart, 0, apart, apart, 0, 0, apart, 0]
-    with _counting_worker(60.0, late) as w:
+    with _counting_worker(60.0, late, spin_job=60.0) as w:
         for i, seconds in enumerate(pattern, 1):
             _set_late(late, seconds)
             assert _call(w, i, jobs.square, i) == i * i
@@ -717,6 +719,25 @@ def test_a_worker_polls_only_after_a_wait_shorter_than_spin(tmp_path):
     # the first wait in the job loop sleeps either way.
     assert counts["polls"] == pattern.count(0)
     assert counts["hits"] == counts["polls"]
+
+
+def test_a_worker_does_not_poll_after_a_long_job(tmp_path):
+    # Every job comes back to back (SPIN a minute) except the first, which
+    # comes apart (the worker's clock an hour late) so that the count
+    # starts the same whether or not it arrived with INIT. SPIN_JOB is half
+    # a second: a square is shorter however loaded the machine, a nap of
+    # 0.6 s longer.
+    late = tmp_path / "late"
+    _set_late(late, 3600)
+    with _counting_worker(60.0, late, spin_job=0.5) as w:
+        assert _call(w, 1, jobs.square, 1) == 1
+        _set_late(late, 0)
+        assert _call(w, 2, jobs.square, 2) == 4  # its wait sleeps (job 1 came apart)
+        assert _call(w, 3, jobs.nap, 0.6) is None  # its wait polls
+        assert _call(w, 4, jobs.square, 4) == 16  # its wait sleeps: job 3 was long
+        assert _call(w, 5, jobs.square, 5) == 25  # polls
+        counts = _counts(w)  # the EOF's wait polls
+    assert counts == {"polls": 3, "hits": 3}
 
 
 def _state(pid):
@@ -734,7 +755,7 @@ def test_a_job_that_stops_the_clock_does_not_keep_its_worker_polling(tmp_path):
     # (sched_yield).
     late = tmp_path / "late"
     _set_late(late, 3600)
-    with _counting_worker(0.2, late) as w:
+    with _counting_worker(0.2, late, spin_job=60.0) as w:
         assert _call(w, 1, jobs.square, 1) == 1  # apart: the next wait sleeps
         _set_late(late, -3600)
         assert _call(w, 2, jobs.stop_perf_counter) is None  # back to back: the next polls

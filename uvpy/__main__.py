@@ -211,13 +211,6 @@ def _serve(argv: list[str]) -> int:
     module, sep, attr = ns.target.partition(":")
     if not (module and sep and attr):
         parser.error(f"MODULE:ATTR needed, not {ns.target!r}")
-    try:
-        uvpy.new_event_loop(ns.backend).close()
-    except ValueError as exc:
-        parser.error(str(exc))
-    except OSError as exc:
-        print(f"{PROG} serve: {exc}", file=sys.stderr)
-        return 1
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("[uvpy serve %(process)d] %(message)s"))
     log = logging.getLogger("uvpy.serve")
@@ -226,8 +219,9 @@ def _serve(argv: list[str]) -> int:
     log.propagate = False
     from . import _serve
 
-    # Only the checks of the arguments are usage errors: a ValueError from
-    # the supervisor later is a fault, with its traceback.
+    # Only the checks of the arguments (the backend's name among them) are
+    # usage errors: a ValueError from the supervisor later is a fault, with
+    # its traceback.
     try:
         plan = _serve._setup(ns.target, tuple(ns.args), ns.workers, ns.bind, ns.backlog,
                              ns.graceful_timeout, ns.start_timeout, ns.heartbeat_timeout,

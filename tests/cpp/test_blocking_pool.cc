@@ -387,6 +387,13 @@ struct StartPending {
     host.release = 1;
     a.join();
   }
+  // jobs[i] came back failed with the host's error, never run (job.h rule 6).
+  void require_failed_back(int i) {
+    REQUIRE(loop.run_until([&] { return jobs[i].completes.load() == 1; }, 5s));
+    REQUIRE(jobs[i].runs.load() == 0);
+    REQUIRE(jobs[i].final_state.load() == exec::kJobCancelled);
+    REQUIRE(jobs[i].job.error == -EAGAIN);
+  }
 };
 }  // namespace
 
@@ -403,10 +410,7 @@ TEST_CASE("a job queued behind a thread that fails to start goes back failed", "
   s.fail_a();
   REQUIRE(s.rc_a == -EAGAIN);
   REQUIRE(jobs[0].job.state.load() == exec::kJobIdle);
-  REQUIRE(loop.run_until([&] { return jobs[1].completes.load() == 1; }, 5s));
-  REQUIRE(jobs[1].runs.load() == 0);
-  REQUIRE(jobs[1].final_state.load() == exec::kJobCancelled);
-  REQUIRE(jobs[1].job.error == -EAGAIN);
+  s.require_failed_back(1);
   auto m = pool.metrics();
   REQUIRE(m.threads == 0);
   REQUIRE(m.queued == 0);
@@ -428,9 +432,7 @@ TEST_CASE("a raise whose thread fails to start after the submit's fails the queu
   REQUIRE(s.rc_a == 0);
   s.host.release = 2;
   raise.join();
-  REQUIRE(loop.run_until([&] { return jobs[0].completes.load() == 1; }, 5s));
-  REQUIRE(jobs[0].runs.load() == 0);
-  REQUIRE(jobs[0].job.error == -EAGAIN);
+  s.require_failed_back(0);
   REQUIRE(pool.metrics().threads == 0);
   REQUIRE(loop.port.outstanding() == 0);
 }
@@ -514,9 +516,7 @@ TEST_CASE("a draining shutdown does not strand jobs queued behind a thread that 
   pool.shutdown(true);
   s.fail_a();
   REQUIRE(s.rc_a == -EAGAIN);
-  REQUIRE(loop.run_until([&] { return jobs[1].completes.load() == 1; }, 5s));
-  REQUIRE(jobs[1].runs.load() == 0);
-  REQUIRE(jobs[1].job.error == -EAGAIN);
+  s.require_failed_back(1);
   pool.wait_exited();
   REQUIRE(loop.port.outstanding() == 0);
 }
